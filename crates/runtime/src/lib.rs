@@ -1,0 +1,14 @@
+//! The model runner: owns the device tensors (weights through [`lantern_models::CausalLm`],
+//! the paged KV cache) and turns a tensor-free description of one step ([`SeqChunk`]s:
+//! which tokens of which sequence, at which positions, in which blocks) into a flattened
+//! [`BatchInputs`], runs the forward pass and returns logits for the rows to sample.
+//!
+//! The scheduler never sees a tensor; the model never sees a request.
+
+mod error;
+mod runner;
+pub mod sampler;
+
+pub use error::{Result, RuntimeError};
+pub use runner::{KvCacheSize, ModelRunner, RunnerConfig, SeqChunk};
+pub use sampler::{SampleRow, SampledToken, SamplingParams};

@@ -1,0 +1,198 @@
+//! [`ModelRunner`]: KV cache allocation, batch preparation and the forward pass.
+
+use crate::error::{Result, RuntimeError};
+use candle_core::{DType, Device, Tensor};
+use lantern_kernels::PagedAttnMetadata;
+use lantern_models::{BatchInputs, CausalLm, LayerKvCache};
+
+/// How large the KV cache should be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvCacheSize {
+    /// Room for this many tokens (rounded up to whole blocks).
+    Tokens(usize),
+    /// Use this many bytes for K and V over all layers.
+    Bytes(usize),
+}
+
+/// Runner settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunnerConfig {
+    pub block_size: usize,
+    pub kv_cache: KvCacheSize,
+}
+
+/// The part of one sequence that runs in this step.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqChunk<'a> {
+    /// The tokens to feed now (a prefill chunk, or the one latest token when decoding).
+    pub token_ids: &'a [u32],
+    /// How many tokens of this sequence are already in the KV cache (position of token_ids[0]).
+    pub num_computed_tokens: usize,
+    /// The sequence's whole block table; must cover num_computed_tokens + token_ids.len().
+    pub block_table: &'a [u32],
+    /// Whether logits are needed for the last token of this chunk.
+    pub sample: bool,
+}
+
+/// Owns the model and its paged KV cache.
+#[derive(Debug)]
+pub struct ModelRunner {
+    model: CausalLm,
+    kv: Vec<LayerKvCache>,
+    block_size: usize,
+    num_blocks: usize,
+}
+
+impl ModelRunner {
+    /// Allocates the KV cache (zeroed) for `model`.
+    pub fn new(model: CausalLm, cfg: RunnerConfig) -> Result<Self> {
+        if cfg.block_size == 0 {
+            return Err(RuntimeError::KvCache("--block-size must be at least 1".into()));
+        }
+        let mc = model.config();
+        let dtype = model.dtype();
+        let bytes_per_token = mc.kv_bytes_per_token(dtype.size_in_bytes());
+        let num_blocks = match cfg.kv_cache {
+            KvCacheSize::Tokens(t) => t.div_ceil(cfg.block_size),
+            KvCacheSize::Bytes(b) => b / (bytes_per_token * cfg.block_size),
+        };
+        // Block 0 is the reserved null block; at least one usable block is needed.
+        if num_blocks < 2 {
+            return Err(RuntimeError::KvCache(format!(
+                "the KV cache would hold {num_blocks} blocks of {} tokens ({bytes_per_token} bytes per token); give it more memory",
+                cfg.block_size
+            )));
+        }
+        let shape = (
+            num_blocks,
+            cfg.block_size,
+            mc.num_key_value_heads,
+            mc.head_dim,
+        );
+        let device = model.device().clone();
+        let mut kv = Vec::with_capacity(mc.num_hidden_layers);
+        for _ in 0..mc.num_hidden_layers {
+            kv.push(LayerKvCache {
+                k: Tensor::zeros(shape, dtype, &device)?,
+                v: Tensor::zeros(shape, dtype, &device)?,
+            });
+        }
+        Ok(Self {
+            model,
+            kv,
+            block_size: cfg.block_size,
+            num_blocks,
+        })
+    }
+
+    pub fn model(&self) -> &CausalLm {
+        &self.model
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// Total blocks in the pool, including the reserved null block 0.
+    pub fn num_blocks(&self) -> usize {
+        self.num_blocks
+    }
+
+    pub fn device(&self) -> &Device {
+        self.model.device()
+    }
+
+    /// Turns a step description into tensors.
+    pub fn prepare(&self, seqs: &[SeqChunk<'_>]) -> Result<BatchInputs> {
+        let bs = self.block_size;
+        let total: usize = seqs.iter().map(|s| s.token_ids.len()).sum();
+        let mut input_ids = Vec::with_capacity(total);
+        let mut positions = Vec::with_capacity(total);
+        let mut slots = Vec::with_capacity(total);
+        let mut logits_indices = Vec::new();
+        let mut query_lens = Vec::with_capacity(seqs.len());
+        let mut context_lens = Vec::with_capacity(seqs.len());
+        let mut tables: Vec<Vec<u32>> = Vec::with_capacity(seqs.len());
+        let max_pos = self.model.config().max_position_embeddings;
+        for (i, s) in seqs.iter().enumerate() {
+            let q = s.token_ids.len();
+            if q == 0 {
+                return Err(RuntimeError::InvalidBatch(format!("sequence {i} has no tokens")));
+            }
+            let ctx = s.num_computed_tokens + q;
+            if ctx > max_pos {
+                return Err(RuntimeError::InvalidBatch(format!(
+                    "sequence {i} reaches position {ctx}, beyond the model's {max_pos}"
+                )));
+            }
+            if s.block_table.len() * bs < ctx {
+                return Err(RuntimeError::InvalidBatch(format!(
+                    "sequence {i} needs {} blocks for {ctx} tokens but its table has {}",
+                    ctx.div_ceil(bs),
+                    s.block_table.len()
+                )));
+            }
+            for (j, &tok) in s.token_ids.iter().enumerate() {
+                let pos = s.num_computed_tokens + j;
+                let block = s.block_table[pos / bs] as usize;
+                if block == 0 || block >= self.num_blocks {
+                    return Err(RuntimeError::InvalidBatch(format!(
+                        "sequence {i} uses block {block}, outside 1..{}",
+                        self.num_blocks
+                    )));
+                }
+                input_ids.push(tok);
+                positions.push(pos as u32);
+                slots.push((block * bs + pos % bs) as i64);
+            }
+            if s.sample {
+                logits_indices.push((input_ids.len() - 1) as u32);
+            }
+            query_lens.push(q);
+            context_lens.push(ctx);
+            tables.push(s.block_table[..ctx.div_ceil(bs)].to_vec());
+        }
+        let dev = self.model.device();
+        let attn = PagedAttnMetadata::from_host(&slots, &tables, &query_lens, &context_lens, bs, dev)?;
+        Ok(BatchInputs {
+            input_ids: Tensor::from_vec(input_ids, total, dev)?,
+            positions: Tensor::from_vec(positions, total, dev)?,
+            attn,
+            logits_indices: Tensor::from_vec(logits_indices.clone(), logits_indices.len(), dev)?,
+        })
+    }
+
+    /// Runs one step and returns f32 logits for every token of the batch (T, vocab), e.g.
+    /// for prompt logprobs (`echo` with `logprobs`) and parity tests.
+    pub fn execute_all_logits(&self, seqs: &[SeqChunk<'_>]) -> Result<Tensor> {
+        let batch = self.prepare(seqs)?;
+        let t = batch.input_ids.dim(0)?;
+        let rows: Vec<u32> = (0..t as u32).collect();
+        let batch = BatchInputs {
+            logits_indices: Tensor::from_vec(rows, t, self.model.device())?,
+            ..batch
+        };
+        Ok(self.model.forward(&batch, &self.kv)?)
+    }
+
+    /// Runs one step. Returns f32 logits (S, vocab), one row per sequence with `sample`,
+    /// in batch order; `None` when no sequence samples.
+    pub fn execute(&self, seqs: &[SeqChunk<'_>]) -> Result<Option<Tensor>> {
+        if seqs.is_empty() {
+            return Ok(None);
+        }
+        let batch = self.prepare(seqs)?;
+        if batch.logits_indices.dim(0)? == 0 {
+            // Still run the forward pass for its KV writes; select one row to keep shapes valid.
+            let batch = BatchInputs {
+                logits_indices: Tensor::from_vec(vec![0u32], 1, self.model.device())?,
+                ..batch
+            };
+            self.model.forward(&batch, &self.kv)?;
+            return Ok(None);
+        }
+        let logits = self.model.forward(&batch, &self.kv)?;
+        debug_assert_eq!(logits.dtype(), DType::F32);
+        Ok(Some(logits))
+    }
+}

@@ -1,0 +1,355 @@
+//! Parity with Hugging Face `transformers` (CPU, float32) on the tiny fixtures in
+//! `tests/fixtures/` (see its README; regenerate with `tests/fixtures/generate.py`).
+//!
+//! Every check runs through the paged KV cache: full prefill, 32 greedy decode steps,
+//! 4 sequences in one flattened batch, chunked prefill (1, 7, 64) and block sizes 1/16/32.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use candle_core::{DType, Device, Tensor};
+use lantern_models::load_hf_dir;
+use lantern_runtime::{sampler, KvCacheSize, ModelRunner, RunnerConfig, SeqChunk};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+const MODELS: &[&str] = &[
+    "tiny-llama",
+    "tiny-llama-tied",
+    "tiny-mistral",
+    "tiny-qwen2",
+    "tiny-qwen3",
+];
+const REL_TOL: f32 = 1e-4;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+struct Reference {
+    prompts: Vec<Vec<u32>>,
+    greedy: Vec<Vec<u32>>,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Reference {
+    fn load(name: &str) -> Self {
+        let dir = fixtures().join(name);
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+                .unwrap();
+        let ids = |k: &str| -> Vec<Vec<u32>> {
+            json[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    p.as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_u64().unwrap() as u32)
+                        .collect()
+                })
+                .collect()
+        };
+        let tensors =
+            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+                .unwrap();
+        Self {
+            prompts: ids("prompts"),
+            greedy: ids("greedy"),
+            tensors,
+        }
+    }
+
+    fn prefill(&self, i: usize) -> Tensor {
+        self.tensors[&format!("prefill_logits.{i}")].clone()
+    }
+
+    fn decode(&self, i: usize) -> Tensor {
+        self.tensors[&format!("decode_logits.{i}")].clone()
+    }
+}
+
+/// max |a - b| / max |b|.
+fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    diff / scale.max(1e-6)
+}
+
+fn assert_close(what: &str, ours: &Tensor, reference: &Tensor) {
+    let e = rel_err(ours, reference);
+    assert!(e <= REL_TOL, "{what}: relative error {e:e} > {REL_TOL:e}");
+}
+
+/// A trivial block allocator for tests: hands out distinct blocks in a scrambled order
+/// so block tables are not contiguous.
+struct Blocks {
+    free: Vec<u32>,
+}
+
+impl Blocks {
+    fn new(num_blocks: usize) -> Self {
+        let mut free: Vec<u32> = (1..num_blocks as u32).collect();
+        // Deterministic scramble.
+        let n = free.len();
+        for i in 0..n {
+            let j = (i * 7919 + 13) % n;
+            free.swap(i, j);
+        }
+        Self { free }
+    }
+
+    fn table(&mut self, tokens: usize, block_size: usize) -> Vec<u32> {
+        (0..tokens.div_ceil(block_size))
+            .map(|_| self.free.pop().expect("test pool too small"))
+            .collect()
+    }
+}
+
+fn runner(name: &str, block_size: usize) -> ModelRunner {
+    let loaded = load_hf_dir(&fixtures().join(name), DType::F32, &Device::Cpu).unwrap();
+    ModelRunner::new(
+        loaded.model,
+        RunnerConfig {
+            block_size,
+            kv_cache: KvCacheSize::Tokens(4096),
+        },
+    )
+    .unwrap()
+}
+
+/// Whole-prompt prefill, then 32 greedy steps; one sequence at a time.
+fn check_single(name: &str, block_size: usize) {
+    let r = Reference::load(name);
+    let runner = runner(name, block_size);
+    let mut blocks = Blocks::new(runner.num_blocks());
+    for (i, prompt) in r.prompts.iter().enumerate() {
+        let steps = r.decode(i).dim(0).unwrap();
+        let table = blocks.table(prompt.len() + steps, block_size);
+        let logits = runner
+            .execute_all_logits(&[SeqChunk {
+                token_ids: prompt,
+                num_computed_tokens: 0,
+                block_table: &table,
+                sample: true,
+            }])
+            .unwrap();
+        assert_close(
+            &format!("{name} bs={block_size} prompt {i} prefill"),
+            &logits,
+            &r.prefill(i),
+        );
+        let last = logits.narrow(0, prompt.len() - 1, 1).unwrap();
+        let mut tok = sampler::greedy(&last).unwrap()[0];
+        let mut generated = vec![tok];
+        let mut rows = Vec::new();
+        for k in 0..steps {
+            let l = runner
+                .execute(&[SeqChunk {
+                    token_ids: &[tok],
+                    num_computed_tokens: prompt.len() + k,
+                    block_table: &table,
+                    sample: true,
+                }])
+                .unwrap()
+                .unwrap();
+            rows.push(l.clone());
+            tok = sampler::greedy(&l).unwrap()[0];
+            generated.push(tok);
+        }
+        assert_eq!(
+            generated, r.greedy[i],
+            "{name} bs={block_size} prompt {i}: greedy continuation differs"
+        );
+        let rows = Tensor::cat(&rows, 0).unwrap();
+        assert_close(
+            &format!("{name} bs={block_size} prompt {i} decode"),
+            &rows,
+            &r.decode(i),
+        );
+    }
+}
+
+/// All prompts in one flattened batch, then all decode steps batched together.
+fn check_batched(name: &str, block_size: usize) {
+    let r = Reference::load(name);
+    let runner = runner(name, block_size);
+    let mut blocks = Blocks::new(runner.num_blocks());
+    let steps = r.decode(0).dim(0).unwrap();
+    let tables: Vec<Vec<u32>> = r
+        .prompts
+        .iter()
+        .map(|p| blocks.table(p.len() + steps, block_size))
+        .collect();
+    let chunks: Vec<SeqChunk> = r
+        .prompts
+        .iter()
+        .zip(&tables)
+        .map(|(p, t)| SeqChunk {
+            token_ids: p,
+            num_computed_tokens: 0,
+            block_table: t,
+            sample: true,
+        })
+        .collect();
+    let all = runner.execute_all_logits(&chunks).unwrap();
+    let mut off = 0;
+    let mut last_rows = Vec::new();
+    for (i, p) in r.prompts.iter().enumerate() {
+        let mine = all.narrow(0, off, p.len()).unwrap();
+        assert_close(&format!("{name} batched prompt {i} prefill"), &mine, &r.prefill(i));
+        last_rows.push(mine.narrow(0, p.len() - 1, 1).unwrap());
+        off += p.len();
+    }
+    let mut toks = sampler::greedy(&Tensor::cat(&last_rows, 0).unwrap()).unwrap();
+    let mut generated: Vec<Vec<u32>> = toks.iter().map(|&t| vec![t]).collect();
+    let mut decode_rows: Vec<Vec<Tensor>> = vec![Vec::new(); r.prompts.len()];
+    for k in 0..steps {
+        let step_tokens: Vec<[u32; 1]> = toks.iter().map(|&t| [t]).collect();
+        let chunks: Vec<SeqChunk> = r
+            .prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| SeqChunk {
+                token_ids: &step_tokens[i],
+                num_computed_tokens: p.len() + k,
+                block_table: &tables[i],
+                sample: true,
+            })
+            .collect();
+        let l = runner.execute(&chunks).unwrap().unwrap();
+        for (i, rows) in decode_rows.iter_mut().enumerate() {
+            rows.push(l.narrow(0, i, 1).unwrap());
+        }
+        toks = sampler::greedy(&l).unwrap();
+        for (g, &t) in generated.iter_mut().zip(&toks) {
+            g.push(t);
+        }
+    }
+    for i in 0..r.prompts.len() {
+        assert_eq!(generated[i], r.greedy[i], "{name} batched prompt {i}: greedy differs");
+        let rows = Tensor::cat(&decode_rows[i], 0).unwrap();
+        assert_close(&format!("{name} batched prompt {i} decode"), &rows, &r.decode(i));
+    }
+}
+
+/// The longest prompt prefilled in chunks of `chunk` tokens, resuming on cached blocks;
+/// other prompts decode in the same batches so prefill chunks and decode tokens mix.
+fn check_chunked(name: &str, chunk: usize, block_size: usize) {
+    let r = Reference::load(name);
+    let runner = runner(name, block_size);
+    let mut blocks = Blocks::new(runner.num_blocks());
+    let (long_i, long) = r
+        .prompts
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, p)| p.len())
+        .unwrap();
+    let short_i = (0..r.prompts.len()).min_by_key(|&i| r.prompts[i].len()).unwrap();
+    let short = &r.prompts[short_i];
+    let long_table = blocks.table(long.len() + 1, block_size);
+    let short_table = blocks.table(short.len() + r.greedy[short_i].len(), block_size);
+    // Prefill the short prompt alone first.
+    let l = runner
+        .execute(&[SeqChunk {
+            token_ids: short,
+            num_computed_tokens: 0,
+            block_table: &short_table,
+            sample: true,
+        }])
+        .unwrap()
+        .unwrap();
+    let mut short_tok = sampler::greedy(&l).unwrap()[0];
+    let mut short_gen = vec![short_tok];
+    let mut rows = Vec::new();
+    let mut done = 0;
+    let mut k = 0;
+    while done < long.len() {
+        let n = chunk.min(long.len() - done);
+        let decode_tok = [short_tok];
+        let mut seqs = vec![SeqChunk {
+            token_ids: &long[done..done + n],
+            num_computed_tokens: done,
+            block_table: &long_table,
+            sample: true,
+        }];
+        let decoding = k + 1 < r.greedy[short_i].len();
+        if decoding {
+            seqs.push(SeqChunk {
+                token_ids: &decode_tok,
+                num_computed_tokens: short.len() + k,
+                block_table: &short_table,
+                sample: true,
+            });
+        }
+        let all = runner.execute_all_logits(&seqs).unwrap();
+        rows.push(all.narrow(0, 0, n).unwrap());
+        if decoding {
+            let last = all.narrow(0, n, 1).unwrap();
+            short_tok = sampler::greedy(&last).unwrap()[0];
+            short_gen.push(short_tok);
+            k += 1;
+        }
+        done += n;
+    }
+    let rows = Tensor::cat(&rows, 0).unwrap();
+    assert_close(
+        &format!("{name} chunk={chunk} bs={block_size} prefill"),
+        &rows,
+        &r.prefill(long_i),
+    );
+    let expect = &r.greedy[short_i][..short_gen.len()];
+    assert_eq!(&short_gen[..], expect, "{name} chunk={chunk}: interleaved decode differs");
+}
+
+#[test]
+fn single_sequence_all_models_block16() {
+    for m in MODELS {
+        check_single(m, 16);
+    }
+}
+
+#[test]
+fn single_sequence_block_sizes_1_and_32() {
+    for m in MODELS {
+        check_single(m, 1);
+        check_single(m, 32);
+    }
+}
+
+#[test]
+fn four_sequences_in_one_flattened_batch() {
+    for m in MODELS {
+        check_batched(m, 16);
+    }
+}
+
+#[test]
+fn chunked_prefill_1_7_64() {
+    for m in MODELS {
+        for chunk in [1, 7, 64] {
+            check_chunked(m, chunk, 16);
+        }
+    }
+    check_chunked("tiny-qwen3", 7, 1);
+    check_chunked("tiny-llama", 64, 32);
+}

@@ -1,0 +1,408 @@
+//! The pool of KV cache blocks: ref counts, an LRU free list and the prefix-cache map.
+
+use std::collections::HashMap;
+
+use crate::error::BlockPoolError;
+use crate::hash::BlockHash;
+
+/// Block 0 is reserved as the null block (a placeholder the runner may point padding at). It
+/// is never handed out, never freed and never cached.
+pub const NULL_BLOCK: u32 = 0;
+
+/// `num_blocks` fixed-size KV cache blocks, identified by `u32` ids.
+///
+/// * every block has a ref count (how many block tables hold it);
+/// * blocks with ref count 0 (except the null block) sit on a free list in LRU order: the head
+///   is evicted first, freed blocks join the tail. The list is intrusive (two `Vec`s of
+///   neighbour ids), so taking a block out of the middle on a cache hit is O(1);
+/// * a full block whose contents are known can be registered under its [`BlockHash`]. It keeps
+///   that hash while it sits on the free list (it can still be hit) and loses it only when it
+///   is handed out again (evicted).
+#[derive(Debug, Clone)]
+pub struct BlockPool {
+    ref_cnt: Vec<u32>,
+    hash: Vec<Option<BlockHash>>,
+    /// `prev`/`next` have `num_blocks + 1` entries; index `num_blocks` is the list sentinel.
+    prev: Vec<u32>,
+    next: Vec<u32>,
+    num_free: usize,
+    cached: HashMap<BlockHash, u32>,
+}
+
+impl BlockPool {
+    /// A pool of `num_blocks` blocks (including the null block), all free, none cached.
+    pub fn new(num_blocks: usize) -> Result<Self, BlockPoolError> {
+        if num_blocks < 2 {
+            return Err(BlockPoolError::TooFewBlocks { num_blocks });
+        }
+        // The sentinel id must fit in a u32 as well.
+        if num_blocks >= u32::MAX as usize {
+            return Err(BlockPoolError::TooManyBlocks { num_blocks });
+        }
+        let n = num_blocks as u32;
+        let sentinel = n;
+        let mut prev = vec![sentinel; num_blocks + 1];
+        let mut next = vec![sentinel; num_blocks + 1];
+        // Free list: 1, 2, ..., n-1 (block 0 is the null block and never listed).
+        for b in 1..n {
+            prev[b as usize] = if b == 1 { sentinel } else { b - 1 };
+            next[b as usize] = if b == n - 1 { sentinel } else { b + 1 };
+        }
+        next[sentinel as usize] = 1;
+        prev[sentinel as usize] = n - 1;
+        Ok(Self {
+            ref_cnt: vec![0; num_blocks],
+            hash: vec![None; num_blocks],
+            prev,
+            next,
+            num_free: num_blocks - 1,
+            cached: HashMap::new(),
+        })
+    }
+
+    /// Total number of blocks, the null block included.
+    pub fn num_blocks(&self) -> usize {
+        self.ref_cnt.len()
+    }
+
+    /// Blocks that can ever be handed out (`num_blocks - 1`).
+    pub fn num_usable_blocks(&self) -> usize {
+        self.ref_cnt.len() - 1
+    }
+
+    /// Blocks with ref count 0 (cached ones included: they are evictable).
+    pub fn num_free_blocks(&self) -> usize {
+        self.num_free
+    }
+
+    /// Fraction of usable blocks held by at least one request, in `[0, 1]`.
+    pub fn usage(&self) -> f64 {
+        1.0 - self.num_free as f64 / self.num_usable_blocks() as f64
+    }
+
+    /// Number of blocks registered in the prefix-cache map.
+    pub fn num_cached_blocks(&self) -> usize {
+        self.cached.len()
+    }
+
+    /// Ref count of `block` (0 for an unknown id).
+    pub fn ref_count(&self, block: u32) -> u32 {
+        self.ref_cnt.get(block as usize).copied().unwrap_or(0)
+    }
+
+    /// The hash `block` is registered under, if any.
+    pub fn block_hash(&self, block: u32) -> Option<BlockHash> {
+        self.hash.get(block as usize).copied().flatten()
+    }
+
+    /// The cached block holding the contents with this hash, if any.
+    pub fn get_cached_block(&self, hash: BlockHash) -> Option<u32> {
+        self.cached.get(&hash).copied()
+    }
+
+    /// Hands out `n` blocks from the head of the free list (least recently freed first), each
+    /// with ref count 1. A block that was cached loses its hash (it is evicted). Returns `None`,
+    /// changing nothing, when fewer than `n` blocks are free.
+    pub fn allocate(&mut self, n: usize) -> Option<Vec<u32>> {
+        if n > self.num_free {
+            return None;
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let b = self.pop_front()?;
+            self.evict_hash(b);
+            self.ref_cnt[b as usize] = 1;
+            out.push(b);
+        }
+        Some(out)
+    }
+
+    /// Takes a reference on each block (cache hits): a block with ref count 0 leaves the free
+    /// list. Validates every id first and changes nothing on error.
+    pub fn touch(&mut self, blocks: &[u32]) -> Result<(), BlockPoolError> {
+        for &b in blocks {
+            self.check_id(b)?;
+        }
+        for &b in blocks {
+            if self.ref_cnt[b as usize] == 0 {
+                self.unlink(b);
+            }
+            self.ref_cnt[b as usize] += 1;
+        }
+        Ok(())
+    }
+
+    /// Drops one reference on each block, in the given order; a block reaching 0 joins the
+    /// tail of the free list (keeping its hash), so the first block in `blocks` that becomes
+    /// free is evicted first. Callers freeing a sequence pass its table reversed, so that the
+    /// tail of a sequence is evicted before its (more shareable) head.
+    ///
+    /// Invalid ids are rejected before anything changes; a block listed more often than it is
+    /// referenced is left at 0 (never pushed twice) and reported after the others are freed.
+    pub fn free(&mut self, blocks: &[u32]) -> Result<(), BlockPoolError> {
+        for &b in blocks {
+            self.check_id(b)?;
+        }
+        let mut over_freed = None;
+        for &b in blocks {
+            let rc = &mut self.ref_cnt[b as usize];
+            if *rc == 0 {
+                over_freed.get_or_insert(b);
+                continue;
+            }
+            *rc -= 1;
+            if *rc == 0 {
+                self.push_back(b);
+            }
+        }
+        match over_freed {
+            Some(block) => Err(BlockPoolError::DoubleFree { block }),
+            None => Ok(()),
+        }
+    }
+
+    /// Registers a full, computed block under `hash`. Returns `false` (and changes nothing)
+    /// when the block already has a hash or another block is already cached under `hash`
+    /// (two requests computed the same contents: the second copy simply stays private).
+    pub fn cache_block(&mut self, block: u32, hash: BlockHash) -> Result<bool, BlockPoolError> {
+        self.check_id(block)?;
+        if self.hash[block as usize].is_some() || self.cached.contains_key(&hash) {
+            return Ok(false);
+        }
+        self.hash[block as usize] = Some(hash);
+        self.cached.insert(hash, block);
+        Ok(true)
+    }
+
+    /// Free-list contents from head (next to be evicted) to tail.
+    pub fn free_list(&self) -> Vec<u32> {
+        let sentinel = self.sentinel();
+        let mut out = Vec::with_capacity(self.num_free);
+        let mut b = self.next[sentinel as usize];
+        while b != sentinel && out.len() <= self.num_free {
+            out.push(b);
+            b = self.next[b as usize];
+        }
+        out
+    }
+
+    /// Checks the pool's internal invariants (used by tests): the free list is a well-formed
+    /// doubly linked list holding exactly the non-null blocks with ref count 0, the null block
+    /// is unreferenced, and the hash map and per-block hashes agree.
+    pub fn check_consistency(&self) -> Result<(), String> {
+        let list = self.free_list();
+        if list.len() != self.num_free {
+            return Err(format!(
+                "free list has {} entries but num_free is {}",
+                list.len(),
+                self.num_free
+            ));
+        }
+        let mut on_list = vec![false; self.num_blocks()];
+        let mut prev = self.sentinel();
+        for &b in &list {
+            if b == NULL_BLOCK || b as usize >= self.num_blocks() {
+                return Err(format!("free list holds invalid block {b}"));
+            }
+            if on_list[b as usize] {
+                return Err(format!("block {b} is on the free list twice"));
+            }
+            if self.prev[b as usize] != prev {
+                return Err(format!("block {b} has a wrong prev link"));
+            }
+            on_list[b as usize] = true;
+            prev = b;
+        }
+        if self.prev[self.sentinel() as usize] != prev {
+            return Err("sentinel prev link does not point to the tail".to_string());
+        }
+        if self.ref_cnt[NULL_BLOCK as usize] != 0 || self.hash[NULL_BLOCK as usize].is_some() {
+            return Err("the null block was referenced or cached".to_string());
+        }
+        for b in 1..self.num_blocks() {
+            if (self.ref_cnt[b] == 0) != on_list[b] {
+                return Err(format!(
+                    "block {b} has ref count {} but on_free_list={}",
+                    self.ref_cnt[b], on_list[b]
+                ));
+            }
+            if let Some(h) = self.hash[b] {
+                if self.cached.get(&h) != Some(&(b as u32)) {
+                    return Err(format!("block {b} has a hash the map does not point back to"));
+                }
+            }
+        }
+        for (h, &b) in &self.cached {
+            if self.hash.get(b as usize).copied().flatten() != Some(*h) {
+                return Err(format!("map entry for block {b} does not match its hash"));
+            }
+        }
+        Ok(())
+    }
+
+    fn sentinel(&self) -> u32 {
+        self.ref_cnt.len() as u32
+    }
+
+    fn check_id(&self, block: u32) -> Result<(), BlockPoolError> {
+        if block == NULL_BLOCK {
+            return Err(BlockPoolError::NullBlock);
+        }
+        if block as usize >= self.num_blocks() {
+            return Err(BlockPoolError::OutOfRange {
+                block,
+                num_blocks: self.num_blocks(),
+            });
+        }
+        Ok(())
+    }
+
+    fn evict_hash(&mut self, b: u32) {
+        if let Some(h) = self.hash[b as usize].take() {
+            if self.cached.get(&h) == Some(&b) {
+                self.cached.remove(&h);
+            }
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<u32> {
+        let s = self.sentinel();
+        let b = self.next[s as usize];
+        if b == s {
+            return None;
+        }
+        self.unlink(b);
+        Some(b)
+    }
+
+    fn push_back(&mut self, b: u32) {
+        let s = self.sentinel();
+        let tail = self.prev[s as usize];
+        self.next[tail as usize] = b;
+        self.prev[b as usize] = tail;
+        self.next[b as usize] = s;
+        self.prev[s as usize] = b;
+        self.num_free += 1;
+    }
+
+    fn unlink(&mut self, b: u32) {
+        let (p, n) = (self.prev[b as usize], self.next[b as usize]);
+        self.next[p as usize] = n;
+        self.prev[n as usize] = p;
+        let s = self.sentinel();
+        self.prev[b as usize] = s;
+        self.next[b as usize] = s;
+        self.num_free -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::{hash_block, CacheKeyExtra};
+
+    fn h(i: u32) -> BlockHash {
+        hash_block(None, &[i], &CacheKeyExtra::default())
+    }
+
+    #[test]
+    fn new_pool_lists_all_but_null_block() {
+        let p = BlockPool::new(5).unwrap();
+        assert_eq!(p.free_list(), vec![1, 2, 3, 4]);
+        assert_eq!(p.num_free_blocks(), 4);
+        assert_eq!(p.num_usable_blocks(), 4);
+        assert_eq!(p.usage(), 0.0);
+        p.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn too_few_blocks_rejected() {
+        let e = BlockPool::new(1).unwrap_err();
+        assert!(e.to_string().contains("num_blocks is 1"), "{e}");
+    }
+
+    #[test]
+    fn allocate_is_lru_and_all_or_nothing() {
+        let mut p = BlockPool::new(5).unwrap();
+        assert_eq!(p.allocate(2).unwrap(), vec![1, 2]);
+        assert!(p.allocate(3).is_none());
+        assert_eq!(p.num_free_blocks(), 2);
+        assert_eq!(p.allocate(2).unwrap(), vec![3, 4]);
+        assert!(p.allocate(1).is_none());
+        assert_eq!(p.usage(), 1.0);
+        // Free 3 then 1: the LRU order is 3, 1.
+        p.free(&[3, 1]).unwrap();
+        assert_eq!(p.free_list(), vec![3, 1]);
+        assert_eq!(p.allocate(1).unwrap(), vec![3]);
+        p.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn never_hands_out_null_block() {
+        let mut p = BlockPool::new(3).unwrap();
+        let all = p.allocate(2).unwrap();
+        assert!(!all.contains(&NULL_BLOCK));
+        assert!(p.free(&[NULL_BLOCK]).is_err());
+        assert!(p.touch(&[NULL_BLOCK]).is_err());
+        p.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn freed_block_keeps_hash_until_reallocated() {
+        let mut p = BlockPool::new(4).unwrap();
+        let b = p.allocate(3).unwrap();
+        assert!(p.cache_block(b[0], h(7)).unwrap());
+        p.free(&[b[0]]).unwrap();
+        assert_eq!(p.get_cached_block(h(7)), Some(b[0]));
+        assert_eq!(p.block_hash(b[0]), Some(h(7)));
+        // Reallocating evicts.
+        assert_eq!(p.allocate(1).unwrap(), vec![b[0]]);
+        assert_eq!(p.get_cached_block(h(7)), None);
+        assert_eq!(p.block_hash(b[0]), None);
+        p.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn touch_removes_from_middle_of_free_list() {
+        let mut p = BlockPool::new(6).unwrap();
+        let b = p.allocate(5).unwrap();
+        p.free(&b).unwrap();
+        assert_eq!(p.free_list(), vec![1, 2, 3, 4, 5]);
+        p.touch(&[3]).unwrap();
+        assert_eq!(p.free_list(), vec![1, 2, 4, 5]);
+        assert_eq!(p.ref_count(3), 1);
+        p.touch(&[3]).unwrap();
+        assert_eq!(p.ref_count(3), 2);
+        p.free(&[3]).unwrap();
+        assert_eq!(p.free_list(), vec![1, 2, 4, 5]);
+        p.free(&[3]).unwrap();
+        assert_eq!(p.free_list(), vec![1, 2, 4, 5, 3]);
+        // Head and tail removal.
+        p.touch(&[1, 3]).unwrap();
+        assert_eq!(p.free_list(), vec![2, 4, 5]);
+        p.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn double_free_is_reported_and_harmless() {
+        let mut p = BlockPool::new(3).unwrap();
+        let b = p.allocate(1).unwrap();
+        let e = p.free(&[b[0], b[0]]).unwrap_err();
+        assert!(e.to_string().contains("block 1"), "{e}");
+        assert_eq!(p.free_list(), vec![2, 1]);
+        p.check_consistency().unwrap();
+        assert!(p.free(&[7]).is_err());
+    }
+
+    #[test]
+    fn duplicate_hash_is_not_registered_twice() {
+        let mut p = BlockPool::new(4).unwrap();
+        let b = p.allocate(2).unwrap();
+        assert!(p.cache_block(b[0], h(1)).unwrap());
+        assert!(!p.cache_block(b[1], h(1)).unwrap());
+        assert!(!p.cache_block(b[0], h(2)).unwrap());
+        assert_eq!(p.get_cached_block(h(1)), Some(b[0]));
+        assert_eq!(p.num_cached_blocks(), 1);
+        p.check_consistency().unwrap();
+    }
+}

@@ -1,0 +1,517 @@
+//! Scheduler behaviour through the public API.
+
+use lantern_scheduler::{
+    AddRequestError, ConfigError, FinishReason, RequestStatus, SchedRequest, Scheduler,
+    SchedulerConfig, SchedulerOutput, SchedulingPolicy, UpdateError, NULL_BLOCK,
+};
+
+fn cfg() -> SchedulerConfig {
+    SchedulerConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: 64,
+        block_size: 4,
+        num_blocks: 65,
+        max_model_len: 256,
+        max_waiting_requests: 16,
+        enable_prefix_caching: true,
+        long_prefill_token_threshold: 0,
+        policy: SchedulingPolicy::Fcfs,
+    }
+}
+
+fn req(id: u64, prompt: Vec<u32>, max_tokens: usize) -> SchedRequest {
+    SchedRequest {
+        id,
+        prompt_token_ids: prompt,
+        max_tokens,
+        priority: 0,
+        lora_id: 0,
+        cache_salt: None,
+    }
+}
+
+fn toks(n: usize) -> Vec<u32> {
+    (0..n as u32).map(|i| 1000 + i).collect()
+}
+
+/// Samples token `id * 100 + output index` for every sampling sequence and applies it.
+fn step(s: &mut Scheduler) -> SchedulerOutput {
+    let out = s.schedule();
+    let sampled: Vec<(u64, u32)> = out
+        .seqs
+        .iter()
+        .filter(|q| q.sample)
+        .map(|q| {
+            let n = s.output_tokens(q.id).map_or(0, |o| o.len());
+            (q.id, (q.id * 100) as u32 + n as u32)
+        })
+        .collect();
+    let capped = s.update(&out, &sampled).unwrap();
+    for id in capped {
+        assert!(s.finish_request(id, FinishReason::Length));
+    }
+    out
+}
+
+fn assert_pool_full(s: &Scheduler) {
+    let st = s.stats();
+    assert_eq!(st.num_blocks_free, st.num_blocks_total, "{st:?}");
+    assert_eq!(s.kv_cache_manager().num_tracked_seqs(), 0);
+    s.kv_cache_manager().pool().check_consistency().unwrap();
+}
+
+#[test]
+fn config_is_validated() {
+    let bad = |f: fn(&mut SchedulerConfig)| {
+        let mut c = cfg();
+        f(&mut c);
+        Scheduler::new(c).unwrap_err()
+    };
+    assert_eq!(bad(|c| c.block_size = 0), ConfigError::ZeroBlockSize);
+    assert_eq!(bad(|c| c.max_num_seqs = 0), ConfigError::ZeroMaxNumSeqs);
+    assert_eq!(
+        bad(|c| c.max_num_batched_tokens = 0),
+        ConfigError::ZeroMaxNumBatchedTokens
+    );
+    assert!(bad(|c| c.num_blocks = 1).to_string().contains("num_blocks is 1"));
+}
+
+#[test]
+fn single_request_prefill_then_decode() {
+    let mut s = Scheduler::new(cfg()).unwrap();
+    s.add_request(req(1, toks(10), 3)).unwrap();
+    assert_eq!(s.request_status(1), Some(RequestStatus::Waiting));
+    let out = step(&mut s);
+    assert_eq!(out.seqs.len(), 1);
+    let q = &out.seqs[0];
+    assert_eq!(q.token_ids, toks(10));
+    assert_eq!(q.num_computed_tokens, 0);
+    assert!(q.sample);
+    assert_eq!(q.block_table.len(), 3);
+    assert!(!q.block_table.contains(&NULL_BLOCK));
+    assert_eq!(out.num_batched_tokens, 10);
+    assert_eq!(s.output_tokens(1), Some(&[100][..]));
+    let out = step(&mut s);
+    assert_eq!(out.seqs[0].token_ids, vec![100]);
+    assert_eq!(out.seqs[0].num_computed_tokens, 10);
+    assert!(out.seqs[0].sample);
+    let out = step(&mut s);
+    assert_eq!(out.seqs[0].token_ids, vec![101]);
+    // Third output reached max_tokens: step() finished it.
+    assert!(!s.has_unfinished());
+    assert_pool_full(&s);
+    assert_eq!(s.stats().num_finished, 1);
+}
+
+#[test]
+fn chunked_prefill_respects_budget() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_num_batched_tokens: 8,
+        ..cfg()
+    })
+    .unwrap();
+    s.add_request(req(1, toks(20), 2)).unwrap();
+    let chunks: Vec<(usize, usize, bool)> = (0..3)
+        .map(|_| {
+            let out = step(&mut s);
+            let q = &out.seqs[0];
+            (q.num_computed_tokens, q.token_ids.len(), q.sample)
+        })
+        .collect();
+    assert_eq!(chunks, vec![(0, 8, false), (8, 8, false), (16, 4, true)]);
+    assert_eq!(s.output_tokens(1).unwrap().len(), 1);
+}
+
+#[test]
+fn long_prefill_threshold_caps_chunks_and_mixes_with_decode() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_num_batched_tokens: 8,
+        long_prefill_token_threshold: 5,
+        ..cfg()
+    })
+    .unwrap();
+    s.add_request(req(1, toks(3), 4)).unwrap();
+    let out = step(&mut s);
+    assert_eq!(out.seqs[0].token_ids.len(), 3);
+    s.add_request(req(2, toks(12), 2)).unwrap();
+    let out = step(&mut s);
+    // Decode of 1 (1 token) and the first 5-token chunk of 2.
+    let lens: Vec<(u64, usize)> = out.seqs.iter().map(|q| (q.id, q.token_ids.len())).collect();
+    assert_eq!(lens, vec![(1, 1), (2, 5)]);
+    assert_eq!(out.num_batched_tokens, 6);
+    let out = step(&mut s);
+    let lens: Vec<(u64, usize)> = out.seqs.iter().map(|q| (q.id, q.token_ids.len())).collect();
+    assert_eq!(lens, vec![(1, 1), (2, 5)]);
+    let out = step(&mut s);
+    let lens: Vec<(u64, usize, bool)> = out
+        .seqs
+        .iter()
+        .map(|q| (q.id, q.token_ids.len(), q.sample))
+        .collect();
+    assert_eq!(lens, vec![(1, 1, true), (2, 2, true)]);
+}
+
+#[test]
+fn budget_stops_admission_and_max_num_seqs_caps_running() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_num_seqs: 2,
+        max_num_batched_tokens: 10,
+        ..cfg()
+    })
+    .unwrap();
+    for id in 1..=3 {
+        s.add_request(req(id, toks(4), 5)).unwrap();
+    }
+    let out = s.schedule();
+    assert_eq!(out.seqs.len(), 2);
+    assert_eq!(s.num_running(), 2);
+    assert_eq!(s.num_waiting(), 1);
+    assert_eq!(s.waiting_ids(), vec![3]);
+}
+
+#[test]
+fn full_prompt_cached_backs_off_one_token() {
+    let mut s = Scheduler::new(cfg()).unwrap();
+    s.add_request(req(1, toks(8), 1)).unwrap();
+    step(&mut s);
+    assert!(!s.has_unfinished());
+    // Same 8-token prompt: both blocks are cached, but the last token must be recomputed,
+    // so only the first block is a hit.
+    s.add_request(req(2, toks(8), 1)).unwrap();
+    let out = s.schedule();
+    let q = &out.seqs[0];
+    assert_eq!(q.num_cached_tokens, 4);
+    assert_eq!(q.num_computed_tokens, 4);
+    assert_eq!(q.token_ids, toks(8)[4..].to_vec());
+    assert!(q.sample);
+    assert_eq!(s.num_cached_tokens(2), Some(4));
+    let st = s.stats();
+    assert_eq!((st.prefix_cache_queries, st.prefix_cache_hits), (16, 4));
+}
+
+#[test]
+fn prefix_hit_shares_blocks_and_lora_or_salt_prevent_it() {
+    let mut s = Scheduler::new(cfg()).unwrap();
+    s.add_request(req(1, toks(9), 4)).unwrap();
+    let first = step(&mut s);
+    let mut other_lora = req(2, toks(9), 4);
+    other_lora.lora_id = 3;
+    let mut salted = req(3, toks(9), 4);
+    salted.cache_salt = Some("tenant".into());
+    s.add_request(other_lora).unwrap();
+    s.add_request(salted).unwrap();
+    s.add_request(req(4, toks(9), 4)).unwrap();
+    let out = s.schedule();
+    let by_id = |id| out.seqs.iter().find(|q| q.id == id).unwrap();
+    assert_eq!(by_id(2).num_cached_tokens, 0);
+    assert_eq!(by_id(3).num_cached_tokens, 0);
+    assert_eq!(by_id(4).num_cached_tokens, 8);
+    assert_eq!(by_id(4).token_ids, vec![1008]);
+    assert_eq!(
+        &by_id(4).block_table[..2],
+        &first.seqs[0].block_table[..2],
+        "shared physical blocks"
+    );
+    assert_eq!(by_id(2).lora_id, 3);
+}
+
+#[test]
+fn disabled_prefix_caching_never_hits() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        enable_prefix_caching: false,
+        ..cfg()
+    })
+    .unwrap();
+    s.add_request(req(1, toks(9), 1)).unwrap();
+    step(&mut s);
+    s.add_request(req(2, toks(9), 1)).unwrap();
+    let out = step(&mut s);
+    assert_eq!(out.seqs[0].num_cached_tokens, 0);
+    assert_eq!(out.seqs[0].token_ids.len(), 9);
+    assert_eq!(s.stats().prefix_cache_queries, 0);
+}
+
+#[test]
+fn preemption_requeues_at_front_and_resumes_with_outputs() {
+    // 4 usable blocks of 2 tokens; two requests of 3-token prompts fill them after a decode.
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_num_seqs: 2,
+        block_size: 2,
+        num_blocks: 5,
+        enable_prefix_caching: false,
+        ..cfg()
+    })
+    .unwrap();
+    s.add_request(req(1, vec![1, 2, 3], 5)).unwrap();
+    s.add_request(req(2, vec![4, 5, 6], 3)).unwrap();
+    s.add_request(req(3, vec![7], 1)).unwrap();
+    step(&mut s); // both prefill: 2 + 2 blocks
+    step(&mut s); // both decode position 3: still fits
+    assert_eq!(s.stats().num_blocks_free, 0);
+    let out = step(&mut s);
+    // Request 1 needs a third block: request 2 (latest) is preempted.
+    assert_eq!(out.preempted, vec![2]);
+    assert_eq!(out.seqs.len(), 1);
+    assert_eq!(out.seqs[0].id, 1);
+    assert_eq!(s.request_status(2), Some(RequestStatus::Preempted));
+    assert_eq!(s.num_computed_tokens(2), Some(0));
+    assert_eq!(s.waiting_ids(), vec![2, 3], "preempted goes to the front");
+    assert_eq!(s.output_tokens(2), Some(&[200, 201][..]));
+    assert_eq!(s.stats().num_preemptions, 1);
+    // Run until request 2 is scheduled again: it recomputes prompt + outputs and samples.
+    let resumed = loop {
+        let out = step(&mut s);
+        if let Some(q) = out.seqs.iter().find(|q| q.id == 2) {
+            break q.clone();
+        }
+    };
+    assert_eq!(resumed.num_computed_tokens, 0);
+    assert_eq!(resumed.token_ids, vec![4, 5, 6, 200, 201]);
+    assert!(resumed.sample);
+    while s.has_unfinished() {
+        step(&mut s);
+    }
+    assert_pool_full(&s);
+}
+
+#[test]
+fn growing_request_preempts_the_latest_admitted() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        block_size: 2,
+        num_blocks: 5,
+        enable_prefix_caching: false,
+        ..cfg()
+    })
+    .unwrap();
+    s.add_request(req(1, vec![1, 2, 3, 4], 2)).unwrap();
+    s.add_request(req(2, vec![5, 6, 7, 8], 2)).unwrap();
+    step(&mut s);
+    // Both need a third block now; request 1 preempts request 2 (FCFS: latest first).
+    let out = s.schedule();
+    assert_eq!(out.preempted, vec![2]);
+    assert_eq!(out.seqs.iter().map(|q| q.id).collect::<Vec<_>>(), vec![1]);
+}
+
+#[test]
+fn priority_policy_orders_admission_and_preemption() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_num_seqs: 1,
+        policy: SchedulingPolicy::Priority,
+        ..cfg()
+    })
+    .unwrap();
+    for (id, prio) in [(1, 5), (2, 1), (3, 3), (4, 1)] {
+        let mut r = req(id, toks(2), 1);
+        r.priority = prio;
+        s.add_request(r).unwrap();
+    }
+    assert_eq!(s.waiting_ids(), vec![2, 4, 3, 1]);
+    let mut order = Vec::new();
+    while s.has_unfinished() {
+        let out = step(&mut s);
+        order.extend(out.seqs.iter().map(|q| q.id));
+    }
+    assert_eq!(order, vec![2, 4, 3, 1]);
+
+    // Preemption picks the largest (priority, arrival), not the latest admitted.
+    let mut s = Scheduler::new(SchedulerConfig {
+        block_size: 2,
+        num_blocks: 5,
+        enable_prefix_caching: false,
+        policy: SchedulingPolicy::Priority,
+        ..cfg()
+    })
+    .unwrap();
+    let mut low = req(1, vec![1, 2, 3, 4], 2);
+    low.priority = 9;
+    let mut high = req(2, vec![5, 6, 7, 8], 2);
+    high.priority = 0;
+    s.add_request(low).unwrap();
+    s.add_request(high).unwrap();
+    step(&mut s);
+    let out = s.schedule();
+    assert_eq!(out.preempted, vec![1]);
+    assert_eq!(out.seqs.iter().map(|q| q.id).collect::<Vec<_>>(), vec![2]);
+}
+
+#[test]
+fn preempting_an_already_scheduled_request_refunds_its_budget() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        block_size: 2,
+        num_blocks: 5,
+        enable_prefix_caching: false,
+        policy: SchedulingPolicy::Priority,
+        ..cfg()
+    })
+    .unwrap();
+    let mut x = req(1, vec![1, 2, 3], 3);
+    x.priority = 9;
+    let mut y = req(2, vec![4, 5, 6, 7], 3);
+    y.priority = 0;
+    s.add_request(x).unwrap();
+    s.add_request(y).unwrap();
+    step(&mut s);
+    assert_eq!(s.running_ids(), &[1, 2]);
+    // X (first in running order) fits its decode, then Y needs a block and the victim is X.
+    let out = s.schedule();
+    assert_eq!(out.preempted, vec![1]);
+    assert_eq!(out.seqs.iter().map(|q| q.id).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(out.num_batched_tokens, 1);
+    assert_eq!(s.running_ids(), &[2]);
+    assert_eq!(s.waiting_ids(), vec![1]);
+}
+
+#[test]
+fn fcfs_admission_order() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_num_seqs: 1,
+        ..cfg()
+    })
+    .unwrap();
+    for (id, prio) in [(1, 5), (2, 1), (3, 3)] {
+        let mut r = req(id, toks(2), 1);
+        r.priority = prio;
+        s.add_request(r).unwrap();
+    }
+    assert_eq!(s.waiting_ids(), vec![1, 2, 3]);
+}
+
+#[test]
+fn rejections_give_the_numbers() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_model_len: 100,
+        num_blocks: 11, // 10 usable blocks of 4 tokens = 40 tokens
+        max_waiting_requests: 2,
+        ..cfg()
+    })
+    .unwrap();
+    let e = s.add_request(req(1, vec![], 5)).unwrap_err();
+    assert_eq!(e, AddRequestError::EmptyPrompt { id: 1 });
+    assert!(e.to_string().contains("empty"));
+    let e = s.add_request(req(1, toks(3), 0)).unwrap_err();
+    assert_eq!(e, AddRequestError::ZeroMaxTokens { id: 1 });
+    let e = s.add_request(req(1, toks(90), 20)).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("90") && msg.contains("20") && msg.contains("110") && msg.contains("100"),
+        "{msg}"
+    );
+    let e = s.add_request(req(1, toks(30), 11)).unwrap_err();
+    assert!(matches!(
+        e,
+        AddRequestError::ExceedsKvCache {
+            needed_blocks: 11,
+            total_blocks: 10,
+            ..
+        }
+    ));
+    let msg = e.to_string();
+    assert!(msg.contains("11 KV blocks") && msg.contains("only 10 blocks"), "{msg}");
+    // Exactly the whole cache is fine.
+    s.add_request(req(1, toks(30), 10)).unwrap();
+    let e = s.add_request(req(1, toks(3), 1)).unwrap_err();
+    assert_eq!(e, AddRequestError::DuplicateId { id: 1 });
+    s.add_request(req(2, toks(3), 1)).unwrap();
+    let e = s.add_request(req(3, toks(3), 1)).unwrap_err();
+    assert_eq!(
+        e,
+        AddRequestError::QueueFull {
+            id: 3,
+            max_waiting_requests: 2
+        }
+    );
+    assert!(e.to_string().contains("(2 requests)"));
+    assert_eq!(s.num_waiting(), 2);
+}
+
+#[test]
+fn finish_request_frees_exactly_once() {
+    let mut s = Scheduler::new(cfg()).unwrap();
+    s.add_request(req(1, toks(10), 5)).unwrap();
+    s.add_request(req(2, toks(10), 5)).unwrap();
+    s.add_request(req(3, toks(10), 5)).unwrap();
+    s.schedule();
+    assert!(s.stats().num_blocks_used > 0);
+    assert!(s.finish_request(1, FinishReason::Aborted));
+    assert!(!s.finish_request(1, FinishReason::Aborted));
+    assert!(!s.finish_request(99, FinishReason::Stopped));
+    assert!(s.finish_request(2, FinishReason::Stopped));
+    assert!(s.finish_request(3, FinishReason::Length));
+    assert!(!s.has_unfinished());
+    assert_eq!(s.num_running(), 0);
+    assert_pool_full(&s);
+    let st = s.stats();
+    assert_eq!((st.num_finished, st.num_aborted), (3, 1));
+    // A waiting request can be finished too.
+    s.add_request(req(4, toks(3), 1)).unwrap();
+    assert!(s.finish_request(4, FinishReason::Aborted));
+    assert_eq!(s.num_waiting(), 0);
+    assert_pool_full(&s);
+}
+
+#[test]
+fn finishing_between_schedule_and_update_is_fine() {
+    let mut s = Scheduler::new(cfg()).unwrap();
+    s.add_request(req(1, toks(5), 5)).unwrap();
+    s.add_request(req(2, toks(5), 5)).unwrap();
+    let out = s.schedule();
+    assert!(s.finish_request(1, FinishReason::Aborted));
+    s.update(&out, &[(1, 7), (2, 8)]).unwrap();
+    assert_eq!(s.output_tokens(2), Some(&[8][..]));
+    assert_eq!(s.output_tokens(1), None);
+}
+
+#[test]
+fn capped_request_is_never_scheduled_again() {
+    let mut s = Scheduler::new(cfg()).unwrap();
+    s.add_request(req(1, toks(5), 1)).unwrap();
+    let out = s.schedule();
+    let capped = s.update(&out, &[(1, 9)]).unwrap();
+    assert_eq!(capped, vec![1]);
+    // The engine "forgot" to finish it: it gets nothing more.
+    assert!(s.schedule().is_empty());
+    assert_eq!(s.output_tokens(1).unwrap().len(), 1);
+}
+
+#[test]
+fn update_rejects_mismatched_results_without_changing_anything() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_num_batched_tokens: 4,
+        ..cfg()
+    })
+    .unwrap();
+    s.add_request(req(1, toks(3), 5)).unwrap();
+    s.add_request(req(2, toks(8), 5)).unwrap();
+    let out = s.schedule();
+    assert_eq!(out.seqs.len(), 2);
+    assert!(out.seqs[0].sample && !out.seqs[1].sample);
+    assert_eq!(
+        s.update(&out, &[]).unwrap_err(),
+        UpdateError::MissingSample { id: 1 }
+    );
+    assert_eq!(
+        s.update(&out, &[(1, 5), (2, 5)]).unwrap_err(),
+        UpdateError::UnexpectedSample { id: 2 }
+    );
+    assert_eq!(
+        s.update(&out, &[(1, 5), (1, 6)]).unwrap_err(),
+        UpdateError::DuplicateSample { id: 1, count: 2 }
+    );
+    assert_eq!(
+        s.update(&out, &[(1, 5), (9, 6)]).unwrap_err(),
+        UpdateError::NotScheduled { id: 9 }
+    );
+    assert_eq!(s.num_computed_tokens(1), Some(0));
+    s.update(&out, &[(1, 5)]).unwrap();
+    let e = s.update(&out, &[(1, 5)]).unwrap_err();
+    assert_eq!(
+        e,
+        UpdateError::StaleOutput {
+            id: 1,
+            scheduled: 0,
+            current: 3
+        }
+    );
+    assert_eq!(s.output_tokens(1), Some(&[5][..]));
+    assert_eq!(s.num_computed_tokens(2), Some(1));
+}

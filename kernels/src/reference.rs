@@ -1,0 +1,185 @@
+//! Slow, obviously-correct reference implementations, used as test oracles.
+//!
+//! Everything here copies its inputs to host `Vec<f32>`s, gathers each sequence's keys and
+//! values into dense matrices, and applies plain textbook math (explicit causal mask, full
+//! softmax). Inputs may live on any device; results come back on the device and in the
+//! dtype of the corresponding input. Nothing here is meant to be fast.
+
+use candle_core::{bail, DType, Device, Result, Tensor};
+
+use crate::metadata::PagedAttnMetadata;
+
+fn host_f32(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}
+
+fn host_u32(t: &Tensor) -> Result<Vec<u32>> {
+    t.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<u32>()
+}
+
+/// Reference paged attention with the semantics of [`crate::paged_attention`].
+///
+/// For every sequence `s` the first `context_lens[s]` cache positions are gathered through
+/// the block table into dense `K`, `V` of shape `(context_len, num_kv_heads, head_dim)`;
+/// then for each query head `h` the full score matrix `S[j][t] = scale * q_j . K[t]` is
+/// built with `S[j][t] = -inf` for `t > p_j = context_len - query_len + j`, softmaxed row by
+/// row (max-subtracted, f32), and multiplied by `V`. Batch rows owned by no sequence are 0.
+pub fn paged_attention_naive(
+    q: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    meta: &PagedAttnMetadata,
+    softmax_scale: f32,
+) -> Result<Tensor> {
+    let &[num_tokens, num_heads, head_dim] = q.dims() else {
+        bail!("paged_attention_naive: q must be 3-D, got {:?}", q.shape());
+    };
+    let &[num_blocks, block_size, num_kv_heads, cache_head_dim] = k_cache.dims() else {
+        bail!(
+            "paged_attention_naive: k_cache must be 4-D, got {:?}",
+            k_cache.shape()
+        );
+    };
+    if v_cache.dims() != k_cache.dims()
+        || cache_head_dim != head_dim
+        || num_kv_heads == 0
+        || num_heads % num_kv_heads != 0
+        || block_size != meta.block_size
+    {
+        bail!(
+            "paged_attention_naive: inconsistent shapes q {:?}, k_cache {:?}, v_cache {:?}, block_size {}",
+            q.shape(),
+            k_cache.shape(),
+            v_cache.shape(),
+            meta.block_size
+        );
+    }
+    let group = num_heads / num_kv_heads;
+    let q_h = host_f32(q)?;
+    let k_h = host_f32(k_cache)?;
+    let v_h = host_f32(v_cache)?;
+    let tables = meta
+        .block_tables
+        .to_device(&Device::Cpu)?
+        .to_vec2::<u32>()?;
+    let cu = host_u32(&meta.cu_seqlens_q)?;
+    let ctx_lens = host_u32(&meta.context_lens)?;
+    if cu.len() != ctx_lens.len() + 1 || tables.len() != ctx_lens.len() {
+        bail!("paged_attention_naive: metadata lengths disagree");
+    }
+
+    let row = num_kv_heads * head_dim; // elements per cache slot
+    let mut out = vec![0f32; num_tokens * num_heads * head_dim];
+    for (s, table) in tables.iter().enumerate() {
+        let (lo, hi) = (cu[s] as usize, cu[s + 1] as usize);
+        let ctx = ctx_lens[s] as usize;
+        if hi < lo || hi > num_tokens || hi - lo > ctx {
+            bail!("paged_attention_naive: bad cu_seqlens_q/context_lens for seq {s}");
+        }
+        let qlen = hi - lo;
+
+        // Dense K, V: (ctx, num_kv_heads, head_dim).
+        let mut k_dense = Vec::with_capacity(ctx * row);
+        let mut v_dense = Vec::with_capacity(ctx * row);
+        for t in 0..ctx {
+            let Some(&block) = table.get(t / block_size) else {
+                bail!("paged_attention_naive: seq {s} position {t} is past its block table");
+            };
+            if block as usize >= num_blocks {
+                bail!("paged_attention_naive: block id {block} out of range");
+            }
+            let slot = block as usize * block_size + t % block_size;
+            k_dense.extend_from_slice(&k_h[slot * row..(slot + 1) * row]);
+            v_dense.extend_from_slice(&v_h[slot * row..(slot + 1) * row]);
+        }
+
+        for h in 0..num_heads {
+            let kvh = h / group;
+            for j in 0..qlen {
+                let p = ctx - qlen + j;
+                let q_off = ((lo + j) * num_heads + h) * head_dim;
+                let q_vec = &q_h[q_off..q_off + head_dim];
+                // Masked scores over all ctx positions.
+                let scores: Vec<f32> = (0..ctx)
+                    .map(|t| {
+                        if t > p {
+                            f32::NEG_INFINITY
+                        } else {
+                            let k_off = t * row + kvh * head_dim;
+                            let k_vec = &k_dense[k_off..k_off + head_dim];
+                            softmax_scale * q_vec.iter().zip(k_vec).map(|(a, b)| a * b).sum::<f32>()
+                        }
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f32 = exps.iter().sum();
+                let out_row = &mut out[q_off..q_off + head_dim];
+                for (t, e) in exps.iter().enumerate() {
+                    let w = e / sum;
+                    let v_off = t * row + kvh * head_dim;
+                    for (o, x) in out_row.iter_mut().zip(&v_dense[v_off..v_off + head_dim]) {
+                        *o += w * x;
+                    }
+                }
+            }
+        }
+    }
+    Tensor::from_vec(out, (num_tokens, num_heads, head_dim), &Device::Cpu)?
+        .to_dtype(q.dtype())?
+        .to_device(q.device())
+}
+
+/// Reference KV cache write with the semantics of [`crate::write_kv_cache`], but functional:
+/// returns updated copies `(k_cache, v_cache)` and leaves the inputs untouched.
+/// Negative slots are skipped; an out-of-range slot is an error.
+pub fn write_kv_cache_naive(
+    k: &Tensor,
+    v: &Tensor,
+    k_cache: &Tensor,
+    v_cache: &Tensor,
+    slot_mapping: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let &[num_tokens, num_kv_heads, head_dim] = k.dims() else {
+        bail!("write_kv_cache_naive: k must be 3-D, got {:?}", k.shape());
+    };
+    let &[num_blocks, block_size, cache_heads, cache_dim] = k_cache.dims() else {
+        bail!(
+            "write_kv_cache_naive: k_cache must be 4-D, got {:?}",
+            k_cache.shape()
+        );
+    };
+    if v.dims() != k.dims()
+        || v_cache.dims() != k_cache.dims()
+        || (cache_heads, cache_dim) != (num_kv_heads, head_dim)
+        || slot_mapping.dims() != [num_tokens]
+    {
+        bail!("write_kv_cache_naive: inconsistent shapes");
+    }
+    let slots = slot_mapping.to_device(&Device::Cpu)?.to_vec1::<i64>()?;
+    let row = num_kv_heads * head_dim;
+    let (k_h, v_h) = (host_f32(k)?, host_f32(v)?);
+    let (mut kc, mut vc) = (host_f32(k_cache)?, host_f32(v_cache)?);
+    for (i, &slot) in slots.iter().enumerate() {
+        if slot < 0 {
+            continue;
+        }
+        let slot = slot as usize;
+        if slot >= num_blocks * block_size {
+            bail!("write_kv_cache_naive: slot_mapping[{i}] = {slot} out of range");
+        }
+        kc[slot * row..(slot + 1) * row].copy_from_slice(&k_h[i * row..(i + 1) * row]);
+        vc[slot * row..(slot + 1) * row].copy_from_slice(&v_h[i * row..(i + 1) * row]);
+    }
+    let shape = k_cache.shape().clone();
+    let kc = Tensor::from_vec(kc, shape.clone(), &Device::Cpu)?
+        .to_dtype(k_cache.dtype())?
+        .to_device(k_cache.device())?;
+    let vc = Tensor::from_vec(vc, shape, &Device::Cpu)?
+        .to_dtype(v_cache.dtype())?
+        .to_device(v_cache.device())?;
+    Ok((kc, vc))
+}

