@@ -17,6 +17,14 @@ works; transformers' GGUF loader imports torch, so without torch the script read
 metadata with the `gguf` package and calls the same transformers converter
 (`convert_gguf_tokenizer`) that `from_pretrained` calls. Both paths are the same code in
 transformers, and the JSON records which one ran.
+
+One correction is applied on top of transformers: it ignores `tokenizer.ggml.pre`, so for
+"smollm" (and "starcoder", "refact") it misses the step that splits every numeric character
+on its own. llama.cpp applies it (`\\p{N}` before the GPT-2 regex) and so does SmolLM2's own
+tokenizer.json (`Digits(individual_digits=true)` before `ByteLevel`). The vocabulary has no
+multi-digit tokens, so ASCII numbers come out the same either way, but numerals such as
+"½ ² ①" do not. The script adds that step and keeps transformers' unpatched ids in
+`ids_transformers_as_is` for every case where they differ.
 """
 
 import json
@@ -122,27 +130,47 @@ def reference_tokenizer(path: Path):
     return "transformers convert_gguf_tokenizer (metadata via gguf.GGUFReader)", backend
 
 
+DIGIT_SPLIT_PRE = ("smollm", "starcoder", "refact")
+
+
+def with_digit_split(tok):
+    """A copy of `tok` that splits every numeric character first (see module docs)."""
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    patched = Tokenizer.from_str(tok.to_str())
+    patched.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), tok.pre_tokenizer]
+    )
+    return patched
+
+
 def main() -> None:
     import transformers
 
     path = default_gguf_path()
     if not path.is_file():
         sys.exit(f"GGUF not found at {path}; run scripts/fetch-default-model.sh or pass the path")
-    how, tok = reference_tokenizer(path)
+    how, as_is = reference_tokenizer(path)
     md = metadata(path)
+    tok = as_is
+    if md.get("tokenizer.ggml.pre") in DIGIT_SPLIT_PRE:
+        tok = with_digit_split(as_is)
+        how += " + Digits(individual_digits=True) first, for tokenizer.ggml.pre=" + md["tokenizer.ggml.pre"]
 
     cases = []
     for text in TEXTS:
         ids = tok.encode(text, add_special_tokens=False).ids
-        cases.append(
-            {
-                "text": text,
-                "ids": ids,
-                "ids_with_special": tok.encode(text, add_special_tokens=True).ids,
-                "decoded": tok.decode(ids, skip_special_tokens=False),
-                "decoded_skip_special": tok.decode(ids, skip_special_tokens=True),
-            }
-        )
+        case = {
+            "text": text,
+            "ids": ids,
+            "ids_with_special": tok.encode(text, add_special_tokens=True).ids,
+            "decoded": tok.decode(ids, skip_special_tokens=False),
+            "decoded_skip_special": tok.decode(ids, skip_special_tokens=True),
+        }
+        unpatched = as_is.encode(text, add_special_tokens=False).ids
+        if unpatched != ids:
+            case["ids_transformers_as_is"] = unpatched
+        cases.append(case)
 
     def opt(key):
         return md.get(key)

@@ -140,8 +140,15 @@ fn single_sequence_equals_dense_causal_attention() {
 
     // (a) the whole sequence as one prefill.
     let slots: Vec<i64> = (0..l).map(slot).collect();
-    let meta = PagedAttnMetadata::from_host(&slots, &[table.clone()], &[l], &[l], bs, &Device::Cpu)
-        .unwrap();
+    let meta = PagedAttnMetadata::from_host(
+        &slots,
+        std::slice::from_ref(&table),
+        &[l],
+        &[l],
+        bs,
+        &Device::Cpu,
+    )
+    .unwrap();
     write_kv_cache(&k, &v, &k_cache, &v_cache, &meta.slot_mapping).unwrap();
     let got = paged_attention(&q, &k_cache, &v_cache, &meta, scale as f32).unwrap();
     assert!(max_abs_diff(&got, &want) <= 1e-5);
@@ -154,7 +161,7 @@ fn single_sequence_equals_dense_causal_attention() {
         let slots: Vec<i64> = (start..start + len).map(slot).collect();
         let meta = PagedAttnMetadata::from_host(
             &slots,
-            &[table.clone()],
+            std::slice::from_ref(&table),
             &[len],
             &[start + len],
             bs,

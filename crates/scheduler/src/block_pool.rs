@@ -219,16 +219,17 @@ impl BlockPool {
         if self.ref_cnt[NULL_BLOCK as usize] != 0 || self.hash[NULL_BLOCK as usize].is_some() {
             return Err("the null block was referenced or cached".to_string());
         }
-        for b in 1..self.num_blocks() {
-            if (self.ref_cnt[b] == 0) != on_list[b] {
+        for (b, (&rc, &listed)) in self.ref_cnt.iter().zip(&on_list).enumerate().skip(1) {
+            if (rc == 0) != listed {
                 return Err(format!(
-                    "block {b} has ref count {} but on_free_list={}",
-                    self.ref_cnt[b], on_list[b]
+                    "block {b} has ref count {rc} but on_free_list={listed}"
                 ));
             }
             if let Some(h) = self.hash[b] {
                 if self.cached.get(&h) != Some(&(b as u32)) {
-                    return Err(format!("block {b} has a hash the map does not point back to"));
+                    return Err(format!(
+                        "block {b} has a hash the map does not point back to"
+                    ));
                 }
             }
         }
@@ -297,6 +298,7 @@ impl BlockPool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::hash::{hash_block, CacheKeyExtra};

@@ -5,7 +5,9 @@
 pub enum BlockPoolError {
     #[error("a block pool needs at least 2 blocks (block 0 is the reserved null block), but num_blocks is {num_blocks}; give the KV cache more memory or use smaller blocks")]
     TooFewBlocks { num_blocks: usize },
-    #[error("num_blocks is {num_blocks}, more than block ids (u32) can address; use larger blocks")]
+    #[error(
+        "num_blocks is {num_blocks}, more than block ids (u32) can address; use larger blocks"
+    )]
     TooManyBlocks { num_blocks: usize },
     #[error("block 0 is the reserved null block and cannot be referenced, freed or cached")]
     NullBlock,
@@ -58,8 +60,13 @@ pub enum AddRequestError {
         total_blocks: usize,
         capacity_tokens: usize,
     },
-    #[error("request {id}: the waiting queue is full ({max_waiting_requests} requests); retry later")]
-    QueueFull { id: u64, max_waiting_requests: usize },
+    #[error(
+        "request {id}: the waiting queue is full ({max_waiting_requests} requests); retry later"
+    )]
+    QueueFull {
+        id: u64,
+        max_waiting_requests: usize,
+    },
     #[error("request {id}: a request with this id is already queued or running; use a fresh id")]
     DuplicateId { id: u64 },
 }
@@ -72,9 +79,13 @@ pub enum UpdateError {
     UnexpectedSample { id: u64 },
     #[error("request {id}: this step ended its known tokens (sample=true) but no sampled token was given")]
     MissingSample { id: u64 },
-    #[error("request {id}: {count} sampled tokens were given; give exactly one per sampling sequence")]
+    #[error(
+        "request {id}: {count} sampled tokens were given; give exactly one per sampling sequence"
+    )]
     DuplicateSample { id: u64, count: usize },
-    #[error("request {id}: a token was sampled for a request that was not scheduled in this output")]
+    #[error(
+        "request {id}: a token was sampled for a request that was not scheduled in this output"
+    )]
     NotScheduled { id: u64 },
     #[error("request {id}: the output was scheduled at {scheduled} computed tokens but the request is at {current}; apply each SchedulerOutput exactly once, in order")]
     StaleOutput {

@@ -82,6 +82,7 @@ pub(crate) fn extend_block_hashes(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -271,6 +271,7 @@ impl KvCacheManager {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::block_pool::NULL_BLOCK;

@@ -553,11 +553,11 @@ impl Scheduler {
     /// Index in `running` of the request to preempt next. Requests that reached `max_tokens`
     /// are skipped (resuming them would sample past it); `current` is always a candidate.
     fn pick_victim(&self, current: u64) -> Option<usize> {
-        let candidates = self.running.iter().enumerate().filter(|(_, id)| {
+        let mut candidates = self.running.iter().enumerate().filter(|(_, id)| {
             **id == current || self.requests.get(id).is_some_and(|r| !r.is_capped())
         });
         match self.config.policy {
-            SchedulingPolicy::Fcfs => candidates.last().map(|(i, _)| i),
+            SchedulingPolicy::Fcfs => candidates.next_back().map(|(i, _)| i),
             SchedulingPolicy::Priority => candidates
                 .max_by_key(|(_, id)| {
                     self.requests

@@ -1,4 +1,5 @@
 //! Scheduler behaviour through the public API.
+#![allow(clippy::unwrap_used)]
 
 use lantern_scheduler::{
     AddRequestError, ConfigError, FinishReason, RequestStatus, SchedRequest, Scheduler,
@@ -73,7 +74,9 @@ fn config_is_validated() {
         bad(|c| c.max_num_batched_tokens = 0),
         ConfigError::ZeroMaxNumBatchedTokens
     );
-    assert!(bad(|c| c.num_blocks = 1).to_string().contains("num_blocks is 1"));
+    assert!(bad(|c| c.num_blocks = 1)
+        .to_string()
+        .contains("num_blocks is 1"));
 }
 
 #[test]
@@ -344,14 +347,16 @@ fn preempting_an_already_scheduled_request_refunds_its_budget() {
         ..cfg()
     })
     .unwrap();
-    let mut x = req(1, vec![1, 2, 3], 3);
+    let mut x = req(1, vec![1, 2], 3);
     x.priority = 9;
     let mut y = req(2, vec![4, 5, 6, 7], 3);
     y.priority = 0;
     s.add_request(x).unwrap();
+    step(&mut s); // X prefill: 1 block
     s.add_request(y).unwrap();
-    step(&mut s);
+    step(&mut s); // X decode (2nd block), Y prefill (2 blocks): pool full
     assert_eq!(s.running_ids(), &[1, 2]);
+    assert_eq!(s.stats().num_blocks_free, 0);
     // X (first in running order) fits its decode, then Y needs a block and the victim is X.
     let out = s.schedule();
     assert_eq!(out.preempted, vec![1]);
@@ -406,7 +411,10 @@ fn rejections_give_the_numbers() {
         }
     ));
     let msg = e.to_string();
-    assert!(msg.contains("11 KV blocks") && msg.contains("only 10 blocks"), "{msg}");
+    assert!(
+        msg.contains("11 KV blocks") && msg.contains("only 10 blocks"),
+        "{msg}"
+    );
     // Exactly the whole cache is fine.
     s.add_request(req(1, toks(30), 10)).unwrap();
     let e = s.add_request(req(1, toks(3), 1)).unwrap_err();

@@ -1,5 +1,6 @@
 //! Property test: a fake engine drives the scheduler through random workloads and checks
 //! the bookkeeping invariants after every step, including the contents of a fake KV cache.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 
@@ -26,7 +27,12 @@ struct Spec {
 
 fn spec() -> impl Strategy<Value = Spec> {
     (
-        (0usize..30, 0usize..3, 0usize..14, prop::collection::vec(0u32..6, 0..24)),
+        (
+            0usize..30,
+            0usize..3,
+            0usize..18,
+            prop::collection::vec(0u32..6, 0..16),
+        ),
         (1usize..12, -2i32..3, 0u32..2, 0usize..3),
         (prop::option::weighted(0.25, 0usize..40), any::<bool>()),
         prop::option::weighted(0.3, 1usize..8),
@@ -64,8 +70,12 @@ fn spec() -> impl Strategy<Value = Spec> {
 
 fn config() -> impl Strategy<Value = SchedulerConfig> {
     (
-        (1usize..7, 1usize..40, prop::sample::select(vec![1usize, 2, 4, 8])),
-        (2usize..40, 1usize..12, 0usize..10),
+        (
+            1usize..7,
+            1usize..40,
+            prop::sample::select(vec![1usize, 2, 4, 8]),
+        ),
+        (2usize..80, 1usize..12, 0usize..10),
         (any::<bool>(), any::<bool>()),
     )
         .prop_map(
@@ -107,7 +117,11 @@ impl Live {
     /// Fingerprint of the KV at each position: depends on the adapter, the salt and every
     /// token up to and including that position, like real KV does.
     fn fingerprints(&self) -> Vec<u64> {
-        let salt = self.spec.salt.as_deref().map_or(0, |s| 1 + s.len() as u64 * 7 + s.as_bytes()[0] as u64);
+        let salt = self
+            .spec
+            .salt
+            .as_deref()
+            .map_or(0, |s| 1 + s.len() as u64 * 7 + s.as_bytes()[0] as u64);
         let mut h = mix(u64::from(self.spec.lora_id) + 1, salt);
         self.tokens
             .iter()
@@ -272,7 +286,11 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
             for (p, &f) in fp.iter().enumerate().take(end).skip(nc) {
                 let b = q.block_table[p / bs];
                 prop_assert_eq!(pool.ref_count(b), 1, "writing into shared block {}", b);
-                prop_assert!(pool.block_hash(b).is_none(), "writing into cached block {}", b);
+                prop_assert!(
+                    pool.block_hash(b).is_none(),
+                    "writing into cached block {}",
+                    b
+                );
                 kv_mem[slot(p)] = Some(f);
             }
         }
@@ -313,7 +331,10 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
             prop_assert!(outputs <= l.spec.max_tokens);
             prop_assert_eq!(s.output_tokens(id), Some(&l.tokens[l.spec.prompt.len()..]));
             let is_capped = capped.contains(&id);
-            prop_assert_eq!(is_capped, outputs == l.spec.max_tokens && sampled.iter().any(|x| x.0 == id));
+            prop_assert_eq!(
+                is_capped,
+                outputs == l.spec.max_tokens && sampled.iter().any(|x| x.0 == id)
+            );
             let stop = l.spec.stop_after.is_some_and(|n| outputs >= n);
             if stop || is_capped {
                 let reason = if stop {
@@ -329,11 +350,13 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
         check_blocks(&s)?;
     }
 
-    prop_assert!(pending.is_empty() && !s.has_unfinished(), "did not finish in 5000 steps");
+    prop_assert!(
+        pending.is_empty() && !s.has_unfinished(),
+        "did not finish in 5000 steps"
+    );
     prop_assert_eq!(done, total);
     prop_assert_eq!(s.num_running() + s.num_waiting(), 0);
     let st = s.stats();
-    eprintln!("COV steps? preempt={} hits={} queries={} finished={} aborted={} total={}", st.num_preemptions, st.prefix_cache_hits, st.prefix_cache_queries, st.num_finished, st.num_aborted, total);
     prop_assert_eq!(st.num_blocks_free, st.num_blocks_total);
     prop_assert_eq!(s.kv_cache_manager().num_tracked_seqs(), 0);
     s.kv_cache_manager()
@@ -344,7 +367,7 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn random_workloads_keep_the_books(
@@ -356,13 +379,49 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Prefix caching on with roomy pools: many hits, shared blocks and evictions.
+    #[test]
+    fn prefix_sharing_workloads_keep_the_books(
+        cfg in config().prop_map(|c| SchedulerConfig {
+            enable_prefix_caching: true,
+            block_size: 1 + c.block_size % 4,
+            num_blocks: 20 + c.num_blocks,
+            ..c
+        }),
+        specs in prop::collection::vec(spec().prop_map(|mut sp| {
+            // Mostly the base model without salt, so that prompts can share blocks.
+            if sp.max_tokens % 4 != 0 {
+                sp.lora_id = 0;
+                sp.salt = None;
+            }
+            sp
+        }), 4..14),
+    ) {
+        simulate(cfg, specs)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Tight pools: lots of preemption.
     #[test]
     fn tight_pools_preempt_and_still_finish(
-        cfg in config().prop_map(|c| SchedulerConfig { num_blocks: 2 + c.num_blocks % 8, block_size: 2, max_num_seqs: 4, ..c }),
-        specs in prop::collection::vec(spec(), 4..14),
+        cfg in config().prop_map(|c| SchedulerConfig {
+            num_blocks: 4 + c.num_blocks % 9,
+            block_size: 2,
+            max_num_seqs: 2 + c.max_num_seqs % 3,
+            ..c
+        }),
+        specs in prop::collection::vec(spec().prop_map(|mut sp| {
+            // Short requests that fit the small pool alone but not all together.
+            let keep = sp.prompt.len().min(8);
+            sp.prompt = sp.prompt.split_off(sp.prompt.len() - keep);
+            sp.max_tokens = 1 + sp.max_tokens % 6;
+            sp
+        }), 4..14),
     ) {
         simulate(cfg, specs)?;
     }

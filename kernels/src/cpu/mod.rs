@@ -4,12 +4,15 @@ pub(crate) mod attention;
 pub(crate) mod cache_write;
 
 use candle_core::{bail, Layout, Result, WithDType};
-use half::{bf16, f16};
+use half::{bf16, f16, slice::HalfFloatSliceExt};
 
 /// Element types the CPU kernels compute on: stored as `Self`, computed in f32.
 pub(crate) trait Elem: WithDType + Copy + Send + Sync {
     fn to_f32(self) -> f32;
     fn from_f32(x: f32) -> Self;
+    /// `row` as f32: borrowed as is for f32, otherwise converted into `buf`
+    /// (`buf.len() == row.len()`), so hot loops run on plain f32 slices.
+    fn row_f32<'a>(row: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
 }
 
 impl Elem for f32 {
@@ -21,16 +24,28 @@ impl Elem for f32 {
     fn from_f32(x: f32) -> Self {
         x
     }
+    #[inline(always)]
+    fn row_f32<'a>(row: &'a [Self], _buf: &'a mut [f32]) -> &'a [f32] {
+        row
+    }
 }
 
 impl Elem for bf16 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
+        // Exact widening (NaN payloads are kept as is), branch-free so it vectorises.
+        f32::from_bits(u32::from(self.to_bits()) << 16)
     }
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         bf16::from_f32(x)
+    }
+    #[inline(always)]
+    fn row_f32<'a>(row: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
+        for (o, &x) in buf.iter_mut().zip(row) {
+            *o = x.to_f32();
+        }
+        buf
     }
 }
 
@@ -42,6 +57,12 @@ impl Elem for f16 {
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
+    }
+    #[inline(always)]
+    fn row_f32<'a>(row: &'a [Self], buf: &'a mut [f32]) -> &'a [f32] {
+        // Bulk conversion: uses F16C/NEON when available (detected once per call).
+        row.convert_to_f32_slice(buf);
+        buf
     }
 }
 

@@ -1,0 +1,994 @@
+//! The engine thread and its handle.
+
+use crate::detok::IncrementalDetokenizer;
+use crate::error::{EngineError, SubmitError};
+use crate::params::{
+    FinishReason, GenerationParams, RequestEvent, RequestTiming, StopReason, TokenDelta,
+    TokenLogprob, Usage,
+};
+use crate::stop::StopMatcher;
+use lantern_models::{LoadedModel, ModelMeta};
+use lantern_runtime::{
+    sampler, KvCacheSize, ModelRunner, RunnerConfig, SampleRow, SeqChunk,
+};
+use lantern_scheduler::{
+    AddRequestError, FinishReason as SchedFinish, SchedRequest, Scheduler, SchedulerConfig,
+    SchedulingPolicy,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokenizers::Tokenizer;
+use tokio::sync::{mpsc as tmpsc, oneshot, watch};
+
+/// Engine settings (the `lantern serve` flags that shape scheduling and memory).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+    pub block_size: usize,
+    pub kv_cache: KvCacheSize,
+    /// Cap on prompt + output tokens; defaults to the model's context length.
+    pub max_model_len: Option<usize>,
+    pub max_waiting_requests: usize,
+    pub enable_prefix_caching: bool,
+    pub long_prefill_token_threshold: usize,
+    pub policy: SchedulingPolicy,
+    /// Base seed for requests that give none (random when `None`).
+    pub seed: Option<u64>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_num_seqs: 256,
+            max_num_batched_tokens: 2048,
+            block_size: 16,
+            kv_cache: KvCacheSize::Bytes(1 << 30),
+            max_model_len: None,
+            max_waiting_requests: 1024,
+            enable_prefix_caching: true,
+            long_prefill_token_threshold: 0,
+            policy: SchedulingPolicy::Fcfs,
+            seed: None,
+        }
+    }
+}
+
+/// Facts about the served model, readable without asking the engine thread.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub max_model_len: usize,
+    pub vocab_size: usize,
+    pub eos_token_ids: Vec<u32>,
+    /// Usable KV blocks (the null block excluded).
+    pub num_kv_blocks: usize,
+    pub block_size: usize,
+    pub meta: ModelMeta,
+    pub dtype: String,
+    pub device: String,
+}
+
+impl ModelInfo {
+    /// Tokens the KV cache holds.
+    pub fn kv_capacity_tokens(&self) -> usize {
+        self.num_kv_blocks * self.block_size
+    }
+}
+
+/// Stats of one engine step.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepStats {
+    pub num_running: usize,
+    pub num_waiting: usize,
+    pub num_batched_tokens: usize,
+    pub num_prefill_tokens: usize,
+    pub num_decode_tokens: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_free: usize,
+    pub duration_s: f64,
+}
+
+/// Cumulative engine counters plus the latest step, published after every step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineSnapshot {
+    pub steps: u64,
+    pub last_step: StepStats,
+    pub kv_blocks_total: usize,
+    pub prompt_tokens_total: u64,
+    pub generation_tokens_total: u64,
+    pub prefix_cache_queries_tokens: u64,
+    pub prefix_cache_hits_tokens: u64,
+    pub num_preemptions: u64,
+    pub finished_stop: u64,
+    pub finished_length: u64,
+    pub finished_abort: u64,
+    pub finished_error: u64,
+}
+
+enum Command {
+    Add {
+        group: u64,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+        events: tmpsc::UnboundedSender<RequestEvent>,
+        reply: oneshot::Sender<Result<(), SubmitError>>,
+        arrival: Instant,
+    },
+    Abort(u64),
+    Snapshot(oneshot::Sender<EngineSnapshot>),
+    Shutdown,
+}
+
+/// The stream of events of one submitted request. Dropping it cancels the request.
+#[derive(Debug)]
+pub struct RequestStream {
+    id: u64,
+    rx: tmpsc::UnboundedReceiver<RequestEvent>,
+    cmd: mpsc::Sender<Command>,
+    done: bool,
+}
+
+impl RequestStream {
+    /// The request id (as used in logs).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The next event; `None` once every completion finished.
+    pub async fn next(&mut self) -> Option<RequestEvent> {
+        let ev = self.rx.recv().await;
+        if ev.is_none() {
+            self.done = true;
+        }
+        ev
+    }
+
+    /// Blocking version of [`RequestStream::next`] (not for async contexts).
+    pub fn blocking_next(&mut self) -> Option<RequestEvent> {
+        let ev = self.rx.blocking_recv();
+        if ev.is_none() {
+            self.done = true;
+        }
+        ev
+    }
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        if !self.done {
+            // The engine may already be gone; then there is nothing to cancel.
+            let _ = self.cmd.send(Command::Abort(self.id));
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the engine thread.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    cmd: mpsc::Sender<Command>,
+    next_id: Arc<AtomicU64>,
+    info: Arc<ModelInfo>,
+    tokenizer: Arc<Tokenizer>,
+    snapshot: watch::Receiver<EngineSnapshot>,
+}
+
+impl EngineHandle {
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// The latest published stats.
+    pub fn snapshot(&self) -> EngineSnapshot {
+        self.snapshot.borrow().clone()
+    }
+
+    fn check(&self, prompt: &[u32], params: &GenerationParams) -> Result<(), SubmitError> {
+        params.validate(self.info.vocab_size)?;
+        if prompt.is_empty() {
+            return Err(SubmitError::InvalidParam {
+                field: "prompt".into(),
+                message: "the prompt is empty; send at least one token".into(),
+            });
+        }
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.info.vocab_size) {
+            return Err(SubmitError::InvalidParam {
+                field: "prompt".into(),
+                message: format!(
+                    "token id {bad} is out of the vocabulary (0..{})",
+                    self.info.vocab_size
+                ),
+            });
+        }
+        let max_len = self.info.max_model_len;
+        let max_tokens = params.max_tokens.unwrap_or(1);
+        if prompt.len() + max_tokens > max_len {
+            return Err(SubmitError::TooLong(match params.max_tokens {
+                Some(m) => format!(
+                    "this model's maximum context length is {max_len} tokens, but the request has {} prompt tokens and max_tokens {m} ({} in total); shorten the prompt or lower max_tokens",
+                    prompt.len(),
+                    prompt.len() + m
+                ),
+                None => format!(
+                    "this model's maximum context length is {max_len} tokens, but the prompt has {} tokens; shorten the prompt",
+                    prompt.len()
+                ),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Adds a request. Resolves once the engine accepted it (or refused: overload, too long).
+    pub async fn submit(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+    ) -> Result<RequestStream, SubmitError> {
+        let (stream, reply) = self.send_add(prompt, params)?;
+        match reply.await {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(SubmitError::EngineStopped),
+        }
+    }
+
+    /// Blocking version of [`EngineHandle::submit`] (not for async contexts).
+    pub fn submit_blocking(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+    ) -> Result<RequestStream, SubmitError> {
+        let (stream, reply) = self.send_add(prompt, params)?;
+        match reply.blocking_recv() {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(SubmitError::EngineStopped),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn send_add(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+    ) -> Result<(RequestStream, oneshot::Receiver<Result<(), SubmitError>>), SubmitError> {
+        self.check(&prompt, &params)?;
+        let group = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tmpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Add {
+                group,
+                prompt,
+                params,
+                events: tx,
+                reply: reply_tx,
+                arrival: Instant::now(),
+            })
+            .map_err(|_| SubmitError::EngineStopped)?;
+        Ok((
+            RequestStream {
+                id: group,
+                rx,
+                cmd: self.cmd.clone(),
+                done: false,
+            },
+            reply_rx,
+        ))
+    }
+
+    /// Stats read by the engine thread itself between steps: reflects every event already
+    /// delivered (unlike [`EngineHandle::snapshot`], published at the end of each step).
+    pub async fn fresh_snapshot(&self) -> Result<EngineSnapshot, SubmitError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Snapshot(tx))
+            .map_err(|_| SubmitError::EngineStopped)?;
+        rx.await.map_err(|_| SubmitError::EngineStopped)
+    }
+
+    /// Blocking version of [`EngineHandle::fresh_snapshot`].
+    pub fn fresh_snapshot_blocking(&self) -> Result<EngineSnapshot, SubmitError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Snapshot(tx))
+            .map_err(|_| SubmitError::EngineStopped)?;
+        rx.blocking_recv().map_err(|_| SubmitError::EngineStopped)
+    }
+
+    /// Asks the engine to stop: running requests are aborted, the thread exits.
+    pub fn shutdown(&self) {
+        let _ = self.cmd.send(Command::Shutdown);
+    }
+}
+
+/// The engine: its handle plus the thread, joined on [`Engine::shutdown`].
+#[derive(Debug)]
+pub struct Engine {
+    handle: EngineHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Allocates the KV cache, builds the scheduler and starts the engine thread.
+    pub fn start(loaded: LoadedModel, cfg: EngineConfig) -> Result<Self, SubmitError> {
+        Self::try_start(loaded, cfg).map_err(|e| {
+            tracing::error!(error = %e, "engine failed to start");
+            SubmitError::EngineStopped
+        })
+    }
+
+    /// Like [`Engine::start`] but returns the underlying error message.
+    pub fn try_start(loaded: LoadedModel, cfg: EngineConfig) -> Result<Self, String> {
+        let LoadedModel {
+            model,
+            tokenizer,
+            meta,
+        } = loaded;
+        let model_max = meta.config.max_position_embeddings;
+        let max_model_len = cfg.max_model_len.unwrap_or(model_max);
+        if max_model_len > model_max {
+            return Err(format!(
+                "--max-model-len {max_model_len} is larger than the model's context length {model_max}"
+            ));
+        }
+        let dtype = format!("{:?}", model.dtype()).to_lowercase();
+        let device = if model.device().is_cpu() {
+            "cpu".to_string()
+        } else {
+            format!("{:?}", model.device().location())
+        };
+        let vocab_size = meta.config.vocab_size;
+        let runner = ModelRunner::new(
+            model,
+            RunnerConfig {
+                block_size: cfg.block_size,
+                kv_cache: cfg.kv_cache,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let num_blocks = runner.num_blocks();
+        let sched = Scheduler::new(SchedulerConfig {
+            max_num_seqs: cfg.max_num_seqs,
+            max_num_batched_tokens: cfg.max_num_batched_tokens,
+            block_size: cfg.block_size,
+            num_blocks,
+            max_model_len,
+            max_waiting_requests: cfg.max_waiting_requests,
+            enable_prefix_caching: cfg.enable_prefix_caching,
+            long_prefill_token_threshold: cfg.long_prefill_token_threshold,
+            policy: cfg.policy,
+        })
+        .map_err(|e| e.to_string())?;
+        let usable = num_blocks - 1;
+        let tokens = usable * cfg.block_size;
+        tracing::info!(
+            "KV cache: {usable} blocks x {} tokens = {tokens} tokens; max concurrency at full context ({max_model_len} tokens): {:.2}",
+            cfg.block_size,
+            tokens as f64 / max_model_len as f64
+        );
+        let info = Arc::new(ModelInfo {
+            max_model_len,
+            vocab_size,
+            eos_token_ids: meta.eos_token_ids.clone(),
+            num_kv_blocks: usable,
+            block_size: cfg.block_size,
+            meta,
+            dtype,
+            device,
+        });
+        let tokenizer = Arc::new(tokenizer);
+        let (cmd_tx, cmd_rx) = mpsc::channel();
+        let (snap_tx, snap_rx) = watch::channel(EngineSnapshot {
+            kv_blocks_total: usable,
+            ..EngineSnapshot::default()
+        });
+        let base_seed = cfg.seed.unwrap_or_else(rand::random);
+        let core = EngineCore {
+            runner,
+            sched,
+            cmd_rx,
+            snap_tx,
+            snapshot: EngineSnapshot {
+                kv_blocks_total: usable,
+                ..EngineSnapshot::default()
+            },
+            reqs: HashMap::new(),
+            deferred: HashMap::new(),
+            groups: HashMap::new(),
+            tokenizer: tokenizer.clone(),
+            info: info.clone(),
+            base_seed,
+            shutting_down: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("lantern-engine".into())
+            .spawn(move || core.run())
+            .map_err(|e| format!("cannot spawn the engine thread: {e}"))?;
+        Ok(Self {
+            handle: EngineHandle {
+                cmd: cmd_tx,
+                next_id: Arc::new(AtomicU64::new(1)),
+                info,
+                tokenizer,
+                snapshot: snap_rx,
+            },
+            thread: Some(thread),
+        })
+    }
+
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the engine thread (aborting what still runs) and waits for it.
+    pub fn shutdown(mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Decoding state of one sequence (one completion of a group).
+struct SeqState {
+    group: u64,
+    index: usize,
+    prompt: Arc<Vec<u32>>,
+    params: Arc<GenerationParams>,
+    seed: u64,
+    max_tokens: usize,
+    detok: IncrementalDetokenizer,
+    stop: StopMatcher,
+    events: tmpsc::UnboundedSender<RequestEvent>,
+    arrival: Instant,
+    first_scheduled: Option<Instant>,
+    first_token: Option<Instant>,
+    num_output: usize,
+    num_cached: usize,
+}
+
+/// Siblings of an `n > 1` request waiting for the first one's prompt to be cached.
+struct Deferred {
+    leader: u64,
+    children: Vec<u64>,
+}
+
+struct EngineCore {
+    runner: ModelRunner,
+    sched: Scheduler,
+    cmd_rx: mpsc::Receiver<Command>,
+    snap_tx: watch::Sender<EngineSnapshot>,
+    snapshot: EngineSnapshot,
+    reqs: HashMap<u64, SeqState>,
+    /// group -> deferred siblings (not yet in the scheduler; their state is in `reqs`).
+    deferred: HashMap<u64, Deferred>,
+    /// group -> sequence ids still alive.
+    groups: HashMap<u64, Vec<u64>>,
+    tokenizer: Arc<Tokenizer>,
+    info: Arc<ModelInfo>,
+    base_seed: u64,
+    shutting_down: bool,
+}
+
+fn seq_id(group: u64, index: usize) -> u64 {
+    (group << 8) | index as u64
+}
+
+impl EngineCore {
+    fn run(mut self) {
+        loop {
+            let idle = !self.sched.has_unfinished() && self.deferred.is_empty();
+            if idle {
+                if self.shutting_down {
+                    break;
+                }
+                match self.cmd_rx.recv() {
+                    Ok(c) => self.handle_command(c),
+                    Err(_) => break,
+                }
+            }
+            loop {
+                match self.cmd_rx.try_recv() {
+                    Ok(c) => self.handle_command(c),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        self.shutting_down = true;
+                        break;
+                    }
+                }
+            }
+            if self.shutting_down {
+                self.abort_all();
+                break;
+            }
+            self.reap_cancelled();
+            if !self.sched.has_unfinished() {
+                continue;
+            }
+            if !self.step() {
+                // Nothing could be scheduled; wait briefly for commands instead of spinning.
+                if let Ok(c) = self.cmd_rx.recv_timeout(Duration::from_millis(5)) {
+                    self.handle_command(c);
+                }
+            }
+        }
+        tracing::info!("engine thread stopped");
+    }
+
+    fn handle_command(&mut self, c: Command) {
+        match c {
+            Command::Add {
+                group,
+                prompt,
+                params,
+                events,
+                reply,
+                arrival,
+            } => {
+                let r = self.add(group, prompt, params, events, arrival);
+                let _ = reply.send(r);
+            }
+            Command::Abort(group) => self.abort_group(group),
+            Command::Snapshot(reply) => {
+                self.refresh_snapshot();
+                let _ = reply.send(self.snapshot.clone());
+            }
+            Command::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    fn add(
+        &mut self,
+        group: u64,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+        events: tmpsc::UnboundedSender<RequestEvent>,
+        arrival: Instant,
+    ) -> Result<(), SubmitError> {
+        if self.shutting_down {
+            return Err(SubmitError::EngineStopped);
+        }
+        let n = params.n;
+        let waiting = self.sched.num_waiting();
+        let max_waiting = self.sched.config().max_waiting_requests;
+        if waiting + n > max_waiting {
+            return Err(SubmitError::Overloaded(format!(
+                "{waiting} requests are waiting (limit {max_waiting}); retry later"
+            )));
+        }
+        let max_tokens = params
+            .max_tokens
+            .unwrap_or_else(|| self.info.max_model_len.saturating_sub(prompt.len()));
+        let prompt = Arc::new(prompt);
+        let params = Arc::new(params);
+        let group_seed = params
+            .seed
+            .unwrap_or_else(|| self.base_seed ^ group.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let leader = seq_id(group, 0);
+        self.sched
+            .add_request(SchedRequest {
+                id: leader,
+                prompt_token_ids: prompt.to_vec(),
+                max_tokens,
+                priority: params.priority,
+                lora_id: 0,
+                cache_salt: params.cache_salt.clone(),
+            })
+            .map_err(|e| match e {
+                AddRequestError::QueueFull { .. } => SubmitError::Overloaded(e.to_string()),
+                AddRequestError::TooLong { .. } | AddRequestError::ExceedsKvCache { .. } => {
+                    SubmitError::TooLong(e.to_string())
+                }
+                other => SubmitError::InvalidParam {
+                    field: "prompt".into(),
+                    message: other.to_string(),
+                },
+            })?;
+        let mut ids = Vec::with_capacity(n);
+        for index in 0..n {
+            let id = seq_id(group, index);
+            let detok = match IncrementalDetokenizer::new(
+                self.tokenizer.clone(),
+                &prompt,
+                params.skip_special_tokens,
+            ) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start detokenizer");
+                    self.sched.finish_request(leader, SchedFinish::Aborted);
+                    for id in &ids {
+                        self.reqs.remove(id);
+                    }
+                    return Err(SubmitError::InvalidParam {
+                        field: "prompt".into(),
+                        message: "the prompt cannot be decoded by the tokenizer".into(),
+                    });
+                }
+            };
+            self.reqs.insert(
+                id,
+                SeqState {
+                    group,
+                    index,
+                    prompt: prompt.clone(),
+                    params: params.clone(),
+                    seed: group_seed.wrapping_add(index as u64),
+                    max_tokens,
+                    detok,
+                    stop: StopMatcher::new(&params.stop, params.include_stop_str_in_output),
+                    events: events.clone(),
+                    arrival,
+                    first_scheduled: None,
+                    first_token: None,
+                    num_output: 0,
+                    num_cached: 0,
+                },
+            );
+            ids.push(id);
+        }
+        if n > 1 {
+            self.deferred.insert(
+                group,
+                Deferred {
+                    leader,
+                    children: ids[1..].to_vec(),
+                },
+            );
+        }
+        self.groups.insert(group, ids);
+        Ok(())
+    }
+
+    /// Releases deferred siblings once their leader's prompt is in the cache (or it ended).
+    fn release_deferred(&mut self) {
+        let ready: Vec<u64> = self
+            .deferred
+            .iter()
+            .filter(|(_, d)| {
+                let prompt_len = self.reqs.get(&d.leader).map(|s| s.prompt.len()).unwrap_or(0);
+                match self.sched.num_computed_tokens(d.leader) {
+                    Some(c) => c + 1 >= prompt_len,
+                    None => true,
+                }
+            })
+            .map(|(&g, _)| g)
+            .collect();
+        for g in ready {
+            let Some(d) = self.deferred.remove(&g) else {
+                continue;
+            };
+            for id in d.children {
+                let Some(s) = self.reqs.get(&id) else {
+                    continue;
+                };
+                let req = SchedRequest {
+                    id,
+                    prompt_token_ids: s.prompt.to_vec(),
+                    max_tokens: s.max_tokens,
+                    priority: s.params.priority,
+                    lora_id: 0,
+                    cache_salt: s.params.cache_salt.clone(),
+                };
+                if let Err(e) = self.sched.add_request(req) {
+                    tracing::warn!(error = %e, "cannot schedule an n>1 sibling");
+                    self.fail_seq(id, EngineError::Execution);
+                }
+            }
+        }
+    }
+
+    fn reap_cancelled(&mut self) {
+        let closed: Vec<u64> = self
+            .groups
+            .iter()
+            .filter(|(g, ids)| {
+                ids.first()
+                    .and_then(|id| self.reqs.get(id))
+                    .map(|s| s.events.is_closed())
+                    .unwrap_or(false)
+                    || !self.groups.contains_key(g)
+            })
+            .map(|(&g, _)| g)
+            .collect();
+        for g in closed {
+            self.abort_group(g);
+        }
+    }
+
+    fn abort_group(&mut self, group: u64) {
+        self.deferred.remove(&group);
+        let Some(ids) = self.groups.get(&group).cloned() else {
+            return;
+        };
+        for id in ids {
+            self.finish(id, FinishReason::Abort, None);
+        }
+    }
+
+    fn abort_all(&mut self) {
+        let groups: Vec<u64> = self.groups.keys().copied().collect();
+        for g in groups {
+            self.abort_group(g);
+        }
+    }
+
+    fn fail_seq(&mut self, id: u64, err: EngineError) {
+        self.sched.finish_request(id, SchedFinish::Aborted);
+        if let Some(s) = self.reqs.remove(&id) {
+            let _ = s.events.send(RequestEvent::Error(err));
+            self.snapshot.finished_error += 1;
+            self.forget(s.group, id);
+        }
+    }
+
+    fn forget(&mut self, group: u64, id: u64) {
+        if let Some(ids) = self.groups.get_mut(&group) {
+            ids.retain(|&x| x != id);
+            if ids.is_empty() {
+                self.groups.remove(&group);
+                self.deferred.remove(&group);
+            }
+        }
+    }
+
+    /// Ends a sequence: frees its blocks, releases held-back text, sends `Finished`.
+    fn finish(&mut self, id: u64, reason: FinishReason, stop_reason: Option<StopReason>) {
+        let sched_reason = match reason {
+            FinishReason::Stop => SchedFinish::Stopped,
+            FinishReason::Length => SchedFinish::Length,
+            FinishReason::Abort => SchedFinish::Aborted,
+        };
+        self.sched.finish_request(id, sched_reason);
+        let Some(mut s) = self.reqs.remove(&id) else {
+            return;
+        };
+        let mut text = String::new();
+        if !matches!(stop_reason, Some(StopReason::StopString(_))) && reason != FinishReason::Abort {
+            match s.detok.flush() {
+                Ok(t) => {
+                    let step = s.stop.push(&t);
+                    text.push_str(&step.text);
+                }
+                Err(e) => tracing::warn!(error = %e, "detokenizer flush failed"),
+            }
+            text.push_str(&s.stop.finish());
+        }
+        match reason {
+            FinishReason::Stop => self.snapshot.finished_stop += 1,
+            FinishReason::Length => self.snapshot.finished_length += 1,
+            FinishReason::Abort => self.snapshot.finished_abort += 1,
+        }
+        let timing = RequestTiming {
+            arrival: s.arrival,
+            first_scheduled: s.first_scheduled,
+            first_token: s.first_token,
+            finished: Instant::now(),
+        };
+        let _ = s.events.send(RequestEvent::Finished {
+            index: s.index,
+            reason,
+            stop_reason,
+            text,
+            usage: Usage {
+                prompt_tokens: s.prompt.len(),
+                completion_tokens: s.num_output,
+                cached_tokens: s.num_cached,
+            },
+            timing,
+        });
+        self.forget(s.group, id);
+    }
+
+    /// One `schedule -> execute -> update` step. Returns false when nothing was scheduled.
+    fn step(&mut self) -> bool {
+        let t0 = Instant::now();
+        let out = self.sched.schedule();
+        if out.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut prefill_tokens = 0;
+        let mut decode_tokens = 0;
+        for seq in &out.seqs {
+            if let Some(s) = self.reqs.get_mut(&seq.id) {
+                if s.first_scheduled.is_none() {
+                    s.first_scheduled = Some(now);
+                    s.num_cached = seq.num_cached_tokens;
+                    self.snapshot.prompt_tokens_total += s.prompt.len() as u64;
+                }
+            }
+            if seq.num_computed_tokens >= self.reqs.get(&seq.id).map(|s| s.prompt.len()).unwrap_or(0) {
+                decode_tokens += seq.token_ids.len();
+            } else {
+                prefill_tokens += seq.token_ids.len();
+            }
+        }
+        let chunks: Vec<SeqChunk> = out
+            .seqs
+            .iter()
+            .map(|s| SeqChunk {
+                token_ids: &s.token_ids,
+                num_computed_tokens: s.num_computed_tokens,
+                block_table: &s.block_table,
+                sample: s.sample,
+            })
+            .collect();
+        let logits = match self.runner.execute(&chunks) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "forward pass failed; failing the batch");
+                for seq in &out.seqs {
+                    self.fail_seq(seq.id, EngineError::Execution);
+                }
+                return true;
+            }
+        };
+        let sampled_seqs: Vec<u64> = out.seqs.iter().filter(|s| s.sample).map(|s| s.id).collect();
+        let mut sampled = Vec::new();
+        if let Some(logits) = logits {
+            let empty: Vec<u32> = Vec::new();
+            let mut banned_lists: Vec<Vec<u32>> = Vec::with_capacity(sampled_seqs.len());
+            for id in &sampled_seqs {
+                let mut banned = Vec::new();
+                if let Some(s) = self.reqs.get(id) {
+                    if s.num_output < s.params.min_tokens {
+                        if !s.params.ignore_eos {
+                            banned.extend_from_slice(&self.info.eos_token_ids);
+                        }
+                        banned.extend_from_slice(&s.params.stop_token_ids);
+                    }
+                }
+                banned_lists.push(banned);
+            }
+            let default_params = lantern_runtime::SamplingParams::greedy();
+            let rows: Vec<SampleRow> = sampled_seqs
+                .iter()
+                .zip(&banned_lists)
+                .map(|(id, banned)| {
+                    let s = self.reqs.get(id);
+                    SampleRow {
+                        params: s.map(|s| &s.params.sampling).unwrap_or(&default_params),
+                        seed: s.map(|s| s.seed).unwrap_or(0),
+                        prompt_tokens: s.map(|s| s.prompt.as_slice()).unwrap_or(&empty),
+                        output_tokens: self.sched.output_tokens(*id).unwrap_or(&empty),
+                        banned,
+                    }
+                })
+                .collect();
+            match sampler::sample(&logits, &rows) {
+                Ok(v) => sampled = v,
+                Err(e) => {
+                    tracing::error!(error = %e, "sampling failed; failing the batch");
+                    for seq in &out.seqs {
+                        self.fail_seq(seq.id, EngineError::Execution);
+                    }
+                    return true;
+                }
+            }
+        }
+        let pairs: Vec<(u64, u32)> = sampled_seqs
+            .iter()
+            .zip(&sampled)
+            .map(|(&id, t)| (id, t.token))
+            .collect();
+        let reached_max = match self.sched.update(&out, &pairs) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "scheduler update failed; failing the batch");
+                for seq in &out.seqs {
+                    self.fail_seq(seq.id, EngineError::Execution);
+                }
+                return true;
+            }
+        };
+        let now = Instant::now();
+        for (id, tok) in sampled_seqs.iter().zip(sampled) {
+            let at_max = reached_max.contains(id);
+            self.on_token(*id, tok, at_max, now);
+        }
+        for id in reached_max {
+            if self.reqs.contains_key(&id) {
+                self.finish(id, FinishReason::Length, None);
+            }
+        }
+        self.release_deferred();
+        self.snapshot.steps += 1;
+        self.snapshot.last_step = StepStats {
+            num_batched_tokens: out.num_batched_tokens,
+            num_prefill_tokens: prefill_tokens,
+            num_decode_tokens: decode_tokens,
+            duration_s: t0.elapsed().as_secs_f64(),
+            ..StepStats::default()
+        };
+        self.refresh_snapshot();
+        let _ = self.snap_tx.send(self.snapshot.clone());
+        true
+    }
+
+    /// Copies the scheduler's current counters into the snapshot.
+    fn refresh_snapshot(&mut self) {
+        let st = self.sched.stats();
+        self.snapshot.prefix_cache_queries_tokens = st.prefix_cache_queries;
+        self.snapshot.prefix_cache_hits_tokens = st.prefix_cache_hits;
+        self.snapshot.num_preemptions = st.num_preemptions;
+        self.snapshot.last_step.num_running = st.num_running;
+        self.snapshot.last_step.num_waiting = st.num_waiting;
+        self.snapshot.last_step.kv_blocks_used = st.num_blocks_used;
+        self.snapshot.last_step.kv_blocks_free = st.num_blocks_free;
+    }
+
+    fn on_token(&mut self, id: u64, tok: lantern_runtime::SampledToken, at_max: bool, now: Instant) {
+        let eos_ids = &self.info.eos_token_ids;
+        let Some(s) = self.reqs.get_mut(&id) else {
+            return;
+        };
+        s.num_output += 1;
+        self.snapshot.generation_tokens_total += 1;
+        if s.first_token.is_none() {
+            s.first_token = Some(now);
+        }
+        let logprobs = if s.params.sampling.logprobs.is_some() {
+            vec![TokenLogprob {
+                token_id: tok.token,
+                logprob: tok.logprob,
+                top: tok.top_logprobs,
+            }]
+        } else {
+            Vec::new()
+        };
+        let past_min = s.num_output > s.params.min_tokens;
+        let mut stop_reason = None;
+        if past_min && !s.params.ignore_eos && eos_ids.contains(&tok.token) {
+            stop_reason = Some(StopReason::Eos(tok.token));
+        } else if past_min && s.params.stop_token_ids.contains(&tok.token) {
+            stop_reason = Some(StopReason::StopToken(tok.token));
+        }
+        let mut text = String::new();
+        if stop_reason.is_none() {
+            match s.detok.push(tok.token) {
+                Ok(delta) => {
+                    let step = s.stop.push(&delta);
+                    text = step.text;
+                    if let Some(i) = step.stopped {
+                        stop_reason = Some(StopReason::StopString(
+                            s.params.stop.get(i).cloned().unwrap_or_default(),
+                        ));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "detokenization failed");
+                    self.fail_seq(id, EngineError::Execution);
+                    return;
+                }
+            }
+        }
+        let _ = s.events.send(RequestEvent::Delta(TokenDelta {
+            index: s.index,
+            text,
+            token_ids: vec![tok.token],
+            logprobs,
+            time: now,
+        }));
+        if let Some(r) = stop_reason {
+            self.finish(id, FinishReason::Stop, Some(r));
+        } else if at_max {
+            self.finish(id, FinishReason::Length, None);
+        }
+    }
+}

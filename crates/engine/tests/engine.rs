@@ -1,0 +1,441 @@
+//! Engine behaviour on the tiny fixtures: batching invariance, prefix caching, preemption,
+//! cancellation, seeded sampling, stop conditions and n > 1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use candle_core::{DType, Device};
+use lantern_engine::{
+    Engine, EngineConfig, FinishReason, GenerationParams, KvCacheSize, RequestEvent,
+    RequestStream, SamplingParams, StopReason, SubmitError, Usage,
+};
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn engine(name: &str, cfg: EngineConfig) -> Engine {
+    let loaded = lantern_models::load_hf_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap();
+    Engine::try_start(loaded, cfg).unwrap()
+}
+
+fn reference(name: &str) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(name).join("reference.json")).unwrap(),
+    )
+    .unwrap();
+    let ids = |k: &str| -> Vec<Vec<u32>> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                p.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_u64().unwrap() as u32)
+                    .collect()
+            })
+            .collect()
+    };
+    (ids("prompts"), ids("greedy"))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Done {
+    tokens: Vec<u32>,
+    text: String,
+    reason: FinishReason,
+    stop_reason: Option<StopReason>,
+    usage: Usage,
+}
+
+fn collect(mut s: RequestStream) -> Vec<Done> {
+    let mut outs: Vec<Done> = Vec::new();
+    let mut ensure = |outs: &mut Vec<Done>, i: usize| {
+        while outs.len() <= i {
+            outs.push(Done {
+                tokens: vec![],
+                text: String::new(),
+                reason: FinishReason::Abort,
+                stop_reason: None,
+                usage: Usage::default(),
+            });
+        }
+    };
+    while let Some(ev) = s.blocking_next() {
+        match ev {
+            RequestEvent::Delta(d) => {
+                ensure(&mut outs, d.index);
+                outs[d.index].tokens.extend(d.token_ids);
+                outs[d.index].text.push_str(&d.text);
+            }
+            RequestEvent::Finished {
+                index,
+                reason,
+                stop_reason,
+                text,
+                usage,
+                ..
+            } => {
+                ensure(&mut outs, index);
+                outs[index].text.push_str(&text);
+                outs[index].reason = reason;
+                outs[index].stop_reason = stop_reason;
+                outs[index].usage = usage;
+            }
+            RequestEvent::Error(e) => panic!("request failed: {e}"),
+        }
+    }
+    outs
+}
+
+fn greedy(max_tokens: usize) -> GenerationParams {
+    GenerationParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: Some(max_tokens),
+        ignore_eos: true,
+        ..GenerationParams::default()
+    }
+}
+
+/// 32 prompts of mixed lengths built from the reference prompts.
+fn mixed_prompts() -> Vec<Vec<u32>> {
+    let (prompts, _) = reference("tiny-llama");
+    (0..32)
+        .map(|i| {
+            let p = &prompts[i % prompts.len()];
+            let len = 1 + (i * 37) % p.len();
+            let mut v = p[..len].to_vec();
+            v.push((i as u32 * 13) % 500 + 3);
+            v
+        })
+        .collect()
+}
+
+fn run_all(e: &Engine, prompts: &[Vec<u32>], params: &GenerationParams) -> Vec<Done> {
+    let h = e.handle();
+    let streams: Vec<RequestStream> = prompts
+        .iter()
+        .map(|p| h.submit_blocking(p.clone(), params.clone()).unwrap())
+        .collect();
+    streams.into_iter().map(|s| collect(s).remove(0)).collect()
+}
+
+#[test]
+fn reference_greedy_through_the_engine() {
+    let (prompts, greedy_ref) = reference("tiny-qwen3");
+    let e = engine("tiny-qwen3", EngineConfig::default());
+    let outs = run_all(&e, &prompts, &greedy(greedy_ref[0].len()));
+    for (o, r) in outs.iter().zip(&greedy_ref) {
+        assert_eq!(&o.tokens, r);
+        assert_eq!(o.reason, FinishReason::Length);
+    }
+}
+
+#[test]
+fn concurrent_equals_alone_and_prefix_cache_on_off() {
+    let prompts = mixed_prompts();
+    let params = greedy(12);
+    let alone: Vec<Done> = {
+        let e = engine("tiny-llama", EngineConfig::default());
+        prompts
+            .iter()
+            .map(|p| run_all(&e, std::slice::from_ref(p), &params).remove(0))
+            .collect()
+    };
+    let e = engine("tiny-llama", EngineConfig::default());
+    let together = run_all(&e, &prompts, &params);
+    let no_cache = {
+        let e = engine(
+            "tiny-llama",
+            EngineConfig {
+                enable_prefix_caching: false,
+                ..EngineConfig::default()
+            },
+        );
+        run_all(&e, &prompts, &params)
+    };
+    for i in 0..prompts.len() {
+        assert_eq!(alone[i].tokens, together[i].tokens, "prompt {i}: batched differs");
+        assert_eq!(alone[i].tokens, no_cache[i].tokens, "prompt {i}: no-cache differs");
+        assert_eq!(alone[i].text, together[i].text);
+    }
+    let snap = e.handle().fresh_snapshot_blocking().unwrap();
+    assert_eq!(snap.last_step.kv_blocks_used, 0, "blocks leaked: {snap:?}");
+}
+
+#[test]
+fn preemption_does_not_change_outputs() {
+    let prompts = mixed_prompts();
+    let params = greedy(24);
+    let big = engine("tiny-llama", EngineConfig::default());
+    let expected = run_all(&big, &prompts, &params);
+    let small = engine(
+        "tiny-llama",
+        EngineConfig {
+            block_size: 4,
+            // Enough for the longest single request, far too little for 32 at once.
+            kv_cache: KvCacheSize::Tokens(4 * 60),
+            ..EngineConfig::default()
+        },
+    );
+    let got = run_all(&small, &prompts, &params);
+    let snap = small.handle().fresh_snapshot_blocking().unwrap();
+    assert!(snap.num_preemptions > 0, "pool was not small enough: {snap:?}");
+    for i in 0..prompts.len() {
+        assert_eq!(expected[i].tokens, got[i].tokens, "prompt {i} changed under preemption");
+    }
+    assert_eq!(snap.last_step.kv_blocks_used, 0);
+}
+
+#[test]
+fn shared_prefix_computes_only_uncached_tokens() {
+    let (prompts, _) = reference("tiny-mistral");
+    let long = prompts.iter().max_by_key(|p| p.len()).unwrap().clone(); // 131 tokens
+    let e = engine("tiny-mistral", EngineConfig::default());
+    let first = run_all(&e, std::slice::from_ref(&long), &greedy(4)).remove(0);
+    assert_eq!(first.usage.cached_tokens, 0);
+    let mut second_prompt = long[..100].to_vec();
+    second_prompt.extend_from_slice(&[7, 8, 9]);
+    let second = run_all(&e, &[second_prompt.clone()], &greedy(4)).remove(0);
+    // 100 shared tokens = 6 full blocks of 16 = 96 tokens from the cache.
+    assert_eq!(second.usage.cached_tokens, 96);
+    let before = e.handle().fresh_snapshot_blocking().unwrap().prefix_cache_hits_tokens;
+    // A fully cached prompt still computes its last token.
+    let again = run_all(&e, &[long.clone()], &greedy(4)).remove(0);
+    assert_eq!(again.usage.cached_tokens, 128);
+    assert_eq!(again.tokens, first.tokens);
+    assert!(e.handle().fresh_snapshot_blocking().unwrap().prefix_cache_hits_tokens > before);
+    // A different cache salt does not hit.
+    let salted = GenerationParams {
+        cache_salt: Some("tenant-b".into()),
+        ..greedy(4)
+    };
+    let s = run_all(&e, &[long], &salted).remove(0);
+    assert_eq!(s.usage.cached_tokens, 0);
+    assert_eq!(s.tokens, first.tokens);
+}
+
+#[test]
+fn cancelling_mid_stream_returns_every_block() {
+    let e = engine("tiny-llama", EngineConfig::default());
+    let h = e.handle();
+    let (prompts, _) = reference("tiny-llama");
+    let mut s = h.submit_blocking(prompts[3].clone(), greedy(300)).unwrap();
+    let mut n = 0;
+    while let Some(ev) = s.blocking_next() {
+        if let RequestEvent::Delta(_) = ev {
+            n += 1;
+            if n == 3 {
+                break;
+            }
+        }
+    }
+    let used = h.fresh_snapshot_blocking().unwrap().last_step.kv_blocks_used;
+    assert!(used > 0);
+    drop(s);
+    // Run another request so the engine steps; the cancelled one must be gone by then.
+    let _ = run_all(&e, &[vec![5, 6, 7]], &greedy(2));
+    let snap = h.fresh_snapshot_blocking().unwrap();
+    assert_eq!(snap.last_step.kv_blocks_used, 0, "{snap:?}");
+    assert_eq!(snap.finished_abort, 1);
+}
+
+#[test]
+fn seeded_sampling_same_alone_and_in_busy_batch() {
+    let params = GenerationParams {
+        sampling: SamplingParams {
+            temperature: 0.9,
+            top_p: 0.95,
+            top_k: 50,
+            ..SamplingParams::default()
+        },
+        seed: Some(1234),
+        max_tokens: Some(20),
+        ignore_eos: true,
+        ..GenerationParams::default()
+    };
+    let prompt = vec![10, 20, 30, 40, 50];
+    let e = engine("tiny-qwen2", EngineConfig::default());
+    let alone = run_all(&e, std::slice::from_ref(&prompt), &params).remove(0);
+    let mut batch = mixed_prompts();
+    batch.insert(7, prompt.clone());
+    let h = e.handle();
+    let streams: Vec<RequestStream> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let pr = if i == 7 {
+                params.clone()
+            } else {
+                GenerationParams {
+                    sampling: SamplingParams::default(),
+                    max_tokens: Some(15),
+                    ignore_eos: true,
+                    ..GenerationParams::default()
+                }
+            };
+            h.submit_blocking(p.clone(), pr).unwrap()
+        })
+        .collect();
+    let outs: Vec<Done> = streams.into_iter().map(|s| collect(s).remove(0)).collect();
+    assert_eq!(outs[7].tokens, alone.tokens);
+    // A different seed gives a different sequence (overwhelmingly likely at T=0.9).
+    let other = run_all(
+        &e,
+        &[prompt],
+        &GenerationParams {
+            seed: Some(99),
+            ..params
+        },
+    )
+    .remove(0);
+    assert_ne!(other.tokens, alone.tokens);
+}
+
+#[test]
+fn stop_token_ids_min_tokens_and_eos() {
+    let (prompts, greedy_ref) = reference("tiny-llama");
+    let e = engine("tiny-llama", EngineConfig::default());
+    let g = &greedy_ref[2];
+    // Stop on the 5th greedy token: output ends with it, finish reason stop.
+    let params = GenerationParams {
+        stop_token_ids: vec![g[4]],
+        ..greedy(30)
+    };
+    let first_pos = g.iter().position(|&t| t == g[4]).unwrap();
+    let o = run_all(&e, &[prompts[2].clone()], &params).remove(0);
+    assert_eq!(o.reason, FinishReason::Stop);
+    assert_eq!(o.stop_reason, Some(StopReason::StopToken(g[4])));
+    assert_eq!(o.tokens, g[..=first_pos].to_vec());
+    assert_eq!(o.usage.completion_tokens, first_pos + 1);
+    assert_eq!(o.usage.prompt_tokens, prompts[2].len());
+    // min_tokens bans the stop token before it.
+    let params = GenerationParams {
+        stop_token_ids: vec![g[0]],
+        min_tokens: 3,
+        ..greedy(6)
+    };
+    let o = run_all(&e, &[prompts[2].clone()], &params).remove(0);
+    assert_ne!(o.tokens[0], g[0]);
+    assert!(o.tokens.len() >= 3);
+}
+
+#[test]
+fn stop_strings_are_never_emitted() {
+    let e = engine("tiny-llama", EngineConfig::default());
+    let (prompts, _) = reference("tiny-llama");
+    let full = run_all(&e, &[prompts[1].clone()], &greedy(24)).remove(0);
+    assert!(full.text.len() > 6, "need some text: {:?}", full.text);
+    // Pick a stop string from the middle of the text.
+    let chars: Vec<char> = full.text.chars().collect();
+    let start = chars.len() / 2;
+    let stop: String = chars[start..(start + 3).min(chars.len())].iter().collect();
+    let expected_prefix = &full.text[..full.text.find(&stop).unwrap()];
+    for include in [false, true] {
+        let params = GenerationParams {
+            stop: vec![stop.clone()],
+            include_stop_str_in_output: include,
+            ..greedy(24)
+        };
+        let o = run_all(&e, &[prompts[1].clone()], &params).remove(0);
+        assert_eq!(o.reason, FinishReason::Stop);
+        assert_eq!(o.stop_reason, Some(StopReason::StopString(stop.clone())));
+        if include {
+            assert_eq!(o.text, format!("{expected_prefix}{stop}"));
+        } else {
+            assert_eq!(o.text, expected_prefix);
+        }
+    }
+}
+
+#[test]
+fn n_greater_than_one_shares_the_prompt() {
+    let e = engine("tiny-qwen2", EngineConfig::default());
+    let (prompts, _) = reference("tiny-qwen2");
+    let params = GenerationParams {
+        sampling: SamplingParams {
+            temperature: 1.0,
+            ..SamplingParams::default()
+        },
+        seed: Some(7),
+        n: 4,
+        max_tokens: Some(8),
+        ignore_eos: true,
+        ..GenerationParams::default()
+    };
+    let outs = collect(e.handle().submit_blocking(prompts[3].clone(), params).unwrap());
+    assert_eq!(outs.len(), 4);
+    // 131-token prompt: siblings reuse 8 full blocks (128 tokens).
+    assert_eq!(outs[0].usage.cached_tokens, 0);
+    for o in &outs[1..] {
+        assert_eq!(o.usage.cached_tokens, 128);
+    }
+    assert!(outs.iter().all(|o| o.tokens.len() == 8));
+    let distinct: std::collections::HashSet<_> = outs.iter().map(|o| o.tokens.clone()).collect();
+    assert!(distinct.len() > 1, "n>1 with sampling should differ");
+    assert_eq!(e.handle().fresh_snapshot_blocking().unwrap().last_step.kv_blocks_used, 0);
+}
+
+#[test]
+fn rejections_give_numbers() {
+    let e = engine(
+        "tiny-llama",
+        EngineConfig {
+            max_model_len: Some(64),
+            ..EngineConfig::default()
+        },
+    );
+    let h = e.handle();
+    let err = h.submit_blocking(vec![1; 60], greedy(10)).unwrap_err();
+    match err {
+        SubmitError::TooLong(m) => assert!(m.contains("64") && m.contains("70"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let bad = GenerationParams {
+        sampling: SamplingParams {
+            top_p: 1.5,
+            ..SamplingParams::default()
+        },
+        ..GenerationParams::default()
+    };
+    match h.submit_blocking(vec![1, 2], bad).unwrap_err() {
+        SubmitError::InvalidParam { field, message } => {
+            assert_eq!(field, "top_p");
+            assert!(message.contains("<= 1"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match h.submit_blocking(vec![1, 100_000], greedy(1)).unwrap_err() {
+        SubmitError::InvalidParam { field, .. } => assert_eq!(field, "prompt"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn queue_full_is_overload() {
+    let e = engine(
+        "tiny-llama",
+        EngineConfig {
+            max_waiting_requests: 2,
+            max_num_seqs: 1,
+            ..EngineConfig::default()
+        },
+    );
+    let h = e.handle();
+    let mut streams = Vec::new();
+    let mut overloaded = 0;
+    for _ in 0..10 {
+        match h.submit_blocking(vec![1, 2, 3], greedy(50)) {
+            Ok(s) => streams.push(s),
+            Err(SubmitError::Overloaded(_)) => overloaded += 1,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(overloaded > 0);
+    for s in streams {
+        assert_eq!(collect(s)[0].tokens.len(), 50);
+    }
+}
