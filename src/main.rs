@@ -1,11 +1,17 @@
-//! `lantern`: the command-line entry point (generate now; serve and bench join it).
+//! `lantern`: the command-line entry point: `serve`, `generate`, `bench`.
 
+mod common;
 mod generate;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "lantern", version, about = "Lantern: a self-hosted LLM serving engine")]
+#[command(
+    name = "lantern",
+    version,
+    about = "Lantern: a self-hosted LLM serving engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -13,21 +19,28 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve a model with an OpenAI-compatible HTTP API.
+    Serve(Box<serve::ServeArgs>),
     /// Run prompts through the model and print the completions.
-    Generate(generate::GenerateArgs),
+    Generate(Box<generate::GenerateArgs>),
 }
 
 fn main() {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        Command::Generate(_) => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(*args),
+        Command::Generate(args) => generate::run(*args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

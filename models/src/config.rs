@@ -191,7 +191,10 @@ impl ModelConfig {
             }
         };
         if head_dim % 2 != 0 {
-            return Err(ModelError::config("head_dim", format!("{head_dim} must be even for rotary embeddings")));
+            return Err(ModelError::config(
+                "head_dim",
+                format!("{head_dim} must be even for rotary embeddings"),
+            ));
         }
         if let Some(act) = &raw.hidden_act {
             if act != "silu" {
@@ -202,14 +205,22 @@ impl ModelConfig {
             }
         }
         if raw.mlp_bias == Some(true) {
-            return Err(ModelError::config("mlp_bias", "MLP biases are not supported"));
+            return Err(ModelError::config(
+                "mlp_bias",
+                "MLP biases are not supported",
+            ));
         }
         let (rope_scaling, rope_theta) = match &raw.rope_parameters {
             Some(p) if !p.is_null() => (
                 parse_rope_scaling(Some(p))?,
-                p.get("rope_theta").and_then(|t| t.as_f64()).or(raw.rope_theta),
+                p.get("rope_theta")
+                    .and_then(|t| t.as_f64())
+                    .or(raw.rope_theta),
             ),
-            _ => (parse_rope_scaling(raw.rope_scaling.as_ref())?, raw.rope_theta),
+            _ => (
+                parse_rope_scaling(raw.rope_scaling.as_ref())?,
+                raw.rope_theta,
+            ),
         };
         let mut max_position_embeddings =
             required(raw.max_position_embeddings, "max_position_embeddings")?;
@@ -261,7 +272,10 @@ impl ModelConfig {
             o_bias,
             qk_norm: architecture == Architecture::Qwen3,
             bos_token_id: raw.bos_token_id.and_then(|b| b.into_vec().first().copied()),
-            eos_token_ids: raw.eos_token_id.map(OneOrMany::into_vec).unwrap_or_default(),
+            eos_token_ids: raw
+                .eos_token_id
+                .map(OneOrMany::into_vec)
+                .unwrap_or_default(),
         })
     }
 

@@ -79,10 +79,6 @@ pub const SUPPORTED_GPT2_PRE: &str = "\"gpt2\", \"mpt\", \"olmo\", \"smollm\", \
      \"refact\", \"llama-bpe\", \"llama3\", \"llama-v3\", \"dbrx\", \"smaug-bpe\", \"qwen2\", \
      \"deepseek-r1-qwen\"";
 
-/// The GPT-2 split regex (what `ByteLevel { use_regex: true }` applies).
-const GPT2_SPLIT: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-
 /// Llama 3's split regex, as in its `tokenizer.json`.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
@@ -109,9 +105,7 @@ const END_OF_GENERATION_TEXTS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum GgufTokenizerError {
     /// A key the tokenizer needs is absent.
-    #[error(
-        "GGUF metadata key `{key}` is missing: {hint}"
-    )]
+    #[error("GGUF metadata key `{key}` is missing: {hint}")]
     MissingKey {
         /// The absent key.
         key: &'static str,
@@ -234,7 +228,11 @@ impl GgufTokenizerInfo {
 
     /// Builds the tokenizer and special-token facts from a GGUF metadata map.
     pub fn from_metadata(md: &HashMap<String, Value>) -> Result<Self> {
-        let model = required_str(md, KEY_MODEL, "this GGUF carries no tokenizer; load the model's tokenizer.json instead")?;
+        let model = required_str(
+            md,
+            KEY_MODEL,
+            "this GGUF carries no tokenizer; load the model's tokenizer.json instead",
+        )?;
         let tokens = string_array(md, KEY_TOKENS)?.ok_or(GgufTokenizerError::MissingKey {
             key: KEY_TOKENS,
             hint: "the vocabulary is required to build a tokenizer; re-convert the model with llama.cpp's convert_hf_to_gguf.py",
@@ -260,7 +258,10 @@ impl GgufTokenizerInfo {
                     hint: "a byte-level (gpt2) vocabulary needs it to know which split regex it was trained with; re-convert the model with a recent llama.cpp convert_hf_to_gguf.py",
                 })?;
                 let pre_kind = Gpt2Pre::parse(pre)?;
-                (VocabKind::ByteLevel(pre_kind), pre_kind.adds_bos_by_default())
+                (
+                    VocabKind::ByteLevel(pre_kind),
+                    pre_kind.adds_bos_by_default(),
+                )
             }
             "llama" => (VocabKind::SentencePiece, true),
             other => {
@@ -283,7 +284,8 @@ impl GgufTokenizerInfo {
         };
         add_typed_tokens(&mut tokenizer, &tokens, &token_types, unk_token_id)?;
 
-        let token_text = |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).map(|t| t.to_string()));
+        let token_text =
+            |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).map(|t| t.to_string()));
         let bos_token = token_text(bos_token_id);
         let eos_token = token_text(eos_token_id);
 
@@ -382,8 +384,12 @@ impl Gpt2Pre {
         Ok(match value {
             "gpt2" | "mpt" | "olmo" => Self::Gpt2,
             "smollm" | "starcoder" | "refact" => Self::DigitsThenGpt2,
-            "llama-bpe" | "llama3" | "llama-v3" => Self::Llama3 { ignore_merges: true },
-            "dbrx" | "smaug-bpe" => Self::Llama3 { ignore_merges: false },
+            "llama-bpe" | "llama3" | "llama-v3" => Self::Llama3 {
+                ignore_merges: true,
+            },
+            "dbrx" | "smaug-bpe" => Self::Llama3 {
+                ignore_merges: false,
+            },
             "qwen2" | "deepseek-r1-qwen" => Self::Qwen2,
             other => {
                 return Err(GgufTokenizerError::Unsupported {
@@ -397,7 +403,12 @@ impl Gpt2Pre {
 
     /// llama.cpp turns BOS on by default for the Llama 3 family only.
     fn adds_bos_by_default(self) -> bool {
-        matches!(self, Self::Llama3 { ignore_merges: true })
+        matches!(
+            self,
+            Self::Llama3 {
+                ignore_merges: true
+            }
+        )
     }
 }
 
@@ -459,13 +470,22 @@ fn merges_from_file(merges: &[&str]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn build_byte_level(tokens: &[&str], pre: Gpt2Pre, md: &HashMap<String, Value>) -> Result<Tokenizer> {
+fn build_byte_level(
+    tokens: &[&str],
+    pre: Gpt2Pre,
+    md: &HashMap<String, Value>,
+) -> Result<Tokenizer> {
     let merges = string_array(md, KEY_MERGES)?.ok_or(GgufTokenizerError::MissingKey {
         key: KEY_MERGES,
         hint: "a byte-level (gpt2) vocabulary cannot be used without its merges; re-convert the model",
     })?;
     let merges = merges_from_file(&merges)?;
-    let ignore_merges = matches!(pre, Gpt2Pre::Llama3 { ignore_merges: true });
+    let ignore_merges = matches!(
+        pre,
+        Gpt2Pre::Llama3 {
+            ignore_merges: true
+        }
+    );
     let bpe = BPE::builder()
         .vocab_and_merges(vocab_map(tokens), merges)
         .ignore_merges(ignore_merges)
@@ -484,6 +504,7 @@ fn build_byte_level(tokens: &[&str], pre: Gpt2Pre, md: &HashMap<String, Value>) 
     };
     let byte_level_no_regex: PreTokenizerWrapper = ByteLevel::new(false, false, false).into();
     let pre_tokenizer: PreTokenizerWrapper = match pre {
+        // `use_regex: true` makes ByteLevel apply the GPT-2 split regex itself.
         Gpt2Pre::Gpt2 => ByteLevel::new(false, true, true).into(),
         Gpt2Pre::DigitsThenGpt2 => PreTokenizerSequence::new(vec![
             Digits::new(true).into(),
@@ -497,15 +518,15 @@ fn build_byte_level(tokens: &[&str], pre: Gpt2Pre, md: &HashMap<String, Value>) 
             PreTokenizerSequence::new(vec![split(QWEN2_SPLIT)?, byte_level_no_regex]).into()
         }
     };
-    // `ByteLevel { use_regex: true }` applies exactly GPT2_SPLIT; keep the constant for docs/tests.
-    debug_assert!(!GPT2_SPLIT.is_empty());
     if pre == Gpt2Pre::Qwen2 {
         tokenizer
             .with_normalizer(Some(NormalizerWrapper::from(NFC)))
             .map_err(build_err("normalizer"))?;
     }
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
-    tokenizer.with_decoder(Some(DecoderWrapper::from(ByteLevel::new(false, true, true))));
+    tokenizer.with_decoder(Some(DecoderWrapper::from(ByteLevel::new(
+        false, true, true,
+    ))));
     Ok(tokenizer)
 }
 
@@ -546,7 +567,9 @@ fn build_sentencepiece(
     if let Some(unk) = unk_id.and_then(|id| tokens.get(id as usize)) {
         builder = builder.unk_token((*unk).to_string());
     }
-    let bpe = builder.build().map_err(build_err("SentencePiece BPE model"))?;
+    let bpe = builder
+        .build()
+        .map_err(build_err("SentencePiece BPE model"))?;
     let mut tokenizer = Tokenizer::new(bpe);
 
     let replace_space = Replace::new(" ", SPM_SPACE).map_err(build_err("normalizer"))?;
@@ -653,13 +676,15 @@ fn add_typed_tokens(
         }
         let is_unk = unk_token_id.is_some_and(|u| u as usize == id);
         match ty {
-            TokenType::Control | TokenType::Unknown => special.push(
-                AddedToken::from((*text).to_string(), true).normalized(false),
-            ),
-            _ if is_unk => special.push(AddedToken::from((*text).to_string(), true).normalized(false)),
-            TokenType::UserDefined => user_defined.push(
-                AddedToken::from((*text).to_string(), false).normalized(false),
-            ),
+            TokenType::Control | TokenType::Unknown => {
+                special.push(AddedToken::from((*text).to_string(), true).normalized(false))
+            }
+            _ if is_unk => {
+                special.push(AddedToken::from((*text).to_string(), true).normalized(false))
+            }
+            TokenType::UserDefined => {
+                user_defined.push(AddedToken::from((*text).to_string(), false).normalized(false))
+            }
             _ => {}
         }
     }
@@ -684,9 +709,7 @@ fn template_processing(
     if bos.is_none() && eos.is_none() {
         return Ok(None);
     }
-    let special = |text: &str, type_id: u32| {
-        serde_json::json!({ "SpecialToken": { "id": text, "type_id": type_id } })
-    };
+    let special = |text: &str, type_id: u32| serde_json::json!({ "SpecialToken": { "id": text, "type_id": type_id } });
     let sequence = |id: &str, type_id: u32| serde_json::json!({ "Sequence": { "id": id, "type_id": type_id } });
     let mut single = Vec::new();
     let mut pair = Vec::new();
@@ -786,7 +809,11 @@ fn optional_bool(md: &HashMap<String, Value>, key: &'static str) -> Result<Optio
 }
 
 /// A token id key; a negative id (llama.cpp's "none") reads as absent.
-fn token_id(md: &HashMap<String, Value>, key: &'static str, n_tokens: usize) -> Result<Option<u32>> {
+fn token_id(
+    md: &HashMap<String, Value>,
+    key: &'static str,
+    n_tokens: usize,
+) -> Result<Option<u32>> {
     let Some(v) = md.get(key) else {
         return Ok(None);
     };
@@ -819,7 +846,10 @@ fn array<'a>(md: &'a HashMap<String, Value>, key: &'static str) -> Result<Option
     }
 }
 
-fn string_array<'a>(md: &'a HashMap<String, Value>, key: &'static str) -> Result<Option<Vec<&'a str>>> {
+fn string_array<'a>(
+    md: &'a HashMap<String, Value>,
+    key: &'static str,
+) -> Result<Option<Vec<&'a str>>> {
     let Some(items) = array(md, key)? else {
         return Ok(None);
     };
@@ -887,6 +917,7 @@ fn token_types(md: &HashMap<String, Value>, n_tokens: usize) -> Result<Vec<Token
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
@@ -899,7 +930,8 @@ mod tests {
         Value::Array(v.iter().map(|t| s(t)).collect())
     }
 
-    /// A tiny byte-level vocabulary: the 256 byte symbols, "Ġa" via one merge, one control token.
+    /// A tiny byte-level vocabulary: the 256 byte symbols, "Ġa", "12" and "ĠÂ" via merges, one
+    /// control token.
     fn tiny_gpt2(pre: &str) -> HashMap<String, Value> {
         let mut tokens: Vec<String> = vec!["<|end|>".to_string()];
         let mut seen = HashSet::new();
@@ -910,6 +942,8 @@ mod tests {
             }
         }
         tokens.push("Ġa".to_string());
+        tokens.push("12".to_string());
+        tokens.push("ĠÂ".to_string());
         let n = tokens.len();
         let mut types = vec![Value::I32(1); n];
         types[0] = Value::I32(3);
@@ -919,14 +953,16 @@ mod tests {
         md.insert(KEY_PRE.to_string(), s(pre));
         md.insert(KEY_TOKENS.to_string(), strings(&token_refs));
         md.insert(KEY_TOKEN_TYPE.to_string(), Value::Array(types));
-        md.insert(KEY_MERGES.to_string(), strings(&["Ġ a"]));
+        md.insert(KEY_MERGES.to_string(), strings(&["Ġ a", "1 2", "Ġ Â"]));
         md.insert(KEY_EOS_ID.to_string(), Value::U32(0));
         md
     }
 
     /// GPT-2's byte-to-unicode table (the printable bytes map to themselves).
     fn byte_char(b: u8) -> char {
-        let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable = |b: u8| {
+            (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+        };
         if printable(b) {
             return char::from(b);
         }
@@ -959,30 +995,85 @@ mod tests {
     }
 
     #[test]
+    fn smollm_pre_splits_every_digit() {
+        let gpt2 = GgufTokenizerInfo::from_metadata(&tiny_gpt2("gpt2")).unwrap();
+        let smollm = GgufTokenizerInfo::from_metadata(&tiny_gpt2("smollm")).unwrap();
+        let twelve = gpt2.tokenizer.token_to_id("12").unwrap();
+        let one = gpt2.tokenizer.token_to_id("1").unwrap();
+        let two = gpt2.tokenizer.token_to_id("2").unwrap();
+        assert_eq!(
+            gpt2.tokenizer.encode("12", false).unwrap().get_ids(),
+            &[twelve]
+        );
+        assert_eq!(
+            smollm.tokenizer.encode("12", false).unwrap().get_ids(),
+            &[one, two]
+        );
+        // Numerals beyond ASCII are split off too (\p{N}), taking no space with them.
+        let toks = smollm
+            .tokenizer
+            .encode("a ½", false)
+            .unwrap()
+            .get_tokens()
+            .to_vec();
+        assert_eq!(toks, ["a", "Ġ", "Â", "½"]);
+        let toks = gpt2
+            .tokenizer
+            .encode("a ½", false)
+            .unwrap()
+            .get_tokens()
+            .to_vec();
+        assert_eq!(toks, ["a", "ĠÂ", "½"]);
+    }
+
+    #[test]
     fn unsupported_values_name_key_and_value() {
         let err = GgufTokenizerInfo::from_metadata(&tiny_gpt2("chatglm-bpe")).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("tokenizer.ggml.pre") && msg.contains("chatglm-bpe"), "{msg}");
+        assert!(
+            msg.contains("tokenizer.ggml.pre") && msg.contains("chatglm-bpe"),
+            "{msg}"
+        );
 
         let mut md = tiny_gpt2("gpt2");
         md.insert(KEY_MODEL.to_string(), s("bert"));
-        let msg = GgufTokenizerInfo::from_metadata(&md).unwrap_err().to_string();
-        assert!(msg.contains("tokenizer.ggml.model") && msg.contains("bert"), "{msg}");
+        let msg = GgufTokenizerInfo::from_metadata(&md)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("tokenizer.ggml.model") && msg.contains("bert"),
+            "{msg}"
+        );
 
         let mut md = tiny_gpt2("gpt2");
         md.remove(KEY_PRE);
-        let msg = GgufTokenizerInfo::from_metadata(&md).unwrap_err().to_string();
-        assert!(msg.contains("tokenizer.ggml.pre") && msg.contains("missing"), "{msg}");
+        let msg = GgufTokenizerInfo::from_metadata(&md)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("tokenizer.ggml.pre") && msg.contains("missing"),
+            "{msg}"
+        );
 
         let mut md = tiny_gpt2("gpt2");
         md.insert(KEY_EOS_ID.to_string(), Value::U32(100_000));
-        let msg = GgufTokenizerInfo::from_metadata(&md).unwrap_err().to_string();
-        assert!(msg.contains("eos_token_id") && msg.contains("100000"), "{msg}");
+        let msg = GgufTokenizerInfo::from_metadata(&md)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("eos_token_id") && msg.contains("100000"),
+            "{msg}"
+        );
 
         let mut md = tiny_gpt2("gpt2");
         md.insert(KEY_TOKENS.to_string(), s("oops"));
-        let msg = GgufTokenizerInfo::from_metadata(&md).unwrap_err().to_string();
-        assert!(msg.contains("tokenizer.ggml.tokens") && msg.contains("array"), "{msg}");
+        let msg = GgufTokenizerInfo::from_metadata(&md)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("tokenizer.ggml.tokens") && msg.contains("array"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -993,7 +1084,12 @@ mod tests {
         assert!(info.add_bos_token, "llama-bpe defaults to add_bos");
         let ids = info.tokenizer.encode("a", true).unwrap().get_ids().to_vec();
         assert_eq!(ids.first(), Some(&0));
-        let ids = info.tokenizer.encode("a", false).unwrap().get_ids().to_vec();
+        let ids = info
+            .tokenizer
+            .encode("a", false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         assert_ne!(ids.first(), Some(&0));
 
         md.insert(KEY_ADD_BOS.to_string(), Value::Bool(false));
@@ -1005,7 +1101,9 @@ mod tests {
     #[test]
     fn sentencepiece_merges_from_scores() {
         // <unk> <s> </s> then bytes for "!" and pieces ▁, h, i, ▁h, hi, ▁hi.
-        let tokens = ["<unk>", "<s>", "</s>", "<0x21>", "▁", "h", "i", "▁h", "hi", "▁hi"];
+        let tokens = [
+            "<unk>", "<s>", "</s>", "<0x21>", "▁", "h", "i", "▁h", "hi", "▁hi",
+        ];
         let types = [2, 3, 3, 6, 1, 1, 1, 1, 1, 1];
         let scores = [0.0f32, 0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0];
         let mut md = HashMap::new();
@@ -1026,8 +1124,14 @@ mod tests {
         assert!(info.add_bos_token, "llama vocabularies add BOS by default");
         let enc = info.tokenizer.encode("hi hi!", true).unwrap();
         assert_eq!(enc.get_ids(), &[1, 9, 9, 3]);
-        assert_eq!(info.tokenizer.decode(enc.get_ids(), true).unwrap(), "hi hi!");
-        assert_eq!(info.tokenizer.decode(enc.get_ids(), false).unwrap(), "<s> hi hi!");
+        assert_eq!(
+            info.tokenizer.decode(enc.get_ids(), true).unwrap(),
+            "hi hi!"
+        );
+        assert_eq!(
+            info.tokenizer.decode(enc.get_ids(), false).unwrap(),
+            "<s> hi hi!"
+        );
         assert_eq!(info.bos_token.as_deref(), Some("<s>"));
     }
 }

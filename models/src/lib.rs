@@ -12,7 +12,7 @@
 mod config;
 mod error;
 pub mod gguf_tokenizer;
-mod hub;
+pub mod hub;
 mod linear;
 mod loader;
 mod rope;

@@ -292,7 +292,9 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
-            .ok_or_else(|| ModelError::config("weight_map", "missing from model.safetensors.index.json"))?;
+            .ok_or_else(|| {
+                ModelError::config("weight_map", "missing from model.safetensors.index.json")
+            })?;
         let mut files: Vec<String> = map
             .values()
             .filter_map(|f| f.as_str().map(str::to_string))
@@ -385,7 +387,9 @@ fn gguf_config(content: &gguf_file::Content) -> Result<(ModelConfig, String)> {
         tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
         attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
         o_bias: content.tensor_infos.contains_key("blk.0.attn_output.bias"),
-        qk_norm: content.tensor_infos.contains_key("blk.0.attn_q_norm.weight"),
+        qk_norm: content
+            .tensor_infos
+            .contains_key("blk.0.attn_q_norm.weight"),
         bos_token_id: None,
         eos_token_ids: Vec::new(),
     };
@@ -429,7 +433,10 @@ fn unpermute_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
     let rest: Vec<usize> = dims.iter().skip(1).copied().collect();
     let mut shape = vec![n_head, half, 2];
     shape.extend_from_slice(&rest);
-    Ok(t.reshape(shape)?.transpose(1, 2)?.contiguous()?.reshape(dims)?)
+    Ok(t.reshape(shape)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
 }
 
 /// Loads a GGUF file: dequantizes every tensor to `dtype` and builds the tokenizer from
@@ -457,8 +464,7 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
         let mut t = q.dequantize(&Device::Cpu)?;
         if arch == "llama" && (hf.ends_with("q_proj.weight") || hf.ends_with("q_proj.bias")) {
             t = unpermute_rows(&t, config.num_attention_heads)?;
-        } else if arch == "llama"
-            && (hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias"))
+        } else if arch == "llama" && (hf.ends_with("k_proj.weight") || hf.ends_with("k_proj.bias"))
         {
             t = unpermute_rows(&t, config.num_key_value_heads)?;
         }

@@ -92,7 +92,11 @@ struct Attention {
 impl Attention {
     fn load(vb: VarBuilder, cfg: &ModelConfig, layer: usize) -> Result<Self> {
         let h = cfg.hidden_size;
-        let (nh, nkv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
+        let (nh, nkv, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
         let b = cfg.attention_bias;
         let (q_norm, k_norm) = if cfg.qk_norm {
             (
@@ -126,9 +130,18 @@ impl Attention {
     ) -> Result<Tensor> {
         let t = x.dim(0)?;
         // (T, heads, head_dim)
-        let q = self.q.forward(x)?.reshape((t, self.num_heads, self.head_dim))?;
-        let k = self.k.forward(x)?.reshape((t, self.num_kv_heads, self.head_dim))?;
-        let v = self.v.forward(x)?.reshape((t, self.num_kv_heads, self.head_dim))?;
+        let q = self
+            .q
+            .forward(x)?
+            .reshape((t, self.num_heads, self.head_dim))?;
+        let k = self
+            .k
+            .forward(x)?
+            .reshape((t, self.num_kv_heads, self.head_dim))?;
+        let v = self
+            .v
+            .forward(x)?
+            .reshape((t, self.num_kv_heads, self.head_dim))?;
         let q = match &self.q_norm {
             Some(n) => n.forward(&q)?,
             None => q,
@@ -139,10 +152,17 @@ impl Attention {
         };
         let q = RotaryEmbedding::apply(&q, cos, sin)?;
         let k = RotaryEmbedding::apply(&k, cos, sin)?;
-        lantern_kernels::write_kv_cache(&k, &v.contiguous()?, &cache.k, &cache.v, &attn.slot_mapping)?;
+        lantern_kernels::write_kv_cache(
+            &k,
+            &v.contiguous()?,
+            &cache.k,
+            &cache.v,
+            &attn.slot_mapping,
+        )?;
         // (T, heads, head_dim)
         let out = lantern_kernels::paged_attention(&q, &cache.k, &cache.v, attn, self.scale)?;
-        self.o.forward(&out.reshape((t, self.num_heads * self.head_dim))?)
+        self.o
+            .forward(&out.reshape((t, self.num_heads * self.head_dim))?)
     }
 }
 

@@ -8,6 +8,8 @@
 //!   token types, merges or scores), written to an in-memory GGUF, read back, and the rebuilt
 //!   tokenizer must encode and decode exactly like the original `tokenizer.json`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -21,7 +23,8 @@ fn data_dir() -> PathBuf {
 }
 
 fn json(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
@@ -53,7 +56,13 @@ const TEXTS: &[&str] = &[
     "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA ababababababababababab",
 ];
 
-fn check_same(name: &str, ours: &Tokenizer, reference: &Tokenizer, texts: &[&str], add_special: bool) {
+fn check_same(
+    name: &str,
+    ours: &Tokenizer,
+    reference: &Tokenizer,
+    texts: &[&str],
+    add_special: bool,
+) {
     for text in texts {
         let want = reference.encode(*text, add_special).unwrap();
         let got = ours.encode(*text, add_special).unwrap();
@@ -103,12 +112,23 @@ fn synthesize(tokenizer_json: &serde_json::Value) -> Synth {
         by_id.insert(id.as_u64().unwrap(), (text.clone(), 1));
     }
     for t in added {
-        let ty = if t["special"].as_bool().unwrap() { 3 } else { 4 };
-        by_id.insert(t["id"].as_u64().unwrap(), (t["content"].as_str().unwrap().to_string(), ty));
+        let ty = if t["special"].as_bool().unwrap() {
+            3
+        } else {
+            4
+        };
+        by_id.insert(
+            t["id"].as_u64().unwrap(),
+            (t["content"].as_str().unwrap().to_string(), ty),
+        );
     }
     let n = by_id.keys().max().unwrap() + 1;
     let (tokens, types) = (0..n)
-        .map(|id| by_id.remove(&id).unwrap_or_else(|| (format!("[PAD{id}]"), 5)))
+        .map(|id| {
+            by_id
+                .remove(&id)
+                .unwrap_or_else(|| (format!("[PAD{id}]"), 5))
+        })
         .unzip();
     let merges = tokenizer_json["model"]["merges"]
         .as_array()
@@ -116,18 +136,29 @@ fn synthesize(tokenizer_json: &serde_json::Value) -> Synth {
         .iter()
         .map(|m| match m {
             serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Array(pair) => format!("{} {}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()),
+            serde_json::Value::Array(pair) => format!(
+                "{} {}",
+                pair[0].as_str().unwrap(),
+                pair[1].as_str().unwrap()
+            ),
             other => panic!("unexpected merge {other}"),
         })
         .collect();
-    Synth { tokens, types, merges }
+    Synth {
+        tokens,
+        types,
+        merges,
+    }
 }
 
 fn base_metadata(model: &str, synth: &Synth) -> HashMap<String, Value> {
     let mut md = HashMap::new();
     md.insert("general.architecture".into(), Value::String("llama".into()));
     md.insert("tokenizer.ggml.model".into(), Value::String(model.into()));
-    md.insert("tokenizer.ggml.tokens".into(), strings(synth.tokens.iter().cloned()));
+    md.insert(
+        "tokenizer.ggml.tokens".into(),
+        strings(synth.tokens.iter().cloned()),
+    );
     md.insert(
         "tokenizer.ggml.token_type".into(),
         Value::Array(synth.types.iter().map(|t| Value::I32(*t)).collect()),
@@ -146,11 +177,23 @@ fn qwen3_tokenizer_json_via_gguf_metadata() {
     let synth = synthesize(&json(&dir.join("tokenizer.json")));
     let mut md = base_metadata("gpt2", &synth);
     md.insert("tokenizer.ggml.pre".into(), Value::String("qwen2".into()));
-    md.insert("tokenizer.ggml.merges".into(), strings(synth.merges.iter().cloned()));
-    md.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(id_of(&synth, "<|im_end|>")));
-    md.insert("tokenizer.ggml.padding_token_id".into(), Value::U32(id_of(&synth, "<|endoftext|>")));
+    md.insert(
+        "tokenizer.ggml.merges".into(),
+        strings(synth.merges.iter().cloned()),
+    );
+    md.insert(
+        "tokenizer.ggml.eos_token_id".into(),
+        Value::U32(id_of(&synth, "<|im_end|>")),
+    );
+    md.insert(
+        "tokenizer.ggml.padding_token_id".into(),
+        Value::U32(id_of(&synth, "<|endoftext|>")),
+    );
     md.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(false));
-    md.insert("tokenizer.chat_template".into(), Value::String("{{ messages }}".into()));
+    md.insert(
+        "tokenizer.chat_template".into(),
+        Value::String("{{ messages }}".into()),
+    );
     let content = roundtrip_gguf(md);
     let info = GgufTokenizerInfo::from_content(&content).unwrap();
 
@@ -180,11 +223,23 @@ fn llama3_tokenizer_json_via_gguf_metadata() {
     let synth = synthesize(&json(&dir.join("tokenizer.json")));
     let bos = id_of(&synth, "<|begin_of_text|>");
     let mut md = base_metadata("gpt2", &synth);
-    md.insert("tokenizer.ggml.pre".into(), Value::String("llama-bpe".into()));
-    md.insert("tokenizer.ggml.merges".into(), strings(synth.merges.iter().cloned()));
+    md.insert(
+        "tokenizer.ggml.pre".into(),
+        Value::String("llama-bpe".into()),
+    );
+    md.insert(
+        "tokenizer.ggml.merges".into(),
+        strings(synth.merges.iter().cloned()),
+    );
     md.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(bos));
-    md.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(id_of(&synth, "<|end_of_text|>")));
-    md.insert("tokenizer.ggml.eot_token_id".into(), Value::U32(id_of(&synth, "<|eot_id|>")));
+    md.insert(
+        "tokenizer.ggml.eos_token_id".into(),
+        Value::U32(id_of(&synth, "<|end_of_text|>")),
+    );
+    md.insert(
+        "tokenizer.ggml.eot_token_id".into(),
+        Value::U32(id_of(&synth, "<|eot_id|>")),
+    );
     let content = roundtrip_gguf(md);
     let info = GgufTokenizerInfo::from_content(&content).unwrap();
 
@@ -201,7 +256,10 @@ fn llama3_tokenizer_json_via_gguf_metadata() {
     assert_eq!(info.bos_token.as_deref(), Some("<|begin_of_text|>"));
     assert_eq!(
         info.eos_token_ids[..2],
-        [id_of(&synth, "<|end_of_text|>"), id_of(&synth, "<|eot_id|>")]
+        [
+            id_of(&synth, "<|end_of_text|>"),
+            id_of(&synth, "<|eot_id|>")
+        ]
     );
 }
 
@@ -237,15 +295,40 @@ fn llama2_sentencepiece_via_gguf_scores() {
     let content = roundtrip_gguf(md.clone());
     let info = GgufTokenizerInfo::from_content(&content).unwrap();
 
-    let extra = ["<s>[INST] Hi [/INST] Hello!</s>", "hello</s>world", "x  y   z"];
-    check_same("llama2 (derived merges)", &info.tokenizer, &reference, TEXTS, true);
-    check_same("llama2 (derived merges)", &info.tokenizer, &reference, &extra, true);
-    check_same("llama2 (derived merges)", &info.tokenizer, &reference, TEXTS, false);
+    let extra = [
+        "<s>[INST] Hi [/INST] Hello!</s>",
+        "hello</s>world",
+        "x  y   z",
+    ];
+    check_same(
+        "llama2 (derived merges)",
+        &info.tokenizer,
+        &reference,
+        TEXTS,
+        true,
+    );
+    check_same(
+        "llama2 (derived merges)",
+        &info.tokenizer,
+        &reference,
+        &extra,
+        true,
+    );
+    check_same(
+        "llama2 (derived merges)",
+        &info.tokenizer,
+        &reference,
+        TEXTS,
+        false,
+    );
     assert_eq!(info.eos_token_ids, vec![2]);
     assert_eq!(info.bos_token.as_deref(), Some("<s>"));
 
     // Same vocabulary with the merges stored in the file.
-    md.insert("tokenizer.ggml.merges".into(), strings(synth.merges.iter().cloned()));
+    md.insert(
+        "tokenizer.ggml.merges".into(),
+        strings(synth.merges.iter().cloned()),
+    );
     let tok = tokenizer_from_gguf(&roundtrip_gguf(md)).unwrap();
     check_same("llama2 (stored merges)", &tok, &reference, TEXTS, true);
 }
@@ -264,13 +347,25 @@ fn smollm2_gguf_matches_transformers_reference() {
     let fixture = json(&data_dir().join("smollm2-gguf-reference.json"));
     let md = &fixture["metadata"];
 
-    assert_eq!(info.bos_token_id, Some(md["tokenizer.ggml.bos_token_id"].as_u64().unwrap() as u32));
+    assert_eq!(
+        info.bos_token_id,
+        Some(md["tokenizer.ggml.bos_token_id"].as_u64().unwrap() as u32)
+    );
     let eos = md["tokenizer.ggml.eos_token_id"].as_u64().unwrap() as u32;
     assert_eq!(info.eos_token_ids.first(), Some(&eos));
     assert_eq!(info.eos_token.as_deref(), Some("<|im_end|>"));
-    assert!(info.eos_token_ids.contains(&0), "<|endoftext|> also ends generation");
-    assert_eq!(info.add_bos_token, md["tokenizer.ggml.add_bos_token"].as_bool().unwrap());
-    assert_eq!(info.chat_template.as_deref(), md["tokenizer.chat_template"].as_str());
+    assert!(
+        info.eos_token_ids.contains(&0),
+        "<|endoftext|> also ends generation"
+    );
+    assert_eq!(
+        info.add_bos_token,
+        md["tokenizer.ggml.add_bos_token"].as_bool().unwrap()
+    );
+    assert_eq!(
+        info.chat_template.as_deref(),
+        md["tokenizer.chat_template"].as_str()
+    );
     assert_eq!(
         info.tokenizer.get_vocab_size(true) as u64,
         md["n_tokens"].as_u64().unwrap()
@@ -279,17 +374,36 @@ fn smollm2_gguf_matches_transformers_reference() {
     let cases = fixture["cases"].as_array().unwrap();
     assert!(cases.len() >= 40);
     let ids_of = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
     };
     for case in cases {
         let text = case["text"].as_str().unwrap();
         let want = ids_of(&case["ids"]);
         let got = info.tokenizer.encode(text, false).unwrap();
-        assert_eq!(got.get_ids(), want.as_slice(), "ids differ for {text:?}; our tokens {:?}", got.get_tokens());
+        assert_eq!(
+            got.get_ids(),
+            want.as_slice(),
+            "ids differ for {text:?}; our tokens {:?}",
+            got.get_tokens()
+        );
         let got_special = info.tokenizer.encode(text, true).unwrap();
-        assert_eq!(got_special.get_ids(), ids_of(&case["ids_with_special"]).as_slice(), "{text:?}");
-        assert_eq!(info.tokenizer.decode(&want, false).unwrap(), case["decoded"].as_str().unwrap());
-        assert_eq!(info.tokenizer.decode(&want, true).unwrap(), case["decoded_skip_special"].as_str().unwrap());
+        assert_eq!(
+            got_special.get_ids(),
+            ids_of(&case["ids_with_special"]).as_slice(),
+            "{text:?}"
+        );
+        assert_eq!(
+            info.tokenizer.decode(&want, false).unwrap(),
+            case["decoded"].as_str().unwrap()
+        );
+        assert_eq!(
+            info.tokenizer.decode(&want, true).unwrap(),
+            case["decoded_skip_special"].as_str().unwrap()
+        );
         // Byte-level BPE loses nothing: decoding gives the text back.
         assert_eq!(info.tokenizer.decode(&want, false).unwrap(), text);
     }

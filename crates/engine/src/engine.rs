@@ -8,9 +8,7 @@ use crate::params::{
 };
 use crate::stop::StopMatcher;
 use lantern_models::{LoadedModel, ModelMeta};
-use lantern_runtime::{
-    sampler, KvCacheSize, ModelRunner, RunnerConfig, SampleRow, SeqChunk,
-};
+use lantern_runtime::{sampler, KvCacheSize, ModelRunner, RunnerConfig, SampleRow, SeqChunk};
 use lantern_scheduler::{
     AddRequestError, FinishReason as SchedFinish, SchedRequest, Scheduler, SchedulerConfig,
     SchedulingPolicy,
@@ -661,7 +659,11 @@ impl EngineCore {
             .deferred
             .iter()
             .filter(|(_, d)| {
-                let prompt_len = self.reqs.get(&d.leader).map(|s| s.prompt.len()).unwrap_or(0);
+                let prompt_len = self
+                    .reqs
+                    .get(&d.leader)
+                    .map(|s| s.prompt.len())
+                    .unwrap_or(0);
                 match self.sched.num_computed_tokens(d.leader) {
                     Some(c) => c + 1 >= prompt_len,
                     None => true,
@@ -759,7 +761,8 @@ impl EngineCore {
             return;
         };
         let mut text = String::new();
-        if !matches!(stop_reason, Some(StopReason::StopString(_))) && reason != FinishReason::Abort {
+        if !matches!(stop_reason, Some(StopReason::StopString(_))) && reason != FinishReason::Abort
+        {
             match s.detok.flush() {
                 Ok(t) => {
                     let step = s.stop.push(&t);
@@ -813,7 +816,9 @@ impl EngineCore {
                     self.snapshot.prompt_tokens_total += s.prompt.len() as u64;
                 }
             }
-            if seq.num_computed_tokens >= self.reqs.get(&seq.id).map(|s| s.prompt.len()).unwrap_or(0) {
+            if seq.num_computed_tokens
+                >= self.reqs.get(&seq.id).map(|s| s.prompt.len()).unwrap_or(0)
+            {
                 decode_tokens += seq.token_ids.len();
             } else {
                 prefill_tokens += seq.token_ids.len();
@@ -933,7 +938,13 @@ impl EngineCore {
         self.snapshot.last_step.kv_blocks_free = st.num_blocks_free;
     }
 
-    fn on_token(&mut self, id: u64, tok: lantern_runtime::SampledToken, at_max: bool, now: Instant) {
+    fn on_token(
+        &mut self,
+        id: u64,
+        tok: lantern_runtime::SampledToken,
+        at_max: bool,
+        now: Instant,
+    ) {
         let eos_ids = &self.info.eos_token_ids;
         let Some(s) = self.reqs.get_mut(&id) else {
             return;

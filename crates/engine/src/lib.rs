@@ -21,9 +21,9 @@ pub use engine::{
     Engine, EngineConfig, EngineHandle, EngineSnapshot, ModelInfo, RequestStream, StepStats,
 };
 pub use error::{EngineError, SubmitError};
+pub use lantern_runtime::{KvCacheSize, SamplingParams};
+pub use lantern_scheduler::SchedulingPolicy;
 pub use params::{
     FinishReason, GenerationParams, ParamError, RequestEvent, RequestTiming, StopReason,
     TokenDelta, TokenLogprob, Usage,
 };
-pub use lantern_runtime::{KvCacheSize, SamplingParams};
-pub use lantern_scheduler::SchedulingPolicy;

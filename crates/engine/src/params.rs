@@ -70,26 +70,64 @@ impl GenerationParams {
     pub fn validate(&self, vocab_size: usize) -> Result<(), ParamError> {
         let s = &self.sampling;
         if !(s.temperature.is_finite() && (0.0..=2.0).contains(&s.temperature)) {
-            return bad("temperature", format!("`temperature` must be between 0 and 2, got {}", s.temperature));
+            return bad(
+                "temperature",
+                format!(
+                    "`temperature` must be between 0 and 2, got {}",
+                    s.temperature
+                ),
+            );
         }
         if !(s.top_p.is_finite() && s.top_p > 0.0 && s.top_p <= 1.0) {
-            return bad("top_p", format!("`top_p` must be > 0 and <= 1, got {}", s.top_p));
+            return bad(
+                "top_p",
+                format!("`top_p` must be > 0 and <= 1, got {}", s.top_p),
+            );
         }
         if !(s.min_p.is_finite() && (0.0..=1.0).contains(&s.min_p)) {
-            return bad("min_p", format!("`min_p` must be between 0 and 1, got {}", s.min_p));
+            return bad(
+                "min_p",
+                format!("`min_p` must be between 0 and 1, got {}", s.min_p),
+            );
         }
-        if !(s.repetition_penalty.is_finite() && s.repetition_penalty > 0.0 && s.repetition_penalty <= 2.0) {
-            return bad("repetition_penalty", format!("`repetition_penalty` must be > 0 and <= 2, got {}", s.repetition_penalty));
+        if !(s.repetition_penalty.is_finite()
+            && s.repetition_penalty > 0.0
+            && s.repetition_penalty <= 2.0)
+        {
+            return bad(
+                "repetition_penalty",
+                format!(
+                    "`repetition_penalty` must be > 0 and <= 2, got {}",
+                    s.repetition_penalty
+                ),
+            );
         }
         if !(s.presence_penalty.is_finite() && (-2.0..=2.0).contains(&s.presence_penalty)) {
-            return bad("presence_penalty", format!("`presence_penalty` must be between -2 and 2, got {}", s.presence_penalty));
+            return bad(
+                "presence_penalty",
+                format!(
+                    "`presence_penalty` must be between -2 and 2, got {}",
+                    s.presence_penalty
+                ),
+            );
         }
         if !(s.frequency_penalty.is_finite() && (-2.0..=2.0).contains(&s.frequency_penalty)) {
-            return bad("frequency_penalty", format!("`frequency_penalty` must be between -2 and 2, got {}", s.frequency_penalty));
+            return bad(
+                "frequency_penalty",
+                format!(
+                    "`frequency_penalty` must be between -2 and 2, got {}",
+                    s.frequency_penalty
+                ),
+            );
         }
         for &(tok, bias) in &s.logit_bias {
             if tok as usize >= vocab_size {
-                return bad("logit_bias", format!("`logit_bias` token id {tok} is out of the vocabulary (0..{vocab_size})"));
+                return bad(
+                    "logit_bias",
+                    format!(
+                        "`logit_bias` token id {tok} is out of the vocabulary (0..{vocab_size})"
+                    ),
+                );
             }
             if !(bias.is_finite() && (-100.0..=100.0).contains(&bias)) {
                 return bad("logit_bias", format!("`logit_bias` values must be between -100 and 100, got {bias} for token {tok}"));
@@ -97,7 +135,10 @@ impl GenerationParams {
         }
         if let Some(n) = s.logprobs {
             if n > 20 {
-                return bad("top_logprobs", format!("`top_logprobs` must be between 0 and 20, got {n}"));
+                return bad(
+                    "top_logprobs",
+                    format!("`top_logprobs` must be between 0 and 20, got {n}"),
+                );
             }
         }
         if self.max_tokens == Some(0) {
@@ -105,21 +146,39 @@ impl GenerationParams {
         }
         if let Some(m) = self.max_tokens {
             if self.min_tokens > m {
-                return bad("min_tokens", format!("`min_tokens` ({}) must be <= `max_tokens` ({m})", self.min_tokens));
+                return bad(
+                    "min_tokens",
+                    format!(
+                        "`min_tokens` ({}) must be <= `max_tokens` ({m})",
+                        self.min_tokens
+                    ),
+                );
             }
         }
         if self.n == 0 || self.n > 128 {
-            return bad("n", format!("`n` must be between 1 and 128, got {}", self.n));
+            return bad(
+                "n",
+                format!("`n` must be between 1 and 128, got {}", self.n),
+            );
         }
         if self.stop.len() > 16 {
-            return bad("stop", format!("at most 16 stop strings are allowed, got {}", self.stop.len()));
+            return bad(
+                "stop",
+                format!(
+                    "at most 16 stop strings are allowed, got {}",
+                    self.stop.len()
+                ),
+            );
         }
         if self.stop.iter().any(|s| s.is_empty()) {
             return bad("stop", "stop strings must not be empty".to_string());
         }
         for &t in &self.stop_token_ids {
             if t as usize >= vocab_size {
-                return bad("stop_token_ids", format!("token id {t} is out of the vocabulary (0..{vocab_size})"));
+                return bad(
+                    "stop_token_ids",
+                    format!("token id {t} is out of the vocabulary (0..{vocab_size})"),
+                );
             }
         }
         Ok(())

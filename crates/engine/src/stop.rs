@@ -157,6 +157,7 @@ impl StopMatcher {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -187,17 +188,44 @@ mod tests {
     #[test]
     fn stop_across_deltas_is_held_then_cut() {
         let mut m = StopMatcher::new(&stops(&["</end>"]), false);
-        assert_eq!(m.push("hello </"), StopStep { text: "hello ".into(), stopped: None });
-        assert_eq!(m.push("en"), StopStep { text: "".into(), stopped: None });
-        assert_eq!(m.push("d> tail"), StopStep { text: "".into(), stopped: Some(0) });
-        assert_eq!(m.push("more"), StopStep { text: "".into(), stopped: Some(0) });
+        assert_eq!(
+            m.push("hello </"),
+            StopStep {
+                text: "hello ".into(),
+                stopped: None
+            }
+        );
+        assert_eq!(
+            m.push("en"),
+            StopStep {
+                text: "".into(),
+                stopped: None
+            }
+        );
+        assert_eq!(
+            m.push("d> tail"),
+            StopStep {
+                text: "".into(),
+                stopped: Some(0)
+            }
+        );
+        assert_eq!(
+            m.push("more"),
+            StopStep {
+                text: "".into(),
+                stopped: Some(0)
+            }
+        );
         assert_eq!(m.finish(), "");
     }
 
     #[test]
     fn include_stop_str() {
         let mut m = StopMatcher::new(&stops(&["STOP"]), true);
-        assert_eq!(run(&mut m, &["abc ST", "OP def"]), ("abc STOP".to_string(), Some(0)));
+        assert_eq!(
+            run(&mut m, &["abc ST", "OP def"]),
+            ("abc STOP".to_string(), Some(0))
+        );
     }
 
     #[test]
@@ -217,7 +245,13 @@ mod tests {
         assert_eq!(m.push("xa").text, "x");
         assert_eq!(m.push("a").text, "");
         let step = m.push("b!");
-        assert_eq!(step, StopStep { text: "".into(), stopped: Some(0) });
+        assert_eq!(
+            step,
+            StopStep {
+                text: "".into(),
+                stopped: Some(0)
+            }
+        );
     }
 
     #[test]
@@ -233,6 +267,9 @@ mod tests {
         let mut m = StopMatcher::new(&stops(&["😀!"]), false);
         assert_eq!(m.push("é😀").text, "é");
         assert_eq!(m.push("?").text, "😀?");
-        assert_eq!(run(&mut m, &["日本😀", "!x"]), ("日本".to_string(), Some(0)));
+        assert_eq!(
+            run(&mut m, &["日本😀", "!x"]),
+            ("日本".to_string(), Some(0))
+        );
     }
 }

@@ -4,6 +4,8 @@
 //! `tests/data/tokenizers/*/tokenizer.json`; SmolLM2 is built from its GGUF when
 //! `LANTERN_SMOLLM2_GGUF` points at it (see `scripts/fetch-default-model.sh`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -69,7 +71,11 @@ fn stream(tok: &Arc<Tokenizer>, context: &[u32], ids: &[u32], skip: bool, label:
             "{label}: delta {i} {delta:?} has U+FFFD (held text leaked)"
         );
         // Bounded work: only the current chunk's tokens are ever pending.
-        assert!(detok.pending_ids().len() <= 12, "{label}: window grew to {:?}", detok.pending_ids());
+        assert!(
+            detok.pending_ids().len() <= 12,
+            "{label}: window grew to {:?}",
+            detok.pending_ids()
+        );
         out.push_str(&delta);
     }
     out.push_str(&detok.flush().unwrap());
@@ -84,11 +90,18 @@ fn deltas_concatenate_to_full_decode() {
             for skip in [true, false] {
                 let label = format!("{name} skip={skip} {text:?}");
                 let full = tok.decode(&ids, skip).unwrap();
-                assert!(!full.contains('\u{fffd}'), "{label}: test text should decode cleanly");
+                assert!(
+                    !full.contains('\u{fffd}'),
+                    "{label}: test text should decode cleanly"
+                );
                 assert_eq!(stream(&tok, &[], &ids, skip, &label), full, "{label}");
 
                 // With prompt context: the text the ids add after the context.
-                let context = tok.encode("Some prompt text here:", false).unwrap().get_ids().to_vec();
+                let context = tok
+                    .encode("Some prompt text here:", false)
+                    .unwrap()
+                    .get_ids()
+                    .to_vec();
                 let mut all = context.clone();
                 all.extend(&ids);
                 let ctx_text = tok.decode(&context, skip).unwrap();
@@ -113,9 +126,14 @@ fn multibyte_characters_are_held_until_complete() {
             let deltas: Vec<String> = ids.iter().map(|id| detok.push(*id).unwrap()).collect();
             // Every delta is whole characters, and together they are the text.
             assert_eq!(deltas.concat(), text, "{name}: {deltas:?}");
-            let has_partial_token = ids.iter().any(|id| tok.decode(&[*id], false).unwrap().contains('\u{fffd}'));
+            let has_partial_token = ids
+                .iter()
+                .any(|id| tok.decode(&[*id], false).unwrap().contains('\u{fffd}'));
             if has_partial_token {
-                assert!(deltas.iter().any(String::is_empty), "{name}: {text:?} split over {ids:?} must be held");
+                assert!(
+                    deltas.iter().any(String::is_empty),
+                    "{name}: {text:?} split over {ids:?} must be held"
+                );
             }
         }
     }
@@ -148,7 +166,12 @@ fn truncated_character_is_flushed_as_replacement() {
 #[test]
 fn special_tokens_skipped_or_kept() {
     let cases = [
-        ("qwen3", "<|im_start|>assistant\nSure! 😀<|im_end|>\n<|endoftext|>", "assistant\nSure! 😀\n", true),
+        (
+            "qwen3",
+            "<|im_start|>assistant\nSure! 😀<|im_end|>\n<|endoftext|>",
+            "assistant\nSure! 😀\n",
+            true,
+        ),
         (
             "llama3",
             "<|start_header_id|>assistant<|end_header_id|>\n\nHi 👋<|eot_id|>",
@@ -176,7 +199,11 @@ fn special_tokens_skipped_or_kept() {
 fn sentencepiece_first_token_space_follows_context() {
     let tok = load("llama2");
     let ids = tok.encode("Hello world", false).unwrap().get_ids().to_vec();
-    let prompt = tok.encode("[INST] Say hi [/INST]", true).unwrap().get_ids().to_vec();
+    let prompt = tok
+        .encode("[INST] Say hi [/INST]", true)
+        .unwrap()
+        .get_ids()
+        .to_vec();
     // Alone, SentencePiece strips the first space ...
     assert_eq!(stream(&tok, &[], &ids, true, "no ctx"), "Hello world");
     // ... after a prompt, the first word keeps it, as it reads in the conversation.
@@ -226,7 +253,11 @@ fn random_byte_level_id_streams_match_decode() {
                 let mut detok = IncrementalDetokenizer::new(tok.clone(), &[], skip).unwrap();
                 let mut out = detok.push_all(&ids).unwrap();
                 out.push_str(&detok.flush().unwrap());
-                assert_eq!(out, tok.decode(&ids, skip).unwrap(), "{name} round {round} {ids:?}");
+                assert_eq!(
+                    out,
+                    tok.decode(&ids, skip).unwrap(),
+                    "{name} round {round} {ids:?}"
+                );
             }
         }
     }
@@ -243,10 +274,18 @@ fn random_text_token_streams_match_decode_sentencepiece() {
         let n = 1 + rng.below(8);
         let text: Vec<&str> = (0..n).map(|_| pieces[rng.below(pieces.len())]).collect();
         let text = text.join(if rng.below(2) == 0 { " " } else { "" });
-        let ids = tok.encode(text.as_str(), rng.below(2) == 0).unwrap().get_ids().to_vec();
+        let ids = tok
+            .encode(text.as_str(), rng.below(2) == 0)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         for skip in [true, false] {
             let label = format!("round {round} {text:?}");
-            assert_eq!(stream(&tok, &[], &ids, skip, &label), tok.decode(&ids, skip).unwrap(), "{label}");
+            assert_eq!(
+                stream(&tok, &[], &ids, skip, &label),
+                tok.decode(&ids, skip).unwrap(),
+                "{label}"
+            );
         }
     }
 }
@@ -256,7 +295,12 @@ fn random_text_token_streams_match_decode_sentencepiece() {
 /// Detokenizes `text` token by token through a StopMatcher; checks that what was emitted so
 /// far is always a prefix of the final output (nothing is ever taken back, so no partial stop
 /// string leaked). Returns (output, stop index).
-fn run_stop(tok: &Arc<Tokenizer>, text: &str, stops: &[&str], include: bool) -> (String, Option<usize>) {
+fn run_stop(
+    tok: &Arc<Tokenizer>,
+    text: &str,
+    stops: &[&str],
+    include: bool,
+) -> (String, Option<usize>) {
     let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
     let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
     let expected = expected_stop_output(&tok.decode(&ids, true).unwrap(), &stops, include);
@@ -267,7 +311,11 @@ fn run_stop(tok: &Arc<Tokenizer>, text: &str, stops: &[&str], include: bool) -> 
     for id in &ids {
         let step = matcher.push(&detok.push(*id).unwrap());
         out.push_str(&step.text);
-        assert!(expected.0.starts_with(&out), "emitted {out:?} is not a prefix of {:?}", expected.0);
+        assert!(
+            expected.0.starts_with(&out),
+            "emitted {out:?} is not a prefix of {:?}",
+            expected.0
+        );
         if step.stopped.is_some() {
             stopped = step.stopped;
             break;
@@ -281,7 +329,11 @@ fn run_stop(tok: &Arc<Tokenizer>, text: &str, stops: &[&str], include: bool) -> 
             out.push_str(&matcher.finish());
         }
     }
-    assert_eq!((out.clone(), stopped), expected, "{text:?} stops={stops:?} include={include}");
+    assert_eq!(
+        (out.clone(), stopped),
+        expected,
+        "{text:?} stops={stops:?} include={include}"
+    );
     (out, stopped)
 }
 
@@ -315,17 +367,31 @@ fn stop_strings_across_token_boundaries() {
         for include in [false, true] {
             let (out, hit) = run_stop(&tok, text, &["\nUser:"], include);
             assert_eq!(hit, Some(0), "{name}");
-            let want = if include { "The answer is 42.\nUser:" } else { "The answer is 42." };
+            let want = if include {
+                "The answer is 42.\nUser:"
+            } else {
+                "The answer is 42."
+            };
             assert_eq!(out, want, "{name}");
 
             // Earliest of several stops wins; an emoji stop spanning byte-level tokens.
             let (out, hit) = run_stop(&tok, text, &["Assistant", "🤔", "what about"], include);
             assert_eq!(hit, Some(2), "{name}");
-            assert_eq!(out, if include { "The answer is 42.\nUser: what about" } else { "The answer is 42.\nUser: " });
+            assert_eq!(
+                out,
+                if include {
+                    "The answer is 42.\nUser: what about"
+                } else {
+                    "The answer is 42.\nUser: "
+                }
+            );
 
             let (out, hit) = run_stop(&tok, text, &["🤔 no"], include);
             assert_eq!(hit, Some(0), "{name}");
-            assert!(out.ends_with(if include { "🤔 no" } else { "Assistant: " }), "{name}: {out:?}");
+            assert!(
+                out.ends_with(if include { "🤔 no" } else { "Assistant: " }),
+                "{name}: {out:?}"
+            );
 
             // A stop that only starts to match is released in full at the end.
             let (out, hit) = run_stop(&tok, text, &["no idea!", "43?!"], include);
@@ -369,7 +435,13 @@ fn stop_matcher_is_independent_of_delta_boundaries() {
         "line\n\nUser: hi\n\nUser: again",
         "日本語😀テキスト😀😀end",
     ];
-    let stop_sets: [&[&str]; 5] = [&["aab"], &["abc", "bca"], &["\n\nUser:"], &["😀😀", "テキ"], &["zzz"]];
+    let stop_sets: [&[&str]; 5] = [
+        &["aab"],
+        &["abc", "bca"],
+        &["\n\nUser:"],
+        &["😀😀", "テキ"],
+        &["zzz"],
+    ];
     for text in texts {
         for stops in stop_sets {
             let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
@@ -377,8 +449,14 @@ fn stop_matcher_is_independent_of_delta_boundaries() {
                 let expected = expected_stop_output(text, &stops, include);
                 for _ in 0..50 {
                     // Random split at char boundaries.
-                    let bounds: Vec<usize> = text.char_indices().map(|(i, _)| i).chain([text.len()]).collect();
-                    let mut cuts: Vec<usize> = (0..rng.below(6)).map(|_| bounds[rng.below(bounds.len())]).collect();
+                    let bounds: Vec<usize> = text
+                        .char_indices()
+                        .map(|(i, _)| i)
+                        .chain([text.len()])
+                        .collect();
+                    let mut cuts: Vec<usize> = (0..rng.below(6))
+                        .map(|_| bounds[rng.below(bounds.len())])
+                        .collect();
                     cuts.push(0);
                     cuts.push(text.len());
                     cuts.sort_unstable();

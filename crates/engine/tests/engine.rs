@@ -5,8 +5,8 @@
 
 use candle_core::{DType, Device};
 use lantern_engine::{
-    Engine, EngineConfig, FinishReason, GenerationParams, KvCacheSize, RequestEvent,
-    RequestStream, SamplingParams, StopReason, SubmitError, Usage,
+    Engine, EngineConfig, FinishReason, GenerationParams, KvCacheSize, RequestEvent, RequestStream,
+    SamplingParams, StopReason, SubmitError, Usage,
 };
 use std::path::PathBuf;
 
@@ -158,8 +158,14 @@ fn concurrent_equals_alone_and_prefix_cache_on_off() {
         run_all(&e, &prompts, &params)
     };
     for i in 0..prompts.len() {
-        assert_eq!(alone[i].tokens, together[i].tokens, "prompt {i}: batched differs");
-        assert_eq!(alone[i].tokens, no_cache[i].tokens, "prompt {i}: no-cache differs");
+        assert_eq!(
+            alone[i].tokens, together[i].tokens,
+            "prompt {i}: batched differs"
+        );
+        assert_eq!(
+            alone[i].tokens, no_cache[i].tokens,
+            "prompt {i}: no-cache differs"
+        );
         assert_eq!(alone[i].text, together[i].text);
     }
     let snap = e.handle().fresh_snapshot_blocking().unwrap();
@@ -183,9 +189,15 @@ fn preemption_does_not_change_outputs() {
     );
     let got = run_all(&small, &prompts, &params);
     let snap = small.handle().fresh_snapshot_blocking().unwrap();
-    assert!(snap.num_preemptions > 0, "pool was not small enough: {snap:?}");
+    assert!(
+        snap.num_preemptions > 0,
+        "pool was not small enough: {snap:?}"
+    );
     for i in 0..prompts.len() {
-        assert_eq!(expected[i].tokens, got[i].tokens, "prompt {i} changed under preemption");
+        assert_eq!(
+            expected[i].tokens, got[i].tokens,
+            "prompt {i} changed under preemption"
+        );
     }
     assert_eq!(snap.last_step.kv_blocks_used, 0);
 }
@@ -202,12 +214,22 @@ fn shared_prefix_computes_only_uncached_tokens() {
     let second = run_all(&e, &[second_prompt.clone()], &greedy(4)).remove(0);
     // 100 shared tokens = 6 full blocks of 16 = 96 tokens from the cache.
     assert_eq!(second.usage.cached_tokens, 96);
-    let before = e.handle().fresh_snapshot_blocking().unwrap().prefix_cache_hits_tokens;
+    let before = e
+        .handle()
+        .fresh_snapshot_blocking()
+        .unwrap()
+        .prefix_cache_hits_tokens;
     // A fully cached prompt still computes its last token.
     let again = run_all(&e, &[long.clone()], &greedy(4)).remove(0);
     assert_eq!(again.usage.cached_tokens, 128);
     assert_eq!(again.tokens, first.tokens);
-    assert!(e.handle().fresh_snapshot_blocking().unwrap().prefix_cache_hits_tokens > before);
+    assert!(
+        e.handle()
+            .fresh_snapshot_blocking()
+            .unwrap()
+            .prefix_cache_hits_tokens
+            > before
+    );
     // A different cache salt does not hit.
     let salted = GenerationParams {
         cache_salt: Some("tenant-b".into()),
@@ -233,7 +255,11 @@ fn cancelling_mid_stream_returns_every_block() {
             }
         }
     }
-    let used = h.fresh_snapshot_blocking().unwrap().last_step.kv_blocks_used;
+    let used = h
+        .fresh_snapshot_blocking()
+        .unwrap()
+        .last_step
+        .kv_blocks_used;
     assert!(used > 0);
     drop(s);
     // Run another request so the engine steps; the cancelled one must be gone by then.
@@ -366,7 +392,11 @@ fn n_greater_than_one_shares_the_prompt() {
         ignore_eos: true,
         ..GenerationParams::default()
     };
-    let outs = collect(e.handle().submit_blocking(prompts[3].clone(), params).unwrap());
+    let outs = collect(
+        e.handle()
+            .submit_blocking(prompts[3].clone(), params)
+            .unwrap(),
+    );
     assert_eq!(outs.len(), 4);
     // 131-token prompt: siblings reuse 8 full blocks (128 tokens).
     assert_eq!(outs[0].usage.cached_tokens, 0);
@@ -376,7 +406,14 @@ fn n_greater_than_one_shares_the_prompt() {
     assert!(outs.iter().all(|o| o.tokens.len() == 8));
     let distinct: std::collections::HashSet<_> = outs.iter().map(|o| o.tokens.clone()).collect();
     assert!(distinct.len() > 1, "n>1 with sampling should differ");
-    assert_eq!(e.handle().fresh_snapshot_blocking().unwrap().last_step.kv_blocks_used, 0);
+    assert_eq!(
+        e.handle()
+            .fresh_snapshot_blocking()
+            .unwrap()
+            .last_step
+            .kv_blocks_used,
+        0
+    );
 }
 
 #[test]

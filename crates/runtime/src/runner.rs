@@ -47,7 +47,9 @@ impl ModelRunner {
     /// Allocates the KV cache (zeroed) for `model`.
     pub fn new(model: CausalLm, cfg: RunnerConfig) -> Result<Self> {
         if cfg.block_size == 0 {
-            return Err(RuntimeError::KvCache("--block-size must be at least 1".into()));
+            return Err(RuntimeError::KvCache(
+                "--block-size must be at least 1".into(),
+            ));
         }
         let mc = model.config();
         let dtype = model.dtype();
@@ -117,7 +119,9 @@ impl ModelRunner {
         for (i, s) in seqs.iter().enumerate() {
             let q = s.token_ids.len();
             if q == 0 {
-                return Err(RuntimeError::InvalidBatch(format!("sequence {i} has no tokens")));
+                return Err(RuntimeError::InvalidBatch(format!(
+                    "sequence {i} has no tokens"
+                )));
             }
             let ctx = s.num_computed_tokens + q;
             if ctx > max_pos {
@@ -153,7 +157,8 @@ impl ModelRunner {
             tables.push(s.block_table[..ctx.div_ceil(bs)].to_vec());
         }
         let dev = self.model.device();
-        let attn = PagedAttnMetadata::from_host(&slots, &tables, &query_lens, &context_lens, bs, dev)?;
+        let attn =
+            PagedAttnMetadata::from_host(&slots, &tables, &query_lens, &context_lens, bs, dev)?;
         Ok(BatchInputs {
             input_ids: Tensor::from_vec(input_ids, total, dev)?,
             positions: Tensor::from_vec(positions, total, dev)?,

@@ -361,12 +361,18 @@ mod tests {
             banned: &banned,
             ..row(&p, 0, &[])
         };
-        assert_eq!(sample(&logits(vec![0.0, 3.0, 1.0]), &[r]).unwrap()[0].token, 2);
+        assert_eq!(
+            sample(&logits(vec![0.0, 3.0, 1.0]), &[r]).unwrap()[0].token,
+            2
+        );
         let p = SamplingParams {
             logit_bias: vec![(0, 10.0)],
             ..SamplingParams::greedy()
         };
-        assert_eq!(sample(&logits(vec![0.0, 3.0, 1.0]), &[row(&p, 0, &[])]).unwrap()[0].token, 0);
+        assert_eq!(
+            sample(&logits(vec![0.0, 3.0, 1.0]), &[row(&p, 0, &[])]).unwrap()[0].token,
+            0
+        );
     }
 
     #[test]
@@ -409,7 +415,10 @@ mod tests {
             })
             .collect();
         assert_eq!(a, b);
-        assert!(a.iter().any(|&t| t != a[0]), "draws should vary across steps: {a:?}");
+        assert!(
+            a.iter().any(|&t| t != a[0]),
+            "draws should vary across steps: {a:?}"
+        );
     }
 
     #[test]

@@ -216,7 +216,11 @@ fn check_batched(name: &str, block_size: usize) {
     let mut last_rows = Vec::new();
     for (i, p) in r.prompts.iter().enumerate() {
         let mine = all.narrow(0, off, p.len()).unwrap();
-        assert_close(&format!("{name} batched prompt {i} prefill"), &mine, &r.prefill(i));
+        assert_close(
+            &format!("{name} batched prompt {i} prefill"),
+            &mine,
+            &r.prefill(i),
+        );
         last_rows.push(mine.narrow(0, p.len() - 1, 1).unwrap());
         off += p.len();
     }
@@ -246,9 +250,16 @@ fn check_batched(name: &str, block_size: usize) {
         }
     }
     for i in 0..r.prompts.len() {
-        assert_eq!(generated[i], r.greedy[i], "{name} batched prompt {i}: greedy differs");
+        assert_eq!(
+            generated[i], r.greedy[i],
+            "{name} batched prompt {i}: greedy differs"
+        );
         let rows = Tensor::cat(&decode_rows[i], 0).unwrap();
-        assert_close(&format!("{name} batched prompt {i} decode"), &rows, &r.decode(i));
+        assert_close(
+            &format!("{name} batched prompt {i} decode"),
+            &rows,
+            &r.decode(i),
+        );
     }
 }
 
@@ -264,7 +275,9 @@ fn check_chunked(name: &str, chunk: usize, block_size: usize) {
         .enumerate()
         .max_by_key(|(_, p)| p.len())
         .unwrap();
-    let short_i = (0..r.prompts.len()).min_by_key(|&i| r.prompts[i].len()).unwrap();
+    let short_i = (0..r.prompts.len())
+        .min_by_key(|&i| r.prompts[i].len())
+        .unwrap();
     let short = &r.prompts[short_i];
     let long_table = blocks.table(long.len() + 1, block_size);
     let short_table = blocks.table(short.len() + r.greedy[short_i].len(), block_size);
@@ -318,7 +331,11 @@ fn check_chunked(name: &str, chunk: usize, block_size: usize) {
         &r.prefill(long_i),
     );
     let expect = &r.greedy[short_i][..short_gen.len()];
-    assert_eq!(&short_gen[..], expect, "{name} chunk={chunk}: interleaved decode differs");
+    assert_eq!(
+        &short_gen[..],
+        expect,
+        "{name} chunk={chunk}: interleaved decode differs"
+    );
 }
 
 #[test]

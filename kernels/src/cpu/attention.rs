@@ -1,4 +1,7 @@
-//! CPU paged attention: one rayon task per (token, head), two-pass softmax in f32.
+//! CPU paged attention: one rayon task per (token, kv head) covering that kv head's GQA
+//! group of query heads; two-pass softmax in f32 (scores, max-subtracted exp, weighted V).
+//! The inner loops are plain f32 slice code that auto-vectorises; on x86_64 CPUs with AVX2
+//! and FMA (detected at runtime) the same code is compiled a second time with those enabled.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result, Shape};
@@ -8,7 +11,7 @@ use rayon::prelude::*;
 use super::{contiguous_window, Elem};
 use crate::metadata::{AttnDims, HostMeta, PagedAttnMetadata};
 
-/// Problem sizes shared by every (token, head) task.
+/// Problem sizes shared by every task.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
     num_heads: usize,

@@ -1,0 +1,139 @@
+//! OpenAI (and vLLM-extension) request types. Responses are built as JSON values in
+//! `routes`; requests are parsed with the path of any type error, so a 400 names the field.
+
+use crate::error::ApiError;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::collections::HashMap;
+
+/// Parses a JSON body; errors name the offending field.
+pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request(format!("malformed JSON body: {inner}"), None)
+        } else if path.is_empty() || path == "." {
+            ApiError::bad_request(format!("invalid request body: {inner}"), None)
+        } else {
+            let field = path.split(['.', '[']).next().unwrap_or(&path).to_string();
+            ApiError::bad_request(format!("invalid value for `{path}`: {inner}"), Some(&field))
+        }
+    })
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopField {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(s) => vec![s],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// Sampling fields shared by chat and completions (OpenAI + vLLM extensions).
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct CommonParams {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub n: Option<usize>,
+    pub stop: Option<StopField>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<HashMap<String, f32>>,
+    pub seed: Option<i64>,
+    pub user: Option<String>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+    // vLLM extensions
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub min_tokens: Option<usize>,
+    pub ignore_eos: Option<bool>,
+    pub skip_special_tokens: Option<bool>,
+    pub include_stop_str_in_output: Option<bool>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    pub priority: Option<i32>,
+    pub cache_salt: Option<String>,
+    pub best_of: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<serde_json::Value>,
+    pub max_tokens: Option<usize>,
+    pub max_completion_tokens: Option<usize>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<usize>,
+    pub tools: Option<Vec<serde_json::Value>>,
+    pub tool_choice: Option<serde_json::Value>,
+    pub response_format: Option<serde_json::Value>,
+    pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    pub add_generation_prompt: Option<bool>,
+    #[serde(flatten)]
+    pub common: CommonParams,
+}
+
+/// `prompt`: a string, strings, token ids, or arrays of token ids.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+    IdLists(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: PromptField,
+    pub max_tokens: Option<usize>,
+    pub logprobs: Option<usize>,
+    pub echo: Option<bool>,
+    pub suffix: Option<String>,
+    pub return_tokens_as_token_ids: Option<bool>,
+    #[serde(flatten)]
+    pub common: CommonParams,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TokenizeRequest {
+    Chat {
+        model: Option<String>,
+        messages: Vec<serde_json::Value>,
+        add_generation_prompt: Option<bool>,
+        add_special_tokens: Option<bool>,
+        chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+        return_token_strs: Option<bool>,
+    },
+    Completion {
+        model: Option<String>,
+        prompt: String,
+        add_special_tokens: Option<bool>,
+        return_token_strs: Option<bool>,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DetokenizeRequest {
+    pub model: Option<String>,
+    pub tokens: Vec<u32>,
+}

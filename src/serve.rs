@@ -1,0 +1,148 @@
+//! `lantern serve`: the OpenAI-compatible server.
+
+use crate::common::{EngineArgs, ModelArgs};
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use lantern_engine::Engine;
+use lantern_models::load_model;
+use lantern_server::chat_template::ChatTemplate;
+use lantern_server::{AppState, Ready, ServerConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// Name(s) clients use in `model` (default: the --model argument).
+    #[arg(long = "served-model-name", num_args = 1..)]
+    pub served_model_name: Vec<String>,
+    /// Require `Authorization: Bearer KEY` on /v1/*.
+    #[arg(long = "api-key", env = "LANTERN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest accepted request body in bytes.
+    #[arg(long = "max-request-body-bytes", default_value_t = 8 << 20)]
+    pub max_body_bytes: usize,
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
+    #[arg(long = "shutdown-timeout", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let state = Arc::new(AppState::new(ServerConfig {
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        max_body_bytes: args.max_body_bytes,
+        shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+    }));
+    let addr = format!("{}:{}", args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(
+        "listening on http://{addr} (GET /health answers 503 until the model is loaded)"
+    );
+    let st = state.clone();
+    let load_args = args.clone();
+    let loader = tokio::task::spawn_blocking(move || -> Result<Engine> {
+        let (model, default_name) = load_args.model.resolve()?;
+        let opts = load_args.model.load_options(true)?;
+        let engine_cfg = load_args.engine.engine_config(&opts.device)?;
+        tracing::info!(model = %model, "loading model");
+        let t0 = std::time::Instant::now();
+        let loaded = load_model(&model, &opts).with_context(|| format!("loading {model}"))?;
+        let template = match &loaded.meta.chat_template {
+            Some(src) => Some(
+                ChatTemplate::new(
+                    src,
+                    loaded.meta.bos_token.clone(),
+                    loaded.meta.eos_token.clone(),
+                )
+                .map_err(|e| anyhow!("the model's chat template does not compile: {e}"))?,
+            ),
+            None => None,
+        };
+        let cfg = loaded.meta.config.clone();
+        let engine = Engine::try_start(loaded, engine_cfg).map_err(|e| anyhow!(e))?;
+        let h = engine.handle();
+        let info = h.info();
+        let names = if load_args.served_model_name.is_empty() {
+            vec![default_name.clone()]
+        } else {
+            load_args.served_model_name.clone()
+        };
+        tracing::info!(
+            "ready in {:.1}s: model {} ({:?}, {} layers, vocab {}), dtype {}, device {}, KV cache {} blocks x {} = {} tokens, max model len {}, max concurrency at full context {:.1}, served as {:?}",
+            t0.elapsed().as_secs_f64(),
+            model,
+            cfg.architecture,
+            cfg.num_hidden_layers,
+            cfg.vocab_size,
+            info.dtype,
+            info.device,
+            info.num_kv_blocks,
+            info.block_size,
+            info.kv_capacity_tokens(),
+            info.max_model_len,
+            info.kv_capacity_tokens() as f64 / info.max_model_len as f64,
+            names
+        );
+        let root = load_args.model.model.clone().unwrap_or(default_name);
+        st.ready
+            .set(Ready {
+                engine: h,
+                template,
+                served_names: names,
+                root,
+            })
+            .map_err(|_| anyhow!("model loaded twice"))?;
+        Ok(engine)
+    });
+    let server_state = state.clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        lantern_server::serve(listener, server_state, async move {
+            tokio::select! {
+                _ = lantern_server::shutdown_signal() => {},
+                _ = stop_rx => {},
+            }
+        })
+        .await
+    });
+    let engine = match loader.await {
+        Ok(Ok(engine)) => Some(engine),
+        Ok(Err(e)) => {
+            let _ = stop_tx.send(());
+            let _ = server.await;
+            return Err(e);
+        }
+        Err(e) => {
+            let _ = stop_tx.send(());
+            return Err(anyhow!("model loading task failed: {e}"));
+        }
+    };
+    let r = server
+        .await
+        .map_err(|e| anyhow!("server task failed: {e}"))?;
+    if let Some(e) = engine {
+        tokio::task::spawn_blocking(move || e.shutdown()).await.ok();
+    }
+    r.context("serving")?;
+    tracing::info!("bye");
+    Ok(())
+}
