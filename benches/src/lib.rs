@@ -3,7 +3,7 @@
 //!
 //! Mount it as a subcommand:
 //!
-//! ```ignore
+//! ```text
 //! #[derive(clap::Subcommand)]
 //! enum Command {
 //!     /// Benchmark a running server (or an embedded one with --embedded).

@@ -380,6 +380,7 @@ pub(crate) fn record(start: f64, ttft: f64, itl: &[f64], tokens: usize) -> Reque
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -481,12 +482,18 @@ mod tests {
         let a = record(0.0, 0.0, &[0.1, 0.1, 0.1, 0.1], 5);
         let b = record(0.9, 0.0, &[0.1, 0.1], 3);
         let peak = peak_output_throughput(&[a.clone(), b.clone()]);
-        // Window [0.0, 1.0) holds 5 + 1 (0.9) = 6; [0.3, 1.3) holds 0.3,0.4,0.9,1.0,1.1 = 5.
+        // Window [0.0, 1.0) holds 5 + 1 (0.9) = 6; [0.4, 1.4) holds 0.4, 0.9, 1.0, 1.1 = 4.
         assert!(close(peak, 6.0), "{peak}");
         // Tokens spread over chunks: 10 tokens in 2 chunks -> weight 5 each.
         let c = record(0.0, 0.1, &[0.2], 10);
         assert!(close(peak_output_throughput(&[c]), 10.0));
-        assert_eq!(peak_concurrency(&[a, b]), 2);
+        assert_eq!(
+            peak_concurrency(&[a.clone(), b]),
+            1,
+            "a ends at 0.4, b starts at 0.9"
+        );
+        let f = record(0.2, 0.0, &[0.1], 2);
+        assert_eq!(peak_concurrency(&[a, f]), 2);
         // Back-to-back requests do not overlap.
         let d = record(0.0, 0.5, &[], 1);
         let e = record(0.5, 0.5, &[], 1);

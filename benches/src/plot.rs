@@ -340,6 +340,7 @@ pub fn write_plot(path: &Path, r: &BenchResult) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::metrics::{compute, record, timeline};

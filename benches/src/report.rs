@@ -56,7 +56,7 @@ impl BenchResult {
 const WIDTH: usize = 50;
 
 fn line(out: &mut String, label: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(out, "{label:<40}{value:<10}");
+    let _ = writeln!(out, "{label:<40} {value}");
 }
 
 fn title(out: &mut String, t: &str, fill: char) {
@@ -320,6 +320,7 @@ pub fn render_compare(rows: &[Delta], old_name: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::metrics::{compute, record};
@@ -409,7 +410,7 @@ mod tests {
         let text = render_table(&result(m), Some(4), "inf");
         assert!(text.starts_with("============ Serving Benchmark Result ============\n"));
         for needle in [
-            "Successful requests:                     1",
+            "Successful requests:                     1\n",
             "  http 503:",
             "Maximum request concurrency:             4",
             "---------------Time to First Token----------------",

@@ -191,6 +191,7 @@ impl TokenSource {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 pub(crate) fn fixture_tokenizer() -> TokenSource {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -200,6 +201,7 @@ pub(crate) fn fixture_tokenizer() -> TokenSource {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

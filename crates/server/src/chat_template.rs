@@ -16,6 +16,7 @@
 //! * Python string/dict methods (`.strip()`, `.split()`, `.startswith()`, `.items()`,
 //!   `.get()`, ...) through `minijinja_contrib::pycompat`;
 //! * values print like Python prints them: `None`, `True`, `False`, `1.0`, `['a', 1]`;
+//! * HF's `{% generation %}` blocks (assistant masks) render their body;
 //! * the variables HF passes: `messages`, `tools` (`none` when the request has none, like HF's
 //!   `tools=None`), `documents` (`none` unless given in `extra`), `add_generation_prompt`,
 //!   `bos_token` / `eos_token` (only when the tokenizer has them), and every `extra` entry
@@ -85,7 +86,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
         env.add_filter("string", python_str_filter);
-        env.add_template_owned(TEMPLATE_NAME, source.to_owned())
+        env.add_template_owned(TEMPLATE_NAME, rewrite_generation_tags(source))
             .map_err(|err| ChatTemplateError::Syntax(describe(&err)))?;
         Ok(Self {
             env,
@@ -165,6 +166,40 @@ impl ChatTemplate {
                 )),
             })
     }
+}
+
+/// HF's `{% generation %}...{% endgeneration %}` marks assistant text for training masks and
+/// renders its body unchanged. minijinja has no such tag, so it becomes `{% if true %}` /
+/// `{% endif %}`, keeping the whitespace-control markers (and so the output) as they were.
+fn rewrite_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        out.push_str(&rest[..start]);
+        let tag = &rest[start..];
+        let Some(end) = tag.find("%}") else {
+            break;
+        };
+        let inner = &tag[2..end];
+        let body = inner.strip_prefix(['-', '+']).unwrap_or(inner);
+        let body = body.strip_suffix(['-', '+']).unwrap_or(body).trim();
+        let replacement = match body {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(replacement) => {
+                out.push_str("{%");
+                out.push_str(&inner.replacen(body, replacement, 1));
+                out.push_str("%}");
+            }
+            None => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// One message brought into the shape HF chat templates expect; see [`ChatTemplate::render`].

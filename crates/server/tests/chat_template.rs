@@ -6,6 +6,8 @@
 //!   `tests/data/tokenizers/` plus the test templates in `tests/data/chat_templates/`
 //!   (written by `scripts/gen_chat_template_fixtures.py`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use lantern_server::chat_template::{ChatTemplate, ChatTemplateError};
@@ -418,4 +420,14 @@ fn template_is_shareable_across_threads() {
     for (i, handle) in handles.into_iter().enumerate() {
         assert_eq!(handle.join().expect("thread"), format!("m{i}"));
     }
+}
+
+#[test]
+fn generation_blocks_render_their_body() {
+    let source = "{% for m in messages %}\n{% if m.role == 'assistant' %}\n  {%- generation -%}\n  [{{ m.content }}]\n  {%+ endgeneration %}\n{% else %}{{ m.content }}{% endif %}\n{% endfor %}{# {% generation %} in a comment #}";
+    let messages = [
+        json!({"role": "user", "content": "q"}),
+        json!({"role": "assistant", "content": "a"}),
+    ];
+    assert_eq!(render_one(source, &messages).unwrap(), "q[a]\n  ");
 }

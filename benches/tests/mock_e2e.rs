@@ -1,0 +1,474 @@
+//! End-to-end: the whole benchmark against an in-process mock OpenAI SSE server
+//! (hand-written on tokio TCP so the stream can be split at awkward places).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+use lantern_bench::{run_collect, BenchArgs, BenchResult};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const FIRST_TOKEN_DELAY_MS: u64 = 30;
+const TOKEN_GAP_MS: u64 = 8;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+fn parse(args: &[&str]) -> BenchArgs {
+    let mut v = vec!["bench"];
+    v.extend_from_slice(args);
+    Cli::try_parse_from(v).unwrap().args
+}
+
+#[derive(Default)]
+struct Seen {
+    bodies: Vec<(String, Value)>,
+}
+
+struct Mock {
+    port: u16,
+    seen: Arc<Mutex<Seen>>,
+}
+
+async fn read_request(sock: &mut TcpStream) -> Option<(String, String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    let header_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = sock.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
+    let mut lines = head.lines();
+    let mut first = lines.next()?.split_whitespace();
+    let method = first.next()?.to_string();
+    let path = first.next()?.to_string();
+    let len: usize = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[header_end..].to_vec();
+    while body.len() < len {
+        let n = sock.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&tmp[..n]);
+    }
+    Some((method, path, body))
+}
+
+async fn respond_json(sock: &mut TcpStream, status: &str, v: &Value) {
+    let body = v.to_string();
+    let resp = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(resp.as_bytes()).await;
+}
+
+async fn chunk(sock: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
+    sock.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+        .await?;
+    sock.write_all(data).await?;
+    sock.write_all(b"\r\n").await?;
+    sock.flush().await
+}
+
+/// Mock tokenizer: word `wN` is id N; other words hash into [3, 1000).
+fn mock_tokenize(text: &str) -> Vec<u32> {
+    text.split_whitespace()
+        .map(
+            |w| match w.strip_prefix('w').and_then(|n| n.parse::<u32>().ok()) {
+                Some(n) => n,
+                None => {
+                    3 + w
+                        .bytes()
+                        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+                        % 997
+                }
+            },
+        )
+        .collect()
+}
+
+async fn stream_completion(sock: &mut TcpStream, body: &Value, chat: bool) -> std::io::Result<()> {
+    let n = body["max_tokens"].as_u64().unwrap_or(4) as usize;
+    sock.write_all(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+    )
+    .await?;
+    if chat {
+        chunk(
+            sock,
+            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n",
+        )
+        .await?;
+    }
+    chunk(sock, b": keep-alive comment\r\n\r\n").await?;
+    tokio::time::sleep(Duration::from_millis(FIRST_TOKEN_DELAY_MS)).await;
+    for i in 0..n {
+        let ev = if chat {
+            json!({"choices":[{"index":0,"delta":{"content":format!(" t{i}")},"finish_reason":null}]})
+        } else {
+            json!({"choices":[{"index":0,"text":format!(" t{i}"),"finish_reason":null}]})
+        };
+        let line = format!("data: {ev}\r\n\r\n");
+        let bytes = line.as_bytes();
+        if i % 3 == 1 {
+            // Split one event across two TCP writes.
+            let mid = bytes.len() / 2;
+            chunk(sock, &bytes[..mid]).await?;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            chunk(sock, &bytes[mid..]).await?;
+        } else {
+            chunk(sock, bytes).await?;
+        }
+        if i + 1 < n {
+            tokio::time::sleep(Duration::from_millis(TOKEN_GAP_MS)).await;
+        }
+    }
+    let fin = json!({"choices":[{"index":0,"text":"","delta":{},"finish_reason":"length"}]});
+    let prompt_tokens = match &body["prompt"] {
+        Value::Array(a) => a.len(),
+        Value::String(s) => mock_tokenize(s).len(),
+        _ => 0,
+    };
+    let usage = json!({
+        "choices": [],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n},
+        "lantern_timing": {"queue_s": 0.002, "prefill_s": 0.02, "decode_s": 0.05}
+    });
+    // Two events and [DONE] in one write.
+    chunk(
+        sock,
+        format!("data: {fin}\n\ndata:{usage}\n\ndata: [DONE]\n\n").as_bytes(),
+    )
+    .await?;
+    sock.write_all(b"0\r\n\r\n").await?;
+    sock.flush().await
+}
+
+async fn handle(mut sock: TcpStream, seen: Arc<Mutex<Seen>>) {
+    let Some((method, path, body)) = read_request(&mut sock).await else {
+        return;
+    };
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/health") => respond_json(&mut sock, "200 OK", &json!({})).await,
+        ("GET", "/v1/models") => {
+            respond_json(
+                &mut sock,
+                "200 OK",
+                &json!({"data": [{"id": "mock-model"}]}),
+            )
+            .await
+        }
+        ("POST", "/tokenize") => {
+            let tokens = mock_tokenize(v["prompt"].as_str().unwrap_or(""));
+            respond_json(
+                &mut sock,
+                "200 OK",
+                &json!({"tokens": tokens, "count": tokens.len()}),
+            )
+            .await
+        }
+        ("POST", "/detokenize") => {
+            let words: Vec<String> = v["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| format!("w{}", t.as_u64().unwrap()))
+                .collect();
+            respond_json(&mut sock, "200 OK", &json!({"prompt": words.join(" ")})).await
+        }
+        ("POST", p @ ("/v1/completions" | "/v1/chat/completions")) => {
+            seen.lock().unwrap().bodies.push((p.to_string(), v.clone()));
+            if v["model"] == "broken" {
+                let err = json!({"error": {"message": "adapter `broken` not found", "type": "not_found"}});
+                respond_json(&mut sock, "404 Not Found", &err).await;
+                return;
+            }
+            let _ = stream_completion(&mut sock, &v, p.ends_with("chat/completions")).await;
+        }
+        _ => {
+            respond_json(
+                &mut sock,
+                "404 Not Found",
+                &json!({"error": {"message": "no route"}}),
+            )
+            .await
+        }
+    }
+}
+
+async fn start_mock() -> Mock {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(handle(sock, s2.clone()));
+        }
+    });
+    Mock { port, seen }
+}
+
+fn tokenizer_path() -> String {
+    format!(
+        "{}/../tests/fixtures/tiny-llama/tokenizer.json",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("lantern-bench-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn check_plausible(r: &BenchResult, n: usize, out_len: usize) {
+    let m = &r.metrics;
+    assert_eq!(m.completed, n, "failures: {:?}", m.failure_reasons);
+    assert_eq!(m.failed, 0);
+    assert_eq!(m.total_output_tokens, n * out_len);
+    assert_eq!(r.requests.len(), n);
+    // TTFT is at least the mock's first-token delay, and not absurd.
+    assert!(
+        m.ttft_ms.min >= FIRST_TOKEN_DELAY_MS as f64 * 0.9,
+        "ttft min {}",
+        m.ttft_ms.min
+    );
+    assert!(m.ttft_ms.max < 5_000.0, "ttft max {}", m.ttft_ms.max);
+    // ITL: one gap per token after the first; the median sits near the mock's gap.
+    assert_eq!(m.itl_ms.count, n * (out_len - 1));
+    assert!(
+        m.itl_ms.median >= TOKEN_GAP_MS as f64 * 0.8,
+        "itl median {}",
+        m.itl_ms.median
+    );
+    assert!(m.itl_ms.median < 200.0, "itl median {}", m.itl_ms.median);
+    assert!(m.tpot_ms.mean >= TOKEN_GAP_MS as f64 * 0.8 && m.tpot_ms.mean < 200.0);
+    let min_e2el = (FIRST_TOKEN_DELAY_MS + TOKEN_GAP_MS * (out_len as u64 - 1)) as f64 * 0.9;
+    assert!(m.e2el_ms.min >= min_e2el, "e2el min {}", m.e2el_ms.min);
+    for rec in &r.requests {
+        assert!(rec.success);
+        assert!(rec.output_tokens_from_usage);
+        assert_eq!(rec.content_chunks, out_len);
+        assert!(rec.e2el_s >= rec.ttft_s.unwrap());
+    }
+    // Lantern's timing extension was read from the usage chunk.
+    let q = m.server_queue_ms.as_ref().unwrap();
+    assert_eq!(q.count, n);
+    assert!((q.mean - 2.0).abs() < 1e-9);
+    assert!((m.server_decode_ms.as_ref().unwrap().mean - 50.0).abs() < 1e-9);
+    assert!(m.peak_output_throughput > 0.0);
+}
+
+#[tokio::test]
+async fn completions_token_ids_with_concurrency_warmup_and_files() {
+    let mock = start_mock().await;
+    let base = format!("http://127.0.0.1:{}", mock.port);
+    let json_path = tmp("run.json");
+    let svg_path = tmp("run.svg");
+    let tok = tokenizer_path();
+    let args = parse(&[
+        "--base-url",
+        &base,
+        "--model",
+        "mock-model",
+        "--tokenizer",
+        &tok,
+        "--dataset",
+        "random",
+        "--input-len",
+        "16",
+        "--output-len",
+        "10",
+        "--num-prompts",
+        "8",
+        "--max-concurrency",
+        "4",
+        "--warmup",
+        "2",
+        "--ignore-eos",
+        "--seed",
+        "3",
+        "--slo",
+        "ttft=10000,e2el=20000",
+        "--disable-progress",
+        "--result-json",
+        json_path.to_str().unwrap(),
+        "--plot",
+        svg_path.to_str().unwrap(),
+    ]);
+    let result = run_collect(args.clone()).await.unwrap();
+    check_plausible(&result, 8, 10);
+    let m = &result.metrics;
+    assert_eq!(m.total_input_tokens, 8 * 16);
+    assert_eq!(m.good_requests, Some(8));
+    assert!(
+        m.peak_concurrent_requests <= 4,
+        "cap respected: {}",
+        m.peak_concurrent_requests
+    );
+    // 8 requests at once through 4 slots: the second wave waited on the client.
+    assert!(
+        m.client_queue_ms.max >= FIRST_TOKEN_DELAY_MS as f64 * 0.9,
+        "{:?}",
+        m.client_queue_ms
+    );
+    assert_eq!(result.warmup_requests, 2);
+
+    // Bodies: token-id prompts of exact length, streaming with usage, ignore_eos.
+    let bodies = mock.seen.lock().unwrap().bodies.clone();
+    assert_eq!(bodies.len(), 10, "2 warm-up + 8 measured");
+    for (path, b) in &bodies {
+        assert_eq!(path, "/v1/completions");
+        assert_eq!(b["prompt"].as_array().unwrap().len(), 16);
+        assert_eq!(b["max_tokens"], 10);
+        assert_eq!(b["stream"], true);
+        assert_eq!(b["stream_options"]["include_usage"], true);
+        assert_eq!(b["ignore_eos"], true);
+        assert_eq!(b["model"], "mock-model");
+    }
+
+    // Files: the table, the JSON with every record, the SVG, and --compare against it.
+    lantern_bench::emit(&args, &result).unwrap();
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(doc["requests"].as_array().unwrap().len(), 8);
+    assert_eq!(doc["metrics"]["completed"], 8);
+    assert_eq!(doc["config"]["num_prompts"], 8);
+    assert!(doc["requests"][0]["itl_s"].as_array().unwrap().len() == 9);
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("TTFT percentiles"));
+    let mut again = args.clone();
+    again.compare = Some(json_path.clone());
+    again.result_json = None;
+    again.plot = None;
+    lantern_bench::emit(&again, &result).unwrap();
+}
+
+#[tokio::test]
+async fn chat_with_server_tokenizer_lora_and_failures() {
+    let mock = start_mock().await;
+    let base = format!("http://127.0.0.1:{}", mock.port);
+    // No --model (taken from /v1/models) and no --tokenizer (server /tokenize).
+    let args = parse(&[
+        "--base-url",
+        &base,
+        "--endpoint",
+        "chat",
+        "--dataset",
+        "lora",
+        "--lora-models",
+        "ad-a,ad-b",
+        "--input-len",
+        "12",
+        "--output-len",
+        "6",
+        "--num-prompts",
+        "8",
+        "--request-rate",
+        "200",
+        "--disable-progress",
+    ]);
+    let result = run_collect(args).await.unwrap();
+    check_plausible(&result, 8, 6);
+    assert_eq!(result.model, "mock-model");
+    let bodies = mock.seen.lock().unwrap().bodies.clone();
+    assert_eq!(bodies.len(), 8);
+    for (path, b) in &bodies {
+        assert_eq!(path, "/v1/chat/completions");
+        let model = b["model"].as_str().unwrap();
+        assert!(model == "ad-a" || model == "ad-b");
+        let text = b["messages"][0]["content"].as_str().unwrap();
+        assert_eq!(
+            mock_tokenize(text).len(),
+            12,
+            "exact prompt length via /tokenize"
+        );
+    }
+    // Arrivals were spread out (rate 200/s over 8 requests -> last at 40 ms).
+    let last = result
+        .requests
+        .iter()
+        .map(|r| r.scheduled_s)
+        .fold(0.0, f64::max);
+    assert!((last - 0.04).abs() < 1e-9, "{last}");
+
+    // A broken adapter: its requests fail with a counted reason, the rest succeed.
+    let args = parse(&[
+        "--base-url",
+        &base,
+        "--model",
+        "mock-model",
+        "--tokenizer",
+        &tokenizer_path(),
+        "--dataset",
+        "lora",
+        "--lora-models",
+        "ok,broken",
+        "--input-len",
+        "8",
+        "--output-len",
+        "4",
+        "--num-prompts",
+        "8",
+        "--seed",
+        "1",
+        "--disable-progress",
+    ]);
+    let result = run_collect(args).await.unwrap();
+    let m = &result.metrics;
+    let broken = result
+        .requests
+        .iter()
+        .filter(|r| r.model == "broken")
+        .count();
+    assert!(
+        broken > 0 && broken < 8,
+        "seed 1 picks both adapters ({broken})"
+    );
+    assert_eq!(m.failed, broken);
+    assert_eq!(m.completed, 8 - broken);
+    assert_eq!(m.failure_reasons.get("http 404"), Some(&broken));
+    let failed = result.requests.iter().find(|r| !r.success).unwrap();
+    assert!(failed
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("adapter `broken` not found"));
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let args = parse(&[
+        "--base-url",
+        &format!("http://127.0.0.1:{port}"),
+        "--num-prompts",
+        "2",
+        "--disable-progress",
+    ]);
+    let err = run_collect(args).await.err().unwrap();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("cannot reach"), "{msg}");
+}
