@@ -139,6 +139,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                         o.1.push_str(&text);
                     }
                 }
+                RequestEvent::PromptLogprobs(_) => {}
                 RequestEvent::Error(e) => bail!("generation failed: {e}"),
             }
         }

@@ -69,7 +69,13 @@ pub fn run(mut args: ThroughputArgs) -> Result<()> {
         ..GenerationParams::default()
     };
     // Warm up once (allocations, thread pools).
-    let mut w = h.submit_blocking(prompts[0][..8.min(args.input_len)].to_vec(), GenerationParams { max_tokens: Some(2), ..params.clone() })?;
+    let mut w = h.submit_blocking(
+        prompts[0][..8.min(args.input_len)].to_vec(),
+        GenerationParams {
+            max_tokens: Some(2),
+            ..params.clone()
+        },
+    )?;
     while w.blocking_next().is_some() {}
 
     let t0 = Instant::now();
@@ -99,10 +105,14 @@ pub fn run(mut args: ThroughputArgs) -> Result<()> {
                 RequestEvent::Finished { usage, timing, .. } => {
                     out_tokens += usage.completion_tokens;
                     if let Some(f) = timing.first_token {
-                        first_tokens.push(f.duration_since(timing.first_scheduled.unwrap_or(timing.arrival)).as_secs_f64());
+                        first_tokens.push(
+                            f.duration_since(timing.first_scheduled.unwrap_or(timing.arrival))
+                                .as_secs_f64(),
+                        );
                     }
                     finishes.push(timing);
                 }
+                RequestEvent::PromptLogprobs(_) => {}
                 RequestEvent::Error(e) => return Err(anyhow!("request failed: {e}")),
             }
         }

@@ -66,6 +66,7 @@ fn smollm2_answers_paris() {
         match ev {
             RequestEvent::Delta(d) => text.push_str(&d.text),
             RequestEvent::Finished { text: t, .. } => text.push_str(&t),
+            RequestEvent::PromptLogprobs(_) => {}
             RequestEvent::Error(e) => panic!("{e}"),
         }
     }

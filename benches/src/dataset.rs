@@ -511,6 +511,40 @@ mod tests {
         assert_ne!(build(&c, &tok).await.unwrap(), a);
     }
 
+    /// Real tokenizers checked into the repo: byte-level (Llama 3, Qwen3) and
+    /// SentencePiece with `▁` spaces and byte fallback (Llama 2).
+    #[tokio::test]
+    async fn exact_text_lengths_with_real_tokenizers() {
+        for name in ["llama2", "llama3", "qwen3"] {
+            let path = format!(
+                "{}/../tests/data/tokenizers/{name}/tokenizer.json",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let tok = TokenSource::load_local(&path).await.unwrap();
+            let pool = tok.token_pool().await.unwrap();
+            let mut rng = StdRng::seed_from_u64(11);
+            for n in [1, 2, 5, 17, 64, 300] {
+                let (text, ids) = exact_text(&tok, &pool, &mut rng, "", &[], n).await.unwrap();
+                assert_eq!(tok.encode(&text).await.unwrap().len(), n, "{name} n={n}");
+                assert_eq!(ids.len(), n);
+            }
+            // Prefix sharing holds in text form too.
+            let (ptext, pids) = exact_text(&tok, &pool, &mut rng, "", &[], 32)
+                .await
+                .unwrap();
+            for _ in 0..4 {
+                let (text, ids) = exact_text(&tok, &pool, &mut rng, &ptext, &pids, 20)
+                    .await
+                    .unwrap();
+                assert!(text.starts_with(&ptext));
+                let again = tok.encode(&text).await.unwrap();
+                assert_eq!(again.len(), 52, "{name}");
+                assert_eq!(again[..32], pids[..], "{name}");
+                assert_eq!(again, ids);
+            }
+        }
+    }
+
     async fn check_prefix_sharing(token_ids: bool) {
         let tok = fixture_tokenizer();
         let mut c = cfg(DatasetKind::PrefixRepetition);

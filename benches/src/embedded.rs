@@ -88,13 +88,18 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// The arguments after `serve`: the user's, plus `--model` (when the bench has one and
-/// the user did not pass it) and `--port` (when the user did not pass one).
+/// the user did not pass it), `--host 127.0.0.1` and `--port` (when the user did not
+/// pass them; the bench always connects to 127.0.0.1).
 /// Returns the arguments and the port.
 pub fn serve_args(user: &[String], model: Option<&str>) -> Result<(Vec<String>, u16)> {
     let mut args = user.to_vec();
     if let (Some(m), None) = (model, flag_value(user, "--model")) {
         args.push("--model".into());
         args.push(m.to_string());
+    }
+    if flag_value(user, "--host").is_none() {
+        args.push("--host".into());
+        args.push("127.0.0.1".into());
     }
     let port = match flag_value(user, "--port") {
         Some(p) => p
@@ -270,7 +275,10 @@ mod tests {
             Some("m"),
         )
         .unwrap();
-        assert_eq!(a, vec!["--model=x", "--port", "9001"]);
+        assert_eq!(
+            a,
+            vec!["--model=x", "--port", "9001", "--host", "127.0.0.1"]
+        );
         assert_eq!(port, 9001);
     }
 

@@ -41,6 +41,7 @@ mod dataset;
 mod embedded;
 mod http;
 mod metrics;
+pub mod mock;
 mod plot;
 mod report;
 mod runner;

@@ -1,15 +1,14 @@
 //! End-to-end: the whole benchmark against an in-process mock OpenAI SSE server
-//! (hand-written on tokio TCP so the stream can be split at awkward places).
+//! (`lantern_bench::mock`, which splits SSE events across TCP writes), and `--embedded`
+//! against the `lantern-bench-mock` binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
+use lantern_bench::mock::{self, MockConfig, MockServer};
 use lantern_bench::{run_collect, BenchArgs, BenchResult};
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use serde_json::Value;
 
 const FIRST_TOKEN_DELAY_MS: u64 = 30;
 const TOKEN_GAP_MS: u64 = 8;
@@ -26,205 +25,13 @@ fn parse(args: &[&str]) -> BenchArgs {
     Cli::try_parse_from(v).unwrap().args
 }
 
-#[derive(Default)]
-struct Seen {
-    bodies: Vec<(String, Value)>,
-}
-
-struct Mock {
-    port: u16,
-    seen: Arc<Mutex<Seen>>,
-}
-
-async fn read_request(sock: &mut TcpStream) -> Option<(String, String, Vec<u8>)> {
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 4096];
-    let header_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = sock.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
-    let mut lines = head.lines();
-    let mut first = lines.next()?.split_whitespace();
-    let method = first.next()?.to_string();
-    let path = first.next()?.to_string();
-    let len: usize = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[header_end..].to_vec();
-    while body.len() < len {
-        let n = sock.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&tmp[..n]);
-    }
-    Some((method, path, body))
-}
-
-async fn respond_json(sock: &mut TcpStream, status: &str, v: &Value) {
-    let body = v.to_string();
-    let resp = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = sock.write_all(resp.as_bytes()).await;
-}
-
-async fn chunk(sock: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
-    sock.write_all(format!("{:x}\r\n", data.len()).as_bytes())
-        .await?;
-    sock.write_all(data).await?;
-    sock.write_all(b"\r\n").await?;
-    sock.flush().await
-}
-
-/// Mock tokenizer: word `wN` is id N; other words hash into [3, 1000).
-fn mock_tokenize(text: &str) -> Vec<u32> {
-    text.split_whitespace()
-        .map(
-            |w| match w.strip_prefix('w').and_then(|n| n.parse::<u32>().ok()) {
-                Some(n) => n,
-                None => {
-                    3 + w
-                        .bytes()
-                        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
-                        % 997
-                }
-            },
-        )
-        .collect()
-}
-
-async fn stream_completion(sock: &mut TcpStream, body: &Value, chat: bool) -> std::io::Result<()> {
-    let n = body["max_tokens"].as_u64().unwrap_or(4) as usize;
-    sock.write_all(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
-    )
-    .await?;
-    if chat {
-        chunk(
-            sock,
-            b"data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n",
-        )
-        .await?;
-    }
-    chunk(sock, b": keep-alive comment\r\n\r\n").await?;
-    tokio::time::sleep(Duration::from_millis(FIRST_TOKEN_DELAY_MS)).await;
-    for i in 0..n {
-        let ev = if chat {
-            json!({"choices":[{"index":0,"delta":{"content":format!(" t{i}")},"finish_reason":null}]})
-        } else {
-            json!({"choices":[{"index":0,"text":format!(" t{i}"),"finish_reason":null}]})
-        };
-        let line = format!("data: {ev}\r\n\r\n");
-        let bytes = line.as_bytes();
-        if i % 3 == 1 {
-            // Split one event across two TCP writes.
-            let mid = bytes.len() / 2;
-            chunk(sock, &bytes[..mid]).await?;
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            chunk(sock, &bytes[mid..]).await?;
-        } else {
-            chunk(sock, bytes).await?;
-        }
-        if i + 1 < n {
-            tokio::time::sleep(Duration::from_millis(TOKEN_GAP_MS)).await;
-        }
-    }
-    let fin = json!({"choices":[{"index":0,"text":"","delta":{},"finish_reason":"length"}]});
-    let prompt_tokens = match &body["prompt"] {
-        Value::Array(a) => a.len(),
-        Value::String(s) => mock_tokenize(s).len(),
-        _ => 0,
-    };
-    let usage = json!({
-        "choices": [],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n, "total_tokens": prompt_tokens + n},
-        "lantern_timing": {"queue_s": 0.002, "prefill_s": 0.02, "decode_s": 0.05}
-    });
-    // Two events and [DONE] in one write.
-    chunk(
-        sock,
-        format!("data: {fin}\n\ndata:{usage}\n\ndata: [DONE]\n\n").as_bytes(),
-    )
-    .await?;
-    sock.write_all(b"0\r\n\r\n").await?;
-    sock.flush().await
-}
-
-async fn handle(mut sock: TcpStream, seen: Arc<Mutex<Seen>>) {
-    let Some((method, path, body)) = read_request(&mut sock).await else {
-        return;
-    };
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    match (method.as_str(), path.as_str()) {
-        ("GET", "/health") => respond_json(&mut sock, "200 OK", &json!({})).await,
-        ("GET", "/v1/models") => {
-            respond_json(
-                &mut sock,
-                "200 OK",
-                &json!({"data": [{"id": "mock-model"}]}),
-            )
-            .await
-        }
-        ("POST", "/tokenize") => {
-            let tokens = mock_tokenize(v["prompt"].as_str().unwrap_or(""));
-            respond_json(
-                &mut sock,
-                "200 OK",
-                &json!({"tokens": tokens, "count": tokens.len()}),
-            )
-            .await
-        }
-        ("POST", "/detokenize") => {
-            let words: Vec<String> = v["tokens"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| format!("w{}", t.as_u64().unwrap()))
-                .collect();
-            respond_json(&mut sock, "200 OK", &json!({"prompt": words.join(" ")})).await
-        }
-        ("POST", p @ ("/v1/completions" | "/v1/chat/completions")) => {
-            seen.lock().unwrap().bodies.push((p.to_string(), v.clone()));
-            if v["model"] == "broken" {
-                let err = json!({"error": {"message": "adapter `broken` not found", "type": "not_found"}});
-                respond_json(&mut sock, "404 Not Found", &err).await;
-                return;
-            }
-            let _ = stream_completion(&mut sock, &v, p.ends_with("chat/completions")).await;
-        }
-        _ => {
-            respond_json(
-                &mut sock,
-                "404 Not Found",
-                &json!({"error": {"message": "no route"}}),
-            )
-            .await
-        }
-    }
-}
-
-async fn start_mock() -> Mock {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let s2 = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            tokio::spawn(handle(sock, s2.clone()));
-        }
-    });
-    Mock { port, seen }
+async fn start_mock() -> MockServer {
+    mock::start(MockConfig {
+        first_token_delay: Duration::from_millis(FIRST_TOKEN_DELAY_MS),
+        token_gap: Duration::from_millis(TOKEN_GAP_MS),
+    })
+    .await
+    .unwrap()
 }
 
 fn tokenizer_path() -> String {
@@ -334,7 +141,7 @@ async fn completions_token_ids_with_concurrency_warmup_and_files() {
     assert_eq!(result.warmup_requests, 2);
 
     // Bodies: token-id prompts of exact length, streaming with usage, ignore_eos.
-    let bodies = mock.seen.lock().unwrap().bodies.clone();
+    let bodies = mock.bodies();
     assert_eq!(bodies.len(), 10, "2 warm-up + 8 measured");
     for (path, b) in &bodies {
         assert_eq!(path, "/v1/completions");
@@ -389,7 +196,7 @@ async fn chat_with_server_tokenizer_lora_and_failures() {
     let result = run_collect(args).await.unwrap();
     check_plausible(&result, 8, 6);
     assert_eq!(result.model, "mock-model");
-    let bodies = mock.seen.lock().unwrap().bodies.clone();
+    let bodies = mock.bodies();
     assert_eq!(bodies.len(), 8);
     for (path, b) in &bodies {
         assert_eq!(path, "/v1/chat/completions");
@@ -397,7 +204,7 @@ async fn chat_with_server_tokenizer_lora_and_failures() {
         assert!(model == "ad-a" || model == "ad-b");
         let text = b["messages"][0]["content"].as_str().unwrap();
         assert_eq!(
-            mock_tokenize(text).len(),
+            mock::tokenize(text).len(),
             12,
             "exact prompt length via /tokenize"
         );
@@ -471,4 +278,53 @@ async fn unreachable_server_is_a_clear_error() {
     let err = run_collect(args).await.err().unwrap();
     let msg = format!("{err:#}");
     assert!(msg.contains("cannot reach"), "{msg}");
+}
+
+#[tokio::test]
+async fn embedded_starts_benchmarks_and_stops_the_server() {
+    let bin = env!("CARGO_BIN_EXE_lantern-bench-mock");
+    let log = tmp("serve.log");
+    let args = parse(&[
+        "--embedded",
+        "--server-bin",
+        bin,
+        "--serve-log",
+        log.to_str().unwrap(),
+        "--serve-args",
+        "--first-token-ms 30 --token-gap-ms 8",
+        "--tokenizer",
+        &tokenizer_path(),
+        "--input-len",
+        "8",
+        "--output-len",
+        "5",
+        "--num-prompts",
+        "8",
+        "--disable-progress",
+        "--health-timeout",
+        "30",
+        "--",
+        "--ignored-by-mock",
+        "x",
+    ]);
+    let result = run_collect(args).await.unwrap();
+    check_plausible(&result, 8, 5);
+    assert!(result.base_url.starts_with("http://127.0.0.1:"));
+    assert_eq!(
+        result.model, "mock-model",
+        "model from /v1/models of the embedded server"
+    );
+    // The server was stopped: its port no longer accepts connections.
+    let addr = result.base_url.trim_start_matches("http://").to_string();
+    let mut refused = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(&addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "embedded server still listening on {addr}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("listening on http://127.0.0.1:"), "{text}");
 }

@@ -7,10 +7,13 @@
 //! 2. [`paged_attention`] runs causal attention for every query token of a flattened varlen
 //!    batch that mixes decode tokens and (chunked) prefill, reading keys and values from the
 //!    cache through each sequence's block table.
+//! 3. [`lora_add`] adds the multi-LoRA term `scale_i * (x A_i^T) B_i^T` of every token's
+//!    adapter slot `i` to a projection's output ([`LoraWeights`] hold the stacked adapters,
+//!    [`LoraBatch`] the per-token slots and same-slot segments of a step).
 //!
-//! Both ops are device-agnostic at the API level: they validate shapes, dtypes and devices
+//! All ops are device-agnostic at the API level: they validate shapes, dtypes and devices
 //! up front and then dispatch through candle's custom-op traits (`InplaceOp3` for the cache
-//! write, `CustomOp3` for attention). Today only the CPU implementation exists (module
+//! write, `CustomOp3` for attention and LoRA). Today only the CPU implementation exists (module
 //! `cpu`, parallelised with rayon); a CUDA implementation will be added behind the `cuda`
 //! feature by filling in the `cuda_fwd` hooks of the same op structs.
 //!
@@ -28,9 +31,11 @@
 mod attention;
 mod cache_write;
 mod cpu;
+pub mod lora;
 mod metadata;
 pub mod reference;
 
 pub use attention::paged_attention;
 pub use cache_write::write_kv_cache;
+pub use lora::{lora_add, LoraBatch, LoraWeights, LORA_SGMV_MIN_TOKENS};
 pub use metadata::PagedAttnMetadata;

@@ -183,3 +183,83 @@ pub fn write_kv_cache_naive(
         .to_device(v_cache.device())?;
     Ok((kc, vc))
 }
+
+/// Reference multi-LoRA add with the semantics of [`crate::lora_add`]: for every token `t`
+/// with slot `s = token_slots[t] >= 0` and rank `r = ranks[s]` (or `max_rank`),
+/// `y'[t][o] = y[t][o] + scale[s] * sum_{k < r} B[s][o][k] * (sum_i A[s][k][i] * x[t][i])`,
+/// in f32 with plain loops; other rows are copied from `y`. Reads only `token_slots`
+/// (not the segments). A slot outside `-1..num_slots` is an error.
+pub fn lora_add_naive(
+    y: &Tensor,
+    x: &Tensor,
+    w: &crate::lora::LoraWeights,
+    batch: &crate::lora::LoraBatch,
+) -> Result<Tensor> {
+    let &[num_tokens, out_dim] = y.dims() else {
+        bail!("lora_add_naive: y must be 2-D, got {:?}", y.shape());
+    };
+    let &[num_slots, max_rank, in_dim] = w.a.dims() else {
+        bail!("lora_add_naive: lora a must be 3-D, got {:?}", w.a.shape());
+    };
+    if x.dims() != [num_tokens, in_dim]
+        || w.b.dims() != [num_slots, out_dim, max_rank]
+        || w.scales.dims() != [num_slots]
+        || batch.token_slots.dims() != [num_tokens]
+    {
+        bail!(
+            "lora_add_naive: inconsistent shapes y {:?}, x {:?}, a {:?}, b {:?}, scales {:?}, token_slots {:?}",
+            y.shape(),
+            x.shape(),
+            w.a.shape(),
+            w.b.shape(),
+            w.scales.shape(),
+            batch.token_slots.shape()
+        );
+    }
+    let ranks = match &w.ranks {
+        Some(r) if r.len() == num_slots && r.iter().all(|&r| r <= max_rank) => r.clone(),
+        Some(r) => bail!("lora_add_naive: bad ranks {r:?} for {num_slots} slots of max_rank {max_rank}"),
+        None => vec![max_rank; num_slots],
+    };
+    let slots = batch
+        .token_slots
+        .to_device(&Device::Cpu)?
+        .to_vec1::<i32>()?;
+    let (x_h, a_h, b_h) = (host_f32(x)?, host_f32(&w.a)?, host_f32(&w.b)?);
+    let scales = host_f32(&w.scales)?;
+    let mut out = host_f32(y)?;
+    for (t, &slot) in slots.iter().enumerate() {
+        if slot < 0 {
+            if slot != -1 {
+                bail!("lora_add_naive: token_slots[{t}] = {slot} is invalid");
+            }
+            continue;
+        }
+        let s = slot as usize;
+        if s >= num_slots {
+            bail!("lora_add_naive: token_slots[{t}] = {slot} out of range for {num_slots} slots");
+        }
+        let r = ranks[s];
+        let x_row = &x_h[t * in_dim..(t + 1) * in_dim];
+        // h = A[s][..r] x
+        let mut h = vec![0f32; r];
+        for (k, hk) in h.iter_mut().enumerate() {
+            let a_row = &a_h[(s * max_rank + k) * in_dim..(s * max_rank + k + 1) * in_dim];
+            for i in 0..in_dim {
+                *hk += a_row[i] * x_row[i];
+            }
+        }
+        // y += scale * B[s][:, ..r] h
+        for o in 0..out_dim {
+            let b_row = &b_h[(s * out_dim + o) * max_rank..(s * out_dim + o + 1) * max_rank];
+            let mut sum = 0f32;
+            for k in 0..r {
+                sum += b_row[k] * h[k];
+            }
+            out[t * out_dim + o] += scales[s] * sum;
+        }
+    }
+    Tensor::from_vec(out, (num_tokens, out_dim), &Device::Cpu)?
+        .to_dtype(y.dtype())?
+        .to_device(y.device())
+}

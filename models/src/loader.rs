@@ -173,12 +173,35 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
         ModelSource::HfDir(p) | ModelSource::Gguf(p) => p.clone(),
     };
     let dtype = opts.dtype.resolve(&opts.device);
-    let mut loaded = match source {
-        ModelSource::Gguf(_) => load_gguf(&dir_or_file, dtype, &opts.device)?,
-        ModelSource::HfDir(_) | ModelSource::Hub(_) => {
-            load_hf_dir(&dir_or_file, dtype, &opts.device)?
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({elapsed})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.set_message("loading weights");
+        Some(b)
+    } else {
+        None
+    };
+    let mut progress = |done: usize, total: usize| {
+        if let Some(b) = &bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
         }
     };
+    let mut loaded = match source {
+        ModelSource::Gguf(_) => {
+            load_gguf_with_progress(&dir_or_file, dtype, &opts.device, &mut progress)?
+        }
+        ModelSource::HfDir(_) | ModelSource::Hub(_) => {
+            load_hf_dir_with_progress(&dir_or_file, dtype, &opts.device, &mut progress)?
+        }
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
     if let Some(t) = &opts.chat_template_override {
         loaded.meta.chat_template = Some(t.clone());
     }
@@ -233,12 +256,21 @@ fn chat_template_from_dir(dir: &Path, tok_cfg: Option<&serde_json::Value>) -> Op
 
 /// Loads a Hugging Face layout directory.
 pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
+    load_hf_dir_with_progress(dir, dtype, device, &mut |_, _| {})
+}
+
+fn load_hf_dir_with_progress(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<LoadedModel> {
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
     let weights = safetensors_files(dir)?;
     // SAFETY: the files are memory-mapped read-only; we require that nobody modifies the
     // checkpoint files while the server runs (the same contract as every mmap loader).
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, dtype, device)? };
-    let model = CausalLm::load(vb, &config)?;
+    let model = CausalLm::load_with_progress(vb, &config, progress)?;
 
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = Tokenizer::from_file(&tok_path)
@@ -442,6 +474,15 @@ fn unpermute_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
 /// Loads a GGUF file: dequantizes every tensor to `dtype` and builds the tokenizer from
 /// the file's metadata.
 pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
+    load_gguf_with_progress(path, dtype, device, &mut |_, _| {})
+}
+
+fn load_gguf_with_progress(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<LoadedModel> {
     let io = |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
@@ -455,7 +496,9 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     let mut tensors = HashMap::new();
-    for name in names {
+    let total = names.len();
+    for (done, name) in names.into_iter().enumerate() {
+        progress(done, total);
         let Some(hf) = gguf_to_hf_name(name) else {
             tracing::debug!(tensor = %name, "ignoring GGUF tensor");
             continue;
@@ -470,6 +513,7 @@ pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedMod
         }
         tensors.insert(hf, t.to_dtype(dtype)?.to_device(device)?);
     }
+    progress(total, total);
     config.eos_token_ids = tok.eos_token_ids.clone();
     config.bos_token_id = tok.bos_token_id;
     let vb = VarBuilder::from_tensors(tensors, dtype, device);

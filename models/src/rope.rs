@@ -40,7 +40,7 @@ pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
                 } else {
                     *x
                 };
-                let is_medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                let is_medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
                 *x = if is_medium {
                     let smooth = (old_ctx / wavelen - low) / (high - low);
                     (1.0 - smooth) * scaled / factor + smooth * scaled

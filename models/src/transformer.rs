@@ -225,6 +225,15 @@ impl CausalLm {
     /// Builds the model from a var builder rooted at the checkpoint's top level
     /// (`model.embed_tokens.weight`, `model.layers.N...`, `lm_head.weight`).
     pub fn load(vb: VarBuilder, cfg: &ModelConfig) -> Result<Self> {
+        Self::load_with_progress(vb, cfg, &mut |_, _| {})
+    }
+
+    /// Like [`CausalLm::load`], calling `progress(layers_done, num_layers)` as it goes.
+    pub fn load_with_progress(
+        vb: VarBuilder,
+        cfg: &ModelConfig,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
         let vm = vb.pp("model");
         let embed_tokens = vm
             .pp("embed_tokens")
@@ -232,6 +241,7 @@ impl CausalLm {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             layers.push(DecoderLayer::load(vm.pp(format!("layers.{i}")), cfg, i)?);
+            progress(i + 1, cfg.num_hidden_layers);
         }
         let norm = RmsNorm::load(vm.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings {

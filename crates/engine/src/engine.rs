@@ -110,7 +110,7 @@ enum Command {
     Add {
         group: u64,
         prompt: Vec<u32>,
-        params: GenerationParams,
+        params: Box<GenerationParams>,
         events: tmpsc::UnboundedSender<RequestEvent>,
         reply: oneshot::Sender<Result<(), SubmitError>>,
         arrival: Instant,
@@ -264,7 +264,7 @@ impl EngineHandle {
             .send(Command::Add {
                 group,
                 prompt,
-                params,
+                params: Box::new(params),
                 events: tx,
                 reply: reply_tx,
                 arrival: Instant::now(),
@@ -459,6 +459,9 @@ struct SeqState {
     first_token: Option<Instant>,
     num_output: usize,
     num_cached: usize,
+    /// Prompt logprobs collected so far (index = prompt position); `Some` when asked for.
+    prompt_lps: Option<Vec<Option<TokenLogprob>>>,
+    prompt_lps_sent: bool,
 }
 
 /// Siblings of an `n > 1` request waiting for the first one's prompt to be cached.
@@ -539,7 +542,7 @@ impl EngineCore {
                 reply,
                 arrival,
             } => {
-                let r = self.add(group, prompt, params, events, arrival);
+                let r = self.add(group, prompt, *params, events, arrival);
                 let _ = reply.send(r);
             }
             Command::Abort(group) => self.abort_group(group),
@@ -575,6 +578,13 @@ impl EngineCore {
             .unwrap_or_else(|| self.info.max_model_len.saturating_sub(prompt.len()));
         let prompt = Arc::new(prompt);
         let params = Arc::new(params);
+        // Prompt logprobs need logits for every prompt position: keep the group off shared
+        // cache entries (a private salt); siblings still share the leader's blocks.
+        let cache_salt = if params.prompt_logprobs.is_some() {
+            Some(format!("\u{0}prompt-logprobs-{group}"))
+        } else {
+            params.cache_salt.clone()
+        };
         let group_seed = params
             .seed
             .unwrap_or_else(|| self.base_seed ^ group.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -586,7 +596,7 @@ impl EngineCore {
                 max_tokens,
                 priority: params.priority,
                 lora_id: 0,
-                cache_salt: params.cache_salt.clone(),
+                cache_salt: cache_salt.clone(),
             })
             .map_err(|e| match e {
                 AddRequestError::QueueFull { .. } => SubmitError::Overloaded(e.to_string()),
@@ -636,6 +646,9 @@ impl EngineCore {
                     first_token: None,
                     num_output: 0,
                     num_cached: 0,
+                    prompt_lps: (index == 0 && params.prompt_logprobs.is_some())
+                        .then(|| vec![None]),
+                    prompt_lps_sent: false,
                 },
             );
             ids.push(id);
@@ -679,13 +692,18 @@ impl EngineCore {
                 let Some(s) = self.reqs.get(&id) else {
                     continue;
                 };
+                let cache_salt = if s.params.prompt_logprobs.is_some() {
+                    Some(format!("\u{0}prompt-logprobs-{}", s.group))
+                } else {
+                    s.params.cache_salt.clone()
+                };
                 let req = SchedRequest {
                     id,
                     prompt_token_ids: s.prompt.to_vec(),
                     max_tokens: s.max_tokens,
                     priority: s.params.priority,
                     lora_id: 0,
-                    cache_salt: s.params.cache_salt.clone(),
+                    cache_salt,
                 };
                 if let Err(e) = self.sched.add_request(req) {
                     tracing::warn!(error = %e, "cannot schedule an n>1 sibling");
@@ -824,14 +842,30 @@ impl EngineCore {
                 prefill_tokens += seq.token_ids.len();
             }
         }
+        let wants_all: Vec<bool> = out
+            .seqs
+            .iter()
+            .map(|q| {
+                self.reqs
+                    .get(&q.id)
+                    .map(|s| {
+                        s.prompt_lps
+                            .as_ref()
+                            .is_some_and(|v| v.len() < s.prompt.len())
+                    })
+                    .unwrap_or(false)
+            })
+            .collect();
         let chunks: Vec<SeqChunk> = out
             .seqs
             .iter()
-            .map(|s| SeqChunk {
+            .zip(&wants_all)
+            .map(|(s, &all)| SeqChunk {
                 token_ids: &s.token_ids,
                 num_computed_tokens: s.num_computed_tokens,
                 block_table: &s.block_table,
                 sample: s.sample,
+                all_logits: all,
             })
             .collect();
         let logits = match self.runner.execute(&chunks) {
@@ -845,6 +879,21 @@ impl EngineCore {
             }
         };
         let sampled_seqs: Vec<u64> = out.seqs.iter().filter(|s| s.sample).map(|s| s.id).collect();
+        let logits = match logits {
+            Some(l) if wants_all.iter().any(|&w| w) => {
+                match self.split_prompt_logits(&out, &wants_all, &l) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "prompt logprobs failed; failing the batch");
+                        for seq in &out.seqs {
+                            self.fail_seq(seq.id, EngineError::Execution);
+                        }
+                        return true;
+                    }
+                }
+            }
+            other => other,
+        };
         let mut sampled = Vec::new();
         if let Some(logits) = logits {
             let empty: Vec<u32> = Vec::new();
@@ -938,6 +987,54 @@ impl EngineCore {
         self.snapshot.last_step.kv_blocks_free = st.num_blocks_free;
     }
 
+    /// Records prompt logprobs from the all-logits rows and returns the rows to sample.
+    fn split_prompt_logits(
+        &mut self,
+        out: &lantern_scheduler::SchedulerOutput,
+        wants_all: &[bool],
+        logits: &candle_core::Tensor,
+    ) -> Result<Option<candle_core::Tensor>, candle_core::Error> {
+        let mut sample_rows: Vec<u32> = Vec::new();
+        let mut row = 0usize;
+        for (q, &all) in out.seqs.iter().zip(wants_all) {
+            if all {
+                let n = q.token_ids.len();
+                let block = logits.narrow(0, row, n)?.to_vec2::<f32>()?;
+                if let Some(s) = self.reqs.get_mut(&q.id) {
+                    let top = s.params.prompt_logprobs.unwrap_or(0);
+                    if let Some(lps) = s.prompt_lps.as_mut() {
+                        for (j, r) in block.iter().enumerate() {
+                            // Row j predicts the token at position num_computed + j + 1.
+                            let target = q.num_computed_tokens + j + 1;
+                            if target < s.prompt.len() && target == lps.len() {
+                                let tok = s.prompt[target];
+                                let (lp, topv) = sampler::token_logprob(r, tok, top);
+                                lps.push(Some(TokenLogprob {
+                                    token_id: tok,
+                                    logprob: lp,
+                                    top: topv,
+                                }));
+                            }
+                        }
+                    }
+                }
+                if q.sample {
+                    sample_rows.push((row + n - 1) as u32);
+                }
+                row += n;
+            } else if q.sample {
+                sample_rows.push(row as u32);
+                row += 1;
+            }
+        }
+        if sample_rows.is_empty() {
+            return Ok(None);
+        }
+        let len = sample_rows.len();
+        let idx = candle_core::Tensor::from_vec(sample_rows, len, logits.device())?;
+        Ok(Some(logits.index_select(&idx, 0)?))
+    }
+
     fn on_token(
         &mut self,
         id: u64,
@@ -949,6 +1046,18 @@ impl EngineCore {
         let Some(s) = self.reqs.get_mut(&id) else {
             return;
         };
+        if !s.prompt_lps_sent {
+            if let Some(lps) = s.prompt_lps.take() {
+                let _ = s.events.send(RequestEvent::PromptLogprobs(lps));
+            }
+            s.prompt_lps_sent = true;
+        }
+        if !s.prompt_lps_sent {
+            if let Some(lps) = s.prompt_lps.take() {
+                let _ = s.events.send(RequestEvent::PromptLogprobs(lps));
+            }
+            s.prompt_lps_sent = true;
+        }
         s.num_output += 1;
         self.snapshot.generation_tokens_total += 1;
         if s.first_token.is_none() {

@@ -24,6 +24,9 @@ pub struct GenerationParams {
     pub cache_salt: Option<String>,
     /// Number of completions for this prompt; they share the prompt's KV blocks.
     pub n: usize,
+    /// Log-probabilities of the prompt tokens with this many alternatives (echo with
+    /// logprobs). Such a prompt is computed in full (no prefix-cache hits).
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for GenerationParams {
@@ -41,6 +44,7 @@ impl Default for GenerationParams {
             priority: 0,
             cache_salt: None,
             n: 1,
+            prompt_logprobs: None,
         }
     }
 }
@@ -138,6 +142,14 @@ impl GenerationParams {
                 return bad(
                     "top_logprobs",
                     format!("`top_logprobs` must be between 0 and 20, got {n}"),
+                );
+            }
+        }
+        if let Some(n) = self.prompt_logprobs {
+            if n > 20 {
+                return bad(
+                    "logprobs",
+                    format!("prompt logprobs must be between 0 and 20, got {n}"),
                 );
             }
         }
@@ -290,5 +302,8 @@ pub enum RequestEvent {
         usage: Usage,
         timing: RequestTiming,
     },
+    /// Prompt-token log-probabilities (sent once, before the first `Delta`, when asked for);
+    /// the first prompt token has none.
+    PromptLogprobs(Vec<Option<TokenLogprob>>),
     Error(crate::error::EngineError),
 }

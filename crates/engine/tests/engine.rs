@@ -53,7 +53,7 @@ struct Done {
 
 fn collect(mut s: RequestStream) -> Vec<Done> {
     let mut outs: Vec<Done> = Vec::new();
-    let mut ensure = |outs: &mut Vec<Done>, i: usize| {
+    let ensure = |outs: &mut Vec<Done>, i: usize| {
         while outs.len() <= i {
             outs.push(Done {
                 tokens: vec![],
@@ -85,6 +85,7 @@ fn collect(mut s: RequestStream) -> Vec<Done> {
                 outs[index].stop_reason = stop_reason;
                 outs[index].usage = usage;
             }
+            RequestEvent::PromptLogprobs(_) => {}
             RequestEvent::Error(e) => panic!("request failed: {e}"),
         }
     }
@@ -220,7 +221,7 @@ fn shared_prefix_computes_only_uncached_tokens() {
         .unwrap()
         .prefix_cache_hits_tokens;
     // A fully cached prompt still computes its last token.
-    let again = run_all(&e, &[long.clone()], &greedy(4)).remove(0);
+    let again = run_all(&e, std::slice::from_ref(&long), &greedy(4)).remove(0);
     assert_eq!(again.usage.cached_tokens, 128);
     assert_eq!(again.tokens, first.tokens);
     assert!(

@@ -32,6 +32,8 @@ pub struct SeqChunk<'a> {
     pub block_table: &'a [u32],
     /// Whether logits are needed for the last token of this chunk.
     pub sample: bool,
+    /// Return logits for every token of this chunk (prompt logprobs), not only the last.
+    pub all_logits: bool,
 }
 
 /// Owns the model and its paged KV cache.
@@ -149,7 +151,10 @@ impl ModelRunner {
                 positions.push(pos as u32);
                 slots.push((block * bs + pos % bs) as i64);
             }
-            if s.sample {
+            if s.all_logits {
+                let end = input_ids.len() as u32;
+                logits_indices.extend(end - q as u32..end);
+            } else if s.sample {
                 logits_indices.push((input_ids.len() - 1) as u32);
             }
             query_lens.push(q);
@@ -180,8 +185,8 @@ impl ModelRunner {
         Ok(self.model.forward(&batch, &self.kv)?)
     }
 
-    /// Runs one step. Returns f32 logits (S, vocab), one row per sequence with `sample`,
-    /// in batch order; `None` when no sequence samples.
+    /// Runs one step. Returns f32 logits in batch order: every row of a chunk with
+    /// `all_logits`, else one row per chunk with `sample`; `None` when there are none.
     pub fn execute(&self, seqs: &[SeqChunk<'_>]) -> Result<Option<Tensor>> {
         if seqs.is_empty() {
             return Ok(None);

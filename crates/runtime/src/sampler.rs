@@ -125,6 +125,15 @@ pub fn sample(logits: &Tensor, rows: &[SampleRow<'_>]) -> Result<Vec<SampledToke
     Ok(out)
 }
 
+/// log p(`token`) and the `top` most likely (token, logprob) pairs of one logits row.
+pub fn token_logprob(row: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let lp = log_softmax(row);
+    (
+        lp.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
+        top_n(&lp, top),
+    )
+}
+
 /// Greedy decoding: the arg-max of each row of `logits` (S, vocab).
 pub fn greedy(logits: &Tensor) -> Result<Vec<u32>> {
     Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)

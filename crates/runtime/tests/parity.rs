@@ -151,6 +151,7 @@ fn check_single(name: &str, block_size: usize) {
                 num_computed_tokens: 0,
                 block_table: &table,
                 sample: true,
+                all_logits: false,
             }])
             .unwrap();
         assert_close(
@@ -169,6 +170,7 @@ fn check_single(name: &str, block_size: usize) {
                     num_computed_tokens: prompt.len() + k,
                     block_table: &table,
                     sample: true,
+                    all_logits: false,
                 }])
                 .unwrap()
                 .unwrap();
@@ -209,6 +211,7 @@ fn check_batched(name: &str, block_size: usize) {
             num_computed_tokens: 0,
             block_table: t,
             sample: true,
+            all_logits: false,
         })
         .collect();
     let all = runner.execute_all_logits(&chunks).unwrap();
@@ -238,6 +241,7 @@ fn check_batched(name: &str, block_size: usize) {
                 num_computed_tokens: p.len() + k,
                 block_table: &tables[i],
                 sample: true,
+                all_logits: false,
             })
             .collect();
         let l = runner.execute(&chunks).unwrap().unwrap();
@@ -288,6 +292,7 @@ fn check_chunked(name: &str, chunk: usize, block_size: usize) {
             num_computed_tokens: 0,
             block_table: &short_table,
             sample: true,
+            all_logits: false,
         }])
         .unwrap()
         .unwrap();
@@ -304,6 +309,7 @@ fn check_chunked(name: &str, chunk: usize, block_size: usize) {
             num_computed_tokens: done,
             block_table: &long_table,
             sample: true,
+            all_logits: false,
         }];
         let decoding = k + 1 < r.greedy[short_i].len();
         if decoding {
@@ -312,6 +318,7 @@ fn check_chunked(name: &str, chunk: usize, block_size: usize) {
                 num_computed_tokens: short.len() + k,
                 block_table: &short_table,
                 sample: true,
+                all_logits: false,
             });
         }
         let all = runner.execute_all_logits(&seqs).unwrap();

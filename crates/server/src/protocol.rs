@@ -15,12 +15,31 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         if inner.is_syntax() || inner.is_eof() {
             ApiError::bad_request(format!("malformed JSON body: {inner}"), None)
         } else if path.is_empty() || path == "." {
-            ApiError::bad_request(format!("invalid request body: {inner}"), None)
+            // `#[serde(flatten)]` loses the path of errors inside `CommonParams`
+            // (`"temperature": "hot"`): parse those fields on their own to name the field.
+            common_params_error(body).unwrap_or_else(|| {
+                ApiError::bad_request(format!("invalid request body: {inner}"), None)
+            })
         } else {
-            let field = path.split(['.', '[']).next().unwrap_or(&path).to_string();
-            ApiError::bad_request(format!("invalid value for `{path}`: {inner}"), Some(&field))
+            field_error(&path, &inner)
         }
     })
+}
+
+fn field_error(path: &str, inner: &serde_json::Error) -> ApiError {
+    let field = path.split(['.', '[']).next().unwrap_or(path).to_string();
+    ApiError::bad_request(format!("invalid value for `{path}`: {inner}"), Some(&field))
+}
+
+/// The error of the shared sampling fields of `body`, if one of them has a bad value.
+fn common_params_error(body: &[u8]) -> Option<ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let e = serde_path_to_error::deserialize::<_, CommonParams>(de).err()?;
+    let path = e.path().to_string();
+    if path.is_empty() || path == "." {
+        return None;
+    }
+    Some(field_error(&path, e.inner()))
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -20,14 +20,14 @@ use axum::{Json, Router};
 use futures_util::stream::{self, BoxStream, SelectAll, StreamExt};
 use lantern_engine::{
     EngineHandle, FinishReason, GenerationParams, RequestEvent, RequestStream, RequestTiming,
-    TokenLogprob, Usage,
+    SubmitError, TokenLogprob, Usage,
 };
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What exists once the model is loaded.
 #[derive(Debug)]
@@ -196,7 +196,7 @@ async fn version() -> Json<Value> {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let (snap, name) = match state.ready.get() {
         Some(r) => (
-            r.engine.snapshot(),
+            current_snapshot(&r.engine).await,
             r.served_names.first().cloned().unwrap_or_default(),
         ),
         None => (Default::default(), String::new()),
@@ -209,6 +209,17 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.metrics.render(&snap, &name),
     )
         .into_response()
+}
+
+/// The engine's stats as of now. The published snapshot is refreshed only at the end of an
+/// engine step, so after an abort (client disconnect) on an otherwise idle engine it would
+/// keep reporting the aborted request as running with its KV blocks in use; ask the engine
+/// thread instead, falling back to the published snapshot if it does not answer promptly.
+async fn current_snapshot(engine: &EngineHandle) -> lantern_engine::EngineSnapshot {
+    match tokio::time::timeout(Duration::from_secs(1), engine.fresh_snapshot()).await {
+        Ok(Ok(s)) => s,
+        _ => engine.snapshot(),
+    }
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
@@ -413,14 +424,23 @@ impl Shape {
         for lp in lps {
             let t = self.token_str(engine, lp.token_id);
             offsets.push(off);
-            off += t.len();
+            // Offsets count characters (as OpenAI/vLLM clients index the text), not bytes.
+            off += t.chars().count();
             tokens.push(t);
             token_logprobs.push(lp.logprob);
-            let m: serde_json::Map<String, Value> = lp
-                .top
-                .iter()
-                .map(|&(id, l)| (self.token_str(engine, id), json!(l)))
-                .collect();
+            // Distinct ids can decode to the same string (e.g. lone UTF-8 bytes all decode
+            // to U+FFFD); keep the best logprob per string rather than the last one.
+            let mut m = serde_json::Map::new();
+            for &(id, l) in &lp.top {
+                let key = self.token_str(engine, id);
+                let better = m
+                    .get(&key)
+                    .and_then(Value::as_f64)
+                    .is_none_or(|old| f64::from(l) > old);
+                if better {
+                    m.insert(key, json!(l));
+                }
+            }
             top.push(Value::Object(m));
         }
         json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
@@ -466,6 +486,8 @@ fn timing_json(t: &RequestTiming) -> Value {
 #[derive(Debug, Default, Clone)]
 struct Choice {
     text: String,
+    /// Characters in `text` (streaming: for `text_offset`).
+    text_chars: usize,
     logprobs: Vec<TokenLogprob>,
     finish: Option<FinishReason>,
     stop_reason: Value,
@@ -489,9 +511,25 @@ fn observe_finish(m: &Metrics, t: &RequestTiming) {
     m.queue.observe(t.queue_s());
 }
 
+/// One structured log line per finished sequence, with its timings.
+fn log_finish(id: &str, index: usize, usage: &Usage, timing: &RequestTiming, reason: FinishReason) {
+    tracing::info!(
+        id = %id,
+        index,
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        cached_tokens = usage.cached_tokens,
+        queue_s = timing.queue_s(),
+        prefill_s = timing.prefill_s(),
+        decode_s = timing.decode_s(),
+        finish_reason = reason.as_str(),
+        "request finished"
+    );
+}
+
 fn add_usage(tot: &mut Totals, index: usize, n: usize, usage: &Usage) {
     // Prompt tokens and cache hits count once per prompt (the first choice of each).
-    if index % n == 0 {
+    if index.is_multiple_of(n) {
         tot.usage.prompt_tokens += usage.prompt_tokens;
         tot.usage.cached_tokens += usage.cached_tokens;
     }
@@ -511,14 +549,25 @@ fn merge(streams: Vec<RequestStream>) -> SelectAll<BoxStream<'static, Tagged>> {
     all
 }
 
+/// Submits every prompt; `prompt_param` is the request field a too-long prompt is blamed on
+/// (`messages` for chat, `prompt` for completions).
 async fn submit_all(
     ready: &Ready,
     prompts: Vec<Vec<u32>>,
     params: &GenerationParams,
+    prompt_param: &str,
 ) -> Result<Vec<RequestStream>, ApiError> {
     let mut streams = Vec::with_capacity(prompts.len());
     for p in prompts {
-        streams.push(ready.engine.submit(p, params.clone()).await?);
+        let s = ready
+            .engine
+            .submit(p, params.clone())
+            .await
+            .map_err(|e| match e {
+                SubmitError::TooLong(m) => ApiError::bad_request(m, Some(prompt_param)),
+                e => ApiError::from(e),
+            })?;
+        streams.push(s);
     }
     Ok(streams)
 }
@@ -627,7 +676,7 @@ async fn chat_inner(
         echo: None,
         prompt_lens: vec![ids.len()],
     };
-    let streams = submit_all(ready, vec![ids], &params).await?;
+    let streams = submit_all(ready, vec![ids], &params, "messages").await?;
     if req.common.stream.unwrap_or(false) {
         Ok(stream_response(
             state.clone(),
@@ -733,7 +782,7 @@ async fn completions_inner(
         echo,
         prompt_lens: prompts.iter().map(Vec::len).collect(),
     };
-    let streams = submit_all(ready, prompts, &params).await?;
+    let streams = submit_all(ready, prompts, &params, "prompt").await?;
     if req.common.stream.unwrap_or(false) {
         Ok(stream_response(
             state.clone(),
@@ -796,8 +845,10 @@ async fn collect_response(
                 c.stop_reason = stop_reason_json(&stop_reason);
                 add_usage(&mut tot, index, n, &usage);
                 observe_finish(&state.metrics, &timing);
+                log_finish(&shape.id, p * n + index, &usage, &timing, reason);
                 tot.timing.get_or_insert(timing);
             }
+            RequestEvent::PromptLogprobs(_) => {}
             RequestEvent::Error(e) => {
                 tracing::error!(error = %e, "request failed in the engine");
                 tot.error = true;
@@ -829,7 +880,7 @@ async fn collect_response(
                         .and_then(|e| e.get(i / shape.n).cloned())
                         .unwrap_or_default();
                     let lp = if shape.logprobs {
-                        shape.completion_logprobs(engine, &c.logprobs, prefix.len())
+                        shape.completion_logprobs(engine, &c.logprobs, prefix.chars().count())
                     } else {
                         Value::Null
                     };
@@ -893,6 +944,16 @@ impl StreamState {
         }
     }
 
+    /// Characters of the echoed prompt in front of choice `i` (0 without `echo`).
+    fn echo_chars(&self, i: usize) -> usize {
+        self.shape
+            .echo
+            .as_ref()
+            .and_then(|e| e.get(i / self.shape.n))
+            .map(|t| t.chars().count())
+            .unwrap_or(0)
+    }
+
     fn content_chunk(&self, i: usize, text: &str, lps: &[TokenLogprob], offset: usize) -> Value {
         let choice = match self.shape.kind {
             Kind::Chat => json!({
@@ -916,6 +977,7 @@ impl StreamState {
         match ev {
             RequestEvent::Delta(d) => {
                 let i = p * n + d.index;
+                let echo_chars = self.echo_chars(i);
                 let c = self.choices.entry(i).or_default();
                 if let Some(prev) = c.last_time {
                     self.state
@@ -924,9 +986,11 @@ impl StreamState {
                         .observe(d.time.duration_since(prev).as_secs_f64());
                 }
                 c.last_time = Some(d.time);
-                let offset = c.text.len();
+                let offset = echo_chars + c.text_chars;
+                c.text_chars += d.text.chars().count();
                 c.text.push_str(&d.text);
-                if d.text.is_empty() && !(self.shape.logprobs && !d.logprobs.is_empty()) {
+                let has_logprobs = self.shape.logprobs && !d.logprobs.is_empty();
+                if d.text.is_empty() && !has_logprobs {
                     return;
                 }
                 let chunk = self.content_chunk(i, &d.text, &d.logprobs, offset);
@@ -942,7 +1006,8 @@ impl StreamState {
             } => {
                 let i = p * n + index;
                 if !text.is_empty() {
-                    let offset = self.choices.get(&i).map(|c| c.text.len()).unwrap_or(0);
+                    let offset = self.echo_chars(i)
+                        + self.choices.get(&i).map(|c| c.text_chars).unwrap_or(0);
                     let chunk = self.content_chunk(i, &text, &[], offset);
                     self.pending.push_back(data(&chunk));
                 }
@@ -958,20 +1023,10 @@ impl StreamState {
                 self.pending.push_back(data(&chunk));
                 add_usage(&mut self.tot, index, n, &usage);
                 observe_finish(&self.state.metrics, &timing);
-                tracing::info!(
-                    id = %self.shape.id,
-                    index = i,
-                    prompt_tokens = usage.prompt_tokens,
-                    completion_tokens = usage.completion_tokens,
-                    cached_tokens = usage.cached_tokens,
-                    queue_s = timing.queue_s(),
-                    prefill_s = timing.prefill_s(),
-                    decode_s = timing.decode_s(),
-                    finish_reason = reason.as_str(),
-                    "request finished"
-                );
+                log_finish(&self.shape.id, i, &usage, &timing, reason);
                 self.tot.timing.get_or_insert(timing);
             }
+            RequestEvent::PromptLogprobs(_) => {}
             RequestEvent::Error(e) => {
                 tracing::error!(error = %e, "request failed in the engine");
                 self.tot.error = true;

@@ -170,6 +170,7 @@ pub fn generation_params(
         priority: c.priority.unwrap_or(0),
         cache_salt: c.cache_salt.clone(),
         n,
+        prompt_logprobs: None,
     })
 }
 

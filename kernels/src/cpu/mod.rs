@@ -2,6 +2,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod cache_write;
+pub(crate) mod lora;
 
 use candle_core::{bail, Layout, Result, WithDType};
 use half::{bf16, f16, slice::HalfFloatSliceExt};
