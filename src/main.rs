@@ -1,6 +1,7 @@
 //! `lantern`: the command-line entry point: `serve`, `generate`, `bench`.
 
 mod common;
+mod export;
 mod generate;
 mod serve;
 mod throughput;
@@ -26,13 +27,15 @@ enum Command {
     Generate(Box<generate::GenerateArgs>),
     /// Offline engine benchmark (no HTTP): prefill/decode throughput.
     Throughput(Box<throughput::ThroughputArgs>),
+    /// Write the model's tokenizer as a Hugging Face tokenizer directory.
+    ExportTokenizer(Box<export::ExportTokenizerArgs>),
 }
 
 fn main() {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
-        Command::Generate(_) | Command::Throughput(_) => "warn",
+        Command::Generate(_) | Command::Throughput(_) | Command::ExportTokenizer(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -45,6 +48,7 @@ fn main() {
         Command::Serve(args) => serve::run(*args),
         Command::Generate(args) => generate::run(*args),
         Command::Throughput(args) => throughput::run(*args),
+        Command::ExportTokenizer(args) => export::run(*args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

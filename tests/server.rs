@@ -934,17 +934,16 @@ fn completion_prompt_arrays() {
 }
 
 #[test]
-fn completion_echo_and_logprobs() {
+fn completion_logprobs() {
     let s = shared();
     let greedy = greedy_text();
     let mut body = completion_body(json!(text_prompt()), 16);
-    body["echo"] = json!(true);
     body["logprobs"] = json!(3);
     let v = post_ok(&s.url("/v1/completions"), &body);
     check_completion_shape(&v);
     let c = &v["choices"][0];
     let text = c["text"].as_str().unwrap();
-    assert_eq!(text, format!("{}{greedy}", text_prompt()));
+    assert_eq!(text, greedy);
     let lp = &c["logprobs"];
     let tokens: Vec<&str> = lp["tokens"]
         .as_array()
@@ -969,8 +968,8 @@ fn completion_echo_and_logprobs() {
     assert_eq!(token_lps.len(), 16);
     assert_eq!(tops.len(), 16);
     assert_eq!(offsets.len(), 16);
-    // Offsets are character offsets into `text`, starting after the echoed prompt.
-    assert_eq!(offsets[0], text_prompt().chars().count() as u64);
+    // Offsets are character offsets into `text`.
+    assert_eq!(offsets[0], 0);
     for i in 0..16 {
         assert!(token_lps[i] <= 0.0, "{}", token_lps[i]);
         if i + 1 < 16 {
@@ -1014,7 +1013,7 @@ fn completion_echo_and_logprobs() {
         assert!(top.keys().all(|k| k.starts_with("token_id:")));
     }
 
-    // Streaming: same text, offsets continue from the echoed prompt.
+    // Streaming: same text, same offsets.
     body["return_tokens_as_token_ids"] = json!(false);
     body["stream"] = json!(true);
     let chunks = stream_chunks(&s.url("/v1/completions"), &body);
@@ -1032,6 +1031,67 @@ fn completion_echo_and_logprobs() {
         .map(|x| x.as_u64().unwrap())
         .collect();
     assert_eq!(streamed_offsets, offsets, "streamed text_offset");
+}
+
+#[test]
+fn completion_echo_with_logprobs_returns_prompt_logprobs_like_transformers() {
+    let s = shared();
+    let prompt = ref_prompt(1);
+    let reference = candle_core::safetensors::load(
+        model_dir().join("reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let rows = reference["prefill_logits.1"].to_vec2::<f32>().unwrap();
+    let mut body = completion_body(json!(prompt.clone()), 4);
+    body["echo"] = json!(true);
+    body["logprobs"] = json!(2);
+    body["ignore_eos"] = json!(true);
+    body["return_tokens_as_token_ids"] = json!(true);
+    let check = |lp: &Value| {
+        let tokens = lp["tokens"].as_array().unwrap();
+        let token_lps = lp["token_logprobs"].as_array().unwrap();
+        let tops = lp["top_logprobs"].as_array().unwrap();
+        assert_eq!(tokens.len(), prompt.len() + 4);
+        assert_eq!(token_lps.len(), prompt.len() + 4);
+        assert_eq!(tops.len(), prompt.len() + 4);
+        assert!(token_lps[0].is_null() && tops[0].is_null());
+        for j in 0..prompt.len() {
+            assert_eq!(tokens[j], json!(format!("token_id:{}", prompt[j])));
+        }
+        for j in 1..prompt.len() {
+            let row = &rows[j - 1];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+            let want = f64::from(row[prompt[j] as usize] - lse);
+            let got = token_lps[j].as_f64().unwrap();
+            assert!((got - want).abs() < 1e-4, "prompt position {j}: {got} vs {want}");
+            assert_eq!(tops[j].as_object().unwrap().len(), 2);
+        }
+        let gen: Vec<u32> = tokens[prompt.len()..]
+            .iter()
+            .map(|t| t.as_str().unwrap()["token_id:".len()..].parse().unwrap())
+            .collect();
+        assert_eq!(gen, ref_greedy(1)[..4].to_vec());
+    };
+    let v = post_ok(&s.url("/v1/completions"), &body);
+    check(&v["choices"][0]["logprobs"]);
+    // Streaming: the prompt chunk carries the prompt logprobs; all chunks together equal
+    // the non-streamed logprobs.
+    body["stream"] = json!(true);
+    let chunks = stream_chunks(&s.url("/v1/completions"), &body);
+    let mut merged = json!({"tokens": [], "token_logprobs": [], "top_logprobs": []});
+    for c in &chunks {
+        let Some(lp) = c["choices"].get(0).map(|ch| &ch["logprobs"]) else { continue };
+        if lp.is_null() {
+            continue;
+        }
+        for k in ["tokens", "token_logprobs", "top_logprobs"] {
+            let add = lp[k].as_array().unwrap().clone();
+            merged[k].as_array_mut().unwrap().extend(add);
+        }
+    }
+    check(&merged);
 }
 
 #[test]
@@ -1173,7 +1233,7 @@ fn chat_stream_matches_non_stream() {
     assert!(choice["logprobs"].is_null());
     let usage = &v["usage"];
     let completion_tokens = usage["completion_tokens"].as_u64().unwrap();
-    assert!(completion_tokens >= 1 && completion_tokens <= 24);
+    assert!((1..=24).contains(&completion_tokens));
     if finish == "length" {
         assert_eq!(completion_tokens, 24);
     }
@@ -1739,4 +1799,12 @@ fn graceful_shutdown_finishes_in_flight_streams() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "exit status {status}:\n{}", s.log_tail());
+    // The request really was in flight when the shutdown began.
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    let began = log.find("shutting down").expect("shutdown logged");
+    let finished = log.find("request finished").expect("request logged");
+    assert!(
+        began < finished,
+        "the stream finished before SIGTERM:\n{log}"
+    );
 }

@@ -212,7 +212,7 @@ pub fn meets_slo(r: &RequestRecord, slo: &Slo) -> bool {
 
 /// Times (offsets from the run start) and token weights of each content chunk of a
 /// successful request; a request's output tokens are spread evenly over its chunks.
-fn token_events(records: &[RequestRecord]) -> Vec<(f64, f64)> {
+pub(crate) fn token_events(records: &[RequestRecord]) -> Vec<(f64, f64)> {
     let mut ev = Vec::new();
     for r in records.iter().filter(|r| r.success) {
         let Some(ttft) = r.ttft_s else { continue };

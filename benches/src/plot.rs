@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::metrics::{percentile, RequestRecord, Timeline};
+use crate::metrics::{percentile, token_events, RequestRecord};
 use crate::report::BenchResult;
 
 const W: f64 = 1000.0;
@@ -43,16 +43,14 @@ pub fn nice_step(span: f64, n: usize) -> f64 {
     nice * mag
 }
 
-fn fmt_tick(v: f64) -> String {
-    if v == 0.0 {
-        "0".into()
-    } else if v.abs() >= 100.0 || v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.1}")
+/// Tick label with as many decimals as the step needs.
+fn fmt_tick(v: f64, step: f64) -> String {
+    let decimals = if step > 0.0 && step < 1.0 {
+        (-step.log10().floor()) as usize
     } else {
-        format!("{v:.3}")
-    }
+        0
+    };
+    format!("{v:.decimals$}")
 }
 
 struct Series<'a> {
@@ -104,7 +102,7 @@ fn panel(
             left + pw,
             left - 6.0,
             y + 4.0,
-            fmt_tick(t)
+            fmt_tick(t, y_step)
         );
         t += y_step;
     }
@@ -117,7 +115,7 @@ fn panel(
             top + ph,
             top + ph + 4.0,
             top + ph + 16.0,
-            fmt_tick(t)
+            fmt_tick(t, x_step)
         );
         t += x_step;
     }
@@ -215,6 +213,42 @@ fn latency_values(records: &[RequestRecord]) -> [(&'static str, Vec<f64>); 4] {
     ]
 }
 
+/// Output tokens/s in buckets of a "nice" width (about 40 over `span`), as a step
+/// line; returns the points and the bucket width.
+pub fn throughput_steps(records: &[RequestRecord], span: f64) -> (Vec<(f64, f64)>, f64) {
+    let w = nice_step(span, 40).max(0.001);
+    let n = ((span / w).ceil() as usize).max(1);
+    let mut sums = vec![0.0; n];
+    for (t, tokens) in token_events(records) {
+        let i = ((t.max(0.0) / w) as usize).min(n - 1);
+        sums[i] += tokens;
+    }
+    let mut pts = Vec::with_capacity(2 * n);
+    for (i, s) in sums.iter().enumerate() {
+        let v = s / w;
+        pts.push((i as f64 * w, v));
+        pts.push((((i + 1) as f64 * w).min(span.max(w)), v));
+    }
+    (pts, w)
+}
+
+/// Exact number of requests in flight over time, as a step line.
+pub fn in_flight_steps(records: &[RequestRecord]) -> Vec<(f64, f64)> {
+    let mut ev: Vec<(f64, i64)> = records
+        .iter()
+        .flat_map(|r| [(r.start_s, 1), (r.start_s + r.e2el_s, -1)])
+        .collect();
+    ev.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut pts = vec![(0.0, 0.0)];
+    let mut cur = 0i64;
+    for (t, d) in ev {
+        pts.push((t, cur as f64));
+        cur += d;
+        pts.push((t, cur as f64));
+    }
+    pts
+}
+
 /// The SVG document for a result.
 pub fn render_svg(r: &BenchResult) -> String {
     let rows_h = 2.0 * PANEL_H + 2.0 * PANEL_H * 0.85;
@@ -268,11 +302,12 @@ pub fn render_svg(r: &BenchResult) -> String {
             100.0,
         );
     }
-    let Timeline {
-        output_tokens_per_s,
-        running_requests,
-    } = &r.timeline;
-    let n = output_tokens_per_s.len() as f64;
+    let span = r
+        .requests
+        .iter()
+        .map(|q| q.start_s + q.e2el_s)
+        .fold(r.metrics.duration_s, f64::max);
+    let (tokens, bucket) = throughput_steps(&r.requests, span);
     let y_base = 50.0 + 2.0 * PANEL_H;
     panel(
         &mut out,
@@ -280,19 +315,18 @@ pub fn render_svg(r: &BenchResult) -> String {
         y_base,
         W,
         PANEL_H * 0.85,
-        "Output token throughput per second",
+        &format!(
+            "Output token throughput ({} s buckets)",
+            fmt_tick(bucket, bucket)
+        ),
         "time since start (s)",
         "tokens/s",
         &[Series {
-            points: output_tokens_per_s
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i as f64 + 0.5, *v))
-                .collect(),
+            points: tokens,
             color: "#9467bd",
             label: "output tok/s",
         }],
-        n,
+        span,
     );
     panel(
         &mut out,
@@ -304,15 +338,11 @@ pub fn render_svg(r: &BenchResult) -> String {
         "time since start (s)",
         "requests",
         &[Series {
-            points: running_requests
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i as f64 + 0.5, *v as f64))
-                .collect(),
+            points: in_flight_steps(&r.requests),
             color: "#8c564b",
             label: "in flight",
         }],
-        n,
+        span,
     );
     out.push_str("</svg>\n");
     out
@@ -352,6 +382,25 @@ mod tests {
         assert_eq!(nice_step(0.3, 5), 0.1);
         assert_eq!(nice_step(2300.0, 5), 500.0);
         assert_eq!(nice_step(0.0, 5), 1.0);
+        assert_eq!(fmt_tick(0.5, 0.1), "0.5");
+        assert_eq!(fmt_tick(0.25, 0.05), "0.25");
+        assert_eq!(fmt_tick(1500.0, 500.0), "1500");
+    }
+
+    #[test]
+    fn step_series() {
+        // Two requests overlapping on [0.5, 1.0).
+        let a = record(0.0, 0.2, &[0.8], 2);
+        let b = record(0.5, 0.1, &[0.1], 2);
+        let f = in_flight_steps(&[a.clone(), b.clone()]);
+        let peak = f.iter().map(|p| p.1).fold(0.0, f64::max);
+        assert_eq!(peak, 2.0);
+        assert_eq!(f.last().unwrap().1, 0.0);
+        let (pts, w) = throughput_steps(&[a, b], 1.0);
+        assert_eq!(w, 0.05);
+        // 4 tokens in total: the integral of the step line is 4.
+        let area: f64 = pts.chunks(2).map(|c| (c[1].0 - c[0].0) * c[0].1).sum();
+        assert!((area - 4.0).abs() < 1e-9, "{area}");
     }
 
     #[test]

@@ -218,7 +218,9 @@ pub fn lora_add_naive(
     }
     let ranks = match &w.ranks {
         Some(r) if r.len() == num_slots && r.iter().all(|&r| r <= max_rank) => r.clone(),
-        Some(r) => bail!("lora_add_naive: bad ranks {r:?} for {num_slots} slots of max_rank {max_rank}"),
+        Some(r) => {
+            bail!("lora_add_naive: bad ranks {r:?} for {num_slots} slots of max_rank {max_rank}")
+        }
         None => vec![max_rank; num_slots],
     };
     let slots = batch

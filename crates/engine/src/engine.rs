@@ -520,6 +520,9 @@ impl EngineCore {
             }
             self.reap_cancelled();
             if !self.sched.has_unfinished() {
+                // Idle: publish what the commands changed (aborts free blocks too).
+                self.refresh_snapshot();
+                let _ = self.snap_tx.send(self.snapshot.clone());
                 continue;
             }
             if !self.step() {

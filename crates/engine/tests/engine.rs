@@ -477,3 +477,58 @@ fn queue_full_is_overload() {
         assert_eq!(collect(s)[0].tokens.len(), 50);
     }
 }
+
+#[test]
+fn prompt_logprobs_match_reference_and_skip_the_cache() {
+    let (prompts, _) = reference("tiny-qwen3");
+    let reference = candle_core::safetensors::load(
+        fixture("tiny-qwen3").join("reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let e = engine(
+        "tiny-qwen3",
+        EngineConfig {
+            // Force the prompt through several chunks.
+            max_num_batched_tokens: 32,
+            ..EngineConfig::default()
+        },
+    );
+    let prompt = prompts[2].clone(); // 70 tokens
+    let rows = reference["prefill_logits.2"].to_vec2::<f32>().unwrap();
+    for round in 0..2 {
+        let params = GenerationParams {
+            prompt_logprobs: Some(3),
+            ..greedy(2)
+        };
+        let mut s = e.handle().submit_blocking(prompt.clone(), params).unwrap();
+        let mut got = None;
+        let mut cached = None;
+        while let Some(ev) = s.blocking_next() {
+            match ev {
+                RequestEvent::PromptLogprobs(v) => {
+                    assert!(got.is_none(), "prompt logprobs sent twice");
+                    got = Some(v);
+                }
+                RequestEvent::Delta(_) => assert!(got.is_some(), "prompt logprobs after a delta"),
+                RequestEvent::Finished { usage, .. } => cached = Some(usage.cached_tokens),
+                RequestEvent::Error(e) => panic!("{e}"),
+            }
+        }
+        let got = got.unwrap();
+        assert_eq!(cached, Some(0), "round {round}: prompt logprobs must not use cached blocks");
+        assert_eq!(got.len(), prompt.len());
+        assert!(got[0].is_none());
+        for j in 1..prompt.len() {
+            let row = &rows[j - 1];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+            let want = row[prompt[j] as usize] - lse;
+            let lp = got[j].as_ref().unwrap();
+            assert_eq!(lp.token_id, prompt[j]);
+            assert!((lp.logprob - want).abs() < 1e-4, "position {j}: {} vs {want}", lp.logprob);
+            assert_eq!(lp.top.len(), 3);
+            assert!(lp.top[0].1 >= lp.top[1].1);
+        }
+    }
+}

@@ -380,6 +380,8 @@ struct Shape {
     /// Completions with `echo`: the prompt text of each prompt.
     echo: Option<Vec<String>>,
     prompt_lens: Vec<usize>,
+    /// `echo` with `logprobs`: the prompt tokens (their logprobs come from the engine).
+    echo_prompt_ids: Option<Vec<Vec<u32>>>,
 }
 
 impl Shape {
@@ -446,6 +448,62 @@ impl Shape {
         json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
     }
 
+    /// Completion logprobs of the echoed prompt (first token: null) followed by the
+    /// generated tokens (which start at character `gen_offset` of the text).
+    fn echo_completion_logprobs(
+        &self,
+        engine: &EngineHandle,
+        prompt: &[u32],
+        prompt_lps: &[Option<TokenLogprob>],
+        gen: &[TokenLogprob],
+        gen_offset: usize,
+    ) -> Value {
+        let mut tokens = Vec::new();
+        let mut token_logprobs = Vec::new();
+        let mut top = Vec::new();
+        let mut offsets = Vec::new();
+        let mut off = 0usize;
+        for (j, &id) in prompt.iter().enumerate() {
+            let t = self.token_str(engine, id);
+            offsets.push(off);
+            off += t.chars().count();
+            tokens.push(json!(t));
+            match prompt_lps.get(j).and_then(|x| x.as_ref()) {
+                Some(lp) => {
+                    token_logprobs.push(json!(lp.logprob));
+                    let mut m = serde_json::Map::new();
+                    for &(tid, l) in &lp.top {
+                        let key = self.token_str(engine, tid);
+                        let better = m
+                            .get(&key)
+                            .and_then(Value::as_f64)
+                            .is_none_or(|old| f64::from(l) > old);
+                        if better {
+                            m.insert(key, json!(l));
+                        }
+                    }
+                    top.push(Value::Object(m));
+                }
+                None => {
+                    token_logprobs.push(Value::Null);
+                    top.push(Value::Null);
+                }
+            }
+        }
+        let g = self.completion_logprobs(engine, gen, gen_offset);
+        let ext = |v: &mut Vec<Value>, key: &str| {
+            if let Some(a) = g.get(key).and_then(|x| x.as_array()) {
+                v.extend(a.iter().cloned());
+            }
+        };
+        ext(&mut tokens, "tokens");
+        ext(&mut token_logprobs, "token_logprobs");
+        ext(&mut top, "top_logprobs");
+        let mut offsets: Vec<Value> = offsets.into_iter().map(|o| json!(o)).collect();
+        ext(&mut offsets, "text_offset");
+        json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
+    }
+
     fn usage_json(&self, usage: &Usage) -> Value {
         json!({
             "prompt_tokens": usage.prompt_tokens,
@@ -486,8 +544,9 @@ fn timing_json(t: &RequestTiming) -> Value {
 #[derive(Debug, Default, Clone)]
 struct Choice {
     text: String,
-    /// Characters in `text` (streaming: for `text_offset`).
-    text_chars: usize,
+    /// Streaming completions with logprobs: characters of the token strings sent so far,
+    /// so `text_offset` counts exactly as in the non-streaming response.
+    token_chars: usize,
     logprobs: Vec<TokenLogprob>,
     finish: Option<FinishReason>,
     stop_reason: Value,
@@ -675,6 +734,7 @@ async fn chat_inner(
             .unwrap_or(false),
         echo: None,
         prompt_lens: vec![ids.len()],
+        echo_prompt_ids: None,
     };
     let streams = submit_all(ready, vec![ids], &params, "messages").await?;
     if req.common.stream.unwrap_or(false) {
@@ -749,6 +809,13 @@ async fn completions_inner(
             ));
         }
     }
+    let mut params = params;
+    let echo_prompt_ids = if req.echo.unwrap_or(false) && req.logprobs.is_some() {
+        params.prompt_logprobs = req.logprobs;
+        Some(prompts.clone())
+    } else {
+        None
+    };
     let echo = if req.echo.unwrap_or(false) {
         Some(
             prompts
@@ -781,6 +848,7 @@ async fn completions_inner(
             .unwrap_or(false),
         echo,
         prompt_lens: prompts.iter().map(Vec::len).collect(),
+        echo_prompt_ids,
     };
     let streams = submit_all(ready, prompts, &params, "prompt").await?;
     if req.common.stream.unwrap_or(false) {
@@ -816,6 +884,7 @@ async fn collect_response(
     let n = shape.n;
     let mut merged = merge(streams);
     let mut choices: HashMap<usize, Choice> = HashMap::new();
+    let mut prompt_lps: HashMap<usize, Vec<Option<TokenLogprob>>> = HashMap::new();
     let mut tot = Totals::default();
     while let Some((p, ev)) = merged.next().await {
         match ev {
@@ -848,7 +917,9 @@ async fn collect_response(
                 log_finish(&shape.id, p * n + index, &usage, &timing, reason);
                 tot.timing.get_or_insert(timing);
             }
-            RequestEvent::PromptLogprobs(_) => {}
+            RequestEvent::PromptLogprobs(lps) => {
+                prompt_lps.insert(p, lps);
+            }
             RequestEvent::Error(e) => {
                 tracing::error!(error = %e, "request failed in the engine");
                 tot.error = true;
@@ -879,10 +950,19 @@ async fn collect_response(
                         .as_ref()
                         .and_then(|e| e.get(i / shape.n).cloned())
                         .unwrap_or_default();
-                    let lp = if shape.logprobs {
-                        shape.completion_logprobs(engine, &c.logprobs, prefix.chars().count())
-                    } else {
-                        Value::Null
+                    let p = i / shape.n;
+                    let lp = match (&shape.echo_prompt_ids, shape.logprobs) {
+                        (Some(ids), true) => shape.echo_completion_logprobs(
+                            engine,
+                            ids.get(p).map(Vec::as_slice).unwrap_or(&[]),
+                            prompt_lps.get(&p).map(Vec::as_slice).unwrap_or(&[]),
+                            &c.logprobs,
+                            prefix.chars().count(),
+                        ),
+                        (None, true) => {
+                            shape.completion_logprobs(engine, &c.logprobs, prefix.chars().count())
+                        }
+                        _ => Value::Null,
                     };
                     json!({
                         "index": i,
@@ -934,6 +1014,10 @@ impl StreamState {
                     json!({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null})
                 }
                 Kind::Completion => {
+                    if self.shape.echo_prompt_ids.is_some() {
+                        // Sent with the prompt logprobs when they arrive.
+                        continue;
+                    }
                     let Some(e) = &self.shape.echo else { continue };
                     let text = e.get(i / self.shape.n).cloned().unwrap_or_default();
                     json!({"index": i, "text": text, "logprobs": null, "finish_reason": null})
@@ -986,8 +1070,19 @@ impl StreamState {
                         .observe(d.time.duration_since(prev).as_secs_f64());
                 }
                 c.last_time = Some(d.time);
-                let offset = echo_chars + c.text_chars;
-                c.text_chars += d.text.chars().count();
+                let offset = echo_chars + c.token_chars;
+                if self.shape.logprobs && self.shape.kind == Kind::Completion {
+                    c.token_chars += d
+                        .logprobs
+                        .iter()
+                        .map(|lp| {
+                            self.shape
+                                .token_str(&self.engine, lp.token_id)
+                                .chars()
+                                .count()
+                        })
+                        .sum::<usize>();
+                }
                 c.text.push_str(&d.text);
                 let has_logprobs = self.shape.logprobs && !d.logprobs.is_empty();
                 if d.text.is_empty() && !has_logprobs {
@@ -1007,7 +1102,7 @@ impl StreamState {
                 let i = p * n + index;
                 if !text.is_empty() {
                     let offset = self.echo_chars(i)
-                        + self.choices.get(&i).map(|c| c.text_chars).unwrap_or(0);
+                        + self.choices.get(&i).map(|c| c.token_chars).unwrap_or(0);
                     let chunk = self.content_chunk(i, &text, &[], offset);
                     self.pending.push_back(data(&chunk));
                 }
@@ -1026,7 +1121,26 @@ impl StreamState {
                 log_finish(&self.shape.id, i, &usage, &timing, reason);
                 self.tot.timing.get_or_insert(timing);
             }
-            RequestEvent::PromptLogprobs(_) => {}
+            RequestEvent::PromptLogprobs(lps) => {
+                let Some(ids) = self.shape.echo_prompt_ids.as_ref().and_then(|v| v.get(p)) else {
+                    return;
+                };
+                let text = self
+                    .shape
+                    .echo
+                    .as_ref()
+                    .and_then(|e| e.get(p).cloned())
+                    .unwrap_or_default();
+                let lp = self
+                    .shape
+                    .echo_completion_logprobs(&self.engine, ids, &lps, &[], 0);
+                for i in p * n..(p + 1) * n {
+                    let choice =
+                        json!({"index": i, "text": text, "logprobs": lp, "finish_reason": null});
+                    let chunk = self.shape.chunk(vec![choice]);
+                    self.pending.push_back(data(&chunk));
+                }
+            }
             RequestEvent::Error(e) => {
                 tracing::error!(error = %e, "request failed in the engine");
                 self.tot.error = true;

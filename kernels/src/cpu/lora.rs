@@ -243,7 +243,8 @@ fn run<T: Elem>(
             run_job(&mut scratch, job);
         }
     } else {
-        jobs.into_par_iter().for_each_init(Scratch::default, run_job);
+        jobs.into_par_iter()
+            .for_each_init(Scratch::default, run_job);
     }
     Ok(T::to_cpu_storage_owned(out))
 }
@@ -439,14 +440,20 @@ fn tail_dot(x: &[f32], a: &[f32]) -> f32 {
     x[n..].iter().zip(&a[n..]).map(|(&p, &q)| p * q).sum()
 }
 
+/// `acc[l] += x[l] * a[l]` for one chunk of 8 (one vector register).
+#[inline(always)]
+fn lanes_madd<const FMA: bool>(acc: &mut [f32; 8], x: &[f32], a: &[f32]) {
+    for ((s, &p), &q) in acc.iter_mut().zip(x).zip(a) {
+        *s = madd::<FMA>(p, q, *s);
+    }
+}
+
 /// `sum(x[i] * a[i])` with 8 lane accumulators so the loop vectorises.
 #[inline(always)]
 fn dot<const FMA: bool>(x: &[f32], a: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     for (x8, a8) in x.chunks_exact(8).zip(a.chunks_exact(8)) {
-        for ((s, &p), &q) in acc.iter_mut().zip(x8).zip(a8) {
-            *s = madd::<FMA>(p, q, *s);
-        }
+        lanes_madd::<FMA>(&mut acc, x8, a8);
     }
     reduce(&acc, tail_dot(x, a))
 }
@@ -454,7 +461,7 @@ fn dot<const FMA: bool>(x: &[f32], a: &[f32]) -> f32 {
 /// Four [`dot`]s against the same `a`, sharing its loads; bit-identical to four `dot` calls.
 #[inline(always)]
 fn dot4<const FMA: bool>(xs: [&[f32]; 4], a: &[f32]) -> [f32; 4] {
-    let mut acc = [[0.0f32; 8]; 4];
+    let (mut s0, mut s1, mut s2, mut s3) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
     let [x0, x1, x2, x3] = xs;
     for ((((a8, c0), c1), c2), c3) in a
         .chunks_exact(8)
@@ -463,18 +470,16 @@ fn dot4<const FMA: bool>(xs: [&[f32]; 4], a: &[f32]) -> [f32; 4] {
         .zip(x2.chunks_exact(8))
         .zip(x3.chunks_exact(8))
     {
-        for l in 0..8 {
-            acc[0][l] = madd::<FMA>(c0[l], a8[l], acc[0][l]);
-            acc[1][l] = madd::<FMA>(c1[l], a8[l], acc[1][l]);
-            acc[2][l] = madd::<FMA>(c2[l], a8[l], acc[2][l]);
-            acc[3][l] = madd::<FMA>(c3[l], a8[l], acc[3][l]);
-        }
+        lanes_madd::<FMA>(&mut s0, c0, a8);
+        lanes_madd::<FMA>(&mut s1, c1, a8);
+        lanes_madd::<FMA>(&mut s2, c2, a8);
+        lanes_madd::<FMA>(&mut s3, c3, a8);
     }
     [
-        reduce(&acc[0], tail_dot(x0, a)),
-        reduce(&acc[1], tail_dot(x1, a)),
-        reduce(&acc[2], tail_dot(x2, a)),
-        reduce(&acc[3], tail_dot(x3, a)),
+        reduce(&s0, tail_dot(x0, a)),
+        reduce(&s1, tail_dot(x1, a)),
+        reduce(&s2, tail_dot(x2, a)),
+        reduce(&s3, tail_dot(x3, a)),
     ]
 }
 
@@ -493,7 +498,11 @@ mod tests {
     #[test]
     fn dot4_is_bit_identical_to_dot() {
         for n in [0usize, 1, 7, 8, 9, 31, 576, 577] {
-            let v = |s: f32| (0..n).map(|i| ((i as f32 + s) * 0.37).sin()).collect::<Vec<_>>();
+            let v = |s: f32| {
+                (0..n)
+                    .map(|i| ((i as f32 + s) * 0.37).sin())
+                    .collect::<Vec<_>>()
+            };
             let (a, x0, x1, x2, x3) = (v(0.0), v(1.0), v(2.0), v(3.0), v(4.0));
             let four = dot4::<false>([&x0, &x1, &x2, &x3], &a);
             let one = [
