@@ -25,6 +25,9 @@ enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Run prompts through the model and print the completions.
     Generate(Box<generate::GenerateArgs>),
+    /// Benchmark an OpenAI-compatible server (or start one with --embedded): TTFT, TPOT,
+    /// ITL, E2E latency percentiles, throughput, goodput.
+    Bench(Box<lantern_bench::BenchArgs>),
     /// Offline engine benchmark (no HTTP): prefill/decode throughput.
     Throughput(Box<throughput::ThroughputArgs>),
     /// Write the model's tokenizer as a Hugging Face tokenizer directory.
@@ -35,7 +38,10 @@ fn main() {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
-        Command::Generate(_) | Command::Throughput(_) | Command::ExportTokenizer(_) => "warn",
+        Command::Generate(_)
+        | Command::Throughput(_)
+        | Command::ExportTokenizer(_)
+        | Command::Bench(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -49,6 +55,7 @@ fn main() {
         Command::Generate(args) => generate::run(*args),
         Command::Throughput(args) => throughput::run(*args),
         Command::ExportTokenizer(args) => export::run(*args),
+        Command::Bench(args) => lantern_bench::run_blocking(*args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1065,7 +1065,10 @@ fn completion_echo_with_logprobs_returns_prompt_logprobs_like_transformers() {
             let lse = max + row.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
             let want = f64::from(row[prompt[j] as usize] - lse);
             let got = token_lps[j].as_f64().unwrap();
-            assert!((got - want).abs() < 1e-4, "prompt position {j}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-4,
+                "prompt position {j}: {got} vs {want}"
+            );
             assert_eq!(tops[j].as_object().unwrap().len(), 2);
         }
         let gen: Vec<u32> = tokens[prompt.len()..]
@@ -1082,7 +1085,9 @@ fn completion_echo_with_logprobs_returns_prompt_logprobs_like_transformers() {
     let chunks = stream_chunks(&s.url("/v1/completions"), &body);
     let mut merged = json!({"tokens": [], "token_logprobs": [], "top_logprobs": []});
     for c in &chunks {
-        let Some(lp) = c["choices"].get(0).map(|ch| &ch["logprobs"]) else { continue };
+        let Some(lp) = c["choices"].get(0).map(|ch| &ch["logprobs"]) else {
+            continue;
+        };
         if lp.is_null() {
             continue;
         }

@@ -177,6 +177,56 @@ pub struct Metrics {
     pub server_decode_ms: Option<Stats>,
     /// Successful requests whose output token count came from chunk counting.
     pub requests_without_usage: usize,
+    /// Per-`model` breakdown (LoRA adapters), present when requests used more than one
+    /// model name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_model: BTreeMap<String, ModelSummary>,
+}
+
+/// Figures of the requests sent to one `model` (adapter).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    /// Successful requests.
+    pub completed: usize,
+    /// Failed requests.
+    pub failed: usize,
+    /// Output tokens of successful requests.
+    pub output_tokens: usize,
+    /// Mean TTFT (ms).
+    pub ttft_ms_mean: f64,
+    /// P99 TTFT (ms).
+    pub ttft_ms_p99: f64,
+    /// Mean TPOT (ms).
+    pub tpot_ms_mean: f64,
+    /// Mean E2EL (ms).
+    pub e2el_ms_mean: f64,
+}
+
+fn per_model(records: &[RequestRecord]) -> BTreeMap<String, ModelSummary> {
+    let mut groups: BTreeMap<&str, Vec<&RequestRecord>> = BTreeMap::new();
+    for r in records {
+        groups.entry(r.model.as_str()).or_default().push(r);
+    }
+    if groups.len() < 2 {
+        return BTreeMap::new();
+    }
+    groups
+        .into_iter()
+        .map(|(name, rs)| {
+            let ok: Vec<&&RequestRecord> = rs.iter().filter(|r| r.success).collect();
+            let ttft = stats(&ms(ok.iter().filter_map(|r| r.ttft_s)), &[99.0]);
+            let summary = ModelSummary {
+                completed: ok.len(),
+                failed: rs.len() - ok.len(),
+                output_tokens: ok.iter().map(|r| r.output_tokens).sum(),
+                ttft_ms_mean: ttft.mean,
+                ttft_ms_p99: ttft.at(99.0).unwrap_or(0.0),
+                tpot_ms_mean: stats(&ms(ok.iter().filter_map(|r| r.tpot_s)), &[]).mean,
+                e2el_ms_mean: stats(&ms(ok.iter().map(|r| r.e2el_s)), &[]).mean,
+            };
+            (name.to_string(), summary)
+        })
+        .collect()
 }
 
 /// TPOT of one request: `(e2el - ttft) / (out - 1)` when it produced more than one token.
@@ -348,6 +398,7 @@ pub fn compute(
         server_prefill_ms: server(|t| t.prefill_s),
         server_decode_ms: server(|t| t.decode_s),
         requests_without_usage: ok.iter().filter(|r| !r.output_tokens_from_usage).count(),
+        per_model: per_model(records),
     }
 }
 
@@ -474,6 +525,23 @@ mod tests {
         // ITLs of successful requests only: [100, 100, 10, 10] ms.
         assert_eq!(m.itl_ms.count, 4);
         assert!(close(m.itl_ms.mean, 55.0));
+        assert!(m.per_model.is_empty(), "one model: no breakdown");
+    }
+
+    #[test]
+    fn per_model_breakdown() {
+        let mut a = record(0.0, 0.1, &[0.1], 2);
+        a.model = "ad-a".into();
+        let mut b = record(0.0, 0.3, &[0.1], 2);
+        b.model = "ad-b".into();
+        let mut c = b.clone();
+        c.success = false;
+        let m = compute(&[a, b, c], 1.0, &[50.0], None);
+        assert_eq!(m.per_model.len(), 2);
+        let pb = &m.per_model["ad-b"];
+        assert_eq!((pb.completed, pb.failed, pb.output_tokens), (1, 1, 2));
+        assert!(close(pb.ttft_ms_mean, 300.0));
+        assert!(close(m.per_model["ad-a"].e2el_ms_mean, 200.0));
     }
 
     #[test]

@@ -173,6 +173,27 @@ pub fn render_table(r: &BenchResult, max_concurrency: Option<usize>, rate: &str)
     if let Some(s) = &m.server_decode_ms {
         stats_block(&mut out, "Server Decode Time (Lantern)", "decode", s);
     }
+    if !m.per_model.is_empty() {
+        title(&mut out, "Per Model (adapter)", '-');
+        let _ = writeln!(
+            out,
+            "{:<20}{:>6}{:>6}{:>10}{:>10}{:>10}{:>10}",
+            "model", "ok", "fail", "TTFT ms", "P99 TTFT", "TPOT ms", "E2EL ms"
+        );
+        for (name, s) in &m.per_model {
+            let short: String = name.chars().take(19).collect();
+            let _ = writeln!(
+                out,
+                "{short:<20}{:>6}{:>6}{:>10.2}{:>10.2}{:>10.2}{:>10.2}",
+                s.completed,
+                s.failed,
+                s.ttft_ms_mean,
+                s.ttft_ms_p99,
+                s.tpot_ms_mean,
+                s.e2el_ms_mean
+            );
+        }
+    }
     let _ = writeln!(out, "{}", "=".repeat(WIDTH));
     if m.requests_without_usage > 0 {
         let _ = writeln!(

@@ -167,6 +167,8 @@ async fn completions_token_ids_with_concurrency_warmup_and_files() {
     again.result_json = None;
     again.plot = None;
     lantern_bench::emit(&again, &result).unwrap();
+    let _ = std::fs::remove_file(&json_path);
+    let _ = std::fs::remove_file(&svg_path);
 }
 
 #[tokio::test]
@@ -253,6 +255,8 @@ async fn chat_with_server_tokenizer_lora_and_failures() {
     assert_eq!(m.failed, broken);
     assert_eq!(m.completed, 8 - broken);
     assert_eq!(m.failure_reasons.get("http 404"), Some(&broken));
+    assert_eq!(m.per_model["broken"].failed, broken);
+    assert_eq!(m.per_model["ok"].completed, 8 - broken);
     let failed = result.requests.iter().find(|r| !r.success).unwrap();
     assert!(failed
         .error
@@ -327,4 +331,5 @@ async fn embedded_starts_benchmarks_and_stops_the_server() {
     assert!(refused, "embedded server still listening on {addr}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("listening on http://127.0.0.1:"), "{text}");
+    let _ = std::fs::remove_file(&log);
 }

@@ -19,17 +19,19 @@
 //! matrix-vector"); segments of at least [`LORA_SGMV_MIN_TOKENS`] tokens (prefill chunks) run
 //! as two small matrix products `(T_s, in) x (in, r)` and `(T_s, r) x (r, out)` in tiles of
 //! tokens that reuse every weight row they load (SGMV, "segmented gather matrix-vector").
-//! Both strategies do the same f32 arithmetic per token in the same order, so a token's
-//! result does not depend on the strategy, on the rest of the batch or on the thread count.
-//! Base-model rows cost nothing.
+//! A token's result depends only on its own row, its slot and its segment's length (which
+//! picks the path), never on the rest of the batch or the thread count; with the
+//! per-sequence segments of [`LoraBatch::from_host`] a sequence's result is bit-identical
+//! alone or in any batch. Base-model rows cost nothing.
 
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 
 use crate::cache_write::check_float_dtype;
 
 /// CPU strategy switch: LoRA segments with at least this many tokens use the SGMV path
-/// (tiles of tokens sharing the slot's weights); shorter ones (decode tokens) use the
-/// per-token BGMV path. Both give bit-identical results; this only affects speed.
+/// (tiles of tokens sharing the slot's weights, with `B` transposed once per call for the
+/// slot); shorter ones (decode tokens) use the per-token BGMV path. The two paths agree to
+/// f32 rounding (they sum the expand in different orders).
 pub const LORA_SGMV_MIN_TOKENS: usize = 4;
 
 /// Stacked adapter weights of one projection of one layer for all resident slots.
@@ -189,8 +191,11 @@ pub struct LoraBatch {
     pub token_slots: Tensor,
     /// `(num_segments + 1,)` u32: segment `g` covers batch rows
     /// `seg_starts[g]..seg_starts[g + 1]`; `seg_starts[0] = 0` and the last entry is
-    /// `num_tokens`. Segments are maximal runs of consecutive tokens with the same slot
-    /// (adjacent sequences using one adapter merge; base runs are segments too).
+    /// `num_tokens`. Every token of a segment has the segment's slot. `from_host` makes one
+    /// segment per sequence with rows this step (base sequences included) and does not merge
+    /// adjacent sequences that share an adapter: the CPU kernel picks its path by segment
+    /// length, so per-sequence segments keep a sequence's result independent of its
+    /// neighbours. Kernels accept any such partition (merged runs are fine too).
     pub seg_starts: Tensor,
     /// `(num_segments,)` i32: slot of each segment, `-1` = base model.
     pub seg_slots: Tensor,
@@ -206,7 +211,8 @@ pub struct LoraBatch {
 impl LoraBatch {
     /// Builds the metadata on `device` for sequences laid out one after another in the batch:
     /// sequence `s` owns the next `query_lens[s]` rows and uses adapter slot `seq_slots[s]`
-    /// (`None` = base model). Sequences with no rows this step are skipped.
+    /// (`None` = base model). Each sequence with rows becomes one segment; sequences with no
+    /// rows this step are skipped.
     ///
     /// Fails when the slices differ in length, when a slot does not fit in i32, or when the
     /// total token count does not fit in u32.
@@ -247,16 +253,9 @@ impl LoraBatch {
                 },
             };
             token_slots.resize(token_slots.len() + qlen, slot);
+            seg_slots.push(slot);
             // Fits: token_slots.len() <= num_tokens, checked above.
-            let end = token_slots.len() as u32;
-            if seg_slots.last() == Some(&slot) {
-                if let Some(last) = seg_starts.last_mut() {
-                    *last = end;
-                }
-            } else {
-                seg_slots.push(slot);
-                seg_starts.push(end);
-            }
+            seg_starts.push(token_slots.len() as u32);
         }
         let num_lora_tokens = token_slots.iter().filter(|&&s| s >= 0).count();
         let max_lora_segment_len = seg_slots

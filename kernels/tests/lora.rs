@@ -16,9 +16,9 @@ const CPU: Device = Device::Cpu;
 /// One sequence of a step: adapter slot (`None` = base) and rows this step.
 type Seq = (Option<u32>, usize);
 
-/// Base tokens, decode tokens of several slots (two adjacent ones sharing slot 3 merge into a
-/// 2-token segment), prefill chunks of several slots at, below and above the SGMV threshold,
-/// and a chunk spanning more than two SGMV tiles.
+/// Base tokens, decode tokens of several slots (two adjacent ones sharing slot 3), prefill
+/// chunks of several slots at, below and above the SGMV threshold, and a chunk spanning more
+/// than two SGMV tiles.
 const MIXED: &[Seq] = &[
     (None, 1),
     (Some(0), 1),
@@ -277,8 +277,9 @@ fn rank_hint_skips_padding() {
     assert!(max_rel_diff(&a1, &a2) <= 1e-5);
 }
 
-/// Each token's result is bit-identical whether it runs in the mixed batch or alone, so
-/// neither the strategy, the tiling, nor the thread count depends on the batch.
+/// With `from_host`'s per-sequence segments, each sequence's result is bit-identical
+/// whether it runs in the mixed batch, alone, or in the batch in reverse order: neither
+/// the path, the tiling nor the thread split depends on the rest of the batch.
 #[test]
 fn batch_invariance() {
     for dtype in [DType::F32, DType::BF16] {
@@ -296,7 +297,60 @@ fn batch_invariance() {
             );
             off += len;
         }
+        // The same sequences in reverse order.
+        let mut offs = Vec::new();
+        let mut off = 0;
+        for &(_, len) in MIXED {
+            offs.push(off);
+            off += len;
+        }
+        let rev: Vec<Seq> = MIXED.iter().rev().copied().collect();
+        let idx: Vec<u32> = MIXED
+            .iter()
+            .zip(&offs)
+            .rev()
+            .flat_map(|(&(_, len), &o)| (o..o + len).map(|i| i as u32))
+            .collect();
+        let idx = Tensor::from_vec(idx.clone(), idx.len(), &CPU).unwrap();
+        let (y_rev, x_rev) = (
+            c.y.index_select(&idx, 0).unwrap(),
+            c.x.index_select(&idx, 0).unwrap(),
+        );
+        let got_rev = lora_add(&y_rev, &x_rev, &c.w, &batch(&rev)).unwrap();
+        assert_eq!(
+            bits(&got_rev),
+            bits(&all.index_select(&idx, 0).unwrap()),
+            "{dtype:?} reversed batch"
+        );
     }
+}
+
+/// A hand-built batch may merge adjacent same-slot sequences into one segment: six decode
+/// tokens of one adapter then take the SGMV path instead of six BGMV steps. Both agree
+/// with the reference (and with each other to f32 rounding).
+#[test]
+fn merged_segments_take_the_sgmv_path() {
+    let seqs: &[Seq] = &[
+        (None, 2),
+        (Some(3), 1),
+        (Some(3), 1),
+        (Some(3), 1),
+        (Some(3), 1),
+        (Some(3), 1),
+        (Some(3), 1),
+    ];
+    let c = case(55, seqs, 70, 90, DType::F32);
+    let mut merged = c.batch.clone();
+    merged.seg_starts = Tensor::new(&[0u32, 2, 8], &CPU).unwrap();
+    merged.seg_slots = Tensor::new(&[-1i32, 3], &CPU).unwrap();
+    merged.max_lora_segment_len = 6;
+    const { assert!(6 >= LORA_SGMV_MIN_TOKENS) };
+    let per_seq = lora_add(&c.y, &c.x, &c.w, &c.batch).unwrap();
+    let sgmv = lora_add(&c.y, &c.x, &c.w, &merged).unwrap();
+    let want = lora_add_naive(&c.y, &c.x, &c.w, &c.batch).unwrap();
+    assert!(max_rel_diff(&per_seq, &want) <= 1e-5);
+    assert!(max_rel_diff(&sgmv, &want) <= 1e-5);
+    assert!(max_rel_diff(&sgmv, &per_seq) <= 1e-5);
 }
 
 /// Independent check of the math: with every token on one adapter,
@@ -375,7 +429,7 @@ fn all_base_batch_returns_y() {
 }
 
 #[test]
-fn from_host_builds_tokens_and_merged_segments() {
+fn from_host_builds_tokens_and_per_sequence_segments() {
     let b = LoraBatch::from_host(
         &[None, Some(2), Some(2), None, Some(7), Some(2), None],
         &[2, 1, 3, 0, 4, 1, 1],
@@ -386,16 +440,17 @@ fn from_host_builds_tokens_and_merged_segments() {
         b.token_slots.to_vec1::<i32>().unwrap(),
         [-1, -1, 2, 2, 2, 2, 7, 7, 7, 7, 2, -1]
     );
-    // The two slot-2 sequences merge; the empty base sequence between 2 and 7 vanishes.
+    // One segment per sequence with rows (adjacent slot-2 sequences stay apart); the empty
+    // base sequence between 2 and 7 vanishes.
     assert_eq!(
         b.seg_starts.to_vec1::<u32>().unwrap(),
-        [0, 2, 6, 10, 11, 12]
+        [0, 2, 3, 6, 10, 11, 12]
     );
-    assert_eq!(b.seg_slots.to_vec1::<i32>().unwrap(), [-1, 2, 7, 2, -1]);
+    assert_eq!(b.seg_slots.to_vec1::<i32>().unwrap(), [-1, 2, 2, 7, 2, -1]);
     assert!(b.any_lora);
     assert_eq!(b.num_lora_tokens, 9);
     assert_eq!(b.max_lora_segment_len, 4);
-    assert_eq!((b.num_tokens(), b.num_segments()), (12, 5));
+    assert_eq!((b.num_tokens(), b.num_segments()), (12, 6));
 
     assert!(LoraBatch::from_host(&[None], &[1, 2], &CPU).is_err());
     assert!(LoraBatch::from_host(&[Some(u32::MAX)], &[1], &CPU).is_err());

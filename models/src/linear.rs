@@ -34,8 +34,9 @@ impl Proj {
 /// A dense linear layer `(T, in) -> (T, out)` with an optional bias.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// (out, in), as stored in checkpoints.
-    weight: Tensor,
+    /// (in, out): the checkpoint's (out, in) weight transposed once at load, so the
+    /// forward pass is a plain row-major (T, in) x (in, out) product.
+    weight_t: Tensor,
     bias: Option<Tensor>,
     proj: Proj,
     layer: usize,
@@ -50,14 +51,14 @@ impl Linear {
         proj: Proj,
         layer: usize,
     ) -> Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let weight_t = vb.get((out_dim, in_dim), "weight")?.t()?.contiguous()?;
         let bias = if bias {
             Some(vb.get(out_dim, "bias")?)
         } else {
             None
         };
         Ok(Self {
-            weight,
+            weight_t,
             bias,
             proj,
             layer,
@@ -73,18 +74,18 @@ impl Linear {
     }
 
     pub fn in_dim(&self) -> usize {
-        self.weight.dims().get(1).copied().unwrap_or(0)
+        self.weight_t.dims().first().copied().unwrap_or(0)
     }
 
     pub fn out_dim(&self) -> usize {
-        self.weight.dims().first().copied().unwrap_or(0)
+        self.weight_t.dims().get(1).copied().unwrap_or(0)
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // x: (T, in) -> (T, out)
-        let y = x.matmul(&self.weight.t()?)?;
+        let y = x.matmul(&self.weight_t)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

@@ -516,7 +516,11 @@ fn prompt_logprobs_match_reference_and_skip_the_cache() {
             }
         }
         let got = got.unwrap();
-        assert_eq!(cached, Some(0), "round {round}: prompt logprobs must not use cached blocks");
+        assert_eq!(
+            cached,
+            Some(0),
+            "round {round}: prompt logprobs must not use cached blocks"
+        );
         assert_eq!(got.len(), prompt.len());
         assert!(got[0].is_none());
         for j in 1..prompt.len() {
@@ -526,7 +530,11 @@ fn prompt_logprobs_match_reference_and_skip_the_cache() {
             let want = row[prompt[j] as usize] - lse;
             let lp = got[j].as_ref().unwrap();
             assert_eq!(lp.token_id, prompt[j]);
-            assert!((lp.logprob - want).abs() < 1e-4, "position {j}: {} vs {want}", lp.logprob);
+            assert!(
+                (lp.logprob - want).abs() < 1e-4,
+                "position {j}: {} vs {want}",
+                lp.logprob
+            );
             assert_eq!(lp.top.len(), 3);
             assert!(lp.top[0].1 >= lp.top[1].1);
         }

@@ -268,19 +268,47 @@ fn sample_filtered(logits: &[f32], r: &SampleRow<'_>) -> u32 {
             .collect();
         return walk(&w, u, |i| i as u32);
     }
-    // Candidates sorted by logit, best first; top_k bounds the list.
+    // Candidates sorted by logit, best first; top_k bounds the list. Without top_k, try
+    // the best 256 first: when they already hold the top_p mass (and min_p cannot reach
+    // beyond them) the full-vocabulary sort is skipped; the result is identical.
     let k = if p.top_k > 0 {
         p.top_k.min(logits.len())
     } else {
         logits.len()
     };
-    let cand = top_n(logits, k);
+    // Normaliser of the distribution the filters see: the full vocabulary without top_k
+    // (also when only the head is kept), the top_k candidates with it (HF/vLLM order).
+    let mut full_total: Option<f64> = None;
+    let cand = if p.top_k == 0 && logits.len() > 256 {
+        let head = top_n(logits, 256);
+        let max = head.first().map(|c| c.1).unwrap_or(0.0);
+        let total: f64 = logits
+            .iter()
+            .map(|&x| f64::from(((x - max) * inv_t).exp()))
+            .sum();
+        let mut cum = 0.0;
+        for &(_, x) in &head {
+            cum += f64::from(((x - max) * inv_t).exp());
+        }
+        let last = head.last().map(|c| c.1).unwrap_or(0.0);
+        let last_p = f64::from(((last - max) * inv_t).exp());
+        let covers_top_p = p.top_p < 1.0 && cum / total >= f64::from(p.top_p);
+        let covers_min_p = p.min_p > 0.0 && last_p < f64::from(p.min_p);
+        if covers_top_p || covers_min_p {
+            full_total = Some(total);
+            head
+        } else {
+            top_n(logits, k)
+        }
+    } else {
+        top_n(logits, k)
+    };
     let max = cand.first().map(|c| c.1).unwrap_or(0.0);
     let mut w: Vec<f64> = cand
         .iter()
         .map(|&(_, x)| f64::from(((x - max) * inv_t).exp()))
         .collect();
-    let total: f64 = w.iter().sum();
+    let total: f64 = full_total.unwrap_or_else(|| w.iter().sum());
     if total > 0.0 {
         for x in w.iter_mut() {
             *x /= total;
@@ -459,5 +487,72 @@ mod tests {
             .count();
         let frac = ones as f64 / 4000.0;
         assert!((frac - 0.75).abs() < 0.03, "{frac}");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod head_tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The 256-candidate shortcut must pick exactly what the full sort picks.
+    #[test]
+    fn top_p_shortcut_equals_full_sort() {
+        let vocab = 5000;
+        let data: Vec<f32> = (0..vocab)
+            .map(|i| ((i * 2_654_435_761usize) % 9973) as f32 / 400.0)
+            .collect();
+        for (top_p, min_p) in [(0.9f32, 0.0f32), (0.5, 0.0), (1.0, 0.2), (0.99, 0.0)] {
+            let p = SamplingParams {
+                temperature: 0.7,
+                top_p,
+                min_p,
+                ..SamplingParams::default()
+            };
+            for seed in 0..50u64 {
+                let r = SampleRow {
+                    params: &p,
+                    seed,
+                    prompt_tokens: &[],
+                    output_tokens: &[],
+                    banned: &[],
+                };
+                let fast = sample_filtered(&data, &r);
+                // Reference: full sort by logit, then the same filters.
+                let inv_t = 1.0 / p.temperature;
+                let cand = top_n(&data, vocab);
+                let max = cand[0].1;
+                let mut w: Vec<f64> = cand
+                    .iter()
+                    .map(|&(_, x)| f64::from(((x - max) * inv_t).exp()))
+                    .collect();
+                let tot: f64 = w.iter().sum();
+                w.iter_mut().for_each(|x| *x /= tot);
+                let mut keep = w.len();
+                if min_p > 0.0 {
+                    let th = f64::from(min_p) * w[0];
+                    keep = w.iter().take_while(|&&x| x >= th).count().max(1);
+                }
+                if top_p < 1.0 {
+                    let mut cum = 0.0;
+                    let mut n = 0;
+                    for x in w.iter().take(keep) {
+                        cum += x;
+                        n += 1;
+                        if cum >= f64::from(top_p) {
+                            break;
+                        }
+                    }
+                    keep = keep.min(n.max(1));
+                }
+                w.truncate(keep);
+                let mut rng = rand::rngs::StdRng::seed_from_u64(mix(mix(seed)));
+                let u: f64 = rng.random::<f64>();
+                let slow = walk(&w, u, |i| cand[i].0);
+                assert_eq!(fast, slow, "top_p {top_p} min_p {min_p} seed {seed}");
+            }
+        }
+        let _ = Device::Cpu;
     }
 }

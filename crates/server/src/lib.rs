@@ -44,6 +44,14 @@ pub async fn serve(
             }
         });
     };
+    use axum::serve::ListenerExt;
+    // Token streams are many small writes: disable Nagle so a chunk is not held back
+    // waiting for the client's delayed ACK on kept-alive connections.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(signal)
         .await?;

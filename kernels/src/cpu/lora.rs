@@ -1,38 +1,40 @@
 //! CPU multi-LoRA add: `y[t] += scale[s] * (x[t] A[s]^T) B[s]^T` for every token `t` of a
-//! LoRA segment with slot `s`.
+//! LoRA segment with slot `s` (rank `r`; `A[s]` is `(max_rank, in)`, `B[s]` `(out, max_rank)`).
 //!
-//! 1. *Prepare* (once per call, per slot in use): `B[s]` `(out, max_rank)` is transposed and
-//!    widened to f32 as `Bt[s]` `(r_s, out)`, so the expand step is `r_s` contiguous axpys.
+//! 1. *Prepare*, once per call for each slot in use (in parallel over slots when large):
+//!    f16/bf16 weights are widened to f32 (`A[s][..r]` and the first `r` columns of `B[s]`;
+//!    f32 weights are borrowed as they are), and slots with an SGMV segment also get
+//!    `Bt = B[s][.., ..r]^T` `(r, out)`.
 //! 2. *Tasks* cover disjoint row ranges, so each owns its output rows:
-//!    * BGMV (segments shorter than [`LORA_SGMV_MIN_TOKENS`], i.e. decode tokens): one token
-//!      at a time, gathering its slot's rows of `A` (shrink: `r` dots of length `in`) and
-//!      `Bt` (expand: `r` axpys of length `out`).
-//!    * SGMV (longer segments, i.e. prefill chunks): tiles of up to [`TILE_TOKENS`] tokens
-//!      sharing one slot; each `A` row is widened once per tile and dotted with four tokens
-//!      at a time, and the expand walks `Bt` in column blocks that stay in L1 across the
-//!      tile's tokens.
+//!    * **BGMV** (segments shorter than [`LORA_SGMV_MIN_TOKENS`]: decode tokens). One token
+//!      at a time, gathering its slot's weights: shrink `h_k = scale * <A_k, x>` and expand
+//!      `y_o += <B_o[..r], h>`, both as dot products four at a time against a shared operand.
+//!    * **SGMV** (longer segments: prefill chunks). Tiles of up to [`TILE_TOKENS`] tokens
+//!      sharing one slot: each `A` row is dotted with four tokens at a time, and the expand
+//!      is `r` contiguous axpys of `Bt` rows per token, over column blocks that stay in L1
+//!      across the tile.
 //!
-//! Per token both paths run exactly the same f32 operations in the same order (8-lane dot
-//! accumulators, `h_k = scale * dot`, `acc = y + sum_k h_k * Bt[k]` in `k` order), so results
-//! are bit-identical whichever path, tile or thread a token lands in (batch invariance).
-//! Like the attention kernel, the task code is compiled a second time with AVX2 + FMA and
-//! picked at runtime.
+//! All math is f32. A token's result depends only on its row of `x`, its slot and the length
+//! of its segment (which picks the path), never on the tile, the thread or the other
+//! segments; with one segment per sequence (as [`crate::LoraBatch::from_host`] builds them)
+//! a sequence gets bit-identical results alone or in any batch. Like the attention kernel,
+//! the task code is compiled a second time with AVX2 + FMA and picked at runtime.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, Layout, Result, Shape, Tensor};
-use half::{bf16, f16};
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Tensor};
+use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 use super::{contiguous_window, Elem};
 use crate::lora::{LoraDims, LoraPlan, LORA_SGMV_MIN_TOKENS};
 
-/// Tokens per SGMV task (one rayon task; the tile is processed four tokens at a time).
+/// Tokens per SGMV task (one rayon task; processed four tokens at a time).
 const TILE_TOKENS: usize = 32;
 /// Output columns per expand block in the SGMV path (`r * 256` f32 of `Bt` stay in cache).
 const EXPAND_COLS: usize = 256;
-/// Below this many multiply-adds the call runs on the calling thread (rayon overhead is a
-/// few microseconds, about this much work).
-const PAR_MIN_MACS: usize = 1 << 16;
+/// Below this many multiply-adds (about 30 us of single-thread work) a phase runs on the
+/// calling thread: waking rayon's workers costs microseconds to tens of microseconds.
+const PAR_MIN_MACS: usize = 1 << 18;
 
 pub(crate) fn lora_add_cpu(
     (x, x_l): (&CpuStorage, &Layout),
@@ -69,6 +71,57 @@ pub(crate) fn lora_add_cpu(
     Ok((storage, shape))
 }
 
+/// Whole-row conversions between the storage type and f32 (bulk, F16C-accelerated for f16,
+/// where [`Elem`]'s per-element conversions would each detect the CPU again).
+/// Both slices have the same length.
+trait Rows: Elem {
+    /// `dst[i] = src[i]` widened to f32.
+    fn load(src: &[Self], dst: &mut [f32]);
+    /// `dst[i] = src[i]` rounded to `Self` (round to nearest even).
+    fn store(src: &[f32], dst: &mut [Self]);
+}
+
+impl Rows for f32 {
+    #[inline(always)]
+    fn load(src: &[Self], dst: &mut [f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s;
+        }
+    }
+    #[inline(always)]
+    fn store(src: &[f32], dst: &mut [Self]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s;
+        }
+    }
+}
+
+impl Rows for bf16 {
+    #[inline(always)]
+    fn load(src: &[Self], dst: &mut [f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s.to_f32();
+        }
+    }
+    #[inline(always)]
+    fn store(src: &[f32], dst: &mut [Self]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = bf16::from_f32(s);
+        }
+    }
+}
+
+impl Rows for f16 {
+    #[inline(always)]
+    fn load(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    #[inline(always)]
+    fn store(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src);
+    }
+}
+
 /// How a task walks its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -87,12 +140,21 @@ struct Task {
     kind: Kind,
 }
 
+/// One slot's weights as f32 (empty slices for slots not in use).
+#[derive(Clone, Copy, Default)]
+struct SlotView<'a> {
+    /// `A[s][..r]`: `(r, in_dim)`.
+    a: &'a [f32],
+    /// `B[s]`: `(out_dim, max_rank)`; only the first `r` entries of each row are read.
+    b: &'a [f32],
+    /// `Bt`: `(r, out_dim)`, only for slots with an SGMV segment.
+    bt: &'a [f32],
+}
+
 /// Read-only inputs shared by every task.
 struct Shared<'a, T> {
     x: &'a [T],
-    a: &'a [T],
-    /// `Bt` per slot in use (empty for the others): `(rank, out_dim)` row-major f32.
-    bt: &'a [Vec<f32>],
+    slots: &'a [SlotView<'a>],
     scales: &'a [f32],
     ranks: &'a [usize],
     in_dim: usize,
@@ -100,29 +162,29 @@ struct Shared<'a, T> {
     max_rank: usize,
 }
 
-impl<T> Shared<'_, T> {
-    /// Row `k` of `A[slot]` (`in_dim` elements).
-    #[inline(always)]
-    fn a_row(&self, slot: usize, k: usize) -> &[T] {
-        let off = (slot * self.max_rank + k) * self.in_dim;
-        &self.a[off..off + self.in_dim]
-    }
-}
-
 /// Per-thread buffers reused across tasks.
 #[derive(Default)]
 struct Scratch {
     /// `(tokens, in_dim)` inputs widened to f32 (unused for f32).
     x: Vec<f32>,
-    /// `(in_dim,)` one row of `A` widened to f32 (unused for f32).
-    a_row: Vec<f32>,
     /// `(tokens, rank)` shrunk activations, already scaled.
     h: Vec<f32>,
-    /// `(out_dim,)` or `(EXPAND_COLS,)` output accumulator.
+    /// `(EXPAND_COLS,)` output accumulator.
     acc: Vec<f32>,
 }
 
-fn run<T: Elem>(
+/// Where one slot's prepared f32 weights live in the shared buffer (lengths 0 = borrowed
+/// from the input, or not needed).
+#[derive(Debug, Clone, Copy, Default)]
+struct Prep {
+    used: bool,
+    sgmv: bool,
+    a: (usize, usize),
+    b: (usize, usize),
+    bt: (usize, usize),
+}
+
+fn run<T: Rows>(
     (x, x_l): (&CpuStorage, &Layout),
     (a, a_l): (&CpuStorage, &Layout),
     (b, b_l): (&CpuStorage, &Layout),
@@ -143,47 +205,24 @@ fn run<T: Elem>(
     {
         bail!("lora_add: internal size mismatch between the plan and the tensors");
     }
-
-    if w.out_dim == 0 || plan.segments.is_empty() {
+    if w.out_dim == 0 {
         return Ok(T::to_cpu_storage_owned(out));
     }
 
-    // 1. Bt for every slot in use, in parallel over slots.
-    let mut used = vec![false; w.num_slots];
-    for seg in &plan.segments {
-        used[seg.slot] = true;
-    }
-    let bt: Vec<Vec<f32>> = used
-        .par_iter()
-        .enumerate()
-        .map(|(slot, &u)| {
-            if !u {
-                return Vec::new();
-            }
-            let r = plan.ranks[slot];
-            let mut t = vec![0f32; r * w.out_dim];
-            let b_slot = &b[slot * w.out_dim * w.max_rank..(slot + 1) * w.out_dim * w.max_rank];
-            if r > 0 {
-                for (o, row) in b_slot.chunks_exact(w.max_rank).enumerate() {
-                    for (k, &v) in row[..r].iter().enumerate() {
-                        t[k * w.out_dim + o] = v.to_f32();
-                    }
-                }
-            }
-            t
-        })
-        .collect();
-
-    // 2. Tasks over disjoint, increasing row ranges; each gets its own output rows.
+    // 1. Tasks over disjoint, increasing row ranges, and the slots they use.
     let mut tasks = Vec::new();
     let mut macs = 0usize;
+    let mut prep = vec![Prep::default(); w.num_slots];
     for seg in &plan.segments {
-        let len = seg.hi - seg.lo;
-        macs += len * plan.ranks[seg.slot] * (w.in_dim + w.out_dim);
-        if plan.ranks[seg.slot] == 0 {
+        let r = plan.ranks[seg.slot];
+        if r == 0 {
             continue; // a rank-0 adapter adds exactly nothing
         }
+        let len = seg.hi - seg.lo;
+        macs += len * r * (w.in_dim + w.out_dim);
+        prep[seg.slot].used = true;
         if len >= LORA_SGMV_MIN_TOKENS {
+            prep[seg.slot].sgmv = true;
             let mut lo = seg.lo;
             while lo < seg.hi {
                 let hi = (lo + TILE_TOKENS).min(seg.hi);
@@ -204,13 +243,93 @@ fn run<T: Elem>(
             });
         }
     }
+    if tasks.is_empty() {
+        return Ok(T::to_cpu_storage_owned(out));
+    }
+
+    // 2. Prepared f32 weights of the slots in use, in one buffer.
+    let widen = T::DTYPE != DType::F32;
+    let slot_a = |slot: usize| {
+        let off = slot * w.max_rank * w.in_dim;
+        &a[off..off + plan.ranks[slot] * w.in_dim]
+    };
+    let slot_b = |slot: usize| {
+        let len = w.out_dim * w.max_rank;
+        &b[slot * len..(slot + 1) * len]
+    };
+    let mut buf_len = 0;
+    for (slot, p) in prep.iter_mut().enumerate().filter(|(_, p)| p.used) {
+        let r = plan.ranks[slot];
+        let mut take = |n: usize| {
+            buf_len += n;
+            (buf_len - n, n)
+        };
+        if widen {
+            p.a = take(r * w.in_dim);
+            p.b = take(w.out_dim * w.max_rank);
+        }
+        if p.sgmv {
+            p.bt = take(r * w.out_dim);
+        }
+    }
+    let mut buf = vec![0f32; buf_len];
+    {
+        let mut parts = Vec::new();
+        let mut rest: &mut [f32] = &mut buf;
+        for (slot, p) in prep.iter().enumerate().filter(|(_, p)| p.used) {
+            let (a_part, tail) = std::mem::take(&mut rest).split_at_mut(p.a.1);
+            let (b_part, tail) = tail.split_at_mut(p.b.1);
+            let (bt_part, tail) = tail.split_at_mut(p.bt.1);
+            parts.push((slot, a_part, b_part, bt_part));
+            rest = tail;
+        }
+        let fill =
+            |(slot, a_part, b_part, bt_part): (usize, &mut [f32], &mut [f32], &mut [f32])| {
+                let r = plan.ranks[slot];
+                let b_f32: &[f32] = match borrow_f32(slot_b(slot)) {
+                    Some(b) => b,
+                    None => {
+                        T::load(slot_a(slot), a_part);
+                        for (src, dst) in slot_b(slot)
+                            .chunks_exact(w.max_rank)
+                            .zip(b_part.chunks_exact_mut(w.max_rank))
+                        {
+                            T::load(&src[..r], &mut dst[..r]);
+                        }
+                        b_part
+                    }
+                };
+                transpose_rank(b_f32, w.max_rank, r, w.out_dim, bt_part);
+            };
+        if buf_len < PAR_MIN_MACS {
+            parts.into_iter().for_each(fill);
+        } else {
+            parts.into_par_iter().for_each(fill);
+        }
+    }
+    let views: Vec<SlotView<'_>> = prep
+        .iter()
+        .enumerate()
+        .map(|(slot, p)| {
+            if !p.used {
+                return SlotView::default();
+            }
+            let part = |(off, len): (usize, usize)| &buf[off..off + len];
+            SlotView {
+                a: borrow_f32(slot_a(slot)).unwrap_or_else(|| part(p.a)),
+                b: borrow_f32(slot_b(slot)).unwrap_or_else(|| part(p.b)),
+                bt: part(p.bt),
+            }
+        })
+        .collect();
+
+    // 3. Each task gets its own output rows.
     let mut jobs: Vec<(Task, &mut [T])> = Vec::with_capacity(tasks.len());
     let mut rest: &mut [T] = &mut out;
     let mut consumed = 0;
     for task in tasks {
         // Validated: segments are disjoint, increasing and within the batch.
-        let tail = std::mem::take(&mut rest);
-        let (_, tail) = tail.split_at_mut((task.lo - consumed) * w.out_dim);
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut((task.lo - consumed) * w.out_dim);
         let (rows, tail) = tail.split_at_mut((task.hi - task.lo) * w.out_dim);
         jobs.push((task, rows));
         rest = tail;
@@ -219,8 +338,7 @@ fn run<T: Elem>(
 
     let shared = Shared {
         x,
-        a,
-        bt: &bt,
+        slots: &views,
         scales: &plan.scales,
         ranks: &plan.ranks,
         in_dim: w.in_dim,
@@ -229,7 +347,8 @@ fn run<T: Elem>(
     };
     let isa = Isa::detect();
     let run_job = |scratch: &mut Scratch, (task, rows): (Task, &mut [T])| match isa {
-        Isa::Baseline => run_task::<T, false>(scratch, &shared, task, rows),
+        // SAFETY: with `FMA = false` no CPU feature is required.
+        Isa::Baseline => unsafe { run_task::<T, false>(scratch, &shared, task, rows) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => {
             // SAFETY: `Isa::detect` returned `Avx2Fma` only after checking at runtime that
@@ -247,6 +366,34 @@ fn run<T: Elem>(
             .for_each_init(Scratch::default, run_job);
     }
     Ok(T::to_cpu_storage_owned(out))
+}
+
+/// `src` itself when `T` is f32 (no copy), `None` for the half types.
+#[inline(always)]
+fn borrow_f32<T: Elem>(src: &[T]) -> Option<&[f32]> {
+    // For f32, `row_f32` returns `src` and ignores the (empty) buffer.
+    (T::DTYPE == DType::F32).then(|| T::row_f32(src, &mut []))
+}
+
+/// `bt[k][o] = b_slot[o][k]` for `k < r`: `b_slot` is `(out, max_rank)`, `bt` `(r, out)`
+/// (empty when not needed).
+fn transpose_rank(b_slot: &[f32], max_rank: usize, r: usize, out: usize, bt: &mut [f32]) {
+    const BLOCK: usize = 8;
+    if r == 0 || bt.len() != r * out {
+        return;
+    }
+    for (ob, rows) in b_slot.chunks(BLOCK * max_rank).enumerate() {
+        let o0 = ob * BLOCK;
+        let n = rows.len() / max_rank;
+        for k in 0..r {
+            for (d, row) in bt[k * out + o0..k * out + o0 + n]
+                .iter_mut()
+                .zip(rows.chunks_exact(max_rank))
+            {
+                *d = row[k];
+            }
+        }
+    }
 }
 
 /// Instruction sets the task code is compiled for; picked once per call at runtime.
@@ -276,60 +423,101 @@ impl Isa {
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn run_task_avx2_fma<T: Elem>(
+unsafe fn run_task_avx2_fma<T: Rows>(
     scratch: &mut Scratch,
     shared: &Shared<'_, T>,
     task: Task,
     rows: &mut [T],
 ) {
-    run_task::<T, true>(scratch, shared, task, rows);
+    // SAFETY: this function's own contract (AVX2 and FMA present) is what `FMA = true` needs.
+    unsafe { run_task::<T, true>(scratch, shared, task, rows) }
 }
 
 /// Adds the LoRA term to `rows` (the task's `hi - lo` output rows).
+///
+/// # Safety
+/// When `FMA` is true the CPU must support AVX2 and FMA.
 #[inline(always)]
-fn run_task<T: Elem, const FMA: bool>(
+unsafe fn run_task<T: Rows, const FMA: bool>(
     scratch: &mut Scratch,
     shared: &Shared<'_, T>,
     task: Task,
     rows: &mut [T],
 ) {
-    match task.kind {
-        Kind::Gather => bgmv::<T, FMA>(scratch, shared, task, rows),
-        Kind::Tile => sgmv_tile::<T, FMA>(scratch, shared, task, rows),
+    // SAFETY: forwarded contract.
+    unsafe {
+        match task.kind {
+            Kind::Gather => bgmv::<T, FMA>(scratch, shared, task, rows),
+            Kind::Tile => sgmv_tile::<T, FMA>(scratch, shared, task, rows),
+        }
     }
 }
 
-/// Token by token: shrink `h = scale * A x` (rank `r`), then `y += Bt^T h`.
+/// Token by token, gathering the slot's weights: `h = scale * A[..r] x`, then
+/// `y_o = y_o + <B_o[..r], h>`, four rank rows / four outputs per [`dot4`].
+///
+/// # Safety
+/// When `FMA` is true the CPU must support AVX2 and FMA.
 #[inline(always)]
-fn bgmv<T: Elem, const FMA: bool>(
+unsafe fn bgmv<T: Rows, const FMA: bool>(
     scratch: &mut Scratch,
     shared: &Shared<'_, T>,
     task: Task,
     rows: &mut [T],
 ) {
-    let (n_in, n_out) = (shared.in_dim, shared.out_dim);
-    let r = shared.ranks[task.slot];
-    let scale = shared.scales[task.slot];
-    let bt = &shared.bt[task.slot];
-    let Scratch { x, a_row, h, acc } = scratch;
+    let (n_in, n_out, stride) = (shared.in_dim, shared.out_dim, shared.max_rank);
+    let slot = task.slot;
+    let r = shared.ranks[slot];
+    let scale = shared.scales[slot];
+    let SlotView { a, b, .. } = shared.slots[slot];
+    let a_row = |k: usize| &a[k * n_in..(k + 1) * n_in];
+    let b_row = |o: usize| &b[o * stride..o * stride + r];
+    let Scratch { x, h, acc } = scratch;
     x.resize(n_in, 0.0);
-    a_row.resize(n_in, 0.0);
     acc.resize(n_out, 0.0);
     for (t, y_row) in (task.lo..task.hi).zip(rows.chunks_exact_mut(n_out)) {
         let x_row = T::row_f32(&shared.x[t * n_in..(t + 1) * n_in], x);
+
+        // Shrink: h_k = scale * <A_k, x>.
         h.clear();
-        for k in 0..r {
-            let a_k = T::row_f32(shared.a_row(task.slot, k), a_row);
-            h.push(scale * dot::<FMA>(x_row, a_k));
+        let mut k = 0;
+        while k + 4 <= r {
+            let a4 = [a_row(k), a_row(k + 1), a_row(k + 2), a_row(k + 3)];
+            // SAFETY: forwarded contract.
+            let d = unsafe { dot4::<FMA>(x_row, a4) };
+            h.extend(d.iter().map(|&v| scale * v));
+            k += 4;
         }
-        expand_row::<T, FMA>(h, bt, n_out, 0, y_row, acc);
+        for k in k..r {
+            h.push(scale * dot::<FMA>(a_row(k), x_row));
+        }
+
+        // Expand: y_o = y_o + <B_o[..r], h>.
+        T::load(y_row, acc);
+        let mut o = 0;
+        while o + 4 <= n_out {
+            let b4 = [b_row(o), b_row(o + 1), b_row(o + 2), b_row(o + 3)];
+            // SAFETY: forwarded contract.
+            let d = unsafe { dot4::<FMA>(h, b4) };
+            for (s, dj) in acc[o..o + 4].iter_mut().zip(d) {
+                *s += dj;
+            }
+            o += 4;
+        }
+        for (o, s) in acc.iter_mut().enumerate().skip(o) {
+            *s += dot::<FMA>(b_row(o), h);
+        }
+        T::store(acc, y_row);
     }
 }
 
-/// A tile of tokens sharing one slot: `H = scale * X A^T` four tokens per `A` row load,
-/// then `Y += H Bt` in column blocks of `Bt`.
+/// A tile of tokens sharing one slot: `H = scale * X A[..r]^T`, four tokens per `A` row,
+/// then `y_i = y_i + sum_k H[i][k] Bt[k]` in column blocks of `Bt`.
+///
+/// # Safety
+/// When `FMA` is true the CPU must support AVX2 and FMA.
 #[inline(always)]
-fn sgmv_tile<T: Elem, const FMA: bool>(
+unsafe fn sgmv_tile<T: Rows, const FMA: bool>(
     scratch: &mut Scratch,
     shared: &Shared<'_, T>,
     task: Task,
@@ -337,39 +525,36 @@ fn sgmv_tile<T: Elem, const FMA: bool>(
 ) {
     let (n_in, n_out) = (shared.in_dim, shared.out_dim);
     let m = task.hi - task.lo;
-    let r = shared.ranks[task.slot];
-    let scale = shared.scales[task.slot];
-    let bt = &shared.bt[task.slot];
-    let Scratch { x, a_row, h, acc } = scratch;
+    let slot = task.slot;
+    let r = shared.ranks[slot];
+    let scale = shared.scales[slot];
+    let SlotView { a, bt, .. } = shared.slots[slot];
+    let Scratch { x, h, acc } = scratch;
     x.resize(m * n_in, 0.0);
-    a_row.resize(n_in, 0.0);
     h.clear();
     h.resize(m * r, 0.0);
     let xs = T::row_f32(&shared.x[task.lo * n_in..task.hi * n_in], x);
 
-    // Shrink: h[i][k] = scale * dot(x_i, a_k).
-    if n_in == 0 {
-        // Empty dot products: h stays 0 (scale * 0).
-        h.iter_mut().for_each(|v| *v *= scale);
-    } else {
-        for k in 0..r {
-            let a_k = T::row_f32(shared.a_row(task.slot, k), a_row);
-            let mut quads = xs.chunks_exact(4 * n_in);
-            let mut i = 0;
-            for quad in &mut quads {
-                let (x0, rest) = quad.split_at(n_in);
-                let (x1, rest) = rest.split_at(n_in);
-                let (x2, x3) = rest.split_at(n_in);
-                let d = dot4::<FMA>([x0, x1, x2, x3], a_k);
-                for (j, dj) in d.into_iter().enumerate() {
-                    h[(i + j) * r + k] = scale * dj;
-                }
-                i += 4;
+    // Shrink: h[i][k] = scale * <A_k, x_i>.
+    for k in 0..r {
+        let a_k = &a[k * n_in..(k + 1) * n_in];
+        let mut i = 0;
+        while i + 4 <= m {
+            let x4 = [
+                &xs[i * n_in..(i + 1) * n_in],
+                &xs[(i + 1) * n_in..(i + 2) * n_in],
+                &xs[(i + 2) * n_in..(i + 3) * n_in],
+                &xs[(i + 3) * n_in..(i + 4) * n_in],
+            ];
+            // SAFETY: forwarded contract.
+            let d = unsafe { dot4::<FMA>(a_k, x4) };
+            for (j, dj) in d.into_iter().enumerate() {
+                h[(i + j) * r + k] = scale * dj;
             }
-            for x_i in quads.remainder().chunks_exact(n_in) {
-                h[i * r + k] = scale * dot::<FMA>(x_i, a_k);
-                i += 1;
-            }
+            i += 4;
+        }
+        for i in i..m {
+            h[i * r + k] = scale * dot::<FMA>(&xs[i * n_in..(i + 1) * n_in], a_k);
         }
     }
 
@@ -379,40 +564,14 @@ fn sgmv_tile<T: Elem, const FMA: bool>(
         let cols = EXPAND_COLS.min(n_out - c0);
         acc.resize(cols, 0.0);
         for (i, y_row) in rows.chunks_exact_mut(n_out).enumerate() {
-            expand_row::<T, FMA>(
-                &h[i * r..(i + 1) * r],
-                bt,
-                n_out,
-                c0,
-                &mut y_row[c0..c0 + cols],
-                &mut acc[..cols],
-            );
+            let y_cols = &mut y_row[c0..c0 + cols];
+            T::load(y_cols, acc);
+            for (k, &hk) in h[i * r..(i + 1) * r].iter().enumerate() {
+                axpy::<FMA>(hk, &bt[k * n_out + c0..k * n_out + c0 + cols], acc);
+            }
+            T::store(acc, y_cols);
         }
         c0 += cols;
-    }
-}
-
-/// `y_cols = round(y_cols + sum_k h[k] * Bt[k][c0..c0 + len])`, summed in f32 in `k` order.
-/// `acc` has the length of `y_cols`.
-#[inline(always)]
-fn expand_row<T: Elem, const FMA: bool>(
-    h: &[f32],
-    bt: &[f32],
-    n_out: usize,
-    c0: usize,
-    y_cols: &mut [T],
-    acc: &mut [f32],
-) {
-    let len = y_cols.len();
-    for (o, &v) in acc.iter_mut().zip(y_cols.iter()) {
-        *o = v.to_f32();
-    }
-    for (k, &hk) in h.iter().enumerate() {
-        let start = k * n_out + c0;
-        axpy::<FMA>(hk, &bt[start..start + len], acc);
-    }
-    for (y, &v) in y_cols.iter_mut().zip(acc.iter()) {
-        *y = T::from_f32(v);
     }
 }
 
@@ -427,60 +586,88 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
-/// Final reduction shared by [`dot`] and [`dot4`] so both round identically.
+/// Final reduction of [`dot`]'s 8 lanes plus its tail, shared so every dot rounds the same.
 #[inline(always)]
 fn reduce(acc: &[f32; 8], tail: f32) -> f32 {
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
-/// `sum(x[i] * a[i])` over the elements past the last full chunk of 8.
+/// `sum(x[i] * y[i])` over the elements past the last full chunk of 8.
 #[inline(always)]
-fn tail_dot(x: &[f32], a: &[f32]) -> f32 {
-    let n = a.len() / 8 * 8;
-    x[n..].iter().zip(&a[n..]).map(|(&p, &q)| p * q).sum()
+fn tail_dot(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len()) / 8 * 8;
+    x[n..].iter().zip(&y[n..]).map(|(&p, &q)| p * q).sum()
 }
 
-/// `acc[l] += x[l] * a[l]` for one chunk of 8 (one vector register).
+/// `sum(x[i] * y[i])` (equal lengths) with 8 lane accumulators so the loop vectorises:
+/// lane `l` accumulates the products `i = l, l + 8, ...` with [`madd`] in order, then the
+/// lanes and the tail are combined by [`reduce`]. Symmetric in `x` and `y`.
 #[inline(always)]
-fn lanes_madd<const FMA: bool>(acc: &mut [f32; 8], x: &[f32], a: &[f32]) {
-    for ((s, &p), &q) in acc.iter_mut().zip(x).zip(a) {
-        *s = madd::<FMA>(p, q, *s);
-    }
-}
-
-/// `sum(x[i] * a[i])` with 8 lane accumulators so the loop vectorises.
-#[inline(always)]
-fn dot<const FMA: bool>(x: &[f32], a: &[f32]) -> f32 {
+fn dot<const FMA: bool>(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
-    for (x8, a8) in x.chunks_exact(8).zip(a.chunks_exact(8)) {
-        lanes_madd::<FMA>(&mut acc, x8, a8);
+    for (x8, y8) in x.chunks_exact(8).zip(y.chunks_exact(8)) {
+        for ((s, &p), &q) in acc.iter_mut().zip(x8).zip(y8) {
+            *s = madd::<FMA>(p, q, *s);
+        }
     }
-    reduce(&acc, tail_dot(x, a))
+    reduce(&acc, tail_dot(x, y))
 }
 
-/// Four [`dot`]s against the same `a`, sharing its loads; bit-identical to four `dot` calls.
+/// `[dot(xs[0], s), .., dot(xs[3], s)]`, bit-identical to four [`dot`] calls, but with
+/// AVX2 + FMA the four run interleaved (four independent accumulator chains sharing the
+/// loads of `s`).
+///
+/// # Safety
+/// When `FMA` is true the CPU must support AVX2 and FMA.
 #[inline(always)]
-fn dot4<const FMA: bool>(xs: [&[f32]; 4], a: &[f32]) -> [f32; 4] {
-    let (mut s0, mut s1, mut s2, mut s3) = ([0.0f32; 8], [0.0f32; 8], [0.0f32; 8], [0.0f32; 8]);
-    let [x0, x1, x2, x3] = xs;
-    for ((((a8, c0), c1), c2), c3) in a
-        .chunks_exact(8)
-        .zip(x0.chunks_exact(8))
-        .zip(x1.chunks_exact(8))
-        .zip(x2.chunks_exact(8))
-        .zip(x3.chunks_exact(8))
-    {
-        lanes_madd::<FMA>(&mut s0, c0, a8);
-        lanes_madd::<FMA>(&mut s1, c1, a8);
-        lanes_madd::<FMA>(&mut s2, c2, a8);
-        lanes_madd::<FMA>(&mut s3, c3, a8);
+unsafe fn dot4<const FMA: bool>(s: &[f32], xs: [&[f32]; 4]) -> [f32; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: the caller guarantees AVX2 and FMA when `FMA` is true.
+        return unsafe { dot4_avx2_fma(s, xs) };
     }
-    [
-        reduce(&s0, tail_dot(x0, a)),
-        reduce(&s1, tail_dot(x1, a)),
-        reduce(&s2, tail_dot(x2, a)),
-        reduce(&s3, tail_dot(x3, a)),
-    ]
+    xs.map(|x| dot::<FMA>(x, s))
+}
+
+/// [`dot4`] with explicit AVX2 + FMA intrinsics (LLVM vectorises four interleaved
+/// [`dot`]s across the wrong axis). Lane `l` of accumulator `j` is `dot`'s lane `l` for
+/// `xs[j]`: the same fused multiply-adds in the same order, then the same [`reduce`].
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dot4_avx2_fma(s: &[f32], xs: [&[f32]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::{
+        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+    };
+    let n = s.len();
+    if xs.iter().any(|x| x.len() != n) {
+        // Not reached (callers pass equal lengths); keeps the raw loads below in bounds.
+        return xs.map(|x| dot::<true>(x, s));
+    }
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: `i + 8 <= n` and every operand has length `n`, so each 8-float unaligned
+        // load stays inside its slice.
+        unsafe {
+            let sv = _mm256_loadu_ps(s.as_ptr().add(i));
+            for (a, x) in acc.iter_mut().zip(&xs) {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(i)), sv, *a);
+            }
+        }
+        i += 8;
+    }
+    let mut out = [0.0f32; 4];
+    for ((o, a), x) in out.iter_mut().zip(acc).zip(&xs) {
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` holds exactly 8 f32s.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
+        *o = reduce(&lanes, tail_dot(x, s));
+    }
+    out
 }
 
 /// `acc[i] += w * v[i]`.
@@ -495,23 +682,44 @@ fn axpy<const FMA: bool>(w: f32, v: &[f32], acc: &mut [f32]) {
 mod tests {
     use super::{dot, dot4};
 
+    fn vecs(n: usize) -> [Vec<f32>; 5] {
+        std::array::from_fn(|s| {
+            (0..n)
+                .map(|i| ((i as f32 + s as f32) * 0.37).sin())
+                .collect()
+        })
+    }
+
     #[test]
     fn dot4_is_bit_identical_to_dot() {
         for n in [0usize, 1, 7, 8, 9, 31, 576, 577] {
-            let v = |s: f32| {
-                (0..n)
-                    .map(|i| ((i as f32 + s) * 0.37).sin())
-                    .collect::<Vec<_>>()
+            let [s, x0, x1, x2, x3] = vecs(n);
+            let one = |fma: bool| {
+                [&x0, &x1, &x2, &x3].map(|x| {
+                    if fma {
+                        dot::<true>(x, &s)
+                    } else {
+                        dot::<false>(x, &s)
+                    }
+                    .to_bits()
+                })
             };
-            let (a, x0, x1, x2, x3) = (v(0.0), v(1.0), v(2.0), v(3.0), v(4.0));
-            let four = dot4::<false>([&x0, &x1, &x2, &x3], &a);
-            let one = [
-                dot::<false>(&x0, &a),
-                dot::<false>(&x1, &a),
-                dot::<false>(&x2, &a),
-                dot::<false>(&x3, &a),
-            ];
-            assert_eq!(four.map(f32::to_bits), one.map(f32::to_bits), "n = {n}");
+            // SAFETY: `FMA = false` needs no CPU feature.
+            let four = unsafe { dot4::<false>(&s, [&x0, &x1, &x2, &x3]) };
+            assert_eq!(four.map(f32::to_bits), one(false), "n = {n}");
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: AVX2 and FMA were just detected.
+                let four = unsafe { dot4::<true>(&s, [&x0, &x1, &x2, &x3]) };
+                assert_eq!(four.map(f32::to_bits), one(true), "n = {n} (fma)");
+            }
+            // Symmetric in its operands.
+            assert_eq!(
+                dot::<false>(&x0, &s).to_bits(),
+                dot::<false>(&s, &x0).to_bits()
+            );
         }
     }
 }
