@@ -6,7 +6,7 @@ use lantern_kernels::{lora_add, LoraBatch, LoraWeights};
 fn prof() {
     for dtype in [DType::F32, DType::BF16] {
     for rank in [16usize, 64] {
-    for t in [2usize, 4, 6, 8, 16] {
+    for t in [4usize, 8, 16, 32, 512] {
     let (dim, s) = (576, 8);
     let d = Device::Cpu;
     let a = (Tensor::randn(0f32, 0.04, (s, rank, dim), &d).unwrap()).to_dtype(dtype).unwrap();

@@ -30,8 +30,8 @@ use crate::lora::{LoraDims, LoraPlan, LORA_SGMV_MIN_TOKENS};
 
 /// Tokens per SGMV task (one rayon task; processed four tokens at a time).
 const TILE_TOKENS: usize = 32;
-/// Output columns per expand block in the SGMV path (`r * 256` f32 of `Bt` stay in cache).
-const EXPAND_COLS: usize = 256;
+/// SGMV expand: output columns per register-blocked chunk (four AVX2 vectors).
+const EXPAND_CHUNK: usize = 32;
 /// Below this many multiply-adds (about 30 us of single-thread work) a phase runs on the
 /// calling thread: waking rayon's workers costs microseconds to tens of microseconds.
 const PAR_MIN_MACS: usize = 1 << 18;
@@ -169,7 +169,7 @@ struct Scratch {
     x: Vec<f32>,
     /// `(tokens, rank)` shrunk activations, already scaled.
     h: Vec<f32>,
-    /// `(EXPAND_COLS,)` output accumulator.
+    /// `(out_dim,)` output accumulators (BGMV) or the SGMV expand's last, partial chunk.
     acc: Vec<f32>,
 }
 
@@ -376,21 +376,28 @@ fn borrow_f32<T: Elem>(src: &[T]) -> Option<&[f32]> {
 }
 
 /// `bt[k][o] = b_slot[o][k]` for `k < r`: `b_slot` is `(out, max_rank)`, `bt` `(r, out)`
-/// (empty when not needed).
+/// (empty when not needed). Goes through 8 x 8 tiles held in a local array, so both the
+/// reads (8 contiguous entries of a `B` row) and the writes (8 contiguous entries of a `Bt`
+/// row) are short contiguous runs.
 fn transpose_rank(b_slot: &[f32], max_rank: usize, r: usize, out: usize, bt: &mut [f32]) {
-    const BLOCK: usize = 8;
-    if r == 0 || bt.len() != r * out {
+    const TILE: usize = 8;
+    if r == 0 || bt.len() != r * out || b_slot.len() != out * max_rank {
         return;
     }
-    for (ob, rows) in b_slot.chunks(BLOCK * max_rank).enumerate() {
-        let o0 = ob * BLOCK;
-        let n = rows.len() / max_rank;
-        for k in 0..r {
-            for (d, row) in bt[k * out + o0..k * out + o0 + n]
-                .iter_mut()
-                .zip(rows.chunks_exact(max_rank))
-            {
-                *d = row[k];
+    let mut tile = [[0.0f32; TILE]; TILE];
+    for o0 in (0..out).step_by(TILE) {
+        let no = TILE.min(out - o0);
+        for k0 in (0..r).step_by(TILE) {
+            let nk = TILE.min(r - k0);
+            for (i, t) in tile.iter_mut().enumerate().take(no) {
+                let src = &b_slot[(o0 + i) * max_rank + k0..][..nk];
+                t[..nk].copy_from_slice(src);
+            }
+            for j in 0..nk {
+                let dst = &mut bt[(k0 + j) * out + o0..][..no];
+                for (d, t) in dst.iter_mut().zip(&tile) {
+                    *d = t[j];
+                }
             }
         }
     }
@@ -535,41 +542,51 @@ unsafe fn sgmv_tile<T: Rows, const FMA: bool>(
     h.resize(m * r, 0.0);
     let xs = T::row_f32(&shared.x[task.lo * n_in..task.hi * n_in], x);
 
-    // Shrink: h[i][k] = scale * <A_k, x_i>.
-    for k in 0..r {
-        let a_k = &a[k * n_in..(k + 1) * n_in];
-        let mut i = 0;
-        while i + 4 <= m {
-            let x4 = [
-                &xs[i * n_in..(i + 1) * n_in],
-                &xs[(i + 1) * n_in..(i + 2) * n_in],
-                &xs[(i + 2) * n_in..(i + 3) * n_in],
-                &xs[(i + 3) * n_in..(i + 4) * n_in],
-            ];
+    // Shrink: h[i][k] = scale * <A_k, x_i>, four tokens (in L1) against each row of A.
+    let x_row = |i: usize| &xs[i * n_in..(i + 1) * n_in];
+    let mut i = 0;
+    while i + 4 <= m {
+        let x4 = [x_row(i), x_row(i + 1), x_row(i + 2), x_row(i + 3)];
+        for k in 0..r {
             // SAFETY: forwarded contract.
-            let d = unsafe { dot4::<FMA>(a_k, x4) };
+            let d = unsafe { dot4::<FMA>(&a[k * n_in..(k + 1) * n_in], x4) };
             for (j, dj) in d.into_iter().enumerate() {
                 h[(i + j) * r + k] = scale * dj;
             }
-            i += 4;
         }
-        for i in i..m {
-            h[i * r + k] = scale * dot::<FMA>(&xs[i * n_in..(i + 1) * n_in], a_k);
+        i += 4;
+    }
+    for i in i..m {
+        for k in 0..r {
+            h[i * r + k] = scale * dot::<FMA>(x_row(i), &a[k * n_in..(k + 1) * n_in]);
         }
     }
 
-    // Expand, one block of output columns at a time for all tokens of the tile.
+    // Expand, one chunk of EXPAND_CHUNK output columns at a time for all tokens of the tile:
+    // the chunk's accumulators stay in registers over the `r` steps, and its `r` rows of
+    // `Bt` (at most 16 KiB) stay in L1 across the tokens.
     let mut c0 = 0;
     while c0 < n_out {
-        let cols = EXPAND_COLS.min(n_out - c0);
-        acc.resize(cols, 0.0);
+        let cols = EXPAND_CHUNK.min(n_out - c0);
         for (i, y_row) in rows.chunks_exact_mut(n_out).enumerate() {
             let y_cols = &mut y_row[c0..c0 + cols];
-            T::load(y_cols, acc);
-            for (k, &hk) in h[i * r..(i + 1) * r].iter().enumerate() {
-                axpy::<FMA>(hk, &bt[k * n_out + c0..k * n_out + c0 + cols], acc);
+            let h_i = &h[i * r..(i + 1) * r];
+            if cols == EXPAND_CHUNK {
+                let mut chunk = [0.0f32; EXPAND_CHUNK];
+                T::load(y_cols, &mut chunk);
+                for (k, &hk) in h_i.iter().enumerate() {
+                    let bt_k = &bt[k * n_out + c0..k * n_out + c0 + EXPAND_CHUNK];
+                    axpy::<FMA>(hk, bt_k, &mut chunk);
+                }
+                T::store(&chunk, y_cols);
+            } else {
+                acc.resize(cols, 0.0);
+                T::load(y_cols, acc);
+                for (k, &hk) in h_i.iter().enumerate() {
+                    axpy::<FMA>(hk, &bt[k * n_out + c0..k * n_out + c0 + cols], acc);
+                }
+                T::store(acc, y_cols);
             }
-            T::store(acc, y_cols);
         }
         c0 += cols;
     }
