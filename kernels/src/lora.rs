@@ -32,7 +32,7 @@ use crate::cache_write::check_float_dtype;
 /// (tiles of tokens sharing the slot's weights, with `B` transposed once per call for the
 /// slot); shorter ones (decode tokens) use the per-token BGMV path. The two paths agree to
 /// f32 rounding (they sum the expand in different orders).
-pub const LORA_SGMV_MIN_TOKENS: usize = 4;
+pub const LORA_SGMV_MIN_TOKENS: usize = 8;
 
 /// Stacked adapter weights of one projection of one layer for all resident slots.
 ///

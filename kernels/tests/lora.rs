@@ -325,26 +325,20 @@ fn batch_invariance() {
     }
 }
 
-/// A hand-built batch may merge adjacent same-slot sequences into one segment: six decode
-/// tokens of one adapter then take the SGMV path instead of six BGMV steps. Both agree
+/// A hand-built batch may merge adjacent same-slot sequences into one segment: ten decode
+/// tokens of one adapter then take the SGMV path instead of ten BGMV steps. Both agree
 /// with the reference (and with each other to f32 rounding).
 #[test]
 fn merged_segments_take_the_sgmv_path() {
-    let seqs: &[Seq] = &[
-        (None, 2),
-        (Some(3), 1),
-        (Some(3), 1),
-        (Some(3), 1),
-        (Some(3), 1),
-        (Some(3), 1),
-        (Some(3), 1),
-    ];
-    let c = case(55, seqs, 70, 90, DType::F32);
+    const N: usize = 10;
+    const { assert!(N >= LORA_SGMV_MIN_TOKENS) };
+    let mut seqs: Vec<Seq> = vec![(None, 2)];
+    seqs.extend([(Some(3), 1); N]);
+    let c = case(55, &seqs, 70, 90, DType::F32);
     let mut merged = c.batch.clone();
-    merged.seg_starts = Tensor::new(&[0u32, 2, 8], &CPU).unwrap();
+    merged.seg_starts = Tensor::new(&[0u32, 2, 2 + N as u32], &CPU).unwrap();
     merged.seg_slots = Tensor::new(&[-1i32, 3], &CPU).unwrap();
-    merged.max_lora_segment_len = 6;
-    const { assert!(6 >= LORA_SGMV_MIN_TOKENS) };
+    merged.max_lora_segment_len = N;
     let per_seq = lora_add(&c.y, &c.x, &c.w, &c.batch).unwrap();
     let sgmv = lora_add(&c.y, &c.x, &c.w, &merged).unwrap();
     let want = lora_add_naive(&c.y, &c.x, &c.w, &c.batch).unwrap();

@@ -11,14 +11,16 @@
 //!      `y_o += <B_o[..r], h>`, both as dot products four at a time against a shared operand.
 //!    * **SGMV** (longer segments: prefill chunks). Tiles of up to [`TILE_TOKENS`] tokens
 //!      sharing one slot: each `A` row is dotted with four tokens at a time, and the expand
-//!      is `r` contiguous axpys of `Bt` rows per token, over column blocks that stay in L1
-//!      across the tile.
+//!      is `r` contiguous axpys of `Bt` rows per token, in 32-column chunks held in
+//!      registers whose `r x 32` block of `Bt` stays in L1 across the tile.
 //!
 //! All math is f32. A token's result depends only on its row of `x`, its slot and the length
 //! of its segment (which picks the path), never on the tile, the thread or the other
 //! segments; with one segment per sequence (as [`crate::LoraBatch::from_host`] builds them)
 //! a sequence gets bit-identical results alone or in any batch. Like the attention kernel,
-//! the task code is compiled a second time with AVX2 + FMA and picked at runtime.
+//! the task code is compiled a second time with AVX2 + FMA and picked at runtime; there the
+//! two innermost kernels ([`dot4`], [`expand_chunk`]) use explicit intrinsics, because LLVM's
+//! auto-vectorisation of them varied from one element type to the next.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Tensor};
@@ -37,12 +39,25 @@ const EXPAND_CHUNK: usize = 32;
 const PAR_MIN_MACS: usize = 1 << 18;
 
 pub(crate) fn lora_add_cpu(
+    x: (&CpuStorage, &Layout),
+    a: (&CpuStorage, &Layout),
+    b: (&CpuStorage, &Layout),
+    y: &Tensor,
+    plan: &LoraPlan,
+    dims: LoraDims,
+) -> Result<(CpuStorage, Shape)> {
+    lora_add_cpu_isa(x, a, b, y, plan, dims, Isa::detect())
+}
+
+/// [`lora_add_cpu`] with the instruction set chosen by the caller (tests use the baseline).
+fn lora_add_cpu_isa(
     (x, x_l): (&CpuStorage, &Layout),
     (a, a_l): (&CpuStorage, &Layout),
     (b, b_l): (&CpuStorage, &Layout),
     y: &Tensor,
     plan: &LoraPlan,
     dims: LoraDims,
+    isa: Isa,
 ) -> Result<(CpuStorage, Shape)> {
     let w = dims.w;
     if x_l.dims() != [dims.num_tokens, w.in_dim]
@@ -60,9 +75,9 @@ pub(crate) fn lora_add_cpu(
     }
     let shape = Shape::from((dims.num_tokens, w.out_dim));
     let storage = match x {
-        CpuStorage::F32(_) => run::<f32>((x, x_l), (a, a_l), (b, b_l), y, plan, dims)?,
-        CpuStorage::F16(_) => run::<f16>((x, x_l), (a, a_l), (b, b_l), y, plan, dims)?,
-        CpuStorage::BF16(_) => run::<bf16>((x, x_l), (a, a_l), (b, b_l), y, plan, dims)?,
+        CpuStorage::F32(_) => run::<f32>((x, x_l), (a, a_l), (b, b_l), y, plan, dims, isa)?,
+        CpuStorage::F16(_) => run::<f16>((x, x_l), (a, a_l), (b, b_l), y, plan, dims, isa)?,
+        CpuStorage::BF16(_) => run::<bf16>((x, x_l), (a, a_l), (b, b_l), y, plan, dims, isa)?,
         other => bail!(
             "lora_add: dtype {:?} is not supported (f32, f16, bf16)",
             other.dtype()
@@ -191,6 +206,7 @@ fn run<T: Rows>(
     y: &Tensor,
     plan: &LoraPlan,
     dims: LoraDims,
+    isa: Isa,
 ) -> Result<CpuStorage> {
     let w = dims.w;
     let x = contiguous_window(x.as_slice::<T>()?, x_l, "lora_add: x")?;
@@ -345,7 +361,6 @@ fn run<T: Rows>(
         out_dim: w.out_dim,
         max_rank: w.max_rank,
     };
-    let isa = Isa::detect();
     let run_job = |scratch: &mut Scratch, (task, rows): (Task, &mut [T])| match isa {
         // SAFETY: with `FMA = false` no CPU feature is required.
         Isa::Baseline => unsafe { run_task::<T, false>(scratch, &shared, task, rows) },
@@ -519,7 +534,7 @@ unsafe fn bgmv<T: Rows, const FMA: bool>(
 }
 
 /// A tile of tokens sharing one slot: `H = scale * X A[..r]^T`, four tokens per `A` row,
-/// then `y_i = y_i + sum_k H[i][k] Bt[k]` in column blocks of `Bt`.
+/// then `y_i = y_i + sum_k H[i][k] Bt[k]` in register-blocked chunks of 32 columns.
 ///
 /// # Safety
 /// When `FMA` is true the CPU must support AVX2 and FMA.
@@ -574,10 +589,8 @@ unsafe fn sgmv_tile<T: Rows, const FMA: bool>(
             if cols == EXPAND_CHUNK {
                 let mut chunk = [0.0f32; EXPAND_CHUNK];
                 T::load(y_cols, &mut chunk);
-                for (k, &hk) in h_i.iter().enumerate() {
-                    let bt_k = &bt[k * n_out + c0..k * n_out + c0 + EXPAND_CHUNK];
-                    axpy::<FMA>(hk, bt_k, &mut chunk);
-                }
+                // SAFETY: forwarded contract.
+                unsafe { expand_chunk::<FMA>(h_i, &bt[c0..], n_out, &mut chunk) };
                 T::store(&chunk, y_cols);
             } else {
                 acc.resize(cols, 0.0);
@@ -687,6 +700,74 @@ unsafe fn dot4_avx2_fma(s: &[f32], xs: [&[f32]; 4]) -> [f32; 4] {
     out
 }
 
+/// `chunk += sum_k h[k] * bt[k * stride..][..EXPAND_CHUNK]`, `k` in order, each step an
+/// [`axpy`] (so bit-identical to `h.len()` `axpy` calls); with AVX2 + FMA the chunk stays in
+/// four registers throughout. `bt` starts at the chunk's first column.
+///
+/// # Safety
+/// When `FMA` is true the CPU must support AVX2 and FMA.
+#[inline(always)]
+unsafe fn expand_chunk<const FMA: bool>(
+    h: &[f32],
+    bt: &[f32],
+    stride: usize,
+    chunk: &mut [f32; EXPAND_CHUNK],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: the caller guarantees AVX2 and FMA when `FMA` is true.
+        return unsafe { expand_chunk_avx2_fma(h, bt, stride, chunk) };
+    }
+    for (k, &hk) in h.iter().enumerate() {
+        axpy::<FMA>(hk, &bt[k * stride..k * stride + EXPAND_CHUNK], chunk);
+    }
+}
+
+/// [`expand_chunk`] with explicit AVX2 + FMA intrinsics: lane `l` of register `v` computes
+/// `fma(h[k], bt[k][8 v + l], acc)` for `k` in order, exactly as [`axpy`] does.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn expand_chunk_avx2_fma(
+    h: &[f32],
+    bt: &[f32],
+    stride: usize,
+    chunk: &mut [f32; EXPAND_CHUNK],
+) {
+    use std::arch::x86_64::{_mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_storeu_ps};
+    let rows = h.len();
+    if rows > 0 && bt.len() < (rows - 1) * stride + EXPAND_CHUNK {
+        // Not reached (callers pass whole `Bt` rows); keeps the raw loads below in bounds.
+        return;
+    }
+    let p = chunk.as_mut_ptr();
+    // SAFETY: `chunk` holds 32 f32s: offsets 0, 8, 16 and 24 each start 8 in bounds.
+    let mut acc = unsafe {
+        [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ]
+    };
+    for (k, &hk) in h.iter().enumerate() {
+        let hv = _mm256_set1_ps(hk);
+        let row = bt[k * stride..].as_ptr();
+        for (v, a) in acc.iter_mut().enumerate() {
+            // SAFETY: `bt` holds at least `k * stride + 32` floats (checked above), so the
+            // 8 floats at `k * stride + 8 v` (v < 4) are in bounds.
+            *a = _mm256_fmadd_ps(hv, unsafe { _mm256_loadu_ps(row.add(8 * v)) }, *a);
+        }
+    }
+    for (v, a) in acc.into_iter().enumerate() {
+        // SAFETY: as for the loads from `chunk` above.
+        unsafe { _mm256_storeu_ps(p.add(8 * v), a) };
+    }
+}
+
 /// `acc[i] += w * v[i]`.
 #[inline(always)]
 fn axpy<const FMA: bool>(w: f32, v: &[f32], acc: &mut [f32]) {
@@ -696,8 +777,83 @@ fn axpy<const FMA: bool>(w: f32, v: &[f32], acc: &mut [f32]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::{dot, dot4};
+    use super::{dot, dot4, lora_add_cpu_isa, Isa};
+    use crate::lora::{LoraDims, LoraPlan};
+    use crate::{LoraBatch, LoraWeights};
+    use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+
+    /// The baseline build (what non-x86_64 targets and older CPUs run) agrees with the
+    /// runtime-selected one, through both paths and all three dtypes.
+    #[test]
+    fn baseline_isa_matches_detected_isa() {
+        let dev = Device::Cpu;
+        let (in_dim, out_dim, slots, max_rank) = (37, 45, 3, 12);
+        let seqs = [
+            (Some(0), 1),
+            (None, 2),
+            (Some(2), 20),
+            (Some(1), 3),
+            (Some(0), 9),
+        ];
+        let t: usize = seqs.iter().map(|s| s.1).sum();
+        let batch = LoraBatch::from_host(&seqs.map(|s| s.0), &seqs.map(|s| s.1), &dev).unwrap();
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            // Deterministic pseudo-random values in [-amp, amp].
+            let rand = |shape: &[usize], amp: f32| {
+                let n: usize = shape.iter().product();
+                let v: Vec<f32> = (0..n)
+                    .map(|i| amp * ((i as f32 * 0.618 + amp) * 12.9898).sin())
+                    .collect();
+                Tensor::from_vec(v, shape, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let w = LoraWeights::new(
+                rand(&[slots, max_rank, in_dim], 0.2),
+                rand(&[slots, out_dim, max_rank], 0.3),
+                Tensor::new(&[0.5f32, 2.0, 1.0], &dev).unwrap(),
+            )
+            .unwrap()
+            .with_ranks(vec![12, 3, 8])
+            .unwrap();
+            let (x, y) = (rand(&[t, in_dim], 1.0), rand(&[t, out_dim], 1.0));
+            let dims = LoraDims {
+                num_tokens: t,
+                w: w.check("test").unwrap(),
+            };
+            let plan = LoraPlan::read_and_validate(&w, &batch, dims).unwrap();
+            let run = |isa: Isa| {
+                let (xs, xl) = x.storage_and_layout();
+                let (a_s, al) = w.a.storage_and_layout();
+                let (bs, bl) = w.b.storage_and_layout();
+                let (Storage::Cpu(xs), Storage::Cpu(a_s), Storage::Cpu(bs)) = (&*xs, &*a_s, &*bs)
+                else {
+                    panic!("cpu tensors expected");
+                };
+                let (out, _) =
+                    lora_add_cpu_isa((xs, xl), (a_s, al), (bs, bl), &y, &plan, dims, isa).unwrap();
+                match out {
+                    CpuStorage::F32(v) => v,
+                    CpuStorage::BF16(v) => v.iter().map(|e| e.to_f32()).collect(),
+                    CpuStorage::F16(v) => v.iter().map(|e| e.to_f32()).collect(),
+                    _ => panic!("unexpected output dtype"),
+                }
+            };
+            let (base, fast) = (run(Isa::Baseline), run(Isa::detect()));
+            assert_eq!(base.len(), t * out_dim);
+            let diff = base
+                .iter()
+                .zip(&fast)
+                .map(|(p, q)| (p - q).abs() / (1.0 + q.abs()))
+                .fold(0.0f32, f32::max);
+            // Rounding to a half type can flip one ulp (2^-8 relative for bf16).
+            let tol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+            assert!(diff <= tol, "{dtype:?}: {diff}");
+        }
+    }
 
     fn vecs(n: usize) -> [Vec<f32>; 5] {
         std::array::from_fn(|s| {
