@@ -15,6 +15,7 @@ pub mod gguf_tokenizer;
 pub mod hub;
 mod linear;
 mod loader;
+mod lora;
 mod rope;
 mod transformer;
 
@@ -25,5 +26,6 @@ pub use loader::{
     load_gguf, load_hf_dir, load_model, DTypeChoice, LoadOptions, LoadedModel, ModelMeta,
     ModelSource,
 };
+pub use lora::{proj_dims, LoraAdapter, LoraStack, LORA_TARGETS};
 pub use rope::{inv_freq, RotaryEmbedding};
 pub use transformer::{BatchInputs, CausalLm, LayerKvCache};

@@ -82,6 +82,22 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `x W^T + b`, plus each token's LoRA delta when `lora` is given and some token uses
+    /// an adapter (base-only batches skip the LoRA path entirely).
+    pub fn forward_lora(
+        &self,
+        x: &Tensor,
+        lora: Option<(&lantern_kernels::LoraWeights, &lantern_kernels::LoraBatch)>,
+    ) -> Result<Tensor> {
+        let y = self.forward(x)?;
+        match lora {
+            Some((w, batch)) if batch.any_lora => lantern_kernels::lora_add(&y, x, w, batch),
+            _ => Ok(y),
+        }
+    }
+}
+
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // x: (T, in) -> (T, out)

@@ -5,10 +5,29 @@
 
 use crate::config::ModelConfig;
 use crate::linear::{Linear, Proj};
+use crate::lora::LoraStack;
 use crate::rope::RotaryEmbedding;
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
-use lantern_kernels::PagedAttnMetadata;
+use lantern_kernels::{LoraBatch, LoraWeights, PagedAttnMetadata};
+
+/// Per-step LoRA context: the resident slot weights and which slot each token uses.
+#[derive(Clone, Copy)]
+struct LoraCtx<'a> {
+    stack: &'a LoraStack,
+    batch: &'a LoraBatch,
+}
+
+impl<'a> LoraCtx<'a> {
+    fn get(
+        ctx: Option<Self>,
+        layer: usize,
+        proj: Proj,
+    ) -> Option<(&'a LoraWeights, &'a LoraBatch)> {
+        let c = ctx?;
+        Some((c.stack.weights(layer, proj)?, c.batch))
+    }
+}
 
 /// One flattened batch: tokens of many sequences (prefill chunks and decode tokens mixed),
 /// with no padding.
@@ -22,6 +41,8 @@ pub struct BatchInputs {
     pub attn: PagedAttnMetadata,
     /// (S,) u32 rows of the batch whose logits are needed (usually each sequence's last token).
     pub logits_indices: Tensor,
+    /// Adapter slot of each token; `None` (or no token with a slot) skips LoRA entirely.
+    pub lora: Option<LoraBatch>,
 }
 
 /// The paged K and V cache of one layer: (num_blocks, block_size, num_kv_heads, head_dim) each.
@@ -67,11 +88,17 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, lora: Option<LoraCtx>) -> Result<Tensor> {
         // (T, hidden) -> (T, intermediate) -> (T, hidden)
-        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        let u = self.up.forward(x)?;
-        self.down.forward(&(g * u)?)
+        let l = self.gate.layer();
+        let g = candle_nn::ops::silu(
+            &self
+                .gate
+                .forward_lora(x, LoraCtx::get(lora, l, Proj::Gate))?,
+        )?;
+        let u = self.up.forward_lora(x, LoraCtx::get(lora, l, Proj::Up))?;
+        self.down
+            .forward_lora(&(g * u)?, LoraCtx::get(lora, l, Proj::Down))
     }
 }
 
@@ -120,6 +147,7 @@ impl Attention {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: &Tensor,
@@ -127,20 +155,22 @@ impl Attention {
         sin: &Tensor,
         attn: &PagedAttnMetadata,
         cache: &LayerKvCache,
+        lora: Option<LoraCtx>,
     ) -> Result<Tensor> {
         let t = x.dim(0)?;
+        let l = self.q.layer();
         // (T, heads, head_dim)
         let q = self
             .q
-            .forward(x)?
+            .forward_lora(x, LoraCtx::get(lora, l, Proj::Q))?
             .reshape((t, self.num_heads, self.head_dim))?;
         let k = self
             .k
-            .forward(x)?
+            .forward_lora(x, LoraCtx::get(lora, l, Proj::K))?
             .reshape((t, self.num_kv_heads, self.head_dim))?;
         let v = self
             .v
-            .forward(x)?
+            .forward_lora(x, LoraCtx::get(lora, l, Proj::V))?
             .reshape((t, self.num_kv_heads, self.head_dim))?;
         let q = match &self.q_norm {
             Some(n) => n.forward(&q)?,
@@ -161,8 +191,10 @@ impl Attention {
         )?;
         // (T, heads, head_dim)
         let out = lantern_kernels::paged_attention(&q, &cache.k, &cache.v, attn, self.scale)?;
-        self.o
-            .forward(&out.reshape((t, self.num_heads * self.head_dim))?)
+        self.o.forward_lora(
+            &out.reshape((t, self.num_heads * self.head_dim))?,
+            LoraCtx::get(lora, l, Proj::O),
+        )
     }
 }
 
@@ -199,11 +231,12 @@ impl DecoderLayer {
         sin: &Tensor,
         attn: &PagedAttnMetadata,
         cache: &LayerKvCache,
+        lora: Option<LoraCtx>,
     ) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
-        let h = (x + self.attn.forward(&h, cos, sin, attn, cache)?)?;
+        let h = (x + self.attn.forward(&h, cos, sin, attn, cache, lora)?)?;
         let m = self.post_attention_layernorm.forward(&h)?;
-        h + self.mlp.forward(&m)?
+        h + self.mlp.forward(&m, lora)?
     }
 }
 
@@ -278,6 +311,21 @@ impl CausalLm {
     /// Runs one flattened batch. Writes this step's K/V into `kv` (one entry per layer) and
     /// returns f32 logits (S, vocab) for the rows in `batch.logits_indices` only.
     pub fn forward(&self, batch: &BatchInputs, kv: &[LayerKvCache]) -> Result<Tensor> {
+        self.forward_with_lora(batch, kv, None)
+    }
+
+    /// [`CausalLm::forward`] with adapter slots: tokens whose `batch.lora` slot is set get
+    /// that slot's LoRA deltas on every targeted projection.
+    pub fn forward_with_lora(
+        &self,
+        batch: &BatchInputs,
+        kv: &[LayerKvCache],
+        lora: Option<&LoraStack>,
+    ) -> Result<Tensor> {
+        let ctx = match (lora, &batch.lora) {
+            (Some(stack), Some(b)) if b.any_lora => Some(LoraCtx { stack, batch: b }),
+            _ => None,
+        };
         if kv.len() != self.layers.len() {
             candle_core::bail!(
                 "kv cache has {} layers but the model has {}",
@@ -290,7 +338,7 @@ impl CausalLm {
         // (T, head_dim / 2) each
         let (cos, sin) = self.rope.gather(&batch.positions)?;
         for (layer, cache) in self.layers.iter().zip(kv) {
-            x = layer.forward(&x, &cos, &sin, &batch.attn, cache)?;
+            x = layer.forward(&x, &cos, &sin, &batch.attn, cache, ctx)?;
         }
         // (S, hidden): only the rows that will be sampled go through the norm and lm_head.
         let x = x.index_select(&batch.logits_indices, 0)?;

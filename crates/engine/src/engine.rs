@@ -869,6 +869,7 @@ impl EngineCore {
                 block_table: &s.block_table,
                 sample: s.sample,
                 all_logits: all,
+                lora_slot: None,
             })
             .collect();
         let logits = match self.runner.execute(&chunks) {

@@ -2,8 +2,8 @@
 
 use crate::error::{Result, RuntimeError};
 use candle_core::{DType, Device, Tensor};
-use lantern_kernels::PagedAttnMetadata;
-use lantern_models::{BatchInputs, CausalLm, LayerKvCache};
+use lantern_kernels::{LoraBatch, PagedAttnMetadata};
+use lantern_models::{BatchInputs, CausalLm, LayerKvCache, LoraAdapter, LoraStack};
 
 /// How large the KV cache should be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub struct SeqChunk<'a> {
     pub sample: bool,
     /// Return logits for every token of this chunk (prompt logprobs), not only the last.
     pub all_logits: bool,
+    /// Resident LoRA slot of this sequence's adapter (`None`: base model).
+    pub lora_slot: Option<u32>,
 }
 
 /// Owns the model and its paged KV cache.
@@ -43,6 +45,7 @@ pub struct ModelRunner {
     kv: Vec<LayerKvCache>,
     block_size: usize,
     num_blocks: usize,
+    lora: Option<LoraStack>,
 }
 
 impl ModelRunner {
@@ -86,7 +89,41 @@ impl ModelRunner {
             kv,
             block_size: cfg.block_size,
             num_blocks,
+            lora: None,
         })
+    }
+
+    /// Allocates `max_loras` adapter slots of rank up to `max_rank` on the model's device.
+    pub fn enable_lora(&mut self, max_loras: usize, max_rank: usize) -> Result<()> {
+        if max_loras == 0 || max_rank == 0 {
+            return Err(RuntimeError::InvalidBatch(
+                "--max-loras and --max-lora-rank must be at least 1".into(),
+            ));
+        }
+        self.lora = Some(LoraStack::new(
+            self.model.config(),
+            max_loras,
+            max_rank,
+            self.model.dtype(),
+            self.model.device(),
+        )?);
+        Ok(())
+    }
+
+    /// Copies `adapter` into a resident slot.
+    pub fn load_lora(&mut self, slot: u32, adapter: &LoraAdapter) -> Result<()> {
+        match self.lora.as_mut() {
+            Some(l) => Ok(l.load_slot(slot as usize, adapter)?),
+            None => Err(RuntimeError::InvalidBatch("LoRA is not enabled".into())),
+        }
+    }
+
+    /// Empties a resident slot.
+    pub fn clear_lora(&mut self, slot: u32) -> Result<()> {
+        match self.lora.as_mut() {
+            Some(l) => Ok(l.clear_slot(slot as usize)?),
+            None => Ok(()),
+        }
     }
 
     pub fn model(&self) -> &CausalLm {
@@ -164,11 +201,28 @@ impl ModelRunner {
         let dev = self.model.device();
         let attn =
             PagedAttnMetadata::from_host(&slots, &tables, &query_lens, &context_lens, bs, dev)?;
+        let lora = if seqs.iter().any(|s| s.lora_slot.is_some()) {
+            let max = self.lora.as_ref().map(|l| l.max_loras()).unwrap_or(0);
+            if let Some(bad) = seqs
+                .iter()
+                .filter_map(|s| s.lora_slot)
+                .find(|&x| x as usize >= max)
+            {
+                return Err(RuntimeError::InvalidBatch(format!(
+                    "LoRA slot {bad} is not resident (LoRA slots: {max})"
+                )));
+            }
+            let seq_slots: Vec<Option<u32>> = seqs.iter().map(|s| s.lora_slot).collect();
+            Some(LoraBatch::from_host(&seq_slots, &query_lens, dev)?)
+        } else {
+            None
+        };
         Ok(BatchInputs {
             input_ids: Tensor::from_vec(input_ids, total, dev)?,
             positions: Tensor::from_vec(positions, total, dev)?,
             attn,
             logits_indices: Tensor::from_vec(logits_indices.clone(), logits_indices.len(), dev)?,
+            lora,
         })
     }
 
@@ -182,7 +236,9 @@ impl ModelRunner {
             logits_indices: Tensor::from_vec(rows, t, self.model.device())?,
             ..batch
         };
-        Ok(self.model.forward(&batch, &self.kv)?)
+        Ok(self
+            .model
+            .forward_with_lora(&batch, &self.kv, self.lora.as_ref())?)
     }
 
     /// Runs one step. Returns f32 logits in batch order: every row of a chunk with
@@ -198,10 +254,13 @@ impl ModelRunner {
                 logits_indices: Tensor::from_vec(vec![0u32], 1, self.model.device())?,
                 ..batch
             };
-            self.model.forward(&batch, &self.kv)?;
+            self.model
+                .forward_with_lora(&batch, &self.kv, self.lora.as_ref())?;
             return Ok(None);
         }
-        let logits = self.model.forward(&batch, &self.kv)?;
+        let logits = self
+            .model
+            .forward_with_lora(&batch, &self.kv, self.lora.as_ref())?;
         debug_assert_eq!(logits.dtype(), DType::F32);
         Ok(Some(logits))
     }

@@ -139,8 +139,21 @@ fn runner(name: &str, block_size: usize) -> ModelRunner {
 
 /// Whole-prompt prefill, then 32 greedy steps; one sequence at a time.
 fn check_single(name: &str, block_size: usize) {
-    let r = Reference::load(name);
     let runner = runner(name, block_size);
+    check_single_on(&runner, name, name, None, block_size);
+}
+
+/// Whole-prompt prefill then greedy decode of every reference prompt of `ref_name`
+/// (a model or `model/lora-x` fixture) on `runner`, with the sequences on `slot`.
+fn check_single_on(
+    runner: &ModelRunner,
+    name: &str,
+    ref_name: &str,
+    slot: Option<u32>,
+    block_size: usize,
+) {
+    let r = Reference::load(ref_name);
+    let name = format!("{name} [{ref_name}]");
     let mut blocks = Blocks::new(runner.num_blocks());
     for (i, prompt) in r.prompts.iter().enumerate() {
         let steps = r.decode(i).dim(0).unwrap();
@@ -152,6 +165,7 @@ fn check_single(name: &str, block_size: usize) {
                 block_table: &table,
                 sample: true,
                 all_logits: false,
+                lora_slot: slot,
             }])
             .unwrap();
         assert_close(
@@ -171,6 +185,7 @@ fn check_single(name: &str, block_size: usize) {
                     block_table: &table,
                     sample: true,
                     all_logits: false,
+                    lora_slot: slot,
                 }])
                 .unwrap()
                 .unwrap();
@@ -212,6 +227,7 @@ fn check_batched(name: &str, block_size: usize) {
             block_table: t,
             sample: true,
             all_logits: false,
+            lora_slot: None,
         })
         .collect();
     let all = runner.execute_all_logits(&chunks).unwrap();
@@ -242,6 +258,7 @@ fn check_batched(name: &str, block_size: usize) {
                 block_table: &tables[i],
                 sample: true,
                 all_logits: false,
+                lora_slot: None,
             })
             .collect();
         let l = runner.execute(&chunks).unwrap().unwrap();
@@ -293,6 +310,7 @@ fn check_chunked(name: &str, chunk: usize, block_size: usize) {
             block_table: &short_table,
             sample: true,
             all_logits: false,
+            lora_slot: None,
         }])
         .unwrap()
         .unwrap();
@@ -310,6 +328,7 @@ fn check_chunked(name: &str, chunk: usize, block_size: usize) {
             block_table: &long_table,
             sample: true,
             all_logits: false,
+            lora_slot: None,
         }];
         let decoding = k + 1 < r.greedy[short_i].len();
         if decoding {
@@ -319,6 +338,7 @@ fn check_chunked(name: &str, chunk: usize, block_size: usize) {
                 block_table: &short_table,
                 sample: true,
                 all_logits: false,
+                lora_slot: None,
             });
         }
         let all = runner.execute_all_logits(&seqs).unwrap();
@@ -376,4 +396,139 @@ fn chunked_prefill_1_7_64() {
     }
     check_chunked("tiny-qwen3", 7, 1);
     check_chunked("tiny-llama", 64, 32);
+}
+
+/// A runner with `max_loras` slots; `lora-a` and `lora-b` loaded into the first slots.
+fn runner_with_adapters(name: &str, block_size: usize, max_loras: usize) -> ModelRunner {
+    let mut r = runner(name, block_size);
+    r.enable_lora(max_loras, 16).unwrap();
+    let cfg = r.model().config().clone();
+    for (slot, a) in ["lora-a", "lora-b"].iter().enumerate().take(max_loras) {
+        let ad =
+            lantern_models::LoraAdapter::load(&fixtures().join(name).join(a), &cfg, 16).unwrap();
+        r.load_lora(slot as u32, &ad).unwrap();
+    }
+    r
+}
+
+/// Each adapter alone matches transformers + peft (logits within 1e-4, greedy token-exact),
+/// and base requests on a LoRA-enabled runner are unaffected.
+#[test]
+fn lora_adapters_match_peft() {
+    for m in MODELS {
+        let runner = runner_with_adapters(m, 16, 2);
+        check_single_on(&runner, m, &format!("{m}/lora-a"), Some(0), 16);
+        check_single_on(&runner, m, &format!("{m}/lora-b"), Some(1), 16);
+        check_single_on(&runner, m, m, None, 16);
+    }
+}
+
+/// One flattened batch mixing base, adapter-a and adapter-b sequences (prefill, then
+/// decode together) equals each served alone.
+#[test]
+fn lora_mixed_batch_equals_alone() {
+    for m in MODELS {
+        let runner = runner_with_adapters(m, 16, 2);
+        let refs = [
+            (Reference::load(m), None),
+            (Reference::load(&format!("{m}/lora-a")), Some(0u32)),
+            (Reference::load(&format!("{m}/lora-b")), Some(1u32)),
+        ];
+        let mut blocks = Blocks::new(runner.num_blocks());
+        // Sequences: prompt i of reference (i % 3).
+        let seqs: Vec<(usize, usize)> = (0..4).map(|i| (i % 3, i)).collect();
+        let steps = refs[0].0.decode(0).dim(0).unwrap();
+        let tables: Vec<Vec<u32>> = seqs
+            .iter()
+            .map(|&(r, i)| blocks.table(refs[r].0.prompts[i].len() + steps, 16))
+            .collect();
+        let chunks: Vec<SeqChunk> = seqs
+            .iter()
+            .zip(&tables)
+            .map(|(&(r, i), t)| SeqChunk {
+                token_ids: &refs[r].0.prompts[i],
+                num_computed_tokens: 0,
+                block_table: t,
+                sample: true,
+                all_logits: true,
+                lora_slot: refs[r].1,
+            })
+            .collect();
+        let all = runner.execute(&chunks).unwrap().unwrap();
+        let mut off = 0;
+        let mut toks = Vec::new();
+        for &(r, i) in &seqs {
+            let n = refs[r].0.prompts[i].len();
+            let mine = all.narrow(0, off, n).unwrap();
+            assert_close(
+                &format!("{m} mixed ref {r} prompt {i} prefill"),
+                &mine,
+                &refs[r].0.prefill(i),
+            );
+            toks.push(sampler::greedy(&mine.narrow(0, n - 1, 1).unwrap()).unwrap()[0]);
+            off += n;
+        }
+        let mut generated: Vec<Vec<u32>> = toks.iter().map(|&t| vec![t]).collect();
+        for k in 0..steps {
+            let feed: Vec<[u32; 1]> = toks.iter().map(|&t| [t]).collect();
+            let chunks: Vec<SeqChunk> = seqs
+                .iter()
+                .enumerate()
+                .map(|(j, &(r, i))| SeqChunk {
+                    token_ids: &feed[j],
+                    num_computed_tokens: refs[r].0.prompts[i].len() + k,
+                    block_table: &tables[j],
+                    sample: true,
+                    all_logits: false,
+                    lora_slot: refs[r].1,
+                })
+                .collect();
+            let l = runner.execute(&chunks).unwrap().unwrap();
+            toks = sampler::greedy(&l).unwrap();
+            for (g, &t) in generated.iter_mut().zip(&toks) {
+                g.push(t);
+            }
+        }
+        for (j, &(r, i)) in seqs.iter().enumerate() {
+            assert_eq!(
+                generated[j], refs[r].0.greedy[i],
+                "{m} mixed ref {r} prompt {i}: greedy differs"
+            );
+        }
+    }
+}
+
+/// One slot shared by two adapters in turn (slot pressure): reloading the slot gives each
+/// adapter's exact outputs.
+#[test]
+fn lora_single_slot_reload() {
+    let m = "tiny-llama";
+    let mut runner = runner_with_adapters(m, 16, 1);
+    let cfg = runner.model().config().clone();
+    check_single_on(&runner, m, &format!("{m}/lora-a"), Some(0), 16);
+    let b =
+        lantern_models::LoraAdapter::load(&fixtures().join(m).join("lora-b"), &cfg, 16).unwrap();
+    runner.load_lora(0, &b).unwrap();
+    check_single_on(&runner, m, &format!("{m}/lora-b"), Some(0), 16);
+    runner.clear_lora(0).unwrap();
+    // A cleared slot contributes nothing: outputs equal the base model's.
+    check_single_on(&runner, m, m, Some(0), 16);
+}
+
+#[test]
+fn unsupported_adapters_are_refused_with_a_reason() {
+    let dir = fixtures().join("tiny-llama");
+    let cfg = lantern_models::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let e = lantern_models::LoraAdapter::load(&dir.join("lora-unsupported-dora"), &cfg, 16)
+        .unwrap_err();
+    assert!(e.to_string().contains("DoRA"), "{e}");
+    let e =
+        lantern_models::LoraAdapter::load(&dir.join("lora-modules-to-save"), &cfg, 16).unwrap_err();
+    assert!(e.to_string().contains("modules_to_save"), "{e}");
+    let e = lantern_models::LoraAdapter::load(&dir.join("lora-b"), &cfg, 4).unwrap_err();
+    assert!(e.to_string().contains("max-lora-rank"), "{e}");
+    // Another architecture's adapter does not fit (shape mismatch names the tensor).
+    let q3 = fixtures().join("tiny-qwen3");
+    let e = lantern_models::LoraAdapter::load(&q3.join("lora-a"), &cfg, 16).unwrap_err();
+    assert!(e.to_string().contains("expected"), "{e}");
 }
