@@ -357,7 +357,7 @@ pub struct BenchArgs {
     #[arg(long, help_heading = "Report")]
     pub result_json: Option<PathBuf>,
 
-    /// Write latency percentile curves and a throughput timeline to this `.svg` file.
+    /// Write latency percentile curves and a throughput timeline to this `.svg` or `.png` file.
     #[arg(long, help_heading = "Report")]
     pub plot: Option<PathBuf>,
 

@@ -28,7 +28,8 @@
 //!   final chunk.
 //! - `metrics`: per-request [`RequestRecord`]s into [`Metrics`] (numpy-style percentiles,
 //!   goodput, peak throughput).
-//! - `report` and `plot`: the vLLM-style table, `--result-json`, `--compare`, `--plot` SVG.
+//! - `report` and `plot`: the vLLM-style table, `--result-json`, `--compare`, `--plot`
+//!   SVG or PNG (`raster` + `font`: a small software rasterizer and PNG encoder).
 //!
 //! Invariants: all timing uses the monotonic clock; a failed request never panics the
 //! run, it becomes a record with an `error_kind`; datasets and arrivals depend only on
@@ -39,10 +40,12 @@ mod arrival;
 mod client;
 mod dataset;
 mod embedded;
+mod font;
 mod http;
 mod metrics;
 pub mod mock;
 mod plot;
+mod raster;
 mod report;
 mod runner;
 mod sse;

@@ -336,12 +336,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
 /// Like [`run`] but returns the result instead of printing it (the embedded server, if
 /// any, is stopped before returning).
 pub async fn run_collect(mut args: BenchArgs) -> Result<BenchResult> {
-    if args
-        .plot
-        .as_ref()
-        .is_some_and(|p| !p.to_string_lossy().to_ascii_lowercase().ends_with(".svg"))
-    {
-        bail!("--plot writes SVG only: name the file *.svg");
+    if let Some(p) = &args.plot {
+        plot::check_path(p)?;
     }
     if !args.embedded {
         return execute(&args).await;

@@ -173,12 +173,14 @@ impl LoraAdapter {
                 v
             }
             Some(serde_json::Value::String(s)) if s == "all-linear" => LORA_TARGETS.to_vec(),
-            Some(other) => return Err(cfg_err(
-                dir,
-                format!(
+            Some(other) => {
+                return Err(cfg_err(
+                    dir,
+                    format!(
                     "`target_modules` {other} is not supported: give a list of projection names"
                 ),
-            )),
+                ))
+            }
             None => return Err(cfg_err(dir, "`target_modules` is missing")),
         };
         let use_rslora = c.get("use_rslora").and_then(|v| v.as_bool()) == Some(true);
