@@ -430,22 +430,27 @@ impl Shape {
             off += t.chars().count();
             tokens.push(t);
             token_logprobs.push(lp.logprob);
-            // Distinct ids can decode to the same string (e.g. lone UTF-8 bytes all decode
-            // to U+FFFD); keep the best logprob per string rather than the last one.
-            let mut m = serde_json::Map::new();
-            for &(id, l) in &lp.top {
-                let key = self.token_str(engine, id);
-                let better = m
-                    .get(&key)
-                    .and_then(Value::as_f64)
-                    .is_none_or(|old| f64::from(l) > old);
-                if better {
-                    m.insert(key, json!(l));
-                }
-            }
-            top.push(Value::Object(m));
+            top.push(self.top_map(engine, &lp.top));
         }
         json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
+    }
+
+    /// A completions `top_logprobs` entry: token string -> logprob. Distinct ids can decode
+    /// to the same string (e.g. lone UTF-8 bytes all decode to U+FFFD); keep the best
+    /// logprob per string rather than the last one.
+    fn top_map(&self, engine: &EngineHandle, top: &[(u32, f32)]) -> Value {
+        let mut m = serde_json::Map::new();
+        for &(id, l) in top {
+            let key = self.token_str(engine, id);
+            let better = m
+                .get(&key)
+                .and_then(Value::as_f64)
+                .is_none_or(|old| f64::from(l) > old);
+            if better {
+                m.insert(key, json!(l));
+            }
+        }
+        Value::Object(m)
     }
 
     /// Completion logprobs of the echoed prompt (first token: null) followed by the
@@ -471,18 +476,7 @@ impl Shape {
             match prompt_lps.get(j).and_then(|x| x.as_ref()) {
                 Some(lp) => {
                     token_logprobs.push(json!(lp.logprob));
-                    let mut m = serde_json::Map::new();
-                    for &(tid, l) in &lp.top {
-                        let key = self.token_str(engine, tid);
-                        let better = m
-                            .get(&key)
-                            .and_then(Value::as_f64)
-                            .is_none_or(|old| f64::from(l) > old);
-                        if better {
-                            m.insert(key, json!(l));
-                        }
-                    }
-                    top.push(Value::Object(m));
+                    top.push(self.top_map(engine, &lp.top));
                 }
                 None => {
                     token_logprobs.push(Value::Null);
