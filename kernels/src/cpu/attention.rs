@@ -8,7 +8,7 @@ use candle_core::{bail, CpuStorage, Layout, Result, Shape};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{contiguous_window, Elem};
+use super::{axpy, contiguous_window, madd, Elem};
 use crate::metadata::{AttnDims, HostMeta, PagedAttnMetadata};
 
 /// Problem sizes shared by every task.
@@ -291,17 +291,6 @@ fn attend_group<T: Elem, const FMA: bool>(
     }
 }
 
-/// `a * b + c`, fused when `FMA` (callers only pass `true` under `target_feature = "fma"`,
-/// where this is one instruction; elsewhere `mul_add` would be a slow libm call).
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
 /// `row[i] = exp(row[i] - max)` in place; returns the sum. Lane-wise so it vectorises.
 #[inline(always)]
 fn exp_sub_sum<const FMA: bool>(row: &mut [f32], max: f32) -> f32 {
@@ -368,14 +357,6 @@ fn dot<const FMA: bool>(q: &[f32], k: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-/// `acc[i] += w * v[i]`.
-#[inline(always)]
-fn axpy<const FMA: bool>(w: f32, v: &[f32], acc: &mut [f32]) {
-    for (a, &x) in acc.iter_mut().zip(v) {
-        *a = madd::<FMA>(w, x, *a);
-    }
 }
 
 #[cfg(test)]

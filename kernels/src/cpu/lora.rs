@@ -27,7 +27,7 @@ use candle_core::{bail, CpuStorage, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
-use super::{contiguous_window, Elem};
+use super::{axpy, contiguous_window, madd, Elem};
 use crate::lora::{LoraDims, LoraPlan, LORA_SGMV_MIN_TOKENS};
 
 /// Tokens per SGMV task (one rayon task; processed four tokens at a time).
@@ -605,17 +605,6 @@ unsafe fn sgmv_tile<T: Rows, const FMA: bool>(
     }
 }
 
-/// `a * b + c`, fused when `FMA` (callers only pass `true` under `target_feature = "fma"`,
-/// where this is one instruction; elsewhere `mul_add` would be a slow libm call).
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
 /// Final reduction of [`dot`]'s 8 lanes plus its tail, shared so every dot rounds the same.
 #[inline(always)]
 fn reduce(acc: &[f32; 8], tail: f32) -> f32 {
@@ -765,14 +754,6 @@ unsafe fn expand_chunk_avx2_fma(
     for (v, a) in acc.into_iter().enumerate() {
         // SAFETY: as for the loads from `chunk` above.
         unsafe { _mm256_storeu_ps(p.add(8 * v), a) };
-    }
-}
-
-/// `acc[i] += w * v[i]`.
-#[inline(always)]
-fn axpy<const FMA: bool>(w: f32, v: &[f32], acc: &mut [f32]) {
-    for (s, &x) in acc.iter_mut().zip(v) {
-        *s = madd::<FMA>(w, x, *s);
     }
 }
 

@@ -87,3 +87,22 @@ pub(crate) fn contiguous_window<'a, T>(
         ),
     }
 }
+
+/// `a * b + c`, fused when `FMA` (callers only pass `true` under `target_feature = "fma"`,
+/// where this is one instruction; elsewhere `mul_add` would be a slow libm call).
+#[inline(always)]
+pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `acc[i] += w * v[i]`.
+#[inline(always)]
+pub(crate) fn axpy<const FMA: bool>(w: f32, v: &[f32], acc: &mut [f32]) {
+    for (a, &x) in acc.iter_mut().zip(v) {
+        *a = madd::<FMA>(w, x, *a);
+    }
+}
