@@ -731,16 +731,14 @@ async fn chat_inner(
         echo_prompt_ids: None,
     };
     let streams = submit_all(ready, vec![ids], &params, "messages").await?;
-    if req.common.stream.unwrap_or(false) {
-        Ok(stream_response(
-            state.clone(),
-            ready.engine.clone(),
-            shape,
-            streams,
-        ))
-    } else {
-        collect_response(state, &ready.engine, shape, streams).await
-    }
+    respond_with(
+        state,
+        ready,
+        shape,
+        streams,
+        req.common.stream.unwrap_or(false),
+    )
+    .await
 }
 
 async fn completions_inner(
@@ -845,7 +843,25 @@ async fn completions_inner(
         echo_prompt_ids,
     };
     let streams = submit_all(ready, prompts, &params, "prompt").await?;
-    if req.common.stream.unwrap_or(false) {
+    respond_with(
+        state,
+        ready,
+        shape,
+        streams,
+        req.common.stream.unwrap_or(false),
+    )
+    .await
+}
+
+/// Streams the request's events as SSE, or collects them into one JSON body.
+async fn respond_with(
+    state: &Arc<AppState>,
+    ready: &Ready,
+    shape: Shape,
+    streams: Vec<RequestStream>,
+    stream: bool,
+) -> Result<Response, ApiError> {
+    if stream {
         Ok(stream_response(
             state.clone(),
             ready.engine.clone(),
