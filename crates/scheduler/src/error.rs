@@ -69,6 +69,8 @@ pub enum AddRequestError {
     },
     #[error("request {id}: a request with this id is already queued or running; use a fresh id")]
     DuplicateId { id: u64 },
+    #[error("request {id}: asks for LoRA adapter {lora_id} but LoRA is disabled (max_loras is 0); start the server with --max-loras >= 1")]
+    LoraDisabled { id: u64, lora_id: u32 },
 }
 
 /// [`crate::Scheduler::update`] was given results that do not match the scheduler's state.

@@ -49,6 +49,7 @@ mod block_pool;
 mod error;
 mod hash;
 mod kv_cache_manager;
+mod lora_slots;
 mod request;
 mod scheduler;
 
@@ -56,6 +57,7 @@ pub use block_pool::{BlockPool, NULL_BLOCK};
 pub use error::{AddRequestError, BlockPoolError, ConfigError, UpdateError};
 pub use hash::{hash_block, BlockHash, CacheKeyExtra};
 pub use kv_cache_manager::{ComputedBlocks, KvCacheManager, KvSeq, PrefixCacheStats};
+pub use lora_slots::LoraLoad;
 pub use request::{FinishReason, RequestStatus, SchedRequest};
 pub use scheduler::{
     ScheduledSeq, Scheduler, SchedulerConfig, SchedulerOutput, SchedulerStats, SchedulingPolicy,

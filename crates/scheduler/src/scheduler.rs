@@ -1,9 +1,11 @@
 //! Token-budget scheduling with chunked prefill, prefix hits and preemption by recompute.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 
 use crate::error::{AddRequestError, ConfigError, UpdateError};
 use crate::kv_cache_manager::{ComputedBlocks, KvCacheManager};
+use crate::lora_slots::{LoraLoad, LoraSlots, SlotPlan};
 use crate::request::{FinishReason, Request, RequestStatus, SchedRequest, WaitKey};
 
 /// Which waiting request goes next, and which running request is preempted first.
@@ -36,6 +38,9 @@ pub struct SchedulerConfig {
     /// Largest prefill chunk one request gets in one step; 0 = no cap beyond the budget.
     pub long_prefill_token_threshold: usize,
     pub policy: SchedulingPolicy,
+    /// LoRA adapter slots on the device (distinct adapters in flight at once); 0 = LoRA
+    /// disabled, and requests with a `lora_id` are refused.
+    pub max_loras: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -52,6 +57,7 @@ impl Default for SchedulerConfig {
             enable_prefix_caching: true,
             long_prefill_token_threshold: 0,
             policy: SchedulingPolicy::Fcfs,
+            max_loras: 0,
         }
     }
 }
@@ -82,6 +88,8 @@ impl SchedulerConfig {
 pub struct ScheduledSeq {
     pub id: u64,
     pub lora_id: u32,
+    /// The device slot holding this sequence's adapter (`None` for the base model).
+    pub lora_slot: Option<u32>,
     /// Tokens already in the KV cache before this step: `token_ids[i]` sits at position
     /// `num_computed_tokens + i`.
     pub num_computed_tokens: usize,
@@ -106,6 +114,9 @@ pub struct SchedulerOutput {
     pub preempted: Vec<u64>,
     /// Sum of `token_ids.len()` over `seqs`; never above `max_num_batched_tokens`.
     pub num_batched_tokens: usize,
+    /// Adapters to copy into their slots before running this step (the slot's previous
+    /// adapter has no running request left).
+    pub lora_loads: Vec<LoraLoad>,
 }
 
 impl SchedulerOutput {
@@ -131,6 +142,8 @@ pub struct SchedulerStats {
     pub num_finished: u64,
     /// Of those, the ones finished with [`FinishReason::Aborted`].
     pub num_aborted: u64,
+    /// Adapter loads into device slots so far.
+    pub num_lora_loads: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -157,6 +170,7 @@ pub struct Scheduler {
     num_preemptions: u64,
     num_finished: u64,
     num_aborted: u64,
+    lora: LoraSlots,
 }
 
 impl Scheduler {
@@ -167,6 +181,7 @@ impl Scheduler {
             config.block_size,
             config.enable_prefix_caching,
         )?;
+        let lora = LoraSlots::new(config.max_loras);
         Ok(Self {
             config,
             kv,
@@ -178,6 +193,7 @@ impl Scheduler {
             num_preemptions: 0,
             num_finished: 0,
             num_aborted: 0,
+            lora,
         })
     }
 
@@ -204,6 +220,12 @@ impl Scheduler {
         }
         if req.max_tokens == 0 {
             return Err(AddRequestError::ZeroMaxTokens { id });
+        }
+        if req.lora_id != 0 && self.lora.capacity() == 0 {
+            return Err(AddRequestError::LoraDisabled {
+                id,
+                lora_id: req.lora_id,
+            });
         }
         let total = prompt_len.saturating_add(req.max_tokens);
         if total > self.config.max_model_len {
@@ -313,16 +335,43 @@ impl Scheduler {
             // Otherwise `id` was preempted and removed at index `i`: do not advance.
         }
 
-        // 2. Waiting requests, unless this step already had to preempt.
+        // 2. Waiting requests, unless this step already had to preempt. A request whose
+        //    adapter cannot get a slot (every slot serves running requests) is skipped, and
+        //    so is every later LoRA request: the slots drain, and the oldest blocked adapter
+        //    gets the first one that frees, so no request waits behind adapter thrash. Base
+        //    requests need no slot and go on being admitted.
         if preempted.is_empty() {
+            let mut cursor: Option<WaitKey> = None;
+            let mut lora_blocked = false;
             while budget > 0 && self.running.len() < self.config.max_num_seqs {
-                let Some(&key) = self.waiting.first() else {
+                let next = match cursor {
+                    None => self.waiting.first(),
+                    Some(c) => self
+                        .waiting
+                        .range((Bound::Excluded(c), Bound::Unbounded))
+                        .next(),
+                };
+                let Some(&key) = next else {
                     break;
                 };
+                cursor = Some(key);
                 let id = key.2;
                 let Some(req) = self.requests.get(&id) else {
                     self.waiting.remove(&key);
                     continue;
+                };
+                let lora_plan = if req.lora_id == 0 {
+                    None
+                } else if lora_blocked {
+                    continue;
+                } else {
+                    match self.lora.plan(req.lora_id) {
+                        SlotPlan::Full => {
+                            lora_blocked = true;
+                            continue;
+                        }
+                        p => Some(p),
+                    }
                 };
                 let computed = self.kv.get_computed_blocks(req.kv_seq());
                 let num_cached = computed.num_cached_tokens;
@@ -336,6 +385,9 @@ impl Scheduler {
                     .is_none()
                 {
                     break;
+                }
+                if let Some(plan) = lora_plan {
+                    self.lora.acquire(req.lora_id, plan);
                 }
                 self.waiting.remove(&key);
                 if let Some(req) = self.requests.get_mut(&id) {
@@ -363,6 +415,11 @@ impl Scheduler {
             seqs.push(ScheduledSeq {
                 id: p.id,
                 lora_id: req.lora_id,
+                lora_slot: if req.lora_id == 0 {
+                    None
+                } else {
+                    self.lora.slot_of(req.lora_id)
+                },
                 num_computed_tokens: start,
                 token_ids: req.token_ids[start..end].to_vec(),
                 block_table: self.kv.block_table(p.id).unwrap_or_default().to_vec(),
@@ -374,6 +431,7 @@ impl Scheduler {
             seqs,
             preempted,
             num_batched_tokens,
+            lora_loads: self.lora.take_loads(),
         }
     }
 
@@ -459,6 +517,9 @@ impl Scheduler {
             if let Some(pos) = self.running.iter().position(|&r| r == id) {
                 self.running.remove(pos);
             }
+            if req.lora_id != 0 {
+                self.lora.release(req.lora_id);
+            }
         }
         self.kv.free(id);
         self.num_finished += 1;
@@ -518,6 +579,17 @@ impl Scheduler {
         self.requests.get(&id).map(|r| r.num_computed_tokens)
     }
 
+    /// `(slot, lora_id, running users)` of the adapters resident in device slots.
+    pub fn lora_residency(&self) -> Vec<(u32, u32, usize)> {
+        self.lora.resident()
+    }
+
+    /// Drops an unloaded adapter from its slot if no running request uses it (its slot is
+    /// then the first to be reused). Returns whether it was resident and is now gone.
+    pub fn evict_lora(&mut self, lora_id: u32) -> bool {
+        self.lora.evict(lora_id)
+    }
+
     pub fn stats(&self) -> SchedulerStats {
         let total = self.kv.num_usable_blocks();
         let free = self.kv.num_free_blocks();
@@ -533,6 +605,7 @@ impl Scheduler {
             num_preemptions: self.num_preemptions,
             num_finished: self.num_finished,
             num_aborted: self.num_aborted,
+            num_lora_loads: self.lora.num_loads(),
         }
     }
 
@@ -572,6 +645,11 @@ impl Scheduler {
     fn preempt(&mut self, id: u64) {
         self.kv.free(id);
         self.num_preemptions += 1;
+        if let Some(r) = self.requests.get(&id) {
+            if r.lora_id != 0 && r.status == RequestStatus::Running {
+                self.lora.release(r.lora_id);
+            }
+        }
         let key = match self.requests.get(&id) {
             Some(r) => match self.config.policy {
                 SchedulingPolicy::Fcfs => (0, self.next_front, id),
