@@ -186,6 +186,8 @@ impl EngineArgs {
             long_prefill_token_threshold: self.long_prefill_token_threshold,
             policy,
             seed: self.seed,
+            // Set by `serve` from its --enable-lora / --lora flags.
+            lora: None,
         })
     }
 }

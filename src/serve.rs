@@ -33,6 +33,74 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long = "shutdown-timeout", default_value_t = 30)]
     pub shutdown_timeout: u64,
+    #[command(flatten)]
+    pub lora: LoraArgs,
+}
+
+/// Multi-LoRA flags (vLLM spellings accepted).
+#[derive(Debug, Clone, Args)]
+pub struct LoraArgs {
+    /// Serve LoRA adapters (implied by --lora); adapters can then also be loaded at
+    /// runtime with POST /v1/load_lora_adapter.
+    #[arg(long = "enable-lora")]
+    pub enable_lora: bool,
+    /// A LoRA adapter to serve as NAME=PATH (a PEFT directory or a hub id). Repeatable;
+    /// `--lora-modules a=PATH b=PATH` (vLLM's spelling, also JSON
+    /// '{"name": "a", "path": "PATH"}') works too. Requests select it with `model: NAME`.
+    #[arg(long = "lora", visible_alias = "lora-modules", num_args = 1.., value_name = "NAME=PATH")]
+    pub lora: Vec<String>,
+    /// Adapter slots on the device: how many different adapters one batch can mix.
+    #[arg(long = "max-loras", default_value_t = 1)]
+    pub max_loras: usize,
+    /// Largest adapter rank accepted (device slots are padded to it).
+    #[arg(long = "max-lora-rank", default_value_t = 16)]
+    pub max_lora_rank: usize,
+    /// Adapters kept in host memory (default: --max-loras); others are re-read from disk
+    /// when a request needs them.
+    #[arg(long = "max-cpu-loras")]
+    pub max_cpu_loras: Option<usize>,
+}
+
+impl LoraArgs {
+    /// `(name, source)` of every --lora entry.
+    pub fn modules(&self) -> Result<Vec<(String, String)>> {
+        self.lora.iter().map(|m| parse_lora_module(m)).collect()
+    }
+
+    pub fn config(&self) -> Result<Option<lantern_engine::LoraConfig>> {
+        if !self.enable_lora && self.lora.is_empty() {
+            return Ok(None);
+        }
+        let c = lantern_engine::LoraConfig {
+            max_loras: self.max_loras,
+            max_lora_rank: self.max_lora_rank,
+            max_cpu_loras: self.max_cpu_loras.unwrap_or(self.max_loras),
+        };
+        c.validate().map_err(|e| anyhow!(e))?;
+        Ok(Some(c))
+    }
+}
+
+/// `name=path` or `{"name": ..., "path": ...}`.
+fn parse_lora_module(m: &str) -> Result<(String, String)> {
+    let t = m.trim();
+    if t.starts_with('{') {
+        let v: serde_json::Value =
+            serde_json::from_str(t).with_context(|| format!("--lora `{t}` is not valid JSON"))?;
+        let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        return match (get("name"), get("path")) {
+            (Some(n), Some(p)) => Ok((n, p)),
+            _ => Err(anyhow!(
+                "--lora `{t}`: JSON form needs string fields \"name\" and \"path\""
+            )),
+        };
+    }
+    match t.split_once('=') {
+        Some((n, p)) if !n.is_empty() && !p.is_empty() => Ok((n.to_string(), p.to_string())),
+        _ => Err(anyhow!(
+            "--lora `{t}` is not NAME=PATH (e.g. --lora sql=/adapters/sql-lora)"
+        )),
+    }
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -62,7 +130,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let loader = tokio::task::spawn_blocking(move || -> Result<Engine> {
         let (model, default_name) = load_args.model.resolve()?;
         let opts = load_args.model.load_options(true)?;
-        let engine_cfg = load_args.engine.engine_config(&opts.device)?;
+        let mut engine_cfg = load_args.engine.engine_config(&opts.device)?;
+        engine_cfg.lora = load_args.lora.config()?;
+        let modules = load_args.lora.modules()?;
         tracing::info!(model = %model, "loading model");
         let t0 = std::time::Instant::now();
         let loaded = load_model(&model, &opts).with_context(|| format!("loading {model}"))?;
@@ -102,6 +172,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
             info.kv_capacity_tokens() as f64 / info.max_model_len as f64,
             names
         );
+        for (name, source) in &modules {
+            if names.contains(name) {
+                return Err(anyhow!(
+                    "--lora {name}=...: `{name}` is also the base model's served name; rename the adapter"
+                ));
+            }
+            h.load_lora_blocking(name, source)
+                .with_context(|| format!("--lora {name}={source}"))?;
+        }
         let root = load_args.model.model.clone().unwrap_or(default_name);
         st.ready
             .set(Ready {
@@ -145,4 +224,26 @@ async fn serve(args: ServeArgs) -> Result<()> {
     r.context("serving")?;
     tracing::info!("bye");
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lora_modules_parse_both_spellings() {
+        assert_eq!(
+            parse_lora_module("sql=/a/b").unwrap(),
+            ("sql".to_string(), "/a/b".to_string())
+        );
+        assert_eq!(
+            parse_lora_module(r#"{"name": "x", "path": "org/adapter", "base_model_name": "m"}"#)
+                .unwrap(),
+            ("x".to_string(), "org/adapter".to_string())
+        );
+        assert!(parse_lora_module("nopath").is_err());
+        assert!(parse_lora_module("=p").is_err());
+        assert!(parse_lora_module(r#"{"name": "x"}"#).is_err());
+    }
 }

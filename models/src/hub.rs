@@ -28,17 +28,15 @@ fn err(model: &str, message: impl Into<String>) -> ModelError {
     }
 }
 
-/// Downloads (or finds in the cache) the files of `model_id` and returns the directory
-/// that holds them.
-pub fn download(model_id: &str, progress: bool) -> Result<PathBuf> {
+fn repo_of(model_id: &str) -> Repo {
     let (id, revision) = match model_id.split_once('@') {
         Some((id, rev)) => (id.to_string(), rev.to_string()),
         None => (model_id.to_string(), "main".to_string()),
     };
-    let repo = Repo::with_revision(id.clone(), RepoType::Model, revision);
-    if offline() {
-        return from_cache_only(model_id, repo);
-    }
+    Repo::with_revision(id, RepoType::Model, revision)
+}
+
+fn api_repo(model_id: &str, progress: bool) -> Result<hf_hub::api::sync::ApiRepo> {
     let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
     let mut builder = ApiBuilder::from_env().with_progress(progress);
     if token.is_some() {
@@ -47,7 +45,39 @@ pub fn download(model_id: &str, progress: bool) -> Result<PathBuf> {
     let api = builder
         .build()
         .map_err(|e| err(model_id, format!("cannot create hub client: {e}")))?;
-    let api_repo = api.repo(repo);
+    Ok(api.repo(repo_of(model_id)))
+}
+
+/// Files of a PEFT LoRA adapter repository.
+const ADAPTER_FILES: &[&str] = &["adapter_config.json", "adapter_model.safetensors"];
+
+/// Downloads (or finds in the cache) a PEFT adapter (`adapter_config.json` +
+/// `adapter_model.safetensors`) and returns the directory that holds it.
+pub fn download_adapter(adapter_id: &str, progress: bool) -> Result<PathBuf> {
+    if offline() {
+        return from_cache_only(adapter_id, ADAPTER_FILES);
+    }
+    let api_repo = api_repo(adapter_id, progress)?;
+    let mut dir: Option<PathBuf> = None;
+    for f in ADAPTER_FILES {
+        let p = api_repo.get(f).map_err(|e| {
+            err(
+                adapter_id,
+                format!("cannot download {f}: {e} (check the adapter id, your network and HF_TOKEN; only safetensors adapters are supported)"),
+            )
+        })?;
+        dir = p.parent().map(PathBuf::from);
+    }
+    dir.ok_or_else(|| err(adapter_id, "download produced no files"))
+}
+
+/// Downloads (or finds in the cache) the files of `model_id` and returns the directory
+/// that holds them.
+pub fn download(model_id: &str, progress: bool) -> Result<PathBuf> {
+    if offline() {
+        return from_cache_only(model_id, REQUIRED);
+    }
+    let api_repo = api_repo(model_id, progress)?;
     let mut dir: Option<PathBuf> = None;
     for f in REQUIRED {
         let p = api_repo.get(f).map_err(|e| {
@@ -103,10 +133,10 @@ pub fn download(model_id: &str, progress: bool) -> Result<PathBuf> {
     dir.ok_or_else(|| err(model_id, "download produced no files"))
 }
 
-fn from_cache_only(model_id: &str, repo: Repo) -> Result<PathBuf> {
-    let cache = Cache::from_env().repo(repo);
+fn from_cache_only(model_id: &str, files: &[&str]) -> Result<PathBuf> {
+    let cache = Cache::from_env().repo(repo_of(model_id));
     let mut dir = None;
-    for f in REQUIRED {
+    for f in files {
         let p = cache.get(f).ok_or_else(|| {
             err(
                 model_id,

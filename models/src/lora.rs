@@ -74,6 +74,26 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
+    /// Where an adapter source lives on disk: an existing local directory as is, otherwise
+    /// a hub id (`owner/name[@revision]`) downloaded with hf-hub.
+    pub fn resolve_source(source: &str) -> Result<PathBuf> {
+        let p = Path::new(source);
+        if p.is_dir() {
+            return Ok(p.to_path_buf());
+        }
+        let looks_like_hub_id = source.split('/').count() == 2
+            && !source.starts_with('.')
+            && !source.starts_with('/')
+            && !source.contains('\\');
+        if looks_like_hub_id {
+            return crate::hub::download_adapter(source, false);
+        }
+        Err(ModelError::Source {
+            model: source.to_string(),
+            message: "no such adapter directory (and not a hub id owner/name)".into(),
+        })
+    }
+
     /// Loads a PEFT adapter directory and checks it fits `cfg` and `max_rank`.
     /// Anything unsupported is refused with a message naming it.
     pub fn load(dir: &Path, cfg: &ModelConfig, max_rank: usize) -> Result<Self> {

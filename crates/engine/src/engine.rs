@@ -2,21 +2,23 @@
 
 use crate::detok::IncrementalDetokenizer;
 use crate::error::{EngineError, SubmitError};
+use crate::lora::{check_name, now_unix, HostLoras, LoraConfig, LoraError, LoraInfo, LoraRegistry};
 use crate::params::{
     FinishReason, GenerationParams, RequestEvent, RequestTiming, StopReason, TokenDelta,
     TokenLogprob, Usage,
 };
 use crate::stop::StopMatcher;
-use lantern_models::{LoadedModel, ModelMeta};
+use lantern_models::{LoadedModel, LoraAdapter, ModelConfig, ModelMeta};
 use lantern_runtime::{sampler, KvCacheSize, ModelRunner, RunnerConfig, SampleRow, SeqChunk};
 use lantern_scheduler::{
     AddRequestError, FinishReason as SchedFinish, SchedRequest, Scheduler, SchedulerConfig,
     SchedulingPolicy,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokenizers::Tokenizer;
 use tokio::sync::{mpsc as tmpsc, oneshot, watch};
@@ -36,6 +38,8 @@ pub struct EngineConfig {
     pub policy: SchedulingPolicy,
     /// Base seed for requests that give none (random when `None`).
     pub seed: Option<u64>,
+    /// LoRA adapters (`None` = disabled: requests for adapters are refused).
+    pub lora: Option<LoraConfig>,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +55,7 @@ impl Default for EngineConfig {
             long_prefill_token_threshold: 0,
             policy: SchedulingPolicy::Fcfs,
             seed: None,
+            lora: None,
         }
     }
 }
@@ -104,6 +109,15 @@ pub struct EngineSnapshot {
     pub finished_length: u64,
     pub finished_abort: u64,
     pub finished_error: u64,
+    /// Adapter copies from host memory into a device slot, and their total time.
+    pub lora_slot_loads: u64,
+    pub lora_slot_load_seconds: f64,
+    /// Adapter reads from disk into host memory (at load time and on demand), and their
+    /// total time.
+    pub lora_disk_loads: u64,
+    pub lora_disk_load_seconds: f64,
+    /// Adapters with weights in host memory now.
+    pub loras_in_host_memory: usize,
 }
 
 enum Command {
@@ -118,6 +132,22 @@ enum Command {
     Abort(u64),
     Snapshot(oneshot::Sender<EngineSnapshot>),
     Shutdown,
+    /// A validated adapter (read by the caller's thread) joins the host cache.
+    AddLora {
+        id: u32,
+        dir: PathBuf,
+        adapter: Arc<LoraAdapter>,
+        seconds: f64,
+        reply: oneshot::Sender<()>,
+    },
+    /// The user unloaded an adapter: in-flight requests finish, then it is dropped.
+    RemoveLora(u32),
+    /// A background disk read of an adapter finished.
+    LoraLoaded {
+        id: u32,
+        result: Result<Arc<LoraAdapter>, String>,
+        seconds: f64,
+    },
 }
 
 /// The stream of events of one submitted request. Dropping it cancels the request.
@@ -171,9 +201,105 @@ pub struct EngineHandle {
     info: Arc<ModelInfo>,
     tokenizer: Arc<Tokenizer>,
     snapshot: watch::Receiver<EngineSnapshot>,
+    loras: Arc<RwLock<LoraRegistry>>,
+    lora_cfg: Option<LoraConfig>,
 }
 
 impl EngineHandle {
+    /// The LoRA limits, `None` when LoRA is disabled.
+    pub fn lora_config(&self) -> Option<LoraConfig> {
+        self.lora_cfg
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, LoraRegistry> {
+        self.loras.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn registry_mut(&self) -> std::sync::RwLockWriteGuard<'_, LoraRegistry> {
+        self.loras.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The id of a loaded adapter (for [`GenerationParams::lora_id`]).
+    pub fn lora_id(&self, name: &str) -> Option<u32> {
+        self.registry().id_of(name)
+    }
+
+    /// Loaded adapters, by name.
+    pub fn loras(&self) -> Vec<LoraInfo> {
+        self.registry().list()
+    }
+
+    /// Reads a PEFT adapter from `source` (a directory or a hub id), checks it against the
+    /// base model and `--max-lora-rank`, and registers it as `name`. Blocks on disk (and
+    /// network) I/O: call it from a blocking context. Requests that do not use the adapter
+    /// are not held up.
+    pub fn load_lora_blocking(&self, name: &str, source: &str) -> Result<LoraInfo, LoraError> {
+        let cfg = self.lora_cfg.ok_or(LoraError::Disabled)?;
+        check_name(name)?;
+        let id = self.registry_mut().reserve(name)?;
+        let t0 = Instant::now();
+        let loaded = LoraAdapter::resolve_source(source).and_then(|dir| {
+            LoraAdapter::load(&dir, &self.info.meta.config, cfg.max_lora_rank).map(|a| (dir, a))
+        });
+        let (dir, adapter) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                self.registry_mut().cancel(name);
+                return Err(LoraError::Invalid {
+                    name: name.to_string(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let seconds = t0.elapsed().as_secs_f64();
+        let info = LoraInfo {
+            id,
+            name: name.to_string(),
+            source: source.to_string(),
+            path: dir.clone(),
+            rank: adapter.rank,
+            created: now_unix(),
+        };
+        let (tx, rx) = oneshot::channel();
+        let sent = self.cmd.send(Command::AddLora {
+            id,
+            dir,
+            adapter: Arc::new(adapter),
+            seconds,
+            reply: tx,
+        });
+        if sent.is_err() || rx.blocking_recv().is_err() {
+            self.registry_mut().cancel(name);
+            return Err(LoraError::EngineStopped);
+        }
+        self.registry_mut().publish(info.clone());
+        tracing::info!(
+            name,
+            source,
+            id,
+            rank = info.rank,
+            seconds,
+            "LoRA adapter loaded"
+        );
+        Ok(info)
+    }
+
+    /// Unregisters an adapter: new requests naming it are refused at once; requests already
+    /// accepted finish normally, then its memory is released.
+    pub fn unload_lora(&self, name: &str) -> Result<(), LoraError> {
+        if self.lora_cfg.is_none() {
+            return Err(LoraError::Disabled);
+        }
+        let id = self
+            .registry_mut()
+            .remove(name)
+            .ok_or_else(|| LoraError::NotFound(name.to_string()))?;
+        self.cmd
+            .send(Command::RemoveLora(id))
+            .map_err(|_| LoraError::EngineStopped)?;
+        tracing::info!(name, id, "LoRA adapter unloaded");
+        Ok(())
+    }
     pub fn info(&self) -> &ModelInfo {
         &self.info
     }
@@ -343,7 +469,11 @@ impl Engine {
             format!("{:?}", model.device().location())
         };
         let vocab_size = meta.config.vocab_size;
-        let runner = ModelRunner::new(
+        if let Some(l) = &cfg.lora {
+            l.validate()?;
+        }
+        let model_config = meta.config.clone();
+        let mut runner = ModelRunner::new(
             model,
             RunnerConfig {
                 block_size: cfg.block_size,
@@ -351,6 +481,17 @@ impl Engine {
             },
         )
         .map_err(|e| e.to_string())?;
+        if let Some(l) = &cfg.lora {
+            runner
+                .enable_lora(l.max_loras, l.max_lora_rank)
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                "LoRA enabled: {} device slots of rank <= {}, {} adapters in host memory",
+                l.max_loras,
+                l.max_lora_rank,
+                l.max_cpu_loras
+            );
+        }
         let num_blocks = runner.num_blocks();
         let sched = Scheduler::new(SchedulerConfig {
             max_num_seqs: cfg.max_num_seqs,
@@ -362,6 +503,7 @@ impl Engine {
             enable_prefix_caching: cfg.enable_prefix_caching,
             long_prefill_token_threshold: cfg.long_prefill_token_threshold,
             policy: cfg.policy,
+            max_loras: cfg.lora.map_or(0, |l| l.max_loras),
         })
         .map_err(|e| e.to_string())?;
         let usable = num_blocks - 1;
@@ -392,6 +534,11 @@ impl Engine {
             runner,
             sched,
             cmd_rx,
+            cmd_tx: cmd_tx.clone(),
+            host_loras: HostLoras::new(cfg.lora.map_or(0, |l| l.max_cpu_loras)),
+            pending_groups: HashSet::new(),
+            lora_cfg: cfg.lora,
+            model_config,
             snap_tx,
             snapshot: EngineSnapshot {
                 kv_blocks_total: usable,
@@ -416,6 +563,8 @@ impl Engine {
                 info,
                 tokenizer,
                 snapshot: snap_rx,
+                loras: Arc::new(RwLock::new(LoraRegistry::default())),
+                lora_cfg: cfg.lora,
             },
             thread: Some(thread),
         })
@@ -447,6 +596,8 @@ impl Drop for Engine {
 struct SeqState {
     group: u64,
     index: usize,
+    /// LoRA adapter id (0 = base model).
+    lora_id: u32,
     prompt: Arc<Vec<u32>>,
     params: Arc<GenerationParams>,
     seed: u64,
@@ -474,6 +625,13 @@ struct EngineCore {
     runner: ModelRunner,
     sched: Scheduler,
     cmd_rx: mpsc::Receiver<Command>,
+    /// For background adapter loads to report back on.
+    cmd_tx: mpsc::Sender<Command>,
+    host_loras: HostLoras,
+    /// Groups whose adapter weights are being read from disk (not in the scheduler yet).
+    pending_groups: HashSet<u64>,
+    lora_cfg: Option<LoraConfig>,
+    model_config: ModelConfig,
     snap_tx: watch::Sender<EngineSnapshot>,
     snapshot: EngineSnapshot,
     reqs: HashMap<u64, SeqState>,
@@ -494,7 +652,12 @@ fn seq_id(group: u64, index: usize) -> u64 {
 impl EngineCore {
     fn run(mut self) {
         loop {
-            let idle = !self.sched.has_unfinished() && self.deferred.is_empty();
+            // Deferred siblings of a group still waiting for its adapter cannot move either.
+            let idle = !self.sched.has_unfinished()
+                && self
+                    .deferred
+                    .keys()
+                    .all(|g| self.pending_groups.contains(g));
             if idle {
                 if self.shutting_down {
                     break;
@@ -554,6 +717,146 @@ impl EngineCore {
                 let _ = reply.send(self.snapshot.clone());
             }
             Command::Shutdown => self.shutting_down = true,
+            Command::AddLora {
+                id,
+                dir,
+                adapter,
+                seconds,
+                reply,
+            } => {
+                self.host_loras.insert(id, dir, adapter);
+                self.snapshot.lora_disk_loads += 1;
+                self.snapshot.lora_disk_load_seconds += seconds;
+                let _ = reply.send(());
+            }
+            Command::RemoveLora(id) => {
+                if self.host_loras.remove(id) {
+                    self.sched.evict_lora(id);
+                }
+                self.start_lora_loads();
+            }
+            Command::LoraLoaded {
+                id,
+                result,
+                seconds,
+            } => self.on_lora_loaded(id, result, seconds),
+        }
+    }
+
+    /// Starts background disk reads for adapters whose load waited for host room.
+    fn start_lora_loads(&mut self) {
+        for (id, dir) in self.host_loras.pump() {
+            self.spawn_lora_load(id, dir);
+        }
+    }
+
+    fn spawn_lora_load(&mut self, id: u32, dir: PathBuf) {
+        let tx = self.cmd_tx.clone();
+        let cfg = self.model_config.clone();
+        let max_rank = self.lora_cfg.map_or(0, |l| l.max_lora_rank);
+        let spawned = std::thread::Builder::new()
+            .name("lantern-lora-load".into())
+            .spawn(move || {
+                let t0 = Instant::now();
+                let result = LoraAdapter::load(&dir, &cfg, max_rank)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string());
+                let _ = tx.send(Command::LoraLoaded {
+                    id,
+                    result,
+                    seconds: t0.elapsed().as_secs_f64(),
+                });
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot spawn an adapter loader thread");
+            self.on_lora_loaded(id, Err(format!("cannot spawn a loader thread: {e}")), 0.0);
+        }
+    }
+
+    /// Puts the groups that waited for adapter `id` into the scheduler (or fails them).
+    fn on_lora_loaded(&mut self, id: u32, result: Result<Arc<LoraAdapter>, String>, seconds: f64) {
+        let ok = result.is_ok();
+        let pending = match self.host_loras.get_mut(id) {
+            Some(e) => std::mem::take(&mut e.pending),
+            None => Vec::new(),
+        };
+        match result {
+            Ok(a) => {
+                self.snapshot.lora_disk_loads += 1;
+                self.snapshot.lora_disk_load_seconds += seconds;
+                self.host_loras.loaded(id, Some(a));
+            }
+            Err(e) => {
+                tracing::error!(adapter = id, error = %e, "reading a LoRA adapter from disk failed");
+                self.host_loras.loaded(id, None);
+            }
+        }
+        for group in pending {
+            if !self.pending_groups.remove(&group) {
+                continue; // aborted meanwhile
+            }
+            let leader = seq_id(group, 0);
+            if !ok {
+                self.fail_group(group, EngineError::AdapterLoad);
+                continue;
+            }
+            if let Err(e) = self.schedule_seq(leader) {
+                tracing::warn!(error = %e, "cannot schedule a request after its adapter loaded");
+                self.fail_group(group, EngineError::Execution);
+            }
+        }
+        self.start_lora_loads();
+    }
+
+    fn fail_group(&mut self, group: u64, err: EngineError) {
+        self.deferred.remove(&group);
+        let ids = self.groups.get(&group).cloned().unwrap_or_default();
+        for id in ids {
+            self.fail_seq(id, err.clone());
+        }
+    }
+
+    /// The scheduler request of a known sequence.
+    fn sched_request(&self, id: u64) -> Option<SchedRequest> {
+        let s = self.reqs.get(&id)?;
+        // Prompt logprobs need logits for every prompt position: keep the group off shared
+        // cache entries (a private salt); siblings still share the leader's blocks.
+        let cache_salt = if s.params.prompt_logprobs.is_some() {
+            Some(format!("\u{0}prompt-logprobs-{}", s.group))
+        } else {
+            s.params.cache_salt.clone()
+        };
+        Some(SchedRequest {
+            id,
+            prompt_token_ids: s.prompt.to_vec(),
+            max_tokens: s.max_tokens,
+            priority: s.params.priority,
+            lora_id: s.lora_id,
+            cache_salt,
+        })
+    }
+
+    fn schedule_seq(&mut self, id: u64) -> Result<(), SubmitError> {
+        let req = self.sched_request(id).ok_or(SubmitError::EngineStopped)?;
+        self.sched.add_request(req).map_err(|e| match e {
+            AddRequestError::QueueFull { .. } => SubmitError::Overloaded(e.to_string()),
+            AddRequestError::TooLong { .. } | AddRequestError::ExceedsKvCache { .. } => {
+                SubmitError::TooLong(e.to_string())
+            }
+            other => SubmitError::InvalidParam {
+                field: "prompt".into(),
+                message: other.to_string(),
+            },
+        })
+    }
+
+    /// A sequence's state is gone: release its hold on its adapter.
+    fn release_lora(&mut self, lora_id: u32) {
+        if lora_id != 0 {
+            if self.host_loras.unpin(lora_id) {
+                self.sched.evict_lora(lora_id);
+            }
+            self.start_lora_loads();
         }
     }
 
@@ -576,41 +879,19 @@ impl EngineCore {
                 "{waiting} requests are waiting (limit {max_waiting}); retry later"
             )));
         }
+        let lora_id = params.lora_id;
+        if lora_id != 0 && !self.host_loras.is_live(lora_id) {
+            return Err(SubmitError::UnknownAdapter);
+        }
         let max_tokens = params
             .max_tokens
             .unwrap_or_else(|| self.info.max_model_len.saturating_sub(prompt.len()));
         let prompt = Arc::new(prompt);
         let params = Arc::new(params);
-        // Prompt logprobs need logits for every prompt position: keep the group off shared
-        // cache entries (a private salt); siblings still share the leader's blocks.
-        let cache_salt = if params.prompt_logprobs.is_some() {
-            Some(format!("\u{0}prompt-logprobs-{group}"))
-        } else {
-            params.cache_salt.clone()
-        };
         let group_seed = params
             .seed
             .unwrap_or_else(|| self.base_seed ^ group.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let leader = seq_id(group, 0);
-        self.sched
-            .add_request(SchedRequest {
-                id: leader,
-                prompt_token_ids: prompt.to_vec(),
-                max_tokens,
-                priority: params.priority,
-                lora_id: 0,
-                cache_salt: cache_salt.clone(),
-            })
-            .map_err(|e| match e {
-                AddRequestError::QueueFull { .. } => SubmitError::Overloaded(e.to_string()),
-                AddRequestError::TooLong { .. } | AddRequestError::ExceedsKvCache { .. } => {
-                    SubmitError::TooLong(e.to_string())
-                }
-                other => SubmitError::InvalidParam {
-                    field: "prompt".into(),
-                    message: other.to_string(),
-                },
-            })?;
         let mut ids = Vec::with_capacity(n);
         for index in 0..n {
             let id = seq_id(group, index);
@@ -622,7 +903,6 @@ impl EngineCore {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start detokenizer");
-                    self.sched.finish_request(leader, SchedFinish::Aborted);
                     for id in &ids {
                         self.reqs.remove(id);
                     }
@@ -637,6 +917,7 @@ impl EngineCore {
                 SeqState {
                     group,
                     index,
+                    lora_id,
                     prompt: prompt.clone(),
                     params: params.clone(),
                     seed: group_seed.wrapping_add(index as u64),
@@ -656,6 +937,32 @@ impl EngineCore {
             );
             ids.push(id);
         }
+        // The adapter's weights must be in host memory before the scheduler may pick the
+        // request (it copies them into a device slot right before the step).
+        let adapter_ready = lora_id == 0
+            || self
+                .host_loras
+                .get(lora_id)
+                .is_some_and(|e| e.host.is_some());
+        if adapter_ready {
+            if let Err(e) = self.schedule_seq(leader) {
+                for id in &ids {
+                    self.reqs.remove(id);
+                }
+                return Err(e);
+            }
+        } else {
+            self.pending_groups.insert(group);
+            if let Some(e) = self.host_loras.get_mut(lora_id) {
+                e.pending.push(group);
+            }
+            if let Some(dir) = self.host_loras.request_load(lora_id) {
+                self.spawn_lora_load(lora_id, dir);
+            }
+        }
+        if lora_id != 0 {
+            self.host_loras.pin(lora_id, n);
+        }
         if n > 1 {
             self.deferred.insert(
                 group,
@@ -674,7 +981,10 @@ impl EngineCore {
         let ready: Vec<u64> = self
             .deferred
             .iter()
-            .filter(|(_, d)| {
+            .filter(|(g, d)| {
+                if self.pending_groups.contains(g) {
+                    return false; // the leader waits for its adapter
+                }
                 let prompt_len = self
                     .reqs
                     .get(&d.leader)
@@ -692,23 +1002,10 @@ impl EngineCore {
                 continue;
             };
             for id in d.children {
-                let Some(s) = self.reqs.get(&id) else {
+                if !self.reqs.contains_key(&id) {
                     continue;
-                };
-                let cache_salt = if s.params.prompt_logprobs.is_some() {
-                    Some(format!("\u{0}prompt-logprobs-{}", s.group))
-                } else {
-                    s.params.cache_salt.clone()
-                };
-                let req = SchedRequest {
-                    id,
-                    prompt_token_ids: s.prompt.to_vec(),
-                    max_tokens: s.max_tokens,
-                    priority: s.params.priority,
-                    lora_id: 0,
-                    cache_salt,
-                };
-                if let Err(e) = self.sched.add_request(req) {
+                }
+                if let Err(e) = self.schedule_seq(id) {
                     tracing::warn!(error = %e, "cannot schedule an n>1 sibling");
                     self.fail_seq(id, EngineError::Execution);
                 }
@@ -757,6 +1054,7 @@ impl EngineCore {
             let _ = s.events.send(RequestEvent::Error(err));
             self.snapshot.finished_error += 1;
             self.forget(s.group, id);
+            self.release_lora(s.lora_id);
         }
     }
 
@@ -766,6 +1064,7 @@ impl EngineCore {
             if ids.is_empty() {
                 self.groups.remove(&group);
                 self.deferred.remove(&group);
+                self.pending_groups.remove(&group);
             }
         }
     }
@@ -817,6 +1116,7 @@ impl EngineCore {
             timing,
         });
         self.forget(s.group, id);
+        self.release_lora(s.lora_id);
     }
 
     /// One `schedule -> execute -> update` step. Returns false when nothing was scheduled.
@@ -825,6 +1125,9 @@ impl EngineCore {
         let out = self.sched.schedule();
         if out.is_empty() {
             return false;
+        }
+        if !self.load_lora_slots(&out) {
+            return true;
         }
         let now = Instant::now();
         let mut prefill_tokens = 0;
@@ -869,7 +1172,7 @@ impl EngineCore {
                 block_table: &s.block_table,
                 sample: s.sample,
                 all_logits: all,
-                lora_slot: None,
+                lora_slot: s.lora_slot,
             })
             .collect();
         let logits = match self.runner.execute(&chunks) {
@@ -979,6 +1282,45 @@ impl EngineCore {
         true
     }
 
+    /// Copies the adapters this step needs into their device slots. On failure the
+    /// sequences using the failed slots are failed (and the step skipped: returns false).
+    fn load_lora_slots(&mut self, out: &lantern_scheduler::SchedulerOutput) -> bool {
+        let mut failed: Vec<u32> = Vec::new();
+        for ld in &out.lora_loads {
+            let t0 = Instant::now();
+            let r = match self.host_loras.get(ld.lora_id).and_then(|e| e.host.clone()) {
+                Some(a) => self
+                    .runner
+                    .load_lora(ld.slot, &a)
+                    .map_err(|e| e.to_string()),
+                None => Err("its weights are not in host memory".to_string()),
+            };
+            match r {
+                Ok(()) => {
+                    self.snapshot.lora_slot_loads += 1;
+                    self.snapshot.lora_slot_load_seconds += t0.elapsed().as_secs_f64();
+                }
+                Err(e) => {
+                    tracing::error!(adapter = ld.lora_id, slot = ld.slot, error = %e, "cannot load a LoRA adapter into its device slot");
+                    let _ = self.runner.clear_lora(ld.slot);
+                    self.sched.evict_lora(ld.lora_id);
+                    failed.push(ld.slot);
+                }
+            }
+        }
+        if failed.is_empty() {
+            return true;
+        }
+        for q in &out.seqs {
+            if q.lora_slot.is_some_and(|s| failed.contains(&s)) {
+                self.fail_seq(q.id, EngineError::AdapterLoad);
+            }
+        }
+        // The others were scheduled too: they run again next step from the same state
+        // (nothing was computed), so undo nothing but skip this step.
+        false
+    }
+
     /// Copies the scheduler's current counters into the snapshot.
     fn refresh_snapshot(&mut self) {
         let st = self.sched.stats();
@@ -989,6 +1331,7 @@ impl EngineCore {
         self.snapshot.last_step.num_waiting = st.num_waiting;
         self.snapshot.last_step.kv_blocks_used = st.num_blocks_used;
         self.snapshot.last_step.kv_blocks_free = st.num_blocks_free;
+        self.snapshot.loras_in_host_memory = self.host_loras.num_resident();
     }
 
     /// Records prompt logprobs from the all-logits rows and returns the rows to sample.

@@ -15,6 +15,9 @@ pub enum SubmitError {
     /// The engine is shutting down or stopped (503).
     #[error("the engine is not running")]
     EngineStopped,
+    /// The request names a LoRA adapter that is not (or no longer) loaded (404).
+    #[error("the LoRA adapter is not loaded")]
+    UnknownAdapter,
 }
 
 /// An error that ends a request after it was accepted (a runtime failure). Internal
@@ -25,4 +28,6 @@ pub enum EngineError {
     Execution,
     #[error("the engine stopped before this request finished")]
     Stopped,
+    #[error("the request's LoRA adapter could not be loaded")]
+    AdapterLoad,
 }

@@ -14,6 +14,7 @@
 pub mod detok;
 mod engine;
 mod error;
+mod lora;
 mod params;
 pub mod stop;
 
@@ -23,6 +24,7 @@ pub use engine::{
 pub use error::{EngineError, SubmitError};
 pub use lantern_runtime::{KvCacheSize, SamplingParams};
 pub use lantern_scheduler::SchedulingPolicy;
+pub use lora::{LoraConfig, LoraError, LoraInfo};
 pub use params::{
     FinishReason, GenerationParams, ParamError, RequestEvent, RequestTiming, StopReason,
     TokenDelta, TokenLogprob, Usage,

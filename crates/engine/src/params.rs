@@ -27,6 +27,8 @@ pub struct GenerationParams {
     /// Log-probabilities of the prompt tokens with this many alternatives (echo with
     /// logprobs). Such a prompt is computed in full (no prefix-cache hits).
     pub prompt_logprobs: Option<usize>,
+    /// LoRA adapter id from [`crate::EngineHandle::lora_id`]; 0 = the base model.
+    pub lora_id: u32,
 }
 
 impl Default for GenerationParams {
@@ -45,6 +47,7 @@ impl Default for GenerationParams {
             cache_salt: None,
             n: 1,
             prompt_logprobs: None,
+            lora_id: 0,
         }
     }
 }

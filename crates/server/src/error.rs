@@ -121,6 +121,10 @@ impl From<SubmitError> for ApiError {
             SubmitError::EngineStopped => {
                 ApiError::unavailable("the server is shutting down; retry on another replica")
             }
+            SubmitError::UnknownAdapter => ApiError::not_found(
+                "The model does not exist (its LoRA adapter was unloaded).",
+                Some("model"),
+            ),
         }
     }
 }

@@ -213,6 +213,36 @@ impl Metrics {
             "Requests preempted (recomputed).",
             snap.num_preemptions,
         );
+        counter(
+            &mut out,
+            "lantern_lora_slot_loads_total",
+            "LoRA adapter copies from host memory into a device slot.",
+            snap.lora_slot_loads,
+        );
+        gauge(
+            &mut out,
+            "lantern_lora_slot_load_seconds_total",
+            "Time spent copying LoRA adapters into device slots.",
+            snap.lora_slot_load_seconds,
+        );
+        counter(
+            &mut out,
+            "lantern_lora_disk_loads_total",
+            "LoRA adapter reads from disk into host memory.",
+            snap.lora_disk_loads,
+        );
+        gauge(
+            &mut out,
+            "lantern_lora_disk_load_seconds_total",
+            "Time spent reading LoRA adapters from disk (and validating them).",
+            snap.lora_disk_load_seconds,
+        );
+        gauge(
+            &mut out,
+            "lantern_loras_in_host_memory",
+            "LoRA adapters whose weights are in host memory.",
+            snap.loras_in_host_memory as f64,
+        );
         let _ = writeln!(out, "# HELP lantern_request_finished_total Finished sequences by reason.\n# TYPE lantern_request_finished_total counter");
         for (reason, n) in [
             ("stop", snap.finished_stop),

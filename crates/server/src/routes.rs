@@ -119,6 +119,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/load_lora_adapter", post(load_lora_adapter))
+        .route("/v1/unload_lora_adapter", post(unload_lora_adapter))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/tokenize", post(tokenize))
@@ -171,15 +173,18 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-fn check_model(ready: &Ready, model: &str) -> Result<(), ApiError> {
+/// The LoRA adapter id a request's `model` selects: 0 for the base model's names, the
+/// adapter's id for a loaded adapter's name, 404 otherwise.
+fn check_model(ready: &Ready, model: &str) -> Result<u32, ApiError> {
     if ready.served_names.iter().any(|n| n == model) {
-        Ok(())
-    } else {
-        Err(ApiError::not_found(
+        return Ok(0);
+    }
+    ready.engine.lora_id(model).ok_or_else(|| {
+        ApiError::not_found(
             format!("The model `{model}` does not exist."),
             Some("model"),
-        ))
-    }
+        )
+    })
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
@@ -225,7 +230,7 @@ async fn current_snapshot(engine: &EngineHandle) -> lantern_engine::EngineSnapsh
 async fn models(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let ready = state.ready()?;
     let info = ready.engine.info();
-    let data: Vec<Value> = ready
+    let mut data: Vec<Value> = ready
         .served_names
         .iter()
         .map(|n| {
@@ -240,7 +245,96 @@ async fn models(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiEr
             })
         })
         .collect();
+    let base = ready.served_names.first().cloned().unwrap_or_default();
+    data.extend(ready.engine.loras().into_iter().map(|l| {
+        json!({
+            "id": l.name,
+            "object": "model",
+            "created": l.created,
+            "owned_by": "lantern",
+            "root": l.source,
+            "parent": base,
+            "max_model_len": info.max_model_len,
+        })
+    }));
     Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// vLLM's `POST /v1/load_lora_adapter` body.
+#[derive(Debug, serde::Deserialize)]
+struct LoadLoraRequest {
+    lora_name: Option<String>,
+    lora_path: Option<String>,
+}
+
+/// vLLM's `POST /v1/unload_lora_adapter` body.
+#[derive(Debug, serde::Deserialize)]
+struct UnloadLoraRequest {
+    lora_name: Option<String>,
+}
+
+fn lora_error(e: lantern_engine::LoraError) -> ApiError {
+    use lantern_engine::LoraError as E;
+    match e {
+        E::NotFound(_) => ApiError::not_found(e.to_string(), Some("lora_name")),
+        E::EngineStopped => ApiError::unavailable("the server is shutting down"),
+        E::Invalid { .. } => ApiError::bad_request(e.to_string(), Some("lora_path")),
+        E::Disabled | E::AlreadyLoaded(_) | E::InvalidName(_) => {
+            ApiError::bad_request(e.to_string(), Some("lora_name"))
+        }
+    }
+}
+
+async fn load_lora_adapter(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    let req: LoadLoraRequest = parse_body(&body_bytes(body)?)?;
+    let (Some(name), Some(path)) = (req.lora_name, req.lora_path) else {
+        return Err(ApiError::bad_request(
+            "Both 'lora_name' and 'lora_path' must be provided.",
+            None,
+        ));
+    };
+    if ready.served_names.iter().any(|n| *n == name) {
+        return Err(ApiError::bad_request(
+            format!("'{name}' is the base model's name; choose another lora_name"),
+            Some("lora_name"),
+        ));
+    }
+    let engine = ready.engine.clone();
+    let n = name.clone();
+    let info = tokio::task::spawn_blocking(move || engine.load_lora_blocking(&n, &path))
+        .await
+        .map_err(|_| ApiError::internal())?
+        .map_err(lora_error)?;
+    tracing::info!(name = %info.name, path = %info.path.display(), "adapter loaded over HTTP");
+    Ok((
+        StatusCode::OK,
+        format!("Success: LoRA adapter '{name}' added successfully."),
+    )
+        .into_response())
+}
+
+async fn unload_lora_adapter(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    let req: UnloadLoraRequest = parse_body(&body_bytes(body)?)?;
+    let Some(name) = req.lora_name else {
+        return Err(ApiError::bad_request(
+            "'lora_name' needs to be provided to unload a LoRA adapter.",
+            Some("lora_name"),
+        ));
+    };
+    ready.engine.unload_lora(&name).map_err(lora_error)?;
+    Ok((
+        StatusCode::OK,
+        format!("Success: LoRA adapter '{name}' removed successfully."),
+    )
+        .into_response())
 }
 
 fn encode(ready: &Ready, text: &str, add_special: bool) -> Result<Vec<u32>, ApiError> {
@@ -664,7 +758,7 @@ async fn chat_inner(
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
     let req: ChatRequest = parse_body(&body_bytes(body)?)?;
-    check_model(ready, &req.model)?;
+    let lora_id = check_model(ready, &req.model)?;
     if let Some(rf) = &req.response_format {
         let ty = rf.get("type").and_then(|t| t.as_str()).unwrap_or("");
         if ty != "text" {
@@ -694,12 +788,13 @@ async fn chat_inner(
         (false, None) => None,
     };
     let info = ready.engine.info();
-    let params = generation_params(
+    let mut params = generation_params(
         &req.common,
         req.max_completion_tokens.or(req.max_tokens),
         logprobs,
         info.vocab_size,
     )?;
+    params.lora_id = lora_id;
     let tools = match req.tool_choice.as_ref().and_then(|t| t.as_str()) {
         Some("none") => None,
         _ => req.tools.as_deref(),
@@ -747,7 +842,7 @@ async fn completions_inner(
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
     let req: CompletionRequest = parse_body(&body_bytes(body)?)?;
-    check_model(ready, &req.model)?;
+    let lora_id = check_model(ready, &req.model)?;
     if req.suffix.is_some() {
         return Err(ApiError::bad_request(
             "`suffix` is not supported",
@@ -755,12 +850,13 @@ async fn completions_inner(
         ));
     }
     let info = ready.engine.info();
-    let params = generation_params(
+    let mut params = generation_params(
         &req.common,
         Some(req.max_tokens.unwrap_or(16)),
         req.logprobs,
         info.vocab_size,
     )?;
+    params.lora_id = lora_id;
     let prompts: Vec<Vec<u32>> = match req.prompt {
         PromptField::Text(t) => vec![encode(ready, &t, true)?],
         PromptField::Texts(ts) => ts

@@ -171,6 +171,8 @@ pub fn generation_params(
         cache_salt: c.cache_salt.clone(),
         n,
         prompt_logprobs: None,
+        // Set from `model` by the route.
+        lora_id: 0,
     })
 }
 
