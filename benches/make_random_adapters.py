@@ -72,9 +72,9 @@ def main() -> None:
         for layer in range(layers):
             for t in TARGETS:
                 fan_in, fan_out = dims[t]
-                # delta = scaling * B @ A has entries of std ~ 0.02 / sqrt(fan_in):
+                # delta = scaling * B @ A has entries of std ~ 0.3 / sqrt(fan_in):
                 # small against the base weights, large enough to change greedy outputs.
-                std = math.sqrt(0.02 / (scaling * math.sqrt(args.rank) * math.sqrt(fan_in)))
+                std = math.sqrt(0.3 / (scaling * math.sqrt(args.rank) * math.sqrt(fan_in)))
                 mod = "self_attn" if t in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
                 base = f"base_model.model.model.layers.{layer}.{mod}.{t}"
                 tensors[f"{base}.lora_A.weight"] = rng.normal(0, std, (args.rank, fan_in)).astype(np.float32)

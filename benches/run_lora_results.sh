@@ -35,6 +35,7 @@ run() {
     {
         echo "machine: $machine"
         echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        echo "load average before the run (other work on the machine): $(cut -d' ' -f1-3 /proc/loadavg)"
         echo "command: ${cmd[*]}"
         echo
         "${cmd[@]}" 2>&1

@@ -15,6 +15,10 @@ pub struct ThroughputArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// LoRA flags as for `serve`; with `--lora` adapters, prompt `i` uses adapter
+    /// `i % count` (no `--lora` but `--enable-lora`: LoRA on, every request on the base model).
+    #[command(flatten)]
+    pub lora: crate::serve::LoraArgs,
     #[arg(long = "input-len", default_value_t = 256)]
     pub input_len: usize,
     #[arg(long = "output-len", default_value_t = 64)]
@@ -43,12 +47,23 @@ pub fn run(mut args: ThroughputArgs) -> Result<()> {
     args.engine.max_num_seqs = args.engine.max_num_seqs.min(args.concurrency.max(1));
     let (model, _) = args.model.resolve()?;
     let opts = args.model.load_options(false)?;
-    let cfg = args.engine.engine_config(&opts.device)?;
+    let mut cfg = args.engine.engine_config(&opts.device)?;
+    cfg.lora = args.lora.config()?;
+    let modules = args.lora.modules()?;
     let loaded = load_model(&model, &opts).with_context(|| format!("loading {model}"))?;
     let vocab = loaded.meta.config.vocab_size as u64;
     let specials: Vec<u32> = loaded.meta.eos_token_ids.clone();
+    let cfg_lora = cfg.lora.is_some();
     let engine = Engine::try_start(loaded, cfg).map_err(|e| anyhow!(e))?;
     let h = engine.handle();
+    let mut lora_ids = Vec::new();
+    for (name, source) in &modules {
+        lora_ids.push(
+            h.load_lora_blocking(name, source)
+                .with_context(|| format!("--lora {name}={source}"))?
+                .id,
+        );
+    }
     let mut seed = args.prompt_seed.wrapping_add(0x5eed);
     let prompts: Vec<Vec<u32>> = (0..args.num_prompts)
         .map(|_| {
@@ -82,12 +97,24 @@ pub fn run(mut args: ThroughputArgs) -> Result<()> {
     let mut first_tokens = Vec::new();
     let mut finishes = Vec::new();
     let mut out_tokens = 0usize;
-    let mut queue = prompts.into_iter();
+    let mut queue = prompts.into_iter().enumerate();
     let mut inflight = Vec::new();
     loop {
         while inflight.len() < args.concurrency {
             match queue.next() {
-                Some(p) => inflight.push(h.submit_blocking(p, params.clone())?),
+                Some((i, p)) => {
+                    let lora_id = match lora_ids.len() {
+                        0 => 0,
+                        n => lora_ids[i % n],
+                    };
+                    inflight.push(h.submit_blocking(
+                        p,
+                        GenerationParams {
+                            lora_id,
+                            ..params.clone()
+                        },
+                    )?)
+                }
                 None => break,
             }
         }
@@ -144,6 +171,10 @@ pub fn run(mut args: ThroughputArgs) -> Result<()> {
         "decode_tokens_per_s_per_request": decode_tok_s_per_seq,
         "decode_tokens_per_s_aggregate": decode_tok_s_per_seq * args.concurrency.min(args.num_prompts) as f64,
         "engine_steps": snap.steps,
+        "mean_step_ms": 1000.0 * total / snap.steps.max(1) as f64,
+        "lora_enabled": cfg_lora,
+        "lora_adapters": lora_ids.len(),
+        "lora_slot_loads": snap.lora_slot_loads,
         "preemptions": snap.num_preemptions,
     });
     if args.json {

@@ -211,7 +211,8 @@ impl LoraAdapter {
         };
 
         let st_path = dir.join("adapter_model.safetensors");
-        if !st_path.is_file() {
+        // `exists`, not `is_file`: a named pipe is a valid source too (tests use one).
+        if !st_path.exists() {
             if dir.join("adapter_model.bin").is_file() {
                 return Err(cfg_err(
                     dir,

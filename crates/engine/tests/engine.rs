@@ -5,8 +5,8 @@
 
 use candle_core::{DType, Device};
 use lantern_engine::{
-    Engine, EngineConfig, FinishReason, GenerationParams, KvCacheSize, RequestEvent, RequestStream,
-    SamplingParams, StopReason, SubmitError, Usage,
+    Engine, EngineConfig, FinishReason, GenerationParams, KvCacheSize, LoraConfig, LoraError,
+    RequestEvent, RequestStream, SamplingParams, StopReason, SubmitError, Usage,
 };
 use std::path::PathBuf;
 
@@ -539,4 +539,149 @@ fn prompt_logprobs_match_reference_and_skip_the_cache() {
             assert!(lp.top[0].1 >= lp.top[1].1);
         }
     }
+}
+
+fn adapter_reference(dir: &str) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    reference(&format!("tiny-llama/{dir}"))
+}
+
+fn lora_engine(max_loras: usize, max_cpu_loras: usize) -> Engine {
+    engine(
+        "tiny-llama",
+        EngineConfig {
+            kv_cache: KvCacheSize::Tokens(4096),
+            lora: Some(LoraConfig {
+                max_loras,
+                max_lora_rank: 8,
+                max_cpu_loras,
+            }),
+            ..EngineConfig::default()
+        },
+    )
+}
+
+#[test]
+fn an_adapter_read_from_disk_holds_up_only_its_own_requests() {
+    // Adapter x (a copy of lora-a) is registered, then pushed out of host memory by y and z
+    // (--max-cpu-loras 2). Its weights file is then replaced by a named pipe, so the
+    // background re-read blocks until the test writes the bytes: while it is blocked, base
+    // and y requests must run to completion (y itself is re-read from disk: x's load took
+    // its place in host memory).
+    let dir = std::env::temp_dir().join(format!("lantern-lora-fifo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture("tiny-llama/lora-a");
+    std::fs::copy(
+        src.join("adapter_config.json"),
+        dir.join("adapter_config.json"),
+    )
+    .unwrap();
+    let weights = std::fs::read(src.join("adapter_model.safetensors")).unwrap();
+    let st = dir.join("adapter_model.safetensors");
+    std::fs::write(&st, &weights).unwrap();
+
+    let e = lora_engine(1, 2);
+    let h = e.handle();
+    h.load_lora_blocking("x", dir.to_str().unwrap()).unwrap();
+    h.load_lora_blocking("y", fixture("tiny-llama/lora-b").to_str().unwrap())
+        .unwrap();
+    h.load_lora_blocking("z", fixture("tiny-llama/lora-a").to_str().unwrap())
+        .unwrap();
+    assert_eq!(h.fresh_snapshot_blocking().unwrap().loras_in_host_memory, 2);
+    std::fs::remove_file(&st).unwrap();
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&st)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mkfifo failed");
+
+    let (pa, ga) = adapter_reference("lora-a");
+    let (pb, gb) = adapter_reference("lora-b");
+    let (p0, g0) = reference("tiny-llama");
+    let x = h
+        .submit_blocking(
+            pa[0].clone(),
+            GenerationParams {
+                lora_id: h.lora_id("x").unwrap(),
+                ..greedy(33)
+            },
+        )
+        .unwrap();
+    // x's adapter is being read (blocked on the pipe); others run.
+    let base = collect(h.submit_blocking(p0[1].clone(), greedy(33)).unwrap());
+    assert_eq!(base[0].tokens, g0[1]);
+    let y = collect(
+        h.submit_blocking(
+            pb[1].clone(),
+            GenerationParams {
+                lora_id: h.lora_id("y").unwrap(),
+                ..greedy(33)
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(y[0].tokens, gb[1]);
+    // Release the read: x completes with lora-a's reference output.
+    std::fs::write(&st, &weights).unwrap();
+    let x = collect(x);
+    assert_eq!(x[0].tokens, ga[0]);
+    let snap = h.fresh_snapshot_blocking().unwrap();
+    assert_eq!(snap.lora_disk_loads, 5, "x, y, z, then x and y again");
+    assert!(snap.lora_slot_loads >= 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unknown_and_unloaded_adapters_are_refused() {
+    let e = lora_engine(2, 2);
+    let h = e.handle();
+    let (pa, _) = adapter_reference("lora-a");
+    let r = h.submit_blocking(
+        pa[0].clone(),
+        GenerationParams {
+            lora_id: 77,
+            ..greedy(4)
+        },
+    );
+    assert_eq!(r.err(), Some(SubmitError::UnknownAdapter));
+    let info = h
+        .load_lora_blocking("a", fixture("tiny-llama/lora-a").to_str().unwrap())
+        .unwrap();
+    assert_eq!(info.rank, 4);
+    assert_eq!(
+        h.load_lora_blocking("a", "x").unwrap_err(),
+        LoraError::AlreadyLoaded("a".into())
+    );
+    let id = h.lora_id("a").unwrap();
+    h.unload_lora("a").unwrap();
+    assert_eq!(h.lora_id("a"), None);
+    let r = h.submit_blocking(
+        pa[0].clone(),
+        GenerationParams {
+            lora_id: id,
+            ..greedy(4)
+        },
+    );
+    assert_eq!(r.err(), Some(SubmitError::UnknownAdapter));
+    assert_eq!(
+        h.unload_lora("a").unwrap_err(),
+        LoraError::NotFound("a".into())
+    );
+    // Rank above --max-lora-rank is refused with the numbers.
+    let e = engine(
+        "tiny-llama",
+        EngineConfig {
+            lora: Some(LoraConfig {
+                max_loras: 1,
+                max_lora_rank: 4,
+                max_cpu_loras: 1,
+            }),
+            ..EngineConfig::default()
+        },
+    );
+    let err = e
+        .handle()
+        .load_lora_blocking("b", fixture("tiny-llama/lora-b").to_str().unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("--max-lora-rank"), "{err}");
 }

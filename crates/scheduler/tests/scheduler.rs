@@ -1,5 +1,5 @@
 //! Scheduler behaviour through the public API.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 

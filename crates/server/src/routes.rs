@@ -297,7 +297,7 @@ async fn load_lora_adapter(
             None,
         ));
     };
-    if ready.served_names.iter().any(|n| *n == name) {
+    if ready.served_names.contains(&name) {
         return Err(ApiError::bad_request(
             format!("'{name}' is the base model's name; choose another lora_name"),
             Some("lora_name"),
@@ -897,7 +897,6 @@ async fn completions_inner(
             ));
         }
     }
-    let mut params = params;
     let echo_prompt_ids = if req.echo.unwrap_or(false) && req.logprobs.is_some() {
         params.prompt_logprobs = req.logprobs;
         Some(prompts.clone())
