@@ -119,4 +119,25 @@ impl CustomOp3 for PagedAttnOp {
             self.softmax_scale,
         )
     }
+
+    /// CUDA: metadata values stay on the device (no host validation); out-of-range block ids
+    /// are skipped by the kernels instead of reported.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        q_l: &Layout,
+        k: &candle_core::CudaStorage,
+        k_l: &Layout,
+        v: &candle_core::CudaStorage,
+        v_l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::attention::paged_attention_cuda(
+            (q, q_l),
+            (k, k_l),
+            (v, v_l),
+            &self.meta,
+            self.softmax_scale,
+        )
+    }
 }

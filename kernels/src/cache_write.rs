@@ -109,9 +109,15 @@ pub fn write_kv_cache(
     // Rows of head_dim elements must be contiguous; outer dims may have any stride.
     let k = unit_stride_rows(k)?;
     let v = unit_stride_rows(v)?;
+    // The CUDA kernel reads the slots as one contiguous array (a no-op for from_host's).
+    let slots = if slot_mapping.device().is_cpu() {
+        slot_mapping.clone()
+    } else {
+        slot_mapping.contiguous()?
+    };
     let op = WriteKvOp;
-    k_cache.inplace_op3(&k, slot_mapping, &op)?;
-    v_cache.inplace_op3(&v, slot_mapping, &op)
+    k_cache.inplace_op3(&k, &slots, &op)?;
+    v_cache.inplace_op3(&v, &slots, &op)
 }
 
 /// Returns `t` itself when its last dim has unit stride, otherwise a contiguous copy.
@@ -141,5 +147,20 @@ impl InplaceOp3 for WriteKvOp {
         slots_l: &Layout,
     ) -> Result<()> {
         crate::cpu::cache_write::write_kv_cache_cpu(cache, cache_l, rows, rows_l, slots, slots_l)
+    }
+
+    /// CUDA: slots are not read back to the host; out-of-range slots are skipped on the
+    /// device instead of reported.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        cache: &mut candle_core::CudaStorage,
+        cache_l: &Layout,
+        rows: &candle_core::CudaStorage,
+        rows_l: &Layout,
+        slots: &candle_core::CudaStorage,
+        slots_l: &Layout,
+    ) -> Result<()> {
+        crate::cuda::cache_write::write_kv_cache_cuda(cache, cache_l, rows, rows_l, slots, slots_l)
     }
 }

@@ -1,4 +1,5 @@
-//! Lantern custom ops: the paged KV cache write and paged attention.
+//! Lantern custom ops: paged KV cache write, paged attention, multi-LoRA, fused norms and
+//! activations, token sampling.
 //!
 //! The model crates have exactly one attention path, and it goes through this crate:
 //!
@@ -10,16 +11,23 @@
 //! 3. [`lora_add`] adds the multi-LoRA term `scale_i * (x A_i^T) B_i^T` of every token's
 //!    adapter slot `i` to a projection's output ([`LoraWeights`] hold the stacked adapters,
 //!    [`LoraBatch`] the per-token slots and same-slot segments of a step).
+//! 4. [`rms_norm`] / [`fused_add_rms_norm`], [`rotary_embedding_inplace`] and
+//!    [`silu_mul`] / [`silu_and_mul`]: the fused row/elementwise ops of a decoder layer.
+//! 5. [`sample_tokens`] picks one token per logits row on the logits' device (greedy, or
+//!    temperature / top-k / top-p / min-p with penalties and a per-row uniform draw;
+//!    [`SamplingBatch`] holds the per-row parameters).
 //!
 //! All ops are device-agnostic at the API level: they validate shapes, dtypes and devices
-//! up front and then dispatch through candle's custom-op traits (`InplaceOp3` for the cache
-//! write, `CustomOp3` for attention and LoRA). Today only the CPU implementation exists (module
-//! `cpu`, parallelised with rayon); a CUDA implementation will be added behind the `cuda`
-//! feature by filling in the `cuda_fwd` hooks of the same op structs.
+//! up front and then dispatch through candle's custom-op traits (`cpu_fwd` / `cuda_fwd` of
+//! the same op struct). The CPU implementations live in module `cpu` (parallelised with
+//! rayon); the CUDA ones (feature `cuda`) in module `cuda`, with the kernels in
+//! `kernels/cuda/*.cu` compiled by `build.rs` (see `kernels/README.md`). On CUDA the
+//! metadata tensors (slots, block tables, adapter slots) are not copied back to the host for
+//! validation: out-of-range indices are skipped by the kernels rather than reported.
 //!
 //! [`reference`] holds slow, obviously-correct implementations built from plain `Vec<f32>`
-//! math. They are the test oracle for the fast CPU kernels here and for the CUDA kernels
-//! later.
+//! math. They are the test oracle for the CPU kernels, which are in turn the oracle of the
+//! CUDA kernels (`tests/gpu.rs`).
 //!
 //! # Cache layout
 //!
@@ -31,11 +39,17 @@
 mod attention;
 mod cache_write;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 pub mod lora;
 mod metadata;
+mod norm;
 pub mod reference;
+pub mod sampling;
 
 pub use attention::paged_attention;
 pub use cache_write::write_kv_cache;
 pub use lora::{lora_add, LoraBatch, LoraWeights, LORA_SGMV_MIN_TOKENS};
 pub use metadata::PagedAttnMetadata;
+pub use norm::{fused_add_rms_norm, rms_norm, rotary_embedding_inplace, silu_and_mul, silu_mul};
+pub use sampling::{sample_tokens, SamplingBatch, SamplingRow};

@@ -522,4 +522,28 @@ impl CustomOp3 for LoraAddOp {
         let plan = LoraPlan::read_and_validate(&self.w, &self.batch, self.dims)?;
         crate::cpu::lora::lora_add_cpu((x, x_l), (a, a_l), (b, b_l), &self.y, &plan, self.dims)
     }
+
+    /// CUDA: the metadata is not read back to the host (no validation of its values; tokens
+    /// with an out-of-range slot are skipped), and the rank hint is passed to the kernels for
+    /// the first 64 slots (later slots use `max_rank`, which is exact when the padding is zero).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_l: &Layout,
+        a: &candle_core::CudaStorage,
+        a_l: &Layout,
+        b: &candle_core::CudaStorage,
+        b_l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::cuda::lora::lora_add_cuda(
+            (x, x_l),
+            (a, a_l),
+            (b, b_l),
+            &self.y,
+            &self.w,
+            &self.batch,
+            self.dims,
+        )
+    }
 }

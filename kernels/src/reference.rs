@@ -265,3 +265,247 @@ pub fn lora_add_naive(
         .to_dtype(y.dtype())?
         .to_device(y.device())
 }
+
+/// Reference RMSNorm with the semantics of [`crate::rms_norm`]: per row of the last dim,
+/// `x * (1 / sqrt(mean(x^2) + eps)) * w` in f32.
+pub fn rms_norm_naive(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    let Some(&hidden) = x.dims().last() else {
+        bail!("rms_norm_naive: x must have a last dim");
+    };
+    let (xh, wh) = (host_f32(x)?, host_f32(weight)?);
+    if wh.len() != hidden {
+        bail!("rms_norm_naive: weight must have {hidden} elements");
+    }
+    let mut out = vec![0f32; xh.len()];
+    if hidden > 0 {
+        for (row, o) in xh.chunks(hidden).zip(out.chunks_mut(hidden)) {
+            let mean = row.iter().map(|v| v * v).sum::<f32>() / hidden as f32;
+            let inv = 1.0 / (mean + eps).sqrt();
+            for i in 0..hidden {
+                o[i] = row[i] * inv * wh[i];
+            }
+        }
+    }
+    Tensor::from_vec(out, x.shape(), &Device::Cpu)?
+        .to_dtype(x.dtype())?
+        .to_device(x.device())
+}
+
+/// Reference of [`crate::fused_add_rms_norm`]: `h = x + residual` rounded to the dtype, then
+/// `(rms_norm_naive(h), h)`.
+pub fn fused_add_rms_norm_naive(
+    x: &Tensor,
+    residual: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    let h = (x.to_dtype(DType::F32)? + residual.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?;
+    Ok((rms_norm_naive(&h, weight, eps)?, h))
+}
+
+/// Reference of [`crate::rotary_embedding_inplace`], functional: returns the rotated copy of
+/// `x` `(tokens, heads, head_dim)` using `cos`/`sin` rows `positions[t]`.
+pub fn rotary_embedding_naive(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    positions: &Tensor,
+) -> Result<Tensor> {
+    let &[tokens, heads, d] = x.dims() else {
+        bail!("rotary_embedding_naive: x must be 3-D");
+    };
+    let half = d / 2;
+    let pos = positions.to_device(&Device::Cpu)?.to_vec1::<u32>()?;
+    let (xh, c, s) = (host_f32(x)?, host_f32(cos)?, host_f32(sin)?);
+    let mut out = xh.clone();
+    if pos.len() != tokens {
+        bail!(
+            "rotary_embedding_naive: {} positions for {tokens} tokens",
+            pos.len()
+        );
+    }
+    for (t, &p) in pos.iter().enumerate() {
+        let p = p as usize;
+        if (p + 1) * half > c.len() {
+            bail!("rotary_embedding_naive: position {p} out of range");
+        }
+        for h in 0..heads {
+            let base = (t * heads + h) * d;
+            for i in 0..half {
+                let (a, b) = (xh[base + i], xh[base + i + half]);
+                let (cv, sv) = (c[p * half + i], s[p * half + i]);
+                out[base + i] = a * cv - b * sv;
+                out[base + i + half] = b * cv + a * sv;
+            }
+        }
+    }
+    Tensor::from_vec(out, x.shape(), &Device::Cpu)?
+        .to_dtype(x.dtype())?
+        .to_device(x.device())
+}
+
+/// Reference of [`crate::silu_mul`]: `g / (1 + exp(-g)) * u` elementwise in f32.
+pub fn silu_mul_naive(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let (g, u) = (host_f32(gate)?, host_f32(up)?);
+    if g.len() != u.len() {
+        bail!("silu_mul_naive: gate and up differ in size");
+    }
+    let out: Vec<f32> = g
+        .iter()
+        .zip(&u)
+        .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+        .collect();
+    Tensor::from_vec(out, gate.shape(), &Device::Cpu)?
+        .to_dtype(gate.dtype())?
+        .to_device(gate.device())
+}
+
+/// Reference of [`crate::sample_tokens`], from the unpacked rows: processes each row as
+/// `crates/runtime`'s sampler does (bias, repetition, presence/frequency, banned), sorts the
+/// whole vocabulary by (logit desc, index asc) and applies top-k, min-p (take-while on the
+/// sorted candidates), top-p and the draw with the fixed-point weights of the op's docs.
+pub fn sample_tokens_naive(
+    logits: &Tensor,
+    rows: &[crate::sampling::SamplingRow<'_>],
+) -> Result<Vec<u32>> {
+    use crate::cpu::sampling::{fixed_mass, fkey, sanitize};
+    let &[n, vocab] = logits.dims() else {
+        bail!("sample_tokens_naive: logits must be 2-D");
+    };
+    if rows.len() != n {
+        bail!(
+            "sample_tokens_naive: {} rows for {n} logits rows",
+            rows.len()
+        );
+    }
+    let all = host_f32(logits)?;
+    let mut out = Vec::with_capacity(n);
+    for (r, p) in rows.iter().enumerate() {
+        let mut x: Vec<f32> = all[r * vocab..(r + 1) * vocab]
+            .iter()
+            .map(|&v| sanitize(v))
+            .collect();
+        for &(t, b) in p.logit_bias {
+            if let Some(v) = x.get_mut(t as usize) {
+                *v += b;
+            }
+        }
+        if p.repetition_penalty != 1.0 {
+            let mut seen = vec![false; vocab];
+            for &t in p.prompt_tokens.iter().chain(p.output_tokens) {
+                if let Some(s) = seen.get_mut(t as usize) {
+                    *s = true;
+                }
+            }
+            for (v, s) in x.iter_mut().zip(&seen) {
+                if *s {
+                    *v = if *v > 0.0 {
+                        *v / p.repetition_penalty
+                    } else {
+                        *v * p.repetition_penalty
+                    };
+                }
+            }
+        }
+        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+            let mut counts = vec![0u32; vocab];
+            for &t in p.output_tokens {
+                if let Some(c) = counts.get_mut(t as usize) {
+                    *c += 1;
+                }
+            }
+            for (v, &c) in x.iter_mut().zip(&counts) {
+                if c > 0 {
+                    *v -= p.presence_penalty + p.frequency_penalty * c as f32;
+                }
+            }
+        }
+        for &t in p.banned {
+            if let Some(v) = x.get_mut(t as usize) {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+        for v in x.iter_mut() {
+            *v = sanitize(*v);
+        }
+        // Greedy: first maximum.
+        let mut amax = 0usize;
+        for i in 0..vocab {
+            if x[i] > x[amax] || (x[amax] == f32::NEG_INFINITY && x[i] > f32::NEG_INFINITY) {
+                amax = i;
+            }
+        }
+        let m = x[amax];
+        if p.temperature == 0.0 || p.top_k == 1 || !m.is_finite() {
+            out.push(amax as u32);
+            continue;
+        }
+        let inv_t = 1.0 / p.temperature;
+        let w: Vec<u64> = x.iter().map(|&v| fixed_mass(v, m, inv_t)).collect();
+        let total_all: u64 = w.iter().sum();
+        let u = f64::from(p.uniform);
+        let filtered = p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0;
+        if !filtered {
+            let target = ((u * total_all as f64).floor() as u64).min(total_all - 1);
+            let mut cum = 0u64;
+            let mut pick = amax;
+            for (i, &wi) in w.iter().enumerate() {
+                cum += wi;
+                if cum > target {
+                    pick = i;
+                    break;
+                }
+            }
+            out.push(pick as u32);
+            continue;
+        }
+        let mut order: Vec<usize> = (0..vocab).collect();
+        order.sort_by(|&a, &b| fkey(x[b]).cmp(&fkey(x[a])).then(a.cmp(&b)));
+        let n_cand = if p.top_k > 0 {
+            p.top_k.min(vocab)
+        } else {
+            vocab
+        };
+        let cand = &order[..n_cand];
+        let total: u64 = if p.top_k > 0 {
+            cand.iter().map(|&i| w[i]).sum()
+        } else {
+            total_all
+        };
+        let mut keep = n_cand;
+        if p.min_p > 0.0 {
+            keep = cand
+                .iter()
+                .take_while(|&&i| ((x[i] - m) * inv_t).exp() >= p.min_p && x[i] > f32::NEG_INFINITY)
+                .count()
+                .max(1);
+        }
+        if p.top_p < 1.0 {
+            let target = ((f64::from(p.top_p) * total as f64).ceil() as u64).max(1);
+            let mut cum = 0u64;
+            let mut k = 0;
+            for &i in cand.iter().take(keep) {
+                cum += w[i];
+                k += 1;
+                if cum >= target {
+                    break;
+                }
+            }
+            keep = keep.min(k.max(1));
+        }
+        let kept = &cand[..keep];
+        let mass: u64 = kept.iter().map(|&i| w[i]).sum();
+        let target = ((u * mass as f64).floor() as u64).min(mass.saturating_sub(1));
+        let mut cum = 0u64;
+        let mut pick = amax;
+        for &i in kept {
+            cum += w[i];
+            if cum > target {
+                pick = i;
+                break;
+            }
+        }
+        out.push(pick as u32);
+    }
+    Ok(out)
+}

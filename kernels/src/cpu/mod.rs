@@ -3,6 +3,8 @@
 pub(crate) mod attention;
 pub(crate) mod cache_write;
 pub(crate) mod lora;
+pub(crate) mod norm;
+pub(crate) mod sampling;
 
 use candle_core::{bail, Layout, Result, WithDType};
 use half::{bf16, f16, slice::HalfFloatSliceExt};
