@@ -5,6 +5,7 @@ use candle_core::Device;
 use clap::Args;
 use lantern_engine::{EngineConfig, KvCacheSize, SchedulingPolicy};
 use lantern_models::{DTypeChoice, LoadOptions};
+use lantern_runtime::GpuMemoryBudget;
 use std::path::PathBuf;
 
 /// The model served when `--model` is not given.
@@ -44,10 +45,12 @@ pub struct EngineArgs {
     /// KV cache block size in tokens.
     #[arg(long = "block-size", default_value_t = 16)]
     pub block_size: usize,
-    /// KV cache size in bytes (suffixes K, M, G, KiB, MiB, GiB). Default on CPU: 1GiB.
+    /// KV cache size in bytes (suffixes K, M, G, KiB, MiB, GiB). Default: 1GiB on CPU, on
+    /// CUDA sized from --gpu-memory-utilization.
     #[arg(long = "kv-cache-memory")]
     pub kv_cache_memory: Option<String>,
-    /// Fraction of GPU memory to use for weights + KV cache (CUDA only).
+    /// Fraction of GPU memory to use for weights, activations and KV cache (CUDA; the KV
+    /// cache gets what is left after loading). --kv-cache-memory overrides it.
     #[arg(long = "gpu-memory-utilization", default_value_t = 0.9)]
     pub gpu_memory_utilization: f64,
     /// Enable automatic prefix caching (default on).
@@ -96,14 +99,10 @@ pub fn parse_bytes(s: &str) -> Result<usize> {
     Ok((v * mult) as usize)
 }
 
+/// Opens the `--device` (`cuda[:N]` needs a `--features cuda` build; `auto` = CUDA device 0
+/// when there is one, else the CPU) and logs which device was chosen.
 pub fn device(spec: &str) -> Result<Device> {
-    match spec {
-        "cpu" | "auto" => Ok(Device::Cpu),
-        s if s == "cuda" || s.starts_with("cuda:") => bail!(
-            "--device {s}: this lantern binary was built without CUDA support; rebuild with `--features cuda` (see README, Serving on a GPU box)"
-        ),
-        other => bail!("--device `{other}` is not one of cpu, cuda, cuda:N, auto"),
-    }
+    Ok(lantern_runtime::device::select(spec)?)
 }
 
 impl ModelArgs {
@@ -166,20 +165,28 @@ impl EngineArgs {
             "priority" => SchedulingPolicy::Priority,
             other => bail!("--scheduling-policy `{other}` is not one of fcfs, priority"),
         };
-        let kv_bytes = match &self.kv_cache_memory {
-            Some(s) => parse_bytes(s)?,
+        // --kv-cache-memory wins; else 1 GiB on the CPU, and on a GPU what is left of
+        // --gpu-memory-utilization once the weights are loaded (measured by the runner).
+        let kv_cache = match &self.kv_cache_memory {
+            Some(s) => KvCacheSize::Bytes(parse_bytes(s)?),
+            None if device.is_cpu() => KvCacheSize::Bytes(1 << 30),
             None => {
-                if !device.is_cpu() {
-                    bail!("KV sizing from --gpu-memory-utilization needs a CUDA build");
+                let u = self.gpu_memory_utilization;
+                if !(u > 0.0 && u <= 1.0) {
+                    bail!("--gpu-memory-utilization must be > 0 and <= 1, got {u}");
                 }
-                1 << 30
+                KvCacheSize::GpuMemory(GpuMemoryBudget {
+                    utilization: u,
+                    max_num_batched_tokens: self.max_num_batched_tokens,
+                    lora: None,
+                })
             }
         };
         Ok(EngineConfig {
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
             block_size: self.block_size,
-            kv_cache: KvCacheSize::Bytes(kv_bytes),
+            kv_cache,
             max_model_len: self.max_model_len,
             max_waiting_requests: self.max_waiting_requests,
             enable_prefix_caching: !self.no_enable_prefix_caching,

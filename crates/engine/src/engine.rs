@@ -473,11 +473,16 @@ impl Engine {
             l.validate()?;
         }
         let model_config = meta.config.clone();
+        let mut kv_cache = cfg.kv_cache;
+        if let (KvCacheSize::GpuMemory(budget), Some(l)) = (&mut kv_cache, &cfg.lora) {
+            // The adapter slots are allocated after the KV cache: keep their bytes out of it.
+            budget.lora = Some((l.max_loras, l.max_lora_rank));
+        }
         let mut runner = ModelRunner::new(
             model,
             RunnerConfig {
                 block_size: cfg.block_size,
-                kv_cache: cfg.kv_cache,
+                kv_cache,
             },
         )
         .map_err(|e| e.to_string())?;

@@ -6,6 +6,9 @@ pub enum RuntimeError {
     /// The step description is inconsistent (a bug in the caller, reported, never a panic).
     #[error("invalid batch: {0}")]
     InvalidBatch(String),
+    /// The device cannot be opened or queried (`--device`).
+    #[error("{0}")]
+    Device(String),
     /// The KV cache cannot be sized as asked.
     #[error("KV cache: {0}")]
     KvCache(String),

@@ -4,11 +4,19 @@
 //! [`BatchInputs`], runs the forward pass and returns logits for the rows to sample.
 //!
 //! The scheduler never sees a tensor; the model never sees a request.
+//!
+//! [`device`] opens the device `--device` names (CUDA behind the `cuda` feature) and
+//! [`memory`] sizes the KV cache from the GPU memory left after loading
+//! (`--gpu-memory-utilization`).
 
+pub mod device;
 mod error;
+pub mod memory;
 mod runner;
 pub mod sampler;
 
+pub use device::{DeviceMemory, DeviceSpec};
 pub use error::{Result, RuntimeError};
+pub use memory::GpuMemoryBudget;
 pub use runner::{KvCacheSize, ModelRunner, RunnerConfig, SeqChunk};
 pub use sampler::{SampleRow, SampledToken, SamplingParams};

@@ -1,21 +1,26 @@
 //! [`ModelRunner`]: KV cache allocation, batch preparation and the forward pass.
 
+use crate::device::{describe, gib, memory_info};
 use crate::error::{Result, RuntimeError};
+use crate::memory::{activation_reserve_bytes, lora_slots_bytes, plan_kv_cache, GpuMemoryBudget};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::{LoraBatch, PagedAttnMetadata};
 use lantern_models::{BatchInputs, CausalLm, LayerKvCache, LoraAdapter, LoraStack};
 
 /// How large the KV cache should be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum KvCacheSize {
     /// Room for this many tokens (rounded up to whole blocks).
     Tokens(usize),
     /// Use this many bytes for K and V over all layers.
     Bytes(usize),
+    /// What is left of a fraction of the device's memory once the weights are loaded
+    /// (CUDA; `--gpu-memory-utilization`). See [`crate::memory`].
+    GpuMemory(GpuMemoryBudget),
 }
 
 /// Runner settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RunnerConfig {
     pub block_size: usize,
     pub kv_cache: KvCacheSize,
@@ -59,9 +64,45 @@ impl ModelRunner {
         let mc = model.config();
         let dtype = model.dtype();
         let bytes_per_token = mc.kv_bytes_per_token(dtype.size_in_bytes());
+        let device = model.device().clone();
         let num_blocks = match cfg.kv_cache {
             KvCacheSize::Tokens(t) => t.div_ceil(cfg.block_size),
             KvCacheSize::Bytes(b) => b / (bytes_per_token * cfg.block_size),
+            KvCacheSize::GpuMemory(budget) => {
+                let Some(mem) = memory_info(&device)? else {
+                    return Err(RuntimeError::KvCache(format!(
+                        "--gpu-memory-utilization sizes the KV cache from GPU memory, but the model is on {}; give the size with --kv-cache-memory",
+                        describe(&device)
+                    )));
+                };
+                let dsize = dtype.size_in_bytes();
+                let activations =
+                    activation_reserve_bytes(mc, dsize, budget.max_num_batched_tokens);
+                let lora = budget
+                    .lora
+                    .map(|(n, r)| lora_slots_bytes(mc, dsize, n, r))
+                    .unwrap_or(0);
+                let plan = plan_kv_cache(
+                    mem,
+                    budget.utilization,
+                    activations + lora,
+                    (bytes_per_token * cfg.block_size) as u64,
+                )
+                .map_err(RuntimeError::KvCache)?;
+                tracing::info!(
+                    "KV cache sizing: {:.2} GiB total, {:.2} GiB in use after loading the weights, limit {:.2} GiB (--gpu-memory-utilization {}), reserve {:.2} GiB (activations for {} tokens{}) -> {:.2} GiB for {} blocks",
+                    gib(mem.total),
+                    gib(plan.in_use),
+                    gib(plan.limit),
+                    budget.utilization,
+                    gib(plan.reserve),
+                    budget.max_num_batched_tokens,
+                    if lora > 0 { " + LoRA slots" } else { "" },
+                    gib(plan.kv_bytes),
+                    plan.num_blocks
+                );
+                plan.num_blocks
+            }
         };
         // Block 0 is the reserved null block; at least one usable block is needed.
         if num_blocks < 2 {
@@ -76,13 +117,27 @@ impl ModelRunner {
             mc.num_key_value_heads,
             mc.head_dim,
         );
-        let device = model.device().clone();
         let mut kv = Vec::with_capacity(mc.num_hidden_layers);
         for _ in 0..mc.num_hidden_layers {
+            let alloc = || {
+                Tensor::zeros(shape, dtype, &device).map_err(|e| {
+                    RuntimeError::KvCache(format!(
+                        "allocating {num_blocks} blocks of {} tokens ({bytes_per_token} bytes per token) on {} failed: {e}; give the KV cache less memory (--kv-cache-memory, --gpu-memory-utilization)",
+                        cfg.block_size,
+                        describe(&device)
+                    ))
+                })
+            };
             kv.push(LayerKvCache {
-                k: Tensor::zeros(shape, dtype, &device)?,
-                v: Tensor::zeros(shape, dtype, &device)?,
+                k: alloc()?,
+                v: alloc()?,
             });
+        }
+        if let Some(mem) = memory_info(&device)? {
+            tracing::info!(
+                "KV cache allocated: {:.2} GiB of device memory free",
+                gib(mem.free)
+            );
         }
         Ok(Self {
             model,

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Build everything the GPU device machine needs, here (no GPU, no Rust there), into .gpu/:
+#
+#   scripts/gpu/build.sh                # CUDA_COMPUTE_CAP=90 (H100/H200) release build
+#
+#   .gpu/bin/lantern.xz                 the `lantern` binary (--features cuda), stripped, xz'd
+#   .gpu/tests/<target>.xz              test executables (--features cuda, release): every
+#                                       lantern-kernels test target, and the HF parity tests
+#   .gpu/build-root                     the repository path the binaries were built in
+#   .gpu/manifest.txt                   git describe, sizes, sha256 of the unpacked files
+#
+# Then, on the device machine, in one call (see scripts/gpu/run-all.sh):
+#   run(carry=[".gpu"], timeout_s=600, command="bash scripts/gpu/run-all.sh")
+#
+# CUDA comes from the recipe (../shared/cuda/recipe.sh: CUDA 13.0 from PyPI wheels, a stub
+# libcuda for linking); override with RECIPE=... . The target dir is $CARGO_TARGET_DIR
+# (default: target-cuda beside the repository, so CPU and CUDA builds do not evict each other).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT_DIR=$PWD
+RECIPE=${RECIPE:-$ROOT_DIR/../shared/cuda/recipe.sh}
+[ -f "$RECIPE" ] || { echo "build.sh: no CUDA recipe at $RECIPE (set RECIPE=...)" >&2; exit 1; }
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT_DIR/../target-cuda}
+GPU_DIR=$ROOT_DIR/.gpu
+t0=$(date +%s)
+
+# 1. The lantern binary, through the recipe (installs CUDA 13.0 on first use, then runs
+#    `cargo build --release --features cuda`).
+PROJECT=$ROOT_DIR FEATURES="--features cuda" bash "$RECIPE" build
+
+# 2. Test executables, with the recipe's environment (its functions, without its `case`).
+#    One invocation that includes the root package: it resolves features like step 1, so
+#    candle-kernels' build script (~10 min of nvcc on 2 cores) is shared, not run again.
+eval "$(sed -n '/^ROOT=/,/^case /{/^case /!p}' "$RECIPE")"
+build_env
+json=$(mktemp)
+cargo test --release --features lantern/cuda -p lantern -p lantern-kernels -p lantern-runtime \
+    --no-run --message-format=json-render-diagnostics > "$json"
+pick_tests='
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable") or not m["profile"]["test"]:
+        continue
+    t = m["target"]
+    src = t["src_path"]
+    if "/kernels/" in src:  # lantern-kernels: unit tests and every integration test
+        print((t["name"] + "-unit" if "lib" in t["kind"] else t["name"]) + "\t" + m["executable"])
+    elif src.endswith("crates/runtime/tests/parity.rs"):
+        print("parity\t" + m["executable"])
+'
+mapfile -t tests < <(python3 -c "$pick_tests" "$json")
+rm -f "$json"
+
+# 3. Strip, xz, record.
+rm -rf "$GPU_DIR"
+mkdir -p "$GPU_DIR/bin" "$GPU_DIR/tests"
+echo "$ROOT_DIR" > "$GPU_DIR/build-root"
+{
+    echo "built $(date -u +%FT%TZ) from $(git describe --always --dirty 2>/dev/null || echo unknown)"
+    echo "--features cuda; CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-unset}"
+} > "$GPU_DIR/manifest.txt"
+pack() { # src dst.xz
+    local tmp
+    tmp=$(mktemp)
+    cp "$1" "$tmp"
+    strip "$tmp"
+    echo "$(sha256sum < "$tmp" | cut -c1-16)  $(stat -c %s "$tmp") bytes  $(basename "$2" .xz)" >> "$GPU_DIR/manifest.txt"
+    xz -T0 -6 -c "$tmp" > "$2"
+    rm -f "$tmp"
+}
+pack "$CARGO_TARGET_DIR/release/lantern" "$GPU_DIR/bin/lantern.xz"
+for t in "${tests[@]}"; do
+    pack "${t#*$'\t'}" "$GPU_DIR/tests/${t%%$'\t'*}.xz"
+done
+cat "$GPU_DIR/manifest.txt"
+echo
+du -b "$GPU_DIR"/bin/* "$GPU_DIR"/tests/* | awk '{printf "%8.1f MiB  %s\n", $1/1048576, $2}'
+echo "total: $(du -sb "$GPU_DIR" | awk '{printf "%.1f MiB", $1/1048576}') (a device call carries at most 64 MiB, working tree included); $(( $(date +%s) - t0 ))s"

@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# Lantern's GPU checks and benchmarks in ONE device call (at most ~9.5 min wall).
+#
+# Here (build box):   scripts/gpu/build.sh            # fills .gpu/ (binaries, xz'd)
+# Device tool:        run(carry=[".gpu"], timeout_s=600, command="bash scripts/gpu/run-all.sh")
+#
+# Steps (each under its own timeout; a failing step is recorded and the rest still run):
+#  1. unpack .gpu/, GPU/driver/host facts, library path from the torch venv (the recipe's gpu-run)
+#  2. a random-weight Llama-3.1-8B is written in the background (make_random_llama.py, /dev/shm)
+#  3. kernel test binaries and the HF parity tests on CUDA (f32, then bf16), LANTERN_TEST_DEVICE=cuda
+#  4. `lantern generate` on a tiny fixture: CPU vs CUDA f32 tokens, CUDA bf16 (device + KV log lines)
+#  5. HBM copy bandwidth (torch), then `lantern serve` of the 8B model on CUDA
+#  6. 64 concurrent requests (no failures expected); decode step time at batch 1/8/64/256;
+#     `lantern bench` random 1024 in / 128 out at concurrency 1/16/64/256
+#  7. HF transformers generate on the same model (scripts/gpu/hf_peer_bench.py), batch 1/16/64
+#  8. summary table (scripts/gpu/summarize.py)
+#
+# Files under $OUT (7): summary.txt run.log tests.log serve.log bench.log hf_peer.log results.json
+# Knobs (env): BUDGET (seconds, default 560), LAYERS (decoder layers of the random model, default 32),
+# HF_RESERVE (seconds kept for the HF peer, default 120), SKIP_TESTS=1, SKIP_HF=1; for a dry run of
+# this script's logic on a CPU box: DEVICE=cpu MODEL_ARGS="--tiny --device cpu".
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+OUT=${OUT:-$REPO/gpu-out}
+mkdir -p "$OUT"
+BUDGET=${BUDGET:-560}
+DEVICE=${DEVICE:-cuda}
+HF_RESERVE=${HF_RESERVE:-120}
+[ "${SKIP_HF:-0}" = 1 ] && HF_RESERVE=0
+T0=$(date +%s)
+export PYTHONUNBUFFERED=1
+exec > >(tee -a "$OUT/run.log") 2>&1
+
+WORK=/tmp/lantern-gpu
+rm -rf "$WORK"
+mkdir -p "$WORK/tests"
+SUMMARY=$OUT/summary.txt
+: > "$SUMMARY"
+note() { echo "$*" >> "$SUMMARY"; echo "## $*"; }
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+
+# run_step NAME MAX_SECONDS LOG RESERVE cmd...: runs cmd (stdout+stderr appended to LOG) under
+# min(MAX, time left - RESERVE - 5) seconds; records ok / FAIL / TIME / SKIP in the summary.
+run_step() {
+    local name=$1 max=$2 log=$3 reserve=$4
+    shift 4
+    local l=$(( $(left) - reserve - 5 ))
+    if (( l < 10 )); then note "SKIP  $name (out of time)"; return 99; fi
+    (( max > l )) && max=$l
+    if [ "$log" = "$OUT/run.log" ]; then
+        echo "=== $name (timeout ${max}s, $(date -u +%T))"
+    else
+        echo "=== $name (timeout ${max}s, $(date -u +%T))" | tee -a "$log"
+    fi
+    local s rc d
+    s=$(date +%s)
+    timeout -k 5 "$max" "$@" >> "$log" 2>&1
+    rc=$?
+    d=$(( $(date +%s) - s ))
+    if (( rc == 0 )); then
+        note "ok    $name (${d}s)"
+    elif (( rc == 124 || rc == 137 )); then
+        note "TIME  $name (killed after ${max}s)"
+    else
+        note "FAIL  $name (exit $rc, ${d}s; see $(basename "$log"))"
+        tail -n 15 "$log"
+    fi
+    return $rc
+}
+
+# ---- 1. binaries, libraries, facts -----------------------------------------------------------
+VENV=${VENV:-/opt/torch/.venv}
+PY=python3
+[ -x "$VENV/bin/python3" ] && PY=$VENV/bin/python3
+NV=$(ls -d "$VENV"/lib/python3*/site-packages/nvidia/cu13/lib 2>/dev/null | head -1)
+if [ -z "$NV" ]; then note "FAIL  no nvidia/cu13/lib under $VENV (the lantern binary needs cuBLAS 13)"; fi
+# What recipe.sh gpu-run does: libcuda.so.1 from the driver, cuBLAS/cudart/curand/nvrtc from the venv.
+export LD_LIBRARY_PATH="$NV${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export NVRTC_INCLUDE="${NV%/lib}/include"
+
+unxz_to() {
+    if command -v xz > /dev/null; then xz -dc "$1" > "$2"
+    else "$PY" -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"
+    fi
+    chmod +x "$2"
+}
+if [ ! -f .gpu/bin/lantern.xz ]; then
+    note "FAIL  no .gpu/bin/lantern.xz: run scripts/gpu/build.sh on the build box and carry .gpu"
+    exit 1
+fi
+unxz_to .gpu/bin/lantern.xz "$WORK/lantern"
+for f in .gpu/tests/*.xz; do
+    [ -e "$f" ] && unxz_to "$f" "$WORK/tests/$(basename "$f" .xz)"
+done
+LANTERN=$WORK/lantern
+# Test binaries look for fixtures under the repository they were built in.
+BUILD_ROOT=$(cat .gpu/build-root 2>/dev/null || true)
+if [ -n "$BUILD_ROOT" ] && [ ! -e "$BUILD_ROOT" ]; then
+    mkdir -p "$(dirname "$BUILD_ROOT")" && ln -s "$REPO" "$BUILD_ROOT"
+fi
+export LANTERN_FIXTURES=$REPO/tests/fixtures
+
+{
+    echo "run-all $(date -u +%FT%TZ), budget ${BUDGET}s"
+    cat .gpu/manifest.txt 2>/dev/null | head -2
+    if command -v nvidia-smi > /dev/null; then
+        nvidia-smi -L
+        nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
+    else
+        echo "no nvidia-smi"
+    fi
+    echo "host: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM; python $PY; libs $NV"
+} | tee -a "$SUMMARY"
+if ldd "$LANTERN" | grep -q 'not found'; then
+    ldd "$LANTERN" | grep 'not found' | tee -a "$SUMMARY"
+fi
+"$LANTERN" --version | tee -a "$SUMMARY"
+
+# ---- 2. the random 8B model, in the background -------------------------------------------------
+SHM_FREE=$(df --output=avail -B1G /dev/shm 2>/dev/null | tail -1 | tr -d ' ')
+if [ "${SHM_FREE:-0}" -ge 24 ]; then MODEL=/dev/shm/llama-3.1-8b-random; else MODEL=/tmp/llama-3.1-8b-random; fi
+(
+    timeout 300 "$PY" scripts/gpu/make_random_llama.py --out "$MODEL" ${LAYERS:+--layers "$LAYERS"} ${MODEL_ARGS:-} \
+        > "$WORK/model.log" 2>&1
+    echo $? > "$WORK/model.rc"
+) &
+GEN_PID=$!
+SERVE_PID=
+cleanup() {
+    [ -n "$SERVE_PID" ] && kill -9 "$SERVE_PID" 2> /dev/null
+    kill "$GEN_PID" 2> /dev/null
+}
+trap cleanup EXIT
+
+# ---- 3. kernel tests and parity on CUDA -------------------------------------------------------
+TESTS=$OUT/tests.log
+if [ "${SKIP_TESTS:-0}" != 1 ]; then
+    for t in "$WORK"/tests/*; do
+        [ -x "$t" ] || continue
+        name=$(basename "$t")
+        [ "$name" = parity ] && continue
+        run_step "test $name ($DEVICE)" 120 "$TESTS" $(( HF_RESERVE + 240 )) \
+            env LANTERN_TEST_DEVICE=$DEVICE "$t" --test-threads=4
+    done
+    if [ -x "$WORK/tests/parity" ]; then
+        run_step "parity $DEVICE f32" 150 "$TESTS" $(( HF_RESERVE + 240 )) \
+            env LANTERN_TEST_DEVICE=$DEVICE LANTERN_TEST_DTYPE=f32 "$WORK/tests/parity"
+        run_step "parity $DEVICE bf16" 150 "$TESTS" $(( HF_RESERVE + 240 )) \
+            env LANTERN_TEST_DEVICE=$DEVICE LANTERN_TEST_DTYPE=bf16 "$WORK/tests/parity" --nocapture
+        echo "bf16 parity: $(grep -c 'teacher-forced' "$TESTS") greedy tokens differ from the f32 reference (teacher-forced)" | tee -a "$SUMMARY"
+    else
+        note "SKIP  parity (no parity binary in .gpu/tests)"
+    fi
+fi
+
+# ---- 4. lantern generate on a tiny fixture ----------------------------------------------------
+GEN_ARGS="generate --model tests/fixtures/tiny-llama --prompt-ids 1,5,9,23,42 --max-tokens 24 --json"
+for v in "cpu:--device cpu" "$DEVICE-f32:--device $DEVICE --dtype float32" "$DEVICE-bf16:--device $DEVICE --dtype bfloat16"; do
+    run_step "generate tiny-llama ${v%%:*}" 60 "$OUT/run.log" $(( HF_RESERVE + 200 )) \
+        bash -c "RUST_LOG=info '$LANTERN' $GEN_ARGS ${v#*:} > '$WORK/gen-${v%%:*}.json'"
+done
+if [ -s "$WORK/gen-cpu.json" ] && cmp -s "$WORK/gen-cpu.json" "$WORK/gen-$DEVICE-f32.json"; then
+    note "ok    tiny-llama greedy tokens: $DEVICE f32 == cpu f32"
+else
+    note "DIFF  tiny-llama greedy tokens: cpu $(cat "$WORK/gen-cpu.json" 2>/dev/null) vs $DEVICE f32 $(cat "$WORK/gen-$DEVICE-f32.json" 2>/dev/null)"
+fi
+echo "tiny-llama $DEVICE bf16: $(cat "$WORK/gen-$DEVICE-bf16.json" 2>/dev/null)" >> "$SUMMARY"
+
+# ---- 5. model, bandwidth, server --------------------------------------------------------------
+wait "$GEN_PID"
+cat "$WORK/model.log"
+if [ "$(cat "$WORK/model.rc" 2>/dev/null)" != 0 ]; then
+    note "FAIL  make_random_llama.py (see run.log); no 8B benchmarks"
+    MODEL=
+else
+    note "ok    random Llama-3.1-8B at $MODEL ($(tail -n 1 "$WORK/model.log"))"
+fi
+
+cat > "$WORK/bw.py" <<'EOF'
+import json, sys, torch
+n = 4 << 30
+a = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
+b = torch.empty_like(a)
+for _ in range(3):
+    b.copy_(a)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+times = []
+for _ in range(10):
+    s.record(); b.copy_(a); e.record(); e.synchronize()
+    times.append(s.elapsed_time(e) / 1e3)
+times.sort()
+t = times[len(times) // 2]
+r = {"copy_bytes": n, "median_s": t, "copy_bytes_per_s": 2 * n / t, "device": torch.cuda.get_device_name()}
+json.dump(r, open(sys.argv[1], "w"))
+print(f"device-to-device copy of {n >> 30} GiB: {t * 1e3:.2f} ms, {2 * n / t / 1e12:.2f} TB/s (read + write)")
+EOF
+run_step "HBM bandwidth (torch copy)" 60 "$OUT/run.log" $(( HF_RESERVE + 150 )) "$PY" "$WORK/bw.py" "$WORK/bw.json"
+grep -h "device-to-device" "$OUT/run.log" | tail -n 1 >> "$SUMMARY"
+
+PORT=8311
+BASE=http://127.0.0.1:$PORT
+healthy() { "$PY" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$BASE/health" 2> /dev/null; }
+if [ -n "$MODEL" ]; then
+    s=$(date +%s)
+    RUST_LOG=info "$LANTERN" serve --model "$MODEL" --device "$DEVICE" --host 127.0.0.1 --port $PORT \
+        --served-model-name llama-3.1-8b-random --max-num-seqs 256 > "$OUT/serve.log" 2>&1 &
+    SERVE_PID=$!
+    up=0
+    while (( $(date +%s) - s < 240 && $(left) > HF_RESERVE + 60 )) && kill -0 "$SERVE_PID" 2> /dev/null; do
+        if healthy; then up=1; break; fi
+        sleep 1
+    done
+    if (( up )); then
+        note "ok    lantern serve up in $(( $(date +%s) - s ))s"
+        grep -E "device: |KV cache sizing|KV cache allocated|ready in" "$OUT/serve.log" | sed 's/\x1b\[[0-9;]*m//g' | tee -a "$SUMMARY"
+    else
+        note "FAIL  lantern serve did not become healthy (see serve.log)"
+        tail -n 20 "$OUT/serve.log"
+        kill -9 "$SERVE_PID" 2> /dev/null
+        SERVE_PID=
+    fi
+fi
+
+# ---- 6. load: correctness under concurrency, step times, serving benchmark ---------------------
+bench() { # label max_seconds args...
+    local label=$1 max=$2
+    shift 2
+    run_step "bench $label" "$max" "$OUT/bench.log" "$HF_RESERVE" \
+        "$LANTERN" bench --base-url "$BASE" --endpoint completions --ignore-eos --disable-progress \
+        --request-timeout 300 --label "$label" --result-json "$WORK/bench-$label.json" "$@"
+}
+if [ -n "$SERVE_PID" ]; then
+    bench check64 90 --dataset random --input-len 128 --output-len 32 --num-prompts 64 --max-concurrency 64
+    for c in 1 8 64 256; do
+        n=$c
+        (( n < 4 )) && n=4
+        bench "step-c$c" 60 --dataset random --input-len 32 --output-len 64 --num-prompts $n --max-concurrency $c
+    done
+    for c in 1 16 64 256; do
+        case $c in 1) n=4 ;; 16) n=32 ;; 64) n=128 ;; *) n=256 ;; esac
+        bench "rand-c$c" 120 --dataset random --input-len 1024 --output-len 128 --num-prompts $n --max-concurrency $c
+    done
+    kill -INT "$SERVE_PID" 2> /dev/null
+    for _ in $(seq 20); do kill -0 "$SERVE_PID" 2> /dev/null || break; sleep 0.5; done
+    kill -9 "$SERVE_PID" 2> /dev/null
+    SERVE_PID=
+    command -v nvidia-smi > /dev/null &&
+        nvidia-smi --query-gpu=memory.used --format=csv,noheader | sed 's/^/GPU memory used after the server exited: /'
+fi
+
+# ---- 7. HF transformers peer ------------------------------------------------------------------
+if [ -n "$MODEL" ] && [ "${SKIP_HF:-0}" != 1 ]; then
+    run_step "HF transformers peer (batch 1/16/64)" 600 "$OUT/hf_peer.log" 0 \
+        "$PY" scripts/gpu/hf_peer_bench.py --model "$MODEL" --device "$DEVICE" --batch-sizes 1,16,64 \
+        --input-len 1024 --output-len 128 --json "$WORK/hf.json"
+fi
+
+# ---- 8. summary -------------------------------------------------------------------------------
+{
+    echo
+    "$PY" scripts/gpu/summarize.py --work "$WORK" ${MODEL:+--model "$MODEL"} --results "$OUT/results.json"
+    echo
+    echo "total $(( $(date +%s) - T0 ))s"
+} >> "$SUMMARY" 2>&1
+echo
+echo "==================== summary ===================="
+cat "$SUMMARY"
