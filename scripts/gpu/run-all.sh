@@ -79,20 +79,16 @@ if [ -z "$NV" ]; then note "FAIL  no nvidia/cu13/lib under $VENV (the lantern bi
 export LD_LIBRARY_PATH="$NV${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export NVRTC_INCLUDE="${NV%/lib}/include"
 
-unxz_to() {
-    if command -v xz > /dev/null; then xz -dc "$1" > "$2"
-    else "$PY" -c 'import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"
-    fi
-    chmod +x "$2"
-}
-if [ ! -f .gpu/bin/lantern.xz ]; then
-    note "FAIL  no .gpu/bin/lantern.xz: run scripts/gpu/build.sh on the build box and carry .gpu"
+if [ ! -f .gpu/bins.tar.xz ]; then
+    note "FAIL  no .gpu/bins.tar.xz: run scripts/gpu/build.sh on the build box and carry .gpu"
     exit 1
 fi
-unxz_to .gpu/bin/lantern.xz "$WORK/lantern"
-for f in .gpu/tests/*.xz; do
-    [ -e "$f" ] && unxz_to "$f" "$WORK/tests/$(basename "$f" .xz)"
-done
+if command -v xz > /dev/null; then
+    xz -dc .gpu/bins.tar.xz | tar -C "$WORK" -xf -
+else
+    "$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' .gpu/bins.tar.xz "$WORK"
+fi
+chmod +x "$WORK/lantern" "$WORK"/tests/* 2> /dev/null
 LANTERN=$WORK/lantern
 # Test binaries look for fixtures under the repository they were built in.
 BUILD_ROOT=$(cat .gpu/build-root 2>/dev/null || true)
@@ -103,7 +99,7 @@ export LANTERN_FIXTURES=$REPO/tests/fixtures
 
 {
     echo "run-all $(date -u +%FT%TZ), budget ${BUDGET}s"
-    cat .gpu/manifest.txt 2>/dev/null | head -2
+    head -n 2 .gpu/manifest.txt 2> /dev/null
     if command -v nvidia-smi > /dev/null; then
         nvidia-smi -L
         nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
@@ -143,12 +139,16 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
         run_step "test $name ($DEVICE)" 120 "$TESTS" $(( HF_RESERVE + 240 )) \
             env LANTERN_TEST_DEVICE=$DEVICE "$t" --test-threads=4
     done
+    if [ -x "$WORK/tests/gpu" ] && [ "$DEVICE" != cpu ]; then  # the kernels' timing tests
+        run_step "kernel timings (gpu --ignored perf)" 60 "$TESTS" $(( HF_RESERVE + 240 )) \
+            "$WORK/tests/gpu" --ignored --nocapture --test-threads=1 perf
+    fi
     if [ -x "$WORK/tests/parity" ]; then
         run_step "parity $DEVICE f32" 150 "$TESTS" $(( HF_RESERVE + 240 )) \
             env LANTERN_TEST_DEVICE=$DEVICE LANTERN_TEST_DTYPE=f32 "$WORK/tests/parity"
         run_step "parity $DEVICE bf16" 150 "$TESTS" $(( HF_RESERVE + 240 )) \
-            env LANTERN_TEST_DEVICE=$DEVICE LANTERN_TEST_DTYPE=bf16 "$WORK/tests/parity" --nocapture
-        echo "bf16 parity: $(grep -c 'teacher-forced' "$TESTS") greedy tokens differ from the f32 reference (teacher-forced)" | tee -a "$SUMMARY"
+            env LANTERN_TEST_DEVICE=$DEVICE LANTERN_TEST_DTYPE=bf16 "$WORK/tests/parity" --nocapture &&
+            echo "bf16 parity: $(grep -c 'teacher-forced' "$TESTS") greedy tokens differ from the f32 reference (teacher-forced)" | tee -a "$SUMMARY"
     else
         note "SKIP  parity (no parity binary in .gpu/tests)"
     fi

@@ -71,8 +71,11 @@ fn open_cuda(ordinal: usize) -> Result<Device> {
     // stream in issue order. `Device::new_cuda` would use the per-thread default stream
     // instead, where the loader's and the engine's work are not ordered.
     let device = Device::new_cuda_with_stream(ordinal).map_err(|e| {
+        // candle appends a backtrace to driver errors under RUST_BACKTRACE; keep the cause.
+        let e = e.to_string();
+        let cause = e.lines().next().unwrap_or_default();
         RuntimeError::Device(format!(
-            "cannot open CUDA device {ordinal}: {e} (is the NVIDIA driver loaded and the GPU visible? `nvidia-smi -L` lists the devices and their ordinals)"
+            "cannot open CUDA device {ordinal}: {cause} (is the NVIDIA driver loaded and the GPU visible? `nvidia-smi -L` lists the devices and their ordinals)"
         ))
     })?;
     if let Device::Cuda(d) = &device {
