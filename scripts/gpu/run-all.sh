@@ -136,8 +136,11 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
         [ -x "$t" ] || continue
         name=$(basename "$t")
         [ "$name" = parity ] && continue
+        # The other kernel test binaries test CPU code only (CI runs them); on the device
+        # only `gpu` (CUDA vs CPU) is worth the time unless CPU_TESTS=1.
+        [ "$name" != gpu ] && [ "${CPU_TESTS:-0}" != 1 ] && [ "$DEVICE" != cpu ] && continue
         run_step "test $name ($DEVICE)" 120 "$TESTS" $(( HF_RESERVE + 240 )) \
-            env LANTERN_TEST_DEVICE=$DEVICE "$t" --test-threads=4
+            env RUST_BACKTRACE=1 LANTERN_TEST_DEVICE=$DEVICE "$t" --test-threads=4
     done
     if [ -x "$WORK/tests/gpu" ] && [ "$DEVICE" != cpu ]; then  # the kernels' timing tests
         run_step "kernel timings (gpu --ignored perf)" 60 "$TESTS" $(( HF_RESERVE + 240 )) \
