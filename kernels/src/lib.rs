@@ -46,6 +46,7 @@ mod metadata;
 mod norm;
 pub mod reference;
 pub mod sampling;
+mod upload;
 
 pub use attention::paged_attention;
 pub use cache_write::write_kv_cache;
@@ -53,3 +54,4 @@ pub use lora::{lora_add, LoraBatch, LoraWeights, LORA_SGMV_MIN_TOKENS};
 pub use metadata::PagedAttnMetadata;
 pub use norm::{fused_add_rms_norm, rms_norm, rotary_embedding_inplace, silu_and_mul, silu_mul};
 pub use sampling::{sample_tokens, SamplingBatch, SamplingRow};
+pub use upload::copy_from_host;

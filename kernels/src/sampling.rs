@@ -3,8 +3,9 @@
 //!
 //! [`SamplingBatch`] packs the per-row parameters (built once per step on the host with
 //! [`SamplingBatch::from_host`]) and [`sample_tokens`] returns `(num_rows,)` u32 token ids.
-//! The semantics follow `crates/runtime/src/sampler.rs`, with the random draw supplied per
-//! row (`uniform` in `[0, 1)`) so results are reproducible:
+//! This is the runtime's sampler (`crates/runtime/src/sampler.rs` builds the batch, derives
+//! each row's draw from its seed and output index, and adds logprobs). The random draw is
+//! supplied per row (`uniform` in `[0, 1)`) so results are reproducible:
 //!
 //! 1. *Processing* (sparse, per row): `x = logit + bias`; if `repetition_penalty != 1` and the
 //!    token was seen (prompt or output): `x = x > 0 ? x / rp : x * rp`; if it occurs `c > 0`

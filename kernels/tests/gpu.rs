@@ -334,22 +334,74 @@ fn rope_matches_cpu() {
     }
 }
 
+/// Where `got` and `want` (both (rows, cols)) differ beyond `tol(dtype)`: the count and the
+/// first few (row, col, got, want), to tell an indexing error from a rounding one.
+fn mismatches(dtype: DType, got: &Tensor, want: &Tensor) -> Option<String> {
+    let cols = *want.dims().last().unwrap();
+    let (g, w) = (host_f32(got), host_f32(want));
+    let bad: Vec<usize> = (0..w.len())
+        .filter(|&i| !((g[i] - w[i]).abs() / (1.0 + w[i].abs()) <= tol(dtype)))
+        .collect();
+    if bad.is_empty() {
+        return None;
+    }
+    let rows: std::collections::BTreeSet<usize> = bad.iter().map(|i| i / cols).collect();
+    let first: Vec<String> = bad
+        .iter()
+        .take(6)
+        .map(|&i| format!("[{},{}] got {} want {}", i / cols, i % cols, g[i], w[i]))
+        .collect();
+    Some(format!(
+        "{} of {} elements differ, in {} rows (first rows {:?}); {}",
+        bad.len(),
+        w.len(),
+        rows.len(),
+        rows.iter().take(8).collect::<Vec<_>>(),
+        first.join(", ")
+    ))
+}
+
 #[test]
 fn silu_mul_matches_cpu() {
     let dev = gpu();
     let mut r = rng(22);
+    let mut failures = Vec::new();
     for dtype in DTYPES {
-        for (t, i) in [(1, 14336), (33, 14336), (3, 13), (70_000, 8)] {
+        for (t, i) in [
+            (1, 14336),
+            (2, 64),
+            (33, 14336),
+            (3, 13),
+            (70_000, 8),
+            (5, 4096),
+        ] {
             let gu = rand_tensor(&mut r, &[t, 2 * i], dtype);
             let want = silu_and_mul(&gu).unwrap();
-            let got = silu_and_mul(&to_gpu(&gu, &dev)).unwrap();
-            check(&format!("silu_and_mul {t}x{i}"), dtype, &got, &want);
+            let gu_gpu = to_gpu(&gu, &dev);
+            // The upload itself, so a bad copy is not blamed on the kernel.
+            if let Some(m) = mismatches(dtype, &gu_gpu, &gu) {
+                failures.push(format!("upload {t}x{} {dtype:?}: {m}", 2 * i));
+            }
+            let got = silu_and_mul(&gu_gpu).unwrap();
+            if let Some(m) = mismatches(dtype, &got, &want) {
+                failures.push(format!("silu_and_mul {t}x{i} {dtype:?}: {m}"));
+            }
             let g = gu.narrow(1, 0, i).unwrap().contiguous().unwrap();
             let u = gu.narrow(1, i, i).unwrap().contiguous().unwrap();
             let got2 = silu_mul(&to_gpu(&g, &dev), &to_gpu(&u, &dev)).unwrap();
-            check(&format!("silu_mul {t}x{i}"), dtype, &got2, &want);
+            if let Some(m) = mismatches(dtype, &got2, &want) {
+                failures.push(format!("silu_mul {t}x{i} {dtype:?}: {m}"));
+            }
+            // Halves made contiguous on the GPU (a copy kernel of candle's), then our kernel.
+            let gd = gu_gpu.narrow(1, 0, i).unwrap().contiguous().unwrap();
+            let ud = gu_gpu.narrow(1, i, i).unwrap().contiguous().unwrap();
+            let got3 = silu_mul(&gd, &ud).unwrap();
+            if let Some(m) = mismatches(dtype, &got3, &want) {
+                failures.push(format!("silu_mul(gpu halves) {t}x{i} {dtype:?}: {m}"));
+            }
         }
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 // ---------------------------------------------------------------- LoRA
@@ -602,10 +654,13 @@ fn time_it(dev: &Device, iters: usize, mut f: impl FnMut()) -> f64 {
 /// rank 16, plus sampling over a 128256 vocabulary.
 #[test]
 #[ignore = "timing only; run explicitly on the GPU machine in release mode"]
-fn perf() {
+fn perf_attention() {
     let dev = gpu();
     let (heads, kvh, d, ctx, bs) = (32, 8, 128, 1024, 16);
-    println!("decode attention, bf16, 32/8 heads, d 128, ctx {ctx}:");
+    println!(
+        "decode attention, bf16, 32/8 heads, d 128, ctx {ctx} (LANTERN_ATTN_SPLIT_WARPS={}):",
+        std::env::var("LANTERN_ATTN_SPLIT_WARPS").unwrap_or_else(|_| "default".into())
+    );
     for batch in [1usize, 8, 64, 256] {
         let blocks_per = ctx / bs;
         let num_blocks = batch * blocks_per + 1;
@@ -651,6 +706,51 @@ fn perf() {
         );
     }
 
+    // Prefill: sequences of 1024 new tokens each (tile kernel), causal.
+    for nseq in [1usize, 4] {
+        let n = 1024;
+        let blocks_per = n / bs;
+        let num_blocks = nseq * blocks_per + 1;
+        let rnd = |shape: &[usize]| {
+            Tensor::rand(-1f32, 1f32, shape, &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap()
+        };
+        let (kc, vc) = (
+            rnd(&[num_blocks, bs, kvh, d]),
+            rnd(&[num_blocks, bs, kvh, d]),
+        );
+        let q = rnd(&[nseq * n, heads, d]);
+        let tables: Vec<Vec<u32>> = (0..nseq)
+            .map(|b| {
+                (0..blocks_per)
+                    .map(|j| (1 + b * blocks_per + j) as u32)
+                    .collect()
+            })
+            .collect();
+        let slots: Vec<i64> = tables
+            .iter()
+            .flat_map(|t| (0..n).map(move |p| (t[p / bs] as usize * bs + p % bs) as i64))
+            .collect();
+        let meta =
+            PagedAttnMetadata::from_host(&slots, &tables, &vec![n; nseq], &vec![n; nseq], bs, &dev)
+                .unwrap();
+        let us = time_it(&dev, 10, || {
+            paged_attention(&q, &kc, &vc, &meta, 0.088).unwrap();
+        });
+        let flops = (nseq * heads * d * 4) as f64 * (n * (n + 1) / 2) as f64;
+        println!(
+            "prefill attention, bf16, {nseq} x {n} tokens: {us:>8.1} us ({:.1} TFLOP/s)",
+            flops / us / 1e6
+        );
+    }
+}
+
+#[test]
+#[ignore = "timing only; run explicitly on the GPU machine in release mode"]
+fn perf_lora() {
+    let dev = gpu();
     println!("LoRA BGMV, bf16, hidden 4096 -> 4096, rank 16, 8 adapters:");
     let mut r = rng(50);
     let w = lora_weights(&mut r, &[16; 8], 16, 4096, 4096, DType::BF16, &dev);
@@ -664,7 +764,12 @@ fn perf() {
         });
         println!("  tokens {batch:>3}: {us:>8.1} us");
     }
+}
 
+#[test]
+#[ignore = "timing only; run explicitly on the GPU machine in release mode"]
+fn perf_sampling() {
+    let dev = gpu();
     println!("sampling, vocab 128256 (f32 logits):");
     let mut hr = rng(51);
     let hist: Vec<u32> = (0..100).map(|_| hr.random_range(0..128_000)).collect();

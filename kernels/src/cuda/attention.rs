@@ -8,8 +8,7 @@ use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape};
 use half::{bf16, f16};
 
 use super::{
-    allow_smem, contiguous_view, function, kname, num_sms, to_i32, to_u32, wrap, Held, KernelFloat,
-    Module,
+    contiguous_view, kernel, kernel_smem, num_sms, to_i32, to_u32, wrap, Held, KernelFloat, Module,
 };
 use crate::metadata::PagedAttnMetadata;
 
@@ -25,6 +24,22 @@ const MAX_HEAD_DIM: usize = 256;
 /// Fewest keys a split covers.
 const MIN_KEYS_PER_SPLIT: usize = 32;
 const MAX_SPLITS: usize = 64;
+/// Default target of row-kernel warps per multiprocessor when choosing the split count. The
+/// row kernel holds ~150 registers per thread (bf16, 4 query heads per kv head), so about 13
+/// warps fit on an SM at once; a few waves of them hide memory latency. Override with
+/// `LANTERN_ATTN_SPLIT_WARPS` (read once) to sweep it.
+const DEFAULT_SPLIT_WARPS_PER_SM: usize = 48;
+
+fn split_warps_per_sm() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("LANTERN_ATTN_SPLIT_WARPS")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&v| v > 0)
+            .unwrap_or(DEFAULT_SPLIT_WARPS_PER_SM)
+    })
+}
 
 /// Mirrors `AttnParams` in cuda/attention.cu.
 #[repr(C)]
@@ -105,7 +120,10 @@ fn run<T: KernelFloat>(
         meta.check_attention_shapes(&candle_core::Device::Cuda(q.device().clone()))?;
     let dev = q.device().clone();
     let n_out = num_tokens * num_heads * head_dim;
-    let mut out = dev.alloc_zeros::<T>(n_out.max(1))?;
+    // SAFETY: every (row, head) of `out` is written exactly once below: rows of sequences with
+    // query_len <= ROWS_MAX_QLEN and padding rows (as zeros) by the row kernel (directly or
+    // through the split-K reduce), rows of longer sequences by the tile kernel.
+    let mut out = unsafe { dev.alloc::<T>(n_out.max(1)) }?;
     if n_out == 0 {
         return Ok(wrap(out, &dev));
     }
@@ -124,7 +142,7 @@ fn run<T: KernelFloat>(
     let gmax = heads_per_chunk.next_power_of_two();
     // Split-K: enough warps to fill the GPU, each split covering >= MIN_KEYS_PER_SPLIT keys.
     let units = num_tokens * num_kv_heads * num_chunks;
-    let target = num_sms(&dev) * 12;
+    let target = num_sms(&dev) * split_warps_per_sm();
     let max_splits = (meta.max_context_len / MIN_KEYS_PER_SPLIT).clamp(1, MAX_SPLITS);
     let num_splits = (target / units.max(1)).clamp(1, max_splits);
 
@@ -165,11 +183,17 @@ fn run<T: KernelFloat>(
     // SAFETY: as above.
     let mut part_ml = unsafe { dev.alloc::<f32>(parts * 2) }?;
     {
-        let name = format!(
-            "attn_rows_{}_g{gmax}",
-            if rows_vec { "vec" } else { "scalar" }
-        );
-        let f = function(&dev, Module::Attention, &kname::<T>(&name))?;
+        let name = match (rows_vec, gmax) {
+            (true, 1) => "attn_rows_vec_g1",
+            (true, 2) => "attn_rows_vec_g2",
+            (true, 4) => "attn_rows_vec_g4",
+            (true, _) => "attn_rows_vec_g8",
+            (false, 1) => "attn_rows_scalar_g1",
+            (false, 2) => "attn_rows_scalar_g2",
+            (false, 4) => "attn_rows_scalar_g4",
+            (false, _) => "attn_rows_scalar_g8",
+        };
+        let f = kernel::<T>(&dev, Module::Attention, name)?;
         let cfg = LaunchConfig {
             grid_dim: (
                 to_u32(units.div_ceil(4), "row-kernel grid")?,
@@ -198,7 +222,7 @@ fn run<T: KernelFloat>(
     }
     // 2. Split-K reduce.
     if num_splits > 1 {
-        let f = function(&dev, Module::Attention, &kname::<T>("attn_reduce"))?;
+        let f = kernel::<T>(&dev, Module::Attention, "attn_reduce")?;
         let cfg = LaunchConfig {
             grid_dim: (to_u32(num_tokens * num_heads, "reduce grid")?, 1, 1),
             block_dim: (head_dim.next_multiple_of(32).min(128) as u32, 1, 1),
@@ -217,14 +241,14 @@ fn run<T: KernelFloat>(
     if meta.max_query_len > ROWS_MAX_QLEN && num_seqs > 0 {
         let tq = (TILE_R / group).max(1);
         // Register tiles sized for head_dim <= 128 or <= 256.
-        let name = format!(
-            "attn_tile_{}_d{}",
-            if aligned { "vec" } else { "scalar" },
-            if head_dim <= 128 { 128 } else { 256 }
-        );
-        let f = function(&dev, Module::Attention, &kname::<T>(&name))?;
+        let name = match (aligned, head_dim <= 128) {
+            (true, true) => "attn_tile_vec_d128",
+            (true, false) => "attn_tile_vec_d256",
+            (false, true) => "attn_tile_scalar_d128",
+            (false, false) => "attn_tile_scalar_d256",
+        };
         let smem = tile_smem_bytes(head_dim);
-        allow_smem(&f, smem)?;
+        let f = kernel_smem::<T>(&dev, Module::Attention, name, smem)?;
         let cfg = LaunchConfig {
             grid_dim: (
                 to_u32(meta.max_query_len.div_ceil(tq), "tile grid")?,

@@ -6,9 +6,7 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CudaStorage, DType, Layout, Result};
 use half::{bf16, f16};
 
-use super::{
-    contiguous_view, function, kname, to_i32, to_u32, view, view_mut, KernelFloat, Module,
-};
+use super::{contiguous_view, kernel, to_i32, to_u32, view, view_mut, KernelFloat, Module};
 
 pub(crate) fn write_kv_cache_cuda(
     cache: &mut CudaStorage,
@@ -87,14 +85,14 @@ fn run<T: KernelFloat>(
         && s1 % vec == 0;
     let per_token = num_kv_heads * head_dim / if use_vec { vec } else { 1 };
     let threads = per_token.clamp(32, 256).next_multiple_of(32) as u32;
-    let f = function(
+    let f = kernel::<T>(
         &dev,
         Module::Cache,
-        &kname::<T>(if use_vec {
+        if use_vec {
             "write_kv_cache_vec"
         } else {
             "write_kv_cache"
-        }),
+        },
     )?;
     let cache_s = cache.as_cuda_slice_mut::<T>()?;
     let mut cache_v = view_mut(cache_s, c_start, c_end - c_start, "write_kv_cache: cache")?;

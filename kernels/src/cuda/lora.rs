@@ -9,7 +9,7 @@ use candle_core::{bail, CudaStorage, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
 
 use super::{
-    allow_smem, contiguous_view, function, kname, to_i32, to_u32, wrap, Held, KernelFloat, Module,
+    contiguous_view, kernel, kernel_smem, to_i32, to_u32, wrap, Held, KernelFloat, Module,
 };
 use crate::lora::{LoraBatch, LoraDims, LoraWeights, LORA_SGMV_MIN_TOKENS};
 
@@ -160,14 +160,14 @@ fn run<T: KernelFloat>(
 
     // BGMV: every token; tokens of long segments exit at once.
     {
-        let f = function(
+        let f = kernel::<T>(
             &dev,
             Module::Lora,
-            &kname::<T>(if shrink_vec {
+            if shrink_vec {
                 "bgmv_shrink_vec"
             } else {
                 "bgmv_shrink_scalar"
-            }),
+            },
         )?;
         let cfg = LaunchConfig {
             grid_dim: (
@@ -192,14 +192,14 @@ fn run<T: KernelFloat>(
         // num_tokens * max_rank floats.
         unsafe { lb.launch(cfg) }.w()?;
 
-        let f = function(
+        let f = kernel::<T>(
             &dev,
             Module::Lora,
-            &kname::<T>(if expand_vec {
+            if expand_vec {
                 "bgmv_expand_vec"
             } else {
                 "bgmv_expand_scalar"
-            }),
+            },
         )?;
         let cfg = LaunchConfig {
             grid_dim: (to_u32(nt, "num_tokens")?, out_blocks, 1),
@@ -224,7 +224,7 @@ fn run<T: KernelFloat>(
     if batch.max_lora_segment_len >= LORA_SGMV_MIN_TOKENS {
         let tiles = to_u32(batch.max_lora_segment_len.div_ceil(SG_TOK), "segment tiles")?;
         let segs = to_u32(num_segments, "num_segments")?;
-        let f = function(&dev, Module::Lora, &kname::<T>("sgmv_shrink"))?;
+        let f = kernel::<T>(&dev, Module::Lora, "sgmv_shrink")?;
         let cfg = LaunchConfig {
             grid_dim: (segs, tiles, 1),
             block_dim: (128, 1, 1),
@@ -243,17 +243,13 @@ fn run<T: KernelFloat>(
         // kernel only touches rows lo..hi of its segment), slots are range-checked.
         unsafe { lb.launch(cfg) }.w()?;
 
-        let f = function(
-            &dev,
-            Module::Lora,
-            &kname::<T>(if expand_vec {
-                "sgmv_expand_vec"
-            } else {
-                "sgmv_expand_scalar"
-            }),
-        )?;
         let smem = SG_TOK * (wd.max_rank + ev) * 4;
-        allow_smem(&f, smem)?;
+        let name = if expand_vec {
+            "sgmv_expand_vec"
+        } else {
+            "sgmv_expand_scalar"
+        };
+        let f = kernel_smem::<T>(&dev, Module::Lora, name, smem)?;
         let cfg = LaunchConfig {
             grid_dim: (segs, tiles, out_blocks),
             block_dim: (128, 1, 1),

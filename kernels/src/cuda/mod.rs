@@ -13,7 +13,9 @@ pub(crate) mod cache_write;
 pub(crate) mod lora;
 pub(crate) mod norm;
 pub(crate) mod sampling;
+pub(crate) mod upload;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -57,73 +59,157 @@ impl Module {
     }
 }
 
-/// Loaded modules and looked-up functions, by CUDA context. Devices created for the same
-/// ordinal share the primary context, hence the modules; a cached module keeps its context
-/// alive, so a context address is never reused while it is a key here.
-#[derive(Default)]
-struct Loaded {
-    modules: HashMap<(usize, Module), Arc<CudaModule>>,
-    functions: HashMap<usize, HashMap<String, CudaFunction>>,
+/// Loaded modules by CUDA context. Devices created for the same ordinal share the primary
+/// context, hence the modules; a cached module keeps its context alive, so a context address
+/// is never reused while it is a key here. Consulted only on a thread's first use of a kernel.
+fn modules() -> &'static Mutex<HashMap<(usize, Module), Arc<CudaModule>>> {
+    static CACHE: OnceLock<Mutex<HashMap<(usize, Module), Arc<CudaModule>>>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-fn loaded() -> &'static Mutex<Loaded> {
-    static CACHE: OnceLock<Mutex<Loaded>> = OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new(Loaded::default()))
+/// A looked-up kernel and the dynamic shared memory limit already raised for it.
+struct CachedFn {
+    f: CudaFunction,
+    smem_limit: usize,
 }
 
-fn lock_loaded() -> Result<std::sync::MutexGuard<'static, Loaded>> {
-    match loaded().lock() {
-        Ok(c) => Ok(c),
+/// Per-context device facts read once.
+#[derive(Clone, Copy)]
+struct DeviceFacts {
+    num_sms: usize,
+}
+
+thread_local! {
+    /// Kernels by (context, base name, dtype suffix): the launch path (the engine thread) finds
+    /// its kernels here without a lock, a name allocation or a driver call.
+    static FUNCTIONS: RefCell<HashMap<(usize, &'static str, &'static str), CachedFn>> =
+        RefCell::new(HashMap::new());
+    static FACTS: RefCell<HashMap<usize, DeviceFacts>> = RefCell::new(HashMap::new());
+}
+
+fn ctx_key(dev: &CudaDevice) -> usize {
+    dev.cuda_stream().context().cu_ctx() as usize
+}
+
+fn load_module(dev: &CudaDevice, ctx_key: usize, module: Module) -> Result<Arc<CudaModule>> {
+    let mut cache = match modules().lock() {
+        Ok(c) => c,
         Err(_) => bail!("lantern-kernels: the CUDA module cache lock is poisoned"),
+    };
+    if let Some(m) = cache.get(&(ctx_key, module)) {
+        return Ok(m.clone());
     }
+    let ctx = dev.cuda_stream().context().clone();
+    let m = match ctx.load_module(Ptx::from_binary(module.fatbin().to_vec())) {
+        Ok(m) => m,
+        Err(e) => bail!(
+            "lantern-kernels: loading the `{}` CUDA module failed ({e:?}); if the error is \
+             NO_BINARY_FOR_GPU or an unsupported PTX version, rebuild with CUDA_COMPUTE_CAP set \
+             to this GPU's compute capability (e.g. 90) and an nvcc no newer than the driver",
+            module.name()
+        ),
+    };
+    cache.insert((ctx_key, module), m.clone());
+    Ok(m)
 }
 
-/// Kernel `name` of `module`, loading the module on `dev` the first time (later calls are a
-/// hash lookup: no driver call per launch).
-pub(crate) fn function(dev: &CudaDevice, module: Module, name: &str) -> Result<CudaFunction> {
-    let ctx = dev.cuda_stream().context().clone();
-    let ctx_key = ctx.cu_ctx() as usize;
-    let loaded_module = {
-        let cache = lock_loaded()?;
-        if let Some(f) = cache.functions.get(&ctx_key).and_then(|fs| fs.get(name)) {
-            return Ok(f.clone());
-        }
-        cache.modules.get(&(ctx_key, module)).cloned()
-    };
-    let m = match loaded_module {
-        Some(m) => m,
+/// Kernel `base` + `suffix` of `module`, with its dynamic shared memory limit raised to at
+/// least `smem` bytes when that is over the default 48 KiB. The first call per thread loads
+/// the module (once per context) and looks the function up; later calls are a thread-local
+/// hash lookup.
+fn lookup(
+    dev: &CudaDevice,
+    module: Module,
+    base: &'static str,
+    suffix: &'static str,
+    smem: usize,
+) -> Result<CudaFunction> {
+    let key = (ctx_key(dev), base, suffix);
+    let hit = FUNCTIONS.with(|m| {
+        m.borrow()
+            .get(&key)
+            .filter(|c| smem <= c.smem_limit)
+            .map(|c| c.f.clone())
+    });
+    if let Some(f) = hit {
+        return Ok(f);
+    }
+    let existing = FUNCTIONS.with(|m| m.borrow().get(&key).map(|c| (c.f.clone(), c.smem_limit)));
+    let (f, mut limit) = match existing {
+        Some(e) => e,
         None => {
-            let m = match ctx.load_module(Ptx::from_binary(module.fatbin().to_vec())) {
-                Ok(m) => m,
-                Err(e) => bail!(
-                    "lantern-kernels: loading the `{}` CUDA module failed ({e:?}); if the error is \
-                     NO_BINARY_FOR_GPU or an unsupported PTX version, rebuild with CUDA_COMPUTE_CAP set \
-                     to this GPU's compute capability (e.g. 90) and an nvcc no newer than the driver",
-                    module.name()
-                ),
+            let m = load_module(dev, key.0, module)?;
+            let name = if suffix.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}_{suffix}")
             };
-            lock_loaded()?
-                .modules
-                .entry((ctx_key, module))
-                .or_insert(m)
-                .clone()
+            (m.load_function(&name).w()?, 48 * 1024)
         }
     };
-    let f = m.load_function(name).w()?;
-    lock_loaded()?
-        .functions
-        .entry(ctx_key)
-        .or_default()
-        .insert(name.to_string(), f.clone());
+    if smem > limit {
+        f.set_attribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            to_i32(smem, "dynamic shared memory")?,
+        )
+        .w()?;
+        limit = smem;
+    }
+    FUNCTIONS.with(|m| {
+        m.borrow_mut().insert(
+            key,
+            CachedFn {
+                f: f.clone(),
+                smem_limit: limit,
+            },
+        )
+    });
     Ok(f)
 }
 
-/// Number of streaming multiprocessors of `dev` (used to size split-K grids).
+/// The `T` instantiation of kernel `base` (`{base}_f32`, `_f16` or `_bf16`).
+pub(crate) fn kernel<T: KernelFloat>(
+    dev: &CudaDevice,
+    module: Module,
+    base: &'static str,
+) -> Result<CudaFunction> {
+    lookup(dev, module, base, T::SUFFIX, 0)
+}
+
+/// [`kernel`] for a launch with `smem` bytes of dynamic shared memory (raises the kernel's
+/// limit once when that is over 48 KiB).
+pub(crate) fn kernel_smem<T: KernelFloat>(
+    dev: &CudaDevice,
+    module: Module,
+    base: &'static str,
+    smem: usize,
+) -> Result<CudaFunction> {
+    lookup(dev, module, base, T::SUFFIX, smem)
+}
+
+/// A kernel with no dtype suffix.
+pub(crate) fn function(
+    dev: &CudaDevice,
+    module: Module,
+    name: &'static str,
+) -> Result<CudaFunction> {
+    lookup(dev, module, name, "", 0)
+}
+
+/// Number of streaming multiprocessors of `dev` (used to size split-K grids), read once per
+/// context and thread.
 pub(crate) fn num_sms(dev: &CudaDevice) -> usize {
+    let key = ctx_key(dev);
+    if let Some(f) = FACTS.with(|m| m.borrow().get(&key).copied()) {
+        return f.num_sms;
+    }
     let ctx = dev.cuda_stream().context().clone();
-    ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+    let n = ctx
+        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
         .map(|n| n.max(1) as usize)
-        .unwrap_or(108)
+        .unwrap_or(108);
+    FACTS.with(|m| m.borrow_mut().insert(key, DeviceFacts { num_sms: n }));
+    n
 }
 
 /// Float storage types of the kernels.
@@ -147,11 +233,6 @@ impl KernelFloat for f16 {
 impl KernelFloat for bf16 {
     const SUFFIX: &'static str = "bf16";
     const VEC: usize = 8;
-}
-
-/// `"{base}_{suffix}"`.
-pub(crate) fn kname<T: KernelFloat>(base: &str) -> String {
-    format!("{base}_{}", T::SUFFIX)
 }
 
 /// Converts a size to the `i32` a kernel takes.
@@ -247,18 +328,6 @@ impl<'a> Held<'a> {
     pub(crate) fn view<T: CudaDType>(&self) -> Result<CudaView<'_, T>> {
         contiguous_view(self.storage()?, self.layout, self.name)
     }
-}
-
-/// Raises a kernel's dynamic shared memory limit when it needs more than the default 48 KiB.
-pub(crate) fn allow_smem(f: &CudaFunction, bytes: usize) -> Result<()> {
-    if bytes > 48 * 1024 {
-        f.set_attribute(
-            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            to_i32(bytes, "dynamic shared memory")?,
-        )
-        .w()?;
-    }
-    Ok(())
 }
 
 /// `CudaStorage` wrapping a freshly computed slice.

@@ -8,8 +8,7 @@ use candle_core::{bail, CudaStorage, DType, Layout, Result, Tensor};
 use half::{bf16, f16};
 
 use super::{
-    contiguous_view, function, kname, to_i32, to_u32, view, view_mut, wrap, Held, KernelFloat,
-    Module,
+    contiguous_view, kernel, to_i32, to_u32, view, view_mut, wrap, Held, KernelFloat, Module,
 };
 
 /// Largest grid.y of a launch.
@@ -63,10 +62,10 @@ fn rms_run<T: KernelFloat>(
         && x_l.start_offset() % vec == 0
         && w_l.start_offset() % vec == 0
         && residual.is_none_or(|(_, l)| l.start_offset() % vec == 0);
-    let f = function(
+    let f = kernel::<T>(
         &dev,
         Module::Norm,
-        &kname::<T>(if use_vec { "rms_norm_vec" } else { "rms_norm" }),
+        if use_vec { "rms_norm_vec" } else { "rms_norm" },
     )?;
     let threads = (hidden / if use_vec { vec } else { 1 })
         .next_multiple_of(32)
@@ -157,7 +156,7 @@ fn rope_run<T: KernelFloat>(
         span,
         "rotary_embedding_inplace: x",
     )?;
-    let f = function(&dev, Module::Norm, &kname::<T>("rope"))?;
+    let f = kernel::<T>(&dev, Module::Norm, "rope")?;
     let cfg = LaunchConfig {
         grid_dim: (to_u32(tokens, "num_tokens")?, 1, 1),
         block_dim: (
@@ -223,10 +222,10 @@ fn silu_run<T: KernelFloat>(
     let vec = T::VEC;
     let use_vec =
         n % vec == 0 && g_start % vec == 0 && u_start % vec == 0 && gs % vec == 0 && us % vec == 0;
-    let f = function(
+    let f = kernel::<T>(
         &dev,
         Module::Norm,
-        &kname::<T>(if use_vec { "silu_mul_vec" } else { "silu_mul" }),
+        if use_vec { "silu_mul_vec" } else { "silu_mul" },
     )?;
     let per_row = n / if use_vec { vec } else { 1 };
     let n_i = to_i32(n, "intermediate")?;

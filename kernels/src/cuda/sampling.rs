@@ -7,7 +7,7 @@ use candle_core::cuda_backend::WrapErr;
 use candle_core::{bail, CudaStorage, DType, Layout, Result};
 use half::{bf16, f16};
 
-use super::{function, kname, to_i32, to_u32, view, wrap, Held, KernelFloat, Module};
+use super::{function, kernel, to_i32, to_u32, view, wrap, Held, KernelFloat, Module};
 use crate::sampling::SamplingBatch;
 
 /// Mirrors `SampleParams` in cuda/sampling.cu.
@@ -64,7 +64,7 @@ fn run<T: KernelFloat>(
     let rows_u = to_u32(rows, "rows")?;
     let stream = dev.cuda_stream();
     if batch.all_greedy {
-        let f = function(&dev, Module::Sampling, &kname::<T>("argmax"))?;
+        let f = kernel::<T>(&dev, Module::Sampling, "argmax")?;
         let cfg = LaunchConfig {
             grid_dim: (rows_u, 1, 1),
             block_dim: (1024, 1, 1),
@@ -89,7 +89,7 @@ fn run<T: KernelFloat>(
     let mut work = unsafe { dev.alloc::<f32>(rows * vocab) }?;
     let vocab_i = p.vocab;
     {
-        let f = function(&dev, Module::Sampling, &kname::<T>("sample_prepare"))?;
+        let f = kernel::<T>(&dev, Module::Sampling, "sample_prepare")?;
         let cfg = LaunchConfig {
             grid_dim: (to_u32(vocab.div_ceil(256), "grid")?, rows_u, 1),
             block_dim: (256, 1, 1),
