@@ -133,7 +133,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let mut engine_cfg = load_args.engine.engine_config(&opts.device)?;
         engine_cfg.lora = load_args.lora.config()?;
         let modules = load_args.lora.modules()?;
-        tracing::info!(model = %model, "loading model");
+        tracing::info!(model = %model, fused_ops = opts.model.fused, "loading model");
         let t0 = std::time::Instant::now();
         let loaded = load_model(&model, &opts).with_context(|| format!("loading {model}"))?;
         let template = match &loaded.meta.chat_template {

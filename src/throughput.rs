@@ -54,6 +54,7 @@ pub fn run(mut args: ThroughputArgs) -> Result<()> {
     let vocab = loaded.meta.config.vocab_size as u64;
     let specials: Vec<u32> = loaded.meta.eos_token_ids.clone();
     let cfg_lora = cfg.lora.is_some();
+    let fused_ops = opts.model.fused;
     let engine = Engine::try_start(loaded, cfg).map_err(|e| anyhow!(e))?;
     let h = engine.handle();
     let mut lora_ids = Vec::new();
@@ -172,6 +173,7 @@ pub fn run(mut args: ThroughputArgs) -> Result<()> {
         "decode_tokens_per_s_aggregate": decode_tok_s_per_seq * args.concurrency.min(args.num_prompts) as f64,
         "engine_steps": snap.steps,
         "mean_step_ms": 1000.0 * total / snap.steps.max(1) as f64,
+        "fused_ops": fused_ops,
         "lora_enabled": cfg_lora,
         "lora_adapters": lora_ids.len(),
         "lora_slot_loads": snap.lora_slot_loads,

@@ -7,7 +7,8 @@
 //!   [`LayerKvCache`] per layer, and returns logits only for the rows to sample.
 //!   Attention always goes through the paged kernels in `lantern-kernels`.
 //! - [`load_model`] resolves a local directory, a `.gguf` file or a hub id.
-//! - [`Linear`] is the single projection type (multi-LoRA hooks in here).
+//! - [`Linear`] is the single projection type (multi-LoRA hooks in here); q/k/v and
+//!   gate/up are each one fused `Linear` unless [`ModelOptions::fused`] is off.
 
 mod config;
 mod error;
@@ -21,11 +22,11 @@ mod transformer;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result};
-pub use linear::{Linear, Proj};
+pub use linear::{Linear, LinearPart, Proj, WeightLayout};
 pub use loader::{
     load_gguf, load_hf_dir, load_model, DTypeChoice, LoadOptions, LoadedModel, ModelMeta,
     ModelSource,
 };
 pub use lora::{proj_dims, LoraAdapter, LoraStack, LORA_TARGETS};
 pub use rope::{inv_freq, RotaryEmbedding};
-pub use transformer::{BatchInputs, CausalLm, LayerKvCache};
+pub use transformer::{BatchInputs, CausalLm, LayerKvCache, ModelOptions};

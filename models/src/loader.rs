@@ -5,7 +5,7 @@
 use crate::config::{read_generation_eos, Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::gguf_tokenizer::GgufTokenizerInfo;
-use crate::transformer::CausalLm;
+use crate::transformer::{CausalLm, ModelOptions};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -152,6 +152,8 @@ pub struct LoadOptions {
     pub progress: bool,
     /// `--chat-template FILE` contents, overriding the model's own.
     pub chat_template_override: Option<String>,
+    /// How the model is built (`--no-fused-ops` turns `fused` off).
+    pub model: ModelOptions,
 }
 
 impl Default for LoadOptions {
@@ -161,6 +163,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             progress: true,
             chat_template_override: None,
+            model: ModelOptions::default(),
         }
     }
 }
@@ -192,12 +195,20 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
         }
     };
     let mut loaded = match source {
-        ModelSource::Gguf(_) => {
-            load_gguf_with_progress(&dir_or_file, dtype, &opts.device, &mut progress)?
-        }
-        ModelSource::HfDir(_) | ModelSource::Hub(_) => {
-            load_hf_dir_with_progress(&dir_or_file, dtype, &opts.device, &mut progress)?
-        }
+        ModelSource::Gguf(_) => load_gguf_with_progress(
+            &dir_or_file,
+            dtype,
+            &opts.device,
+            &opts.model,
+            &mut progress,
+        )?,
+        ModelSource::HfDir(_) | ModelSource::Hub(_) => load_hf_dir_with_progress(
+            &dir_or_file,
+            dtype,
+            &opts.device,
+            &opts.model,
+            &mut progress,
+        )?,
     };
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -255,14 +266,20 @@ fn chat_template_from_dir(dir: &Path, tok_cfg: Option<&serde_json::Value>) -> Op
 }
 
 /// Loads a Hugging Face layout directory.
-pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
-    load_hf_dir_with_progress(dir, dtype, device, &mut |_, _| {})
+pub fn load_hf_dir(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    opts: &ModelOptions,
+) -> Result<LoadedModel> {
+    load_hf_dir_with_progress(dir, dtype, device, opts, &mut |_, _| {})
 }
 
 fn load_hf_dir_with_progress(
     dir: &Path,
     dtype: DType,
     device: &Device,
+    opts: &ModelOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<LoadedModel> {
     let config = ModelConfig::from_file(&dir.join("config.json"))?;
@@ -270,7 +287,7 @@ fn load_hf_dir_with_progress(
     // SAFETY: the files are memory-mapped read-only; we require that nobody modifies the
     // checkpoint files while the server runs (the same contract as every mmap loader).
     let vb = unsafe { VarBuilder::from_mmaped_safetensors(&weights, dtype, device)? };
-    let model = CausalLm::load_with_progress(vb, &config, progress)?;
+    let model = CausalLm::load_with_progress(vb, &config, opts, progress)?;
 
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = Tokenizer::from_file(&tok_path)
@@ -473,14 +490,20 @@ fn unpermute_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
 
 /// Loads a GGUF file: dequantizes every tensor to `dtype` and builds the tokenizer from
 /// the file's metadata.
-pub fn load_gguf(path: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
-    load_gguf_with_progress(path, dtype, device, &mut |_, _| {})
+pub fn load_gguf(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+    opts: &ModelOptions,
+) -> Result<LoadedModel> {
+    load_gguf_with_progress(path, dtype, device, opts, &mut |_, _| {})
 }
 
 fn load_gguf_with_progress(
     path: &Path,
     dtype: DType,
     device: &Device,
+    opts: &ModelOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<LoadedModel> {
     let io = |source| ModelError::Io {
@@ -517,7 +540,7 @@ fn load_gguf_with_progress(
     config.eos_token_ids = tok.eos_token_ids.clone();
     config.bos_token_id = tok.bos_token_id;
     let vb = VarBuilder::from_tensors(tensors, dtype, device);
-    let model = CausalLm::load(vb, &config)?;
+    let model = CausalLm::load(vb, &config, opts)?;
     Ok(LoadedModel {
         model,
         tokenizer: tok.tokenizer,

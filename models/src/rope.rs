@@ -88,6 +88,16 @@ impl RotaryEmbedding {
         self.max_positions
     }
 
+    /// The (max_positions, head_dim / 2) cos table.
+    pub fn cos(&self) -> &Tensor {
+        &self.cos
+    }
+
+    /// The (max_positions, head_dim / 2) sin table.
+    pub fn sin(&self) -> &Tensor {
+        &self.sin
+    }
+
     /// Gathers the table rows for `positions` (T,) u32: returns (cos, sin), each (T, head_dim/2).
     pub fn gather(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((

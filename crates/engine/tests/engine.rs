@@ -17,7 +17,13 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn engine(name: &str, cfg: EngineConfig) -> Engine {
-    let loaded = lantern_models::load_hf_dir(&fixture(name), DType::F32, &Device::Cpu).unwrap();
+    let loaded = lantern_models::load_hf_dir(
+        &fixture(name),
+        DType::F32,
+        &Device::Cpu,
+        &lantern_models::ModelOptions::default(),
+    )
+    .unwrap();
     Engine::try_start(loaded, cfg).unwrap()
 }
 
