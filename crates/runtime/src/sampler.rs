@@ -1,14 +1,17 @@
-//! Turning logits into token ids: logit bias, repetition / presence / frequency penalties,
-//! banned tokens (EOS before `min_tokens`), temperature, top-k, top-p, min-p, greedy, and
-//! log-probabilities.
+//! Turning logits into token ids, on the logits' device, with one op for every sampling mode:
+//! [`lantern_kernels::sample_tokens`] (its CPU implementation on the CPU, its CUDA kernels on a
+//! GPU). It applies logit bias, repetition / presence / frequency penalties and banned tokens
+//! (EOS before `min_tokens`), then picks greedily or draws with temperature, top-k, top-p and
+//! min-p. Only the `(rows,)` token ids come back to the host, plus the logits rows of the
+//! requests that asked for log-probabilities.
 //!
-//! Seeded sampling is position-keyed: the random draw for a request's k-th output token
-//! depends only on (seed, k), so the same seed, prompt and parameters give the same
-//! tokens whatever else shares the batch, and preemption (recompute) changes nothing.
+//! Seeded sampling is position-keyed: the random draw for a request's k-th output token is
+//! [`uniform`]`(seed, k)`, so the same seed, prompt and parameters give the same tokens
+//! whatever else shares the batch, and preemption (recompute) changes nothing.
 
 use crate::error::{Result, RuntimeError};
-use candle_core::{Tensor, D};
-use rand::{Rng, SeedableRng};
+use candle_core::{DType, Tensor};
+use lantern_kernels::{sample_tokens, SamplingBatch, SamplingRow};
 
 /// Per-request logits processing and sampling parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,17 +59,6 @@ impl SamplingParams {
             ..Self::default()
         }
     }
-
-    fn is_greedy(&self) -> bool {
-        self.temperature == 0.0 || self.top_k == 1
-    }
-
-    fn needs_processing(&self) -> bool {
-        !self.logit_bias.is_empty()
-            || self.repetition_penalty != 1.0
-            || self.presence_penalty != 0.0
-            || self.frequency_penalty != 0.0
-    }
 }
 
 /// One row of a batch to sample.
@@ -81,17 +73,44 @@ pub struct SampleRow<'a> {
     pub banned: &'a [u32],
 }
 
+impl<'a> SampleRow<'a> {
+    /// The kernel's view of this row; its draw is [`uniform`]`(seed, output_tokens.len())`.
+    fn kernel_row(&self) -> SamplingRow<'a> {
+        let p = self.params;
+        SamplingRow {
+            temperature: p.temperature,
+            top_k: p.top_k,
+            top_p: p.top_p,
+            min_p: p.min_p,
+            repetition_penalty: p.repetition_penalty,
+            presence_penalty: p.presence_penalty,
+            frequency_penalty: p.frequency_penalty,
+            logit_bias: &p.logit_bias,
+            prompt_tokens: self.prompt_tokens,
+            output_tokens: self.output_tokens,
+            banned: self.banned,
+            uniform: uniform(self.seed, self.output_tokens.len() as u64),
+        }
+    }
+}
+
 /// A sampled token with its log-probability and the top alternatives (if asked).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SampledToken {
     pub token: u32,
-    /// log p(token) under the model's raw distribution.
+    /// log p(token) under the model's raw distribution (0 when logprobs were not asked).
     pub logprob: f32,
     /// Top alternatives (token, logprob), most likely first.
     pub top_logprobs: Vec<(u32, f32)>,
 }
 
-/// Samples one token per row of `logits` (S, vocab), f32.
+/// Samples one token per row of `logits` (S, vocab; f32, f16 or bf16) on its device.
+///
+/// One [`SamplingBatch`] is built for the step (a few small host-to-device copies) and
+/// [`sample_tokens`] runs on the device; an all-greedy batch without processing is a plain
+/// arg-max there. Only the S token ids are copied back, plus the logits rows of the requests
+/// that asked for logprobs (log p(token) and the top alternatives of the raw distribution are
+/// computed on the host from those rows only).
 pub fn sample(logits: &Tensor, rows: &[SampleRow<'_>]) -> Result<Vec<SampledToken>> {
     let (s, _vocab) = logits.dims2()?;
     if s != rows.len() {
@@ -100,29 +119,86 @@ pub fn sample(logits: &Tensor, rows: &[SampleRow<'_>]) -> Result<Vec<SampledToke
             rows.len()
         )));
     }
-    let fast_greedy = rows.iter().all(|r| {
-        r.params.is_greedy()
-            && !r.params.needs_processing()
-            && r.params.logprobs.is_none()
-            && r.banned.is_empty()
-    });
-    if fast_greedy {
-        let ids = greedy(logits)?;
-        return Ok(ids
-            .into_iter()
-            .map(|token| SampledToken {
-                token,
-                logprob: 0.0,
-                top_logprobs: Vec::new(),
-            })
-            .collect());
+    if s == 0 {
+        return Ok(Vec::new());
     }
-    let host = logits.to_vec2::<f32>()?;
-    let mut out = Vec::with_capacity(s);
-    for (row, r) in host.into_iter().zip(rows) {
-        out.push(sample_row(row, r));
+    let kernel_rows: Vec<SamplingRow<'_>> = rows.iter().map(SampleRow::kernel_row).collect();
+    let ids = sample_ids(logits, &kernel_rows)?;
+    let mut out: Vec<SampledToken> = ids
+        .into_iter()
+        .map(|token| SampledToken {
+            token,
+            logprob: 0.0,
+            top_logprobs: Vec::new(),
+        })
+        .collect();
+    let wanted = logprob_rows(rows);
+    if wanted.is_empty() {
+        return Ok(out);
+    }
+    let host = host_rows(logits, &wanted)?;
+    for (&i, raw) in wanted.iter().zip(&host) {
+        let (Some(t), Some(r)) = (out.get_mut(i), rows.get(i)) else {
+            continue;
+        };
+        let (lp, top) = token_logprob(raw, t.token, r.params.logprobs.unwrap_or(0));
+        t.logprob = lp;
+        t.top_logprobs = top;
     }
     Ok(out)
+}
+
+/// Greedy decoding: the arg-max of each row of `logits` (S, vocab), lowest index on ties,
+/// through the same device op as [`sample`] (its all-greedy fast path).
+pub fn greedy(logits: &Tensor) -> Result<Vec<u32>> {
+    let (s, _vocab) = logits.dims2()?;
+    if s == 0 {
+        return Ok(Vec::new());
+    }
+    sample_ids(logits, &vec![SamplingRow::greedy(); s])
+}
+
+/// Runs the device op and copies the `(rows,)` ids back.
+fn sample_ids(logits: &Tensor, rows: &[SamplingRow<'_>]) -> Result<Vec<u32>> {
+    // Parameters out of range are the caller's bug (the engine validates every request);
+    // the kernels' message names the row and the field.
+    let batch = SamplingBatch::from_host(rows, logits.device())
+        .map_err(|e| RuntimeError::InvalidBatch(format!("sampling parameters: {e}")))?;
+    Ok(sample_tokens(logits, &batch)?.to_vec1::<u32>()?)
+}
+
+/// Indices of the rows whose request asked for logprobs, in batch order.
+fn logprob_rows(rows: &[SampleRow<'_>]) -> Vec<usize> {
+    rows.iter()
+        .enumerate()
+        .filter(|(_, r)| r.params.logprobs.is_some())
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Copies the f32 logits rows `which` (in that order) to the host, and no others.
+fn host_rows(logits: &Tensor, which: &[usize]) -> Result<Vec<Vec<f32>>> {
+    let (s, _vocab) = logits.dims2()?;
+    let selected = if which.len() == s && which.iter().enumerate().all(|(i, &r)| i == r) {
+        logits.clone()
+    } else {
+        let idx: Vec<u32> = which.iter().map(|&r| r as u32).collect();
+        let n = idx.len();
+        logits.index_select(&Tensor::from_vec(idx, n, logits.device())?, 0)?
+    };
+    Ok(selected.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+}
+
+/// The uniform draw in `[0, 1)` of a request's `step`-th output token (0-based): the top 24
+/// bits of a SplitMix64 hash of (seed, step), so it depends on nothing else.
+pub fn uniform(seed: u64, step: u64) -> f32 {
+    unit_f32(mix(mix(seed) ^ step))
+}
+
+/// The top 24 bits of `bits` as an f32 in `[0, 1)`: 24 bits are exact in an f32, so the
+/// largest value is `1 - 2^-24`, never 1.
+fn unit_f32(bits: u64) -> f32 {
+    (bits >> 40) as f32 * (1.0 / 16_777_216.0)
 }
 
 /// log p(`token`) and the `top` most likely (token, logprob) pairs of one logits row.
@@ -132,11 +208,6 @@ pub fn token_logprob(row: &[f32], token: u32, top: usize) -> (f32, Vec<(u32, f32
         lp.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
         top_n(&lp, top),
     )
-}
-
-/// Greedy decoding: the arg-max of each row of `logits` (S, vocab).
-pub fn greedy(logits: &Tensor) -> Result<Vec<u32>> {
-    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
 }
 
 fn log_softmax(row: &[f32]) -> Vec<f32> {
@@ -165,192 +236,12 @@ fn top_n(values: &[f32], n: usize) -> Vec<(u32, f32)> {
     idx.into_iter().map(|i| (i, values[i as usize])).collect()
 }
 
-fn argmax(values: &[f32]) -> u32 {
-    let mut best = 0usize;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-/// SplitMix64 finaliser: a good 64-bit mix for deriving per-step seeds.
+/// SplitMix64 finaliser: a good 64-bit mix for deriving per-step draws.
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
-}
-
-fn apply_processing(logits: &mut [f32], r: &SampleRow<'_>) {
-    let p = r.params;
-    let v = logits.len();
-    for &(tok, bias) in &p.logit_bias {
-        if let Some(x) = logits.get_mut(tok as usize) {
-            *x += bias;
-        }
-    }
-    if p.repetition_penalty != 1.0 {
-        let mut seen = vec![false; v];
-        for &t in r.prompt_tokens.iter().chain(r.output_tokens) {
-            if let Some(s) = seen.get_mut(t as usize) {
-                *s = true;
-            }
-        }
-        for (x, s) in logits.iter_mut().zip(&seen) {
-            if *s {
-                *x = if *x > 0.0 {
-                    *x / p.repetition_penalty
-                } else {
-                    *x * p.repetition_penalty
-                };
-            }
-        }
-    }
-    if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
-        let mut counts = std::collections::HashMap::<u32, u32>::new();
-        for &t in r.output_tokens {
-            *counts.entry(t).or_default() += 1;
-        }
-        for (t, c) in counts {
-            if let Some(x) = logits.get_mut(t as usize) {
-                *x -= p.presence_penalty + p.frequency_penalty * c as f32;
-            }
-        }
-    }
-    for &t in r.banned {
-        if let Some(x) = logits.get_mut(t as usize) {
-            *x = f32::NEG_INFINITY;
-        }
-    }
-}
-
-fn sample_row(raw: Vec<f32>, r: &SampleRow<'_>) -> SampledToken {
-    let p = r.params;
-    // Logprobs are reported from the model's raw distribution.
-    let raw_logprobs = p.logprobs.map(|_| log_softmax(&raw));
-    let mut logits = raw;
-    apply_processing(&mut logits, r);
-    let token = if p.is_greedy() {
-        argmax(&logits)
-    } else {
-        sample_filtered(&logits, r)
-    };
-    match raw_logprobs {
-        Some(lp) => SampledToken {
-            token,
-            logprob: lp.get(token as usize).copied().unwrap_or(f32::NEG_INFINITY),
-            top_logprobs: top_n(&lp, p.logprobs.unwrap_or(0)),
-        },
-        None => SampledToken {
-            token,
-            logprob: 0.0,
-            top_logprobs: Vec::new(),
-        },
-    }
-}
-
-fn sample_filtered(logits: &[f32], r: &SampleRow<'_>) -> u32 {
-    let p = r.params;
-    let inv_t = 1.0 / p.temperature;
-    let step = r.output_tokens.len() as u64;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(mix(mix(r.seed) ^ step));
-    let u: f64 = rng.random::<f64>();
-
-    let needs_sort = p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0;
-    if !needs_sort {
-        // Plain temperature sampling: walk the CDF in index order.
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let w: Vec<f64> = logits
-            .iter()
-            .map(|&x| f64::from(((x - max) * inv_t).exp()))
-            .collect();
-        return walk(&w, u, |i| i as u32);
-    }
-    // Candidates sorted by logit, best first; top_k bounds the list. Without top_k, try
-    // the best 256 first: when they already hold the top_p mass (and min_p cannot reach
-    // beyond them) the full-vocabulary sort is skipped; the result is identical.
-    let k = if p.top_k > 0 {
-        p.top_k.min(logits.len())
-    } else {
-        logits.len()
-    };
-    // Normaliser of the distribution the filters see: the full vocabulary without top_k
-    // (also when only the head is kept), the top_k candidates with it (HF/vLLM order).
-    let mut full_total: Option<f64> = None;
-    let cand = if p.top_k == 0 && logits.len() > 256 {
-        let head = top_n(logits, 256);
-        let max = head.first().map(|c| c.1).unwrap_or(0.0);
-        let total: f64 = logits
-            .iter()
-            .map(|&x| f64::from(((x - max) * inv_t).exp()))
-            .sum();
-        let mut cum = 0.0;
-        for &(_, x) in &head {
-            cum += f64::from(((x - max) * inv_t).exp());
-        }
-        let last = head.last().map(|c| c.1).unwrap_or(0.0);
-        let last_p = f64::from(((last - max) * inv_t).exp());
-        let covers_top_p = p.top_p < 1.0 && cum / total >= f64::from(p.top_p);
-        let covers_min_p = p.min_p > 0.0 && last_p < f64::from(p.min_p);
-        if covers_top_p || covers_min_p {
-            full_total = Some(total);
-            head
-        } else {
-            top_n(logits, k)
-        }
-    } else {
-        top_n(logits, k)
-    };
-    let max = cand.first().map(|c| c.1).unwrap_or(0.0);
-    let mut w: Vec<f64> = cand
-        .iter()
-        .map(|&(_, x)| f64::from(((x - max) * inv_t).exp()))
-        .collect();
-    let total: f64 = full_total.unwrap_or_else(|| w.iter().sum());
-    if total > 0.0 {
-        for x in w.iter_mut() {
-            *x /= total;
-        }
-    }
-    let mut keep = w.len();
-    if p.min_p > 0.0 {
-        let thresh = f64::from(p.min_p) * w.first().copied().unwrap_or(0.0);
-        keep = w.iter().take_while(|&&x| x >= thresh).count().max(1);
-    }
-    if p.top_p < 1.0 {
-        let mut cum = 0.0;
-        let mut n = 0;
-        for x in w.iter().take(keep) {
-            cum += x;
-            n += 1;
-            if cum >= f64::from(p.top_p) {
-                break;
-            }
-        }
-        keep = keep.min(n.max(1));
-    }
-    w.truncate(keep);
-    walk(&w, u, |i| cand[i].0)
-}
-
-/// Picks index i with probability w[i] / sum(w) using the uniform draw `u`.
-fn walk(w: &[f64], u: f64, id: impl Fn(usize) -> u32) -> u32 {
-    let total: f64 = w.iter().sum();
-    let target = u * total;
-    let mut cum = 0.0;
-    let mut last_nonzero = 0;
-    for (i, &x) in w.iter().enumerate() {
-        if x > 0.0 {
-            last_nonzero = i;
-        }
-        cum += x;
-        if cum > target && x > 0.0 {
-            return id(i);
-        }
-    }
-    id(last_nonzero)
 }
 
 #[cfg(test)]
@@ -374,6 +265,15 @@ mod tests {
         Tensor::from_vec(v, (1, n), &Device::Cpu).unwrap()
     }
 
+    fn one(l: &Tensor, r: SampleRow<'_>) -> u32 {
+        sample(l, &[r]).unwrap()[0].token
+    }
+
+    /// Logits whose softmax is `probs`.
+    fn from_probs(probs: &[f32]) -> Tensor {
+        logits(probs.iter().map(|p| p.ln()).collect())
+    }
+
     #[test]
     fn greedy_picks_argmax_and_logprobs_are_normalised() {
         let p = SamplingParams {
@@ -391,6 +291,42 @@ mod tests {
     }
 
     #[test]
+    fn greedy_is_the_row_argmax_lowest_index_on_ties() {
+        let l = Tensor::from_vec(
+            vec![
+                0.0f32, 3.0, 1.0, 2.0, -1.0, 5.0, 5.0, 0.0, 7.0, 7.0, 7.0, 7.0,
+            ],
+            (3, 4),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(greedy(&l).unwrap(), vec![1, 1, 0]);
+        let p = SamplingParams::greedy();
+        let rows = [row(&p, 1, &[]), row(&p, 2, &[]), row(&p, 3, &[])];
+        let s: Vec<u32> = sample(&l, &rows).unwrap().iter().map(|t| t.token).collect();
+        assert_eq!(s, vec![1, 1, 0]);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_at_any_temperature() {
+        let l = logits(vec![1.0, 1.2, 1.1, 0.9]);
+        let p = SamplingParams {
+            temperature: 1.5,
+            top_k: 1,
+            ..SamplingParams::default()
+        };
+        let free = SamplingParams {
+            temperature: 1.5,
+            ..SamplingParams::default()
+        };
+        for seed in 0..100 {
+            assert_eq!(one(&l, row(&p, seed, &[])), 1, "seed {seed}");
+        }
+        // The same seeds without top_k do pick other tokens: top_k is what made it greedy.
+        assert!((0..100).any(|seed| one(&l, row(&free, seed, &[])) != 1));
+    }
+
+    #[test]
     fn banned_and_bias_change_greedy_choice() {
         let p = SamplingParams::greedy();
         let banned = [1u32];
@@ -398,37 +334,76 @@ mod tests {
             banned: &banned,
             ..row(&p, 0, &[])
         };
-        assert_eq!(
-            sample(&logits(vec![0.0, 3.0, 1.0]), &[r]).unwrap()[0].token,
-            2
-        );
+        assert_eq!(one(&logits(vec![0.0, 3.0, 1.0]), r), 2);
         let p = SamplingParams {
             logit_bias: vec![(0, 10.0)],
             ..SamplingParams::greedy()
         };
-        assert_eq!(
-            sample(&logits(vec![0.0, 3.0, 1.0]), &[row(&p, 0, &[])]).unwrap()[0].token,
-            0
-        );
+        assert_eq!(one(&logits(vec![0.0, 3.0, 1.0]), row(&p, 0, &[])), 0);
+    }
+
+    #[test]
+    fn banned_tokens_are_never_sampled() {
+        // Token 0 holds almost all the mass; banned, it must never come out.
+        let l = from_probs(&[0.97, 0.01, 0.01, 0.01]);
+        let banned = [0u32, 2];
+        for p in [
+            SamplingParams::default(),
+            SamplingParams {
+                top_p: 0.5,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                top_k: 2,
+                min_p: 0.5,
+                ..SamplingParams::default()
+            },
+        ] {
+            for seed in 0..200 {
+                let r = SampleRow {
+                    banned: &banned,
+                    ..row(&p, seed, &[])
+                };
+                let t = one(&l, r);
+                assert!(t == 1 || t == 3, "{p:?} seed {seed} sampled {t}");
+            }
+        }
     }
 
     #[test]
     fn penalties_follow_hf_and_openai_semantics() {
-        let p = SamplingParams {
-            repetition_penalty: 2.0,
-            presence_penalty: 0.5,
-            frequency_penalty: 0.25,
+        let greedy_with = |p: SamplingParams, l: Vec<f32>, prompt: &[u32], out: &[u32]| {
+            let r = SampleRow {
+                prompt_tokens: prompt,
+                ..row(&p, 0, out)
+            };
+            one(&logits(l), r)
+        };
+        let rep = |rp| SamplingParams {
+            repetition_penalty: rp,
             ..SamplingParams::greedy()
         };
-        let out = [0u32, 0, 2];
-        let r = SampleRow {
-            prompt_tokens: &[1],
-            ..row(&p, 0, &out)
+        // Repetition (HF): positive logits divided, negative multiplied, over prompt and output.
+        assert_eq!(greedy_with(rep(1.0), vec![4.0, 2.5], &[0], &[]), 0);
+        assert_eq!(greedy_with(rep(2.0), vec![4.0, 2.5], &[0], &[]), 1); // 4/2 < 2.5
+        assert_eq!(greedy_with(rep(2.0), vec![4.0, 2.5], &[], &[0]), 1);
+        assert_eq!(greedy_with(rep(1.5), vec![4.0, 2.5], &[0], &[]), 0); // 4/1.5 > 2.5
+        assert_eq!(greedy_with(rep(2.0), vec![-2.0, -3.0], &[0], &[]), 1); // -2*2 < -3
+                                                                           // Presence and frequency (OpenAI): output tokens only, x -= presence + frequency * count.
+        let pf = |presence, frequency| SamplingParams {
+            presence_penalty: presence,
+            frequency_penalty: frequency,
+            ..SamplingParams::greedy()
         };
-        let mut l = vec![4.0, -2.0, 1.0, 0.0];
-        apply_processing(&mut l, &r);
-        // token 0: 4/2 - 0.5 - 0.5; token 1: -2*2; token 2: 1/2 - 0.5 - 0.25; token 3 untouched.
-        assert_eq!(l, vec![1.0, -4.0, -0.25, 0.0]);
+        // 1.0 - 0.25 - 0.2 * 2 = 0.35 < 0.5; with frequency 0.1: 0.55 > 0.5.
+        assert_eq!(greedy_with(pf(0.25, 0.2), vec![1.0, 0.5], &[], &[0, 0]), 1);
+        assert_eq!(greedy_with(pf(0.25, 0.1), vec![1.0, 0.5], &[], &[0, 0]), 0);
+        // The count matters: one occurrence costs 0.25 + 0.2 = 0.45 -> 0.55 > 0.5.
+        assert_eq!(greedy_with(pf(0.25, 0.2), vec![1.0, 0.5], &[], &[0]), 0);
+        // Presence alone: 1.0 - 0.6 < 0.5.
+        assert_eq!(greedy_with(pf(0.6, 0.0), vec![1.0, 0.5], &[], &[0]), 1);
+        // Prompt tokens are not penalised by presence / frequency.
+        assert_eq!(greedy_with(pf(2.0, 2.0), vec![1.0, 0.5], &[0], &[]), 0);
     }
 
     #[test]
@@ -439,42 +414,100 @@ mod tests {
             ..SamplingParams::default()
         };
         let l = logits(vec![1.0, 1.1, 0.9, 1.05, 0.2, 0.3]);
-        let a: Vec<u32> = (0..20)
-            .map(|k| {
-                let out = vec![0u32; k];
-                sample(&l, &[row(&p, 42, &out)]).unwrap()[0].token
-            })
-            .collect();
-        let b: Vec<u32> = (0..20)
-            .map(|k| {
-                let out = vec![0u32; k];
-                sample(&l, &[row(&p, 42, &out)]).unwrap()[0].token
-            })
-            .collect();
-        assert_eq!(a, b);
+        let draw = |seed: u64| -> Vec<u32> {
+            (0..20)
+                .map(|k| {
+                    let out = vec![0u32; k];
+                    one(&l, row(&p, seed, &out))
+                })
+                .collect()
+        };
+        let a = draw(42);
+        assert_eq!(a, draw(42));
         assert!(
             a.iter().any(|&t| t != a[0]),
             "draws should vary across steps: {a:?}"
         );
+        assert_ne!(a, draw(43), "another seed gives another sequence");
+        // The output tokens themselves do not matter, only how many there are.
+        let other_out = vec![5u32; 7];
+        assert_eq!(one(&l, row(&p, 42, &other_out)), a[7]);
+    }
+
+    #[test]
+    fn seeded_row_does_not_depend_on_the_rest_of_the_batch() {
+        let vocab = 64;
+        let data: Vec<f32> = (0..4 * vocab)
+            .map(|i| ((i * 2_654_435_761usize) % 1009) as f32 / 300.0)
+            .collect();
+        let l = Tensor::from_vec(data, (4, vocab), &Device::Cpu).unwrap();
+        let p = SamplingParams {
+            temperature: 0.9,
+            top_k: 20,
+            top_p: 0.95,
+            ..SamplingParams::default()
+        };
+        let others = [
+            SamplingParams::greedy(),
+            SamplingParams {
+                temperature: 1.3,
+                min_p: 0.1,
+                logprobs: Some(3),
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                repetition_penalty: 1.2,
+                ..SamplingParams::default()
+            },
+        ];
+        let out = [3u32, 9, 3];
+        for seed in 0..30 {
+            let mine = row(&p, seed, &out);
+            let alone = one(&l.narrow(0, 2, 1).unwrap(), mine);
+            let rows = [
+                row(&others[0], 7, &[]),
+                row(&others[1], 8, &out),
+                mine,
+                row(&others[2], 9, &out[..1]),
+            ];
+            let batch = sample(&l, &rows).unwrap();
+            assert_eq!(batch[2].token, alone, "seed {seed}");
+        }
     }
 
     #[test]
     fn top_k_and_min_p_restrict_support() {
         let l = logits(vec![5.0, 4.9, 0.0, -1.0]);
-        for seed in 0..50 {
-            let p = SamplingParams {
-                top_k: 2,
-                ..SamplingParams::default()
-            };
-            let t = sample(&l, &[row(&p, seed, &[])]).unwrap()[0].token;
-            assert!(t < 2);
-            let p = SamplingParams {
-                min_p: 0.5,
-                ..SamplingParams::default()
-            };
-            let t = sample(&l, &[row(&p, seed, &[])]).unwrap()[0].token;
-            assert!(t < 2);
+        let top_k = SamplingParams {
+            top_k: 2,
+            ..SamplingParams::default()
+        };
+        let min_p = SamplingParams {
+            min_p: 0.5,
+            ..SamplingParams::default()
+        };
+        for p in [top_k, min_p] {
+            let seen: std::collections::BTreeSet<u32> =
+                (0..200).map(|seed| one(&l, row(&p, seed, &[]))).collect();
+            assert_eq!(seen, [0, 1].into(), "{p:?}");
         }
+    }
+
+    #[test]
+    fn top_p_restricts_support_to_the_nucleus() {
+        let l = from_probs(&[0.3, 0.5, 0.05, 0.15]);
+        let support = |top_p: f32| -> std::collections::BTreeSet<u32> {
+            let p = SamplingParams {
+                top_p,
+                ..SamplingParams::default()
+            };
+            (0..400).map(|seed| one(&l, row(&p, seed, &[]))).collect()
+        };
+        // Sorted: 1 (0.5), 0 (0.3), 3 (0.15), 2 (0.05).
+        assert_eq!(support(0.4), [1].into());
+        assert_eq!(support(0.75), [0, 1].into());
+        assert_eq!(support(0.9), [0, 1, 3].into());
+        assert_eq!(support(1.0), [0, 1, 2, 3].into());
     }
 
     #[test]
@@ -483,76 +516,134 @@ mod tests {
         let l = logits(vec![0.0, 3f32.ln()]);
         let p = SamplingParams::default();
         let ones = (0..4000u64)
-            .filter(|&s| sample(&l, &[row(&p, s, &[])]).unwrap()[0].token == 1)
+            .filter(|&s| one(&l, row(&p, s, &[])) == 1)
             .count();
         let frac = ones as f64 / 4000.0;
         assert!((frac - 0.75).abs() < 0.03, "{frac}");
+        // Temperature sharpens it: at T = 0.5, p = [1, 9] / 10.
+        let p = SamplingParams {
+            temperature: 0.5,
+            ..SamplingParams::default()
+        };
+        let ones = (0..4000u64)
+            .filter(|&s| one(&l, row(&p, s, &[])) == 1)
+            .count();
+        let frac = ones as f64 / 4000.0;
+        assert!((frac - 0.9).abs() < 0.02, "{frac}");
     }
-}
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod head_tests {
-    use super::*;
-    use candle_core::Device;
-
-    /// The 256-candidate shortcut must pick exactly what the full sort picks.
     #[test]
-    fn top_p_shortcut_equals_full_sort() {
-        let vocab = 5000;
-        let data: Vec<f32> = (0..vocab)
-            .map(|i| ((i * 2_654_435_761usize) % 9973) as f32 / 400.0)
-            .collect();
-        for (top_p, min_p) in [(0.9f32, 0.0f32), (0.5, 0.0), (1.0, 0.2), (0.99, 0.0)] {
-            let p = SamplingParams {
-                temperature: 0.7,
-                top_p,
-                min_p,
-                ..SamplingParams::default()
-            };
-            for seed in 0..50u64 {
-                let r = SampleRow {
-                    params: &p,
-                    seed,
-                    prompt_tokens: &[],
-                    output_tokens: &[],
-                    banned: &[],
-                };
-                let fast = sample_filtered(&data, &r);
-                // Reference: full sort by logit, then the same filters.
-                let inv_t = 1.0 / p.temperature;
-                let cand = top_n(&data, vocab);
-                let max = cand[0].1;
-                let mut w: Vec<f64> = cand
-                    .iter()
-                    .map(|&(_, x)| f64::from(((x - max) * inv_t).exp()))
-                    .collect();
-                let tot: f64 = w.iter().sum();
-                w.iter_mut().for_each(|x| *x /= tot);
-                let mut keep = w.len();
-                if min_p > 0.0 {
-                    let th = f64::from(min_p) * w[0];
-                    keep = w.iter().take_while(|&&x| x >= th).count().max(1);
-                }
-                if top_p < 1.0 {
-                    let mut cum = 0.0;
-                    let mut n = 0;
-                    for x in w.iter().take(keep) {
-                        cum += x;
-                        n += 1;
-                        if cum >= f64::from(top_p) {
-                            break;
-                        }
-                    }
-                    keep = keep.min(n.max(1));
-                }
-                w.truncate(keep);
-                let mut rng = rand::rngs::StdRng::seed_from_u64(mix(mix(seed)));
-                let u: f64 = rng.random::<f64>();
-                let slow = walk(&w, u, |i| cand[i].0);
-                assert_eq!(fast, slow, "top_p {top_p} min_p {min_p} seed {seed}");
-            }
+    fn logprobs_are_of_the_raw_row_and_only_where_asked() {
+        let raw = [
+            vec![0.5f32, 2.0, -1.0, 1.0, 0.0],
+            vec![3.0, 0.0, 0.0, 0.0, 1.0],
+            vec![-0.5, 0.25, 4.0, 1.5, 2.0],
+        ];
+        let l = Tensor::from_vec(raw.concat(), (3, 5), &Device::Cpu).unwrap();
+        // Row 0: greedy with a bias that moves the choice; row 1: no logprobs; row 2: sampled
+        // with its best token banned and a repetition penalty.
+        let p0 = SamplingParams {
+            logit_bias: vec![(4, 5.0)],
+            logprobs: Some(2),
+            ..SamplingParams::greedy()
+        };
+        let p1 = SamplingParams::default();
+        let p2 = SamplingParams {
+            repetition_penalty: 1.5,
+            logprobs: Some(0),
+            ..SamplingParams::default()
+        };
+        let banned = [2u32];
+        let rows = [
+            row(&p0, 1, &[]),
+            row(&p1, 2, &[]),
+            SampleRow {
+                banned: &banned,
+                prompt_tokens: &[4],
+                ..row(&p2, 3, &[])
+            },
+        ];
+        assert_eq!(logprob_rows(&rows), vec![0, 2]);
+        let s = sample(&l, &rows).unwrap();
+        assert_eq!(s[0].token, 4, "the bias decides the greedy token");
+        assert_ne!(s[2].token, 2, "banned");
+        for i in [0, 2] {
+            let lp = log_softmax(&raw[i]);
+            let t = s[i].token as usize;
+            assert!((s[i].logprob - lp[t]).abs() < 1e-6, "row {i}: {:?}", s[i]);
         }
-        let _ = Device::Cpu;
+        let lp0 = log_softmax(&raw[0]);
+        assert_eq!(
+            s[0].top_logprobs,
+            vec![(1, lp0[1]), (3, lp0[3])],
+            "top alternatives of the raw row, best first"
+        );
+        assert!(s[2].top_logprobs.is_empty(), "logprobs 0: no alternatives");
+        assert_eq!(s[1].logprob, 0.0);
+        assert!(s[1].top_logprobs.is_empty());
+    }
+
+    #[test]
+    fn host_rows_copies_exactly_the_asked_rows() {
+        let l = Tensor::from_vec(
+            (0..12).map(|x| x as f32).collect::<Vec<f32>>(),
+            (4, 3),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(
+            host_rows(&l, &[1, 3]).unwrap(),
+            vec![vec![3.0, 4.0, 5.0], vec![9.0, 10.0, 11.0]]
+        );
+        assert_eq!(host_rows(&l, &[0, 1, 2, 3]).unwrap().len(), 4);
+        let half = l.to_dtype(DType::BF16).unwrap();
+        assert_eq!(host_rows(&half, &[2]).unwrap(), vec![vec![6.0, 7.0, 8.0]]);
+    }
+
+    #[test]
+    fn bf16_logits_sample_and_give_logprobs() {
+        let l = logits(vec![0.0, 3.0, 1.0]).to_dtype(DType::BF16).unwrap();
+        let p = SamplingParams {
+            logprobs: Some(1),
+            ..SamplingParams::greedy()
+        };
+        let s = sample(&l, &[row(&p, 0, &[])]).unwrap();
+        assert_eq!(s[0].token, 1);
+        let lp = log_softmax(&[0.0, 3.0, 1.0]);
+        assert!((s[0].logprob - lp[1]).abs() < 1e-6);
+    }
+
+    #[test]
+    fn uniform_depends_on_seed_and_step_and_stays_below_one() {
+        assert_eq!(uniform(7, 3), uniform(7, 3));
+        assert_ne!(uniform(7, 3), uniform(7, 4));
+        assert_ne!(uniform(7, 3), uniform(8, 3));
+        assert_eq!(unit_f32(0), 0.0);
+        assert!(unit_f32(u64::MAX) < 1.0);
+        assert_eq!(unit_f32(u64::MAX), 1.0 - 1.0 / 16_777_216.0);
+        let draws: Vec<f32> = (0..10_000).map(|k| uniform(1, k)).collect();
+        assert!(draws.iter().all(|u| (0.0..1.0).contains(u)));
+        let mean = draws.iter().map(|&u| f64::from(u)).sum::<f64>() / draws.len() as f64;
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let l = logits(vec![0.0, 1.0]);
+        let p = SamplingParams::greedy();
+        let e = sample(&l, &[row(&p, 0, &[]), row(&p, 0, &[])]).unwrap_err();
+        assert!(
+            matches!(&e, RuntimeError::InvalidBatch(m) if m.contains("1 logits rows for 2")),
+            "{e}"
+        );
+        let bad = SamplingParams {
+            top_p: 0.0,
+            ..SamplingParams::default()
+        };
+        let e = sample(&l, &[row(&bad, 0, &[])]).unwrap_err();
+        assert!(
+            matches!(&e, RuntimeError::InvalidBatch(m) if m.contains("top_p")),
+            "{e}"
+        );
     }
 }
