@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 use lantern_engine::{EngineConfig, KvCacheSize, SchedulingPolicy};
-use lantern_models::{DTypeChoice, LoadOptions};
+use lantern_models::{DTypeChoice, LoadOptions, ModelOptions};
 use lantern_runtime::GpuMemoryBudget;
 use std::path::PathBuf;
 
@@ -29,6 +29,10 @@ pub struct ModelArgs {
     /// Chat template file (Jinja), overriding the model's own.
     #[arg(long = "chat-template")]
     pub chat_template: Option<PathBuf>,
+    /// Run the model without the fused ops (separate q/k/v and gate/up matmuls, candle's
+    /// RMSNorm/rotary/SiLU, weights transposed at load), for A/B comparisons and debugging.
+    #[arg(long = "no-fused-ops")]
+    pub no_fused_ops: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -74,6 +78,13 @@ pub struct EngineArgs {
     /// Base random seed (requests without `seed` derive theirs from it).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Replay decode-only steps through CUDA graphs captured per batch size (CUDA only;
+    /// off by default). Steps with prefill chunks or LoRA adapters run eagerly.
+    #[arg(long = "cuda-graphs", overrides_with = "enforce_eager")]
+    pub cuda_graphs: bool,
+    /// Never use CUDA graphs (the default; vLLM's flag, accepted for compatibility).
+    #[arg(long = "enforce-eager")]
+    pub enforce_eager: bool,
 }
 
 /// Parses "1073741824", "512M", "1GiB", "2G".
@@ -119,6 +130,9 @@ impl ModelArgs {
             device: device(&self.device)?,
             progress,
             chat_template_override,
+            model: ModelOptions {
+                fused: !self.no_fused_ops,
+            },
         })
     }
 
@@ -195,6 +209,7 @@ impl EngineArgs {
             seed: self.seed,
             // Set by `serve` from its --enable-lora / --lora flags.
             lora: None,
+            cuda_graphs: self.cuda_graphs && !self.enforce_eager,
         })
     }
 }

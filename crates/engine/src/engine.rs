@@ -40,6 +40,8 @@ pub struct EngineConfig {
     pub seed: Option<u64>,
     /// LoRA adapters (`None` = disabled: requests for adapters are refused).
     pub lora: Option<LoraConfig>,
+    /// Replay decode-only steps through captured CUDA graphs (`--cuda-graphs`; CUDA only).
+    pub cuda_graphs: bool,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +58,7 @@ impl Default for EngineConfig {
             policy: SchedulingPolicy::Fcfs,
             seed: None,
             lora: None,
+            cuda_graphs: false,
         }
     }
 }
@@ -495,6 +498,15 @@ impl Engine {
                 l.max_loras,
                 l.max_lora_rank,
                 l.max_cpu_loras
+            );
+        }
+        if cfg.cuda_graphs {
+            runner
+                .enable_cuda_graphs(cfg.max_num_seqs)
+                .map_err(|e| e.to_string())?;
+            tracing::info!(
+                "CUDA graphs on: decode-only steps of up to {} sequences replay captured graphs",
+                cfg.max_num_seqs
             );
         }
         let num_blocks = runner.num_blocks();

@@ -86,8 +86,66 @@ fn open_cuda(ordinal: usize) -> Result<Device> {
         // removes host overhead from every kernel launch. It is turned off before the first
         // tensor exists.
         unsafe { d.disable_event_tracking() };
+        keep_freed_memory_pooled(d, ordinal)?;
     }
     Ok(device)
+}
+
+/// The default stream-ordered memory pool of the context's device.
+#[cfg(feature = "cuda")]
+fn default_mem_pool(
+    ctx: &candle_core::cuda_backend::cudarc::driver::CudaContext,
+) -> std::result::Result<
+    candle_core::cuda_backend::cudarc::driver::sys::CUmemoryPool,
+    candle_core::cuda_backend::cudarc::driver::sys::CUresult,
+> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: `pool` is a valid out-pointer; `cu_device` is the device of a live context.
+    let r = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(pool)
+    } else {
+        Err(r)
+    }
+}
+
+/// Raises the release threshold of the device's default memory pool to "never": candle
+/// allocates every tensor with `cuMemAllocAsync` from that pool, and with the default
+/// threshold (0) the driver hands freed memory back to the OS at every synchronisation (each
+/// engine step synchronises to read the sampled tokens), so the next step's allocations map
+/// fresh pages again. Kept in the pool, they are reused at the cost of a free-list lookup.
+/// The KV cache is sized from the memory free after the weights and a reserve for one step's
+/// activations, which is exactly what stays pooled.
+#[cfg(feature = "cuda")]
+fn keep_freed_memory_pooled(d: &candle_core::CudaDevice, ordinal: usize) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let ctx = d.cuda_stream().context().clone();
+    if !ctx.has_async_alloc() {
+        return Ok(());
+    }
+    let fail = |what: &str, r: sys::CUresult| {
+        RuntimeError::Device(format!(
+            "CUDA device {ordinal}: {what} failed ({r:?}) while configuring the memory pool"
+        ))
+    };
+    ctx.bind_to_thread()
+        .map_err(|e| RuntimeError::Device(format!("CUDA device {ordinal}: {e}")))?;
+    let pool = default_mem_pool(&ctx).map_err(|r| fail("cuDeviceGetDefaultMemPool", r))?;
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: the release threshold attribute takes a pointer to a cuuint64_t, which
+    // `threshold` is, and `pool` was just returned by the driver.
+    let r = unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return Err(fail("cuMemPoolSetAttribute(RELEASE_THRESHOLD)", r));
+    }
+    Ok(())
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -115,9 +173,18 @@ fn memory_info_impl(device: &Device) -> Result<Option<DeviceMemory>> {
     match device {
         Device::Cuda(d) => {
             device.synchronize()?;
-            let (free, total) = d
-                .cuda_stream()
-                .context()
+            let ctx = d.cuda_stream().context().clone();
+            // Memory freed into the pool (which keeps it: `keep_freed_memory_pooled`) is
+            // free for this purpose: hand it back before asking the driver.
+            if ctx.has_async_alloc() {
+                if let Ok(pool) = default_mem_pool(&ctx) {
+                    use candle_core::cuda_backend::cudarc::driver::sys;
+                    // SAFETY: `pool` is the live default pool of this context's device, and
+                    // the stream was synchronised above, so nothing freed is still in use.
+                    let _ = unsafe { sys::cuMemPoolTrimTo(pool, 0) };
+                }
+            }
+            let (free, total) = ctx
                 .mem_get_info()
                 .map_err(|e| RuntimeError::Device(format!("cuMemGetInfo failed: {e}")))?;
             Ok(Some(DeviceMemory {

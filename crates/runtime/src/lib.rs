@@ -11,6 +11,8 @@
 
 pub mod device;
 mod error;
+#[cfg(feature = "cuda")]
+pub mod graphs;
 pub mod memory;
 mod runner;
 pub mod sampler;

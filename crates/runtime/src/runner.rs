@@ -51,6 +51,10 @@ pub struct ModelRunner {
     block_size: usize,
     num_blocks: usize,
     lora: Option<LoraStack>,
+    /// Decode-only steps replay captured CUDA graphs (`--cuda-graphs`). Behind a mutex so
+    /// `execute` stays `&self`; only the engine thread ever takes it.
+    #[cfg(feature = "cuda")]
+    graphs: Option<std::sync::Mutex<crate::graphs::DecodeGraphs>>,
 }
 
 impl ModelRunner {
@@ -145,7 +149,86 @@ impl ModelRunner {
             block_size: cfg.block_size,
             num_blocks,
             lora: None,
+            #[cfg(feature = "cuda")]
+            graphs: None,
         })
+    }
+
+    /// Replays decode-only steps (one token per sequence, no LoRA) through CUDA graphs
+    /// captured per (padded batch size, block-table width), for batches of up to
+    /// `max_num_seqs` sequences (see [`crate::graphs`]). Needs a CUDA build and device.
+    pub fn enable_cuda_graphs(&mut self, max_num_seqs: usize) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        {
+            let g = crate::graphs::DecodeGraphs::new(&self.model, self.block_size, max_num_seqs)?;
+            self.graphs = Some(std::sync::Mutex::new(g));
+            Ok(())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = max_num_seqs;
+            Err(RuntimeError::Device(
+                "CUDA graphs need a build with the `cuda` feature and a CUDA device".into(),
+            ))
+        }
+    }
+
+    /// Whether decode steps may run through CUDA graphs.
+    pub fn cuda_graphs_enabled(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            self.graphs.is_some()
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            false
+        }
+    }
+
+    /// Runs a decode-only step through a CUDA graph; `None` when graphs are off or cannot
+    /// serve this step (the caller runs it eagerly).
+    #[cfg(feature = "cuda")]
+    fn execute_graph(&self, seqs: &[SeqChunk<'_>]) -> Result<Option<Tensor>> {
+        let Some(graphs) = &self.graphs else {
+            return Ok(None);
+        };
+        let decode_only = seqs
+            .iter()
+            .all(|s| s.token_ids.len() == 1 && s.sample && !s.all_logits && s.lora_slot.is_none());
+        if !decode_only {
+            return Ok(None);
+        }
+        // The same checks and arithmetic as `prepare`, for one token per sequence.
+        let bs = self.block_size;
+        let max_pos = self.model.config().max_position_embeddings;
+        let mut rows = Vec::with_capacity(seqs.len());
+        for (i, s) in seqs.iter().enumerate() {
+            let pos = s.num_computed_tokens;
+            let ctx = pos + 1;
+            let nblocks = ctx.div_ceil(bs);
+            if ctx > max_pos || s.block_table.len() < nblocks {
+                // Let `prepare` report it.
+                return Ok(None);
+            }
+            let block = s.block_table[pos / bs] as usize;
+            if block == 0 || block >= self.num_blocks {
+                return Err(RuntimeError::InvalidBatch(format!(
+                    "sequence {i} uses block {block}, outside 1..{}",
+                    self.num_blocks
+                )));
+            }
+            rows.push(crate::graphs::DecodeRow {
+                token: s.token_ids[0],
+                position: pos as u32,
+                slot: (block * bs + pos % bs) as i64,
+                table: &s.block_table[..nblocks],
+                context_len: ctx as u32,
+            });
+        }
+        let mut g = graphs
+            .lock()
+            .map_err(|_| RuntimeError::Device("CUDA graph state poisoned by a panic".into()))?;
+        g.run(&self.model, &self.kv, &rows)
     }
 
     /// Allocates `max_loras` adapter slots of rank up to `max_rank` on the model's device.
@@ -301,6 +384,10 @@ impl ModelRunner {
     pub fn execute(&self, seqs: &[SeqChunk<'_>]) -> Result<Option<Tensor>> {
         if seqs.is_empty() {
             return Ok(None);
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(logits) = self.execute_graph(seqs)? {
+            return Ok(Some(logits));
         }
         let batch = self.prepare(seqs)?;
         if batch.logits_indices.dim(0)? == 0 {

@@ -10,11 +10,14 @@
 //! f32 and 1e-1 in bf16/f16, where transformers itself is 1.4e-2 to 3.6e-2 off its own f32
 //! logits on these fixtures) and, since rounding may flip near-ties, decoding is
 //! teacher-forced on the reference tokens and greedy agreement is reported, not asserted.
+//! `LANTERN_FUSED_OPS=0` runs every check on the unfused model (`ModelOptions::fused` off,
+//! as `--no-fused-ops`); the default is the fused path. `LANTERN_CUDA_GRAPHS=1` (CUDA)
+//! runs every decode-only step without LoRA through captured CUDA graphs (`--cuda-graphs`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use candle_core::{DType, Device, Tensor};
-use lantern_models::load_hf_dir;
+use lantern_models::{load_hf_dir, ModelOptions};
 use lantern_runtime::{sampler, KvCacheSize, ModelRunner, RunnerConfig, SeqChunk};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,6 +35,10 @@ struct Mode {
     device: Device,
     dtype: DType,
     tol: f32,
+    /// `LANTERN_FUSED_OPS` (default on).
+    model: ModelOptions,
+    /// `LANTERN_CUDA_GRAPHS=1`: decode-only steps replay CUDA graphs.
+    graphs: bool,
 }
 
 fn mode() -> &'static Mode {
@@ -51,8 +58,28 @@ fn mode() -> &'static Mode {
             Err(_) if dtype == DType::F32 => 1e-4,
             Err(_) => 1e-1,
         };
-        eprintln!("parity: device {spec}, dtype {dtype:?}, relative tolerance {tol:e}");
-        Mode { device, dtype, tol }
+        let fused = match std::env::var("LANTERN_FUSED_OPS").as_deref() {
+            Err(_) | Ok("1") | Ok("true") | Ok("on") => true,
+            Ok("0") | Ok("false") | Ok("off") => false,
+            Ok(other) => panic!("LANTERN_FUSED_OPS={other}: use 1 or 0"),
+        };
+        let graphs = match std::env::var("LANTERN_CUDA_GRAPHS").as_deref() {
+            Err(_) | Ok("0") => false,
+            Ok("1") => true,
+            Ok(other) => panic!("LANTERN_CUDA_GRAPHS={other}: use 1 or 0"),
+        };
+        eprintln!(
+            "parity: device {spec}, dtype {dtype:?}, fused ops {}, CUDA graphs {}, relative tolerance {tol:e}",
+            if fused { "on" } else { "off" },
+            if graphs { "on" } else { "off" }
+        );
+        Mode {
+            device,
+            dtype,
+            tol,
+            model: ModelOptions { fused },
+            graphs,
+        }
     })
 }
 
@@ -185,16 +212,25 @@ impl Blocks {
 }
 
 fn runner(name: &str, block_size: usize) -> ModelRunner {
+    runner_with(name, block_size, &mode().model)
+}
+
+fn runner_with(name: &str, block_size: usize, opts: &ModelOptions) -> ModelRunner {
     let m = mode();
-    let loaded = load_hf_dir(&fixtures().join(name), m.dtype, &m.device).unwrap();
-    ModelRunner::new(
+    let loaded = load_hf_dir(&fixtures().join(name), m.dtype, &m.device, opts).unwrap();
+    assert_eq!(loaded.model.options(), opts);
+    let mut r = ModelRunner::new(
         loaded.model,
         RunnerConfig {
             block_size,
             kv_cache: KvCacheSize::Tokens(4096),
         },
     )
-    .unwrap()
+    .unwrap();
+    if m.graphs {
+        r.enable_cuda_graphs(64).unwrap();
+    }
+    r
 }
 
 /// Whole-prompt prefill, then 32 greedy steps; one sequence at a time.
@@ -489,7 +525,16 @@ fn chunked_prefill_1_7_64() {
 
 /// A runner with `max_loras` slots; `lora-a` and `lora-b` loaded into the first slots.
 fn runner_with_adapters(name: &str, block_size: usize, max_loras: usize) -> ModelRunner {
-    let mut r = runner(name, block_size);
+    runner_with_adapters_opts(name, block_size, max_loras, &mode().model)
+}
+
+fn runner_with_adapters_opts(
+    name: &str,
+    block_size: usize,
+    max_loras: usize,
+    opts: &ModelOptions,
+) -> ModelRunner {
+    let mut r = runner_with(name, block_size, opts);
     r.enable_lora(max_loras, 16).unwrap();
     let cfg = r.model().config().clone();
     for (slot, a) in ["lora-a", "lora-b"].iter().enumerate().take(max_loras) {
@@ -635,4 +680,77 @@ fn unsupported_adapters_are_refused_with_a_reason() {
     let q3 = fixtures().join("tiny-qwen3");
     let e = lantern_models::LoraAdapter::load(&q3.join("lora-a"), &cfg, 16).unwrap_err();
     assert!(e.to_string().contains("expected"), "{e}");
+}
+
+/// The fused and the unfused build of every model compute the same logits (within the
+/// mode's tolerance) for one flattened batch mixing base and adapter sequences, prefill
+/// chunks and decode tokens, so `--no-fused-ops` is a true A/B switch whatever
+/// `LANTERN_FUSED_OPS` says.
+#[test]
+fn fused_and_unfused_paths_agree() {
+    for m in MODELS {
+        let fused = runner_with_adapters_opts(m, 16, 2, &ModelOptions { fused: true });
+        let unfused = runner_with_adapters_opts(m, 16, 2, &ModelOptions { fused: false });
+        let r = Reference::load(m);
+        let mut blocks = Blocks::new(fused.num_blocks());
+        let slots = [None, Some(0u32), Some(1u32), None];
+        let tables: Vec<Vec<u32>> = r
+            .prompts
+            .iter()
+            .map(|p| blocks.table(p.len() + 2, 16))
+            .collect();
+        // Step 1: sequences 0-2 prefill whole, sequence 3 its first half.
+        let half = r.prompts[3].len() / 2;
+        let step1: Vec<SeqChunk> = (0..4)
+            .map(|i| SeqChunk {
+                token_ids: if i == 3 {
+                    &r.prompts[3][..half]
+                } else {
+                    &r.prompts[i]
+                },
+                num_computed_tokens: 0,
+                block_table: &tables[i],
+                sample: true,
+                all_logits: true,
+                lora_slot: slots[i],
+            })
+            .collect();
+        let a = fused.execute(&step1).unwrap().unwrap();
+        let b = unfused.execute(&step1).unwrap().unwrap();
+        assert_close(
+            &format!("{m} fused vs unfused, step 1"),
+            &a,
+            &b.to_device(&Device::Cpu).unwrap(),
+        );
+        // Step 2: one decode token for sequences 0-2, the rest of sequence 3's prompt.
+        let toks: Vec<[u32; 1]> = (0..3).map(|i| [r.prompts[i][i + 1]]).collect();
+        let step2: Vec<SeqChunk> = (0..4)
+            .map(|i| SeqChunk {
+                token_ids: if i == 3 {
+                    &r.prompts[3][half..]
+                } else {
+                    &toks[i]
+                },
+                num_computed_tokens: if i == 3 { half } else { r.prompts[i].len() },
+                block_table: &tables[i],
+                sample: true,
+                all_logits: false,
+                lora_slot: slots[i],
+            })
+            .collect();
+        let a = fused.execute(&step2).unwrap().unwrap();
+        let b = unfused.execute(&step2).unwrap().unwrap();
+        assert_close(
+            &format!("{m} fused vs unfused, step 2"),
+            &a,
+            &b.to_device(&Device::Cpu).unwrap(),
+        );
+        if exact() {
+            assert_eq!(
+                sampler::greedy(&a).unwrap(),
+                sampler::greedy(&b).unwrap(),
+                "{m}: greedy picks differ"
+            );
+        }
+    }
 }
