@@ -142,16 +142,34 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
         run_step "test $name ($DEVICE)" 120 "$TESTS" $(( HF_RESERVE + 240 )) \
             env RUST_BACKTRACE=1 LANTERN_TEST_DEVICE=$DEVICE "$t" --test-threads=4
     done
-    if [ -x "$WORK/tests/gpu" ] && [ "$DEVICE" != cpu ]; then  # the kernels' timing tests
-        run_step "kernel timings (gpu --ignored perf)" 60 "$TESTS" $(( HF_RESERVE + 240 )) \
-            "$WORK/tests/gpu" --ignored --nocapture --test-threads=1 perf
+    if [ -x "$WORK/tests/gpu" ] && [ "$DEVICE" != cpu ]; then
+        if grep -q "FAIL  test gpu" "$SUMMARY"; then  # again, one test at a time: a race or not?
+            run_step "test gpu, one thread" 60 "$TESTS" $(( HF_RESERVE + 240 )) \
+                env RUST_BACKTRACE=1 "$WORK/tests/gpu" --test-threads=1
+        fi
+        # The kernels' timing tests; decode attention at several split-K targets.
+        for w in ${SPLIT_SWEEP:-12 24 48 96}; do
+            run_step "kernel timings: attention, LANTERN_ATTN_SPLIT_WARPS=$w" 30 "$TESTS" $(( HF_RESERVE + 240 )) \
+                env LANTERN_ATTN_SPLIT_WARPS=$w "$WORK/tests/gpu" --ignored --nocapture --test-threads=1 perf_attention
+        done
+        run_step "kernel timings: lora, sampling" 40 "$TESTS" $(( HF_RESERVE + 240 )) \
+            "$WORK/tests/gpu" --ignored --nocapture --test-threads=1 perf_lora perf_sampling
     fi
     if [ -x "$WORK/tests/parity" ]; then
-        run_step "parity $DEVICE f32" 150 "$TESTS" $(( HF_RESERVE + 240 )) \
-            env LANTERN_TEST_DEVICE=$DEVICE LANTERN_TEST_DTYPE=f32 "$WORK/tests/parity"
-        run_step "parity $DEVICE bf16" 150 "$TESTS" $(( HF_RESERVE + 240 )) \
-            env LANTERN_TEST_DEVICE=$DEVICE LANTERN_TEST_DTYPE=bf16 "$WORK/tests/parity" --nocapture &&
-            echo "bf16 parity: $(grep -c 'teacher-forced' "$TESTS") greedy tokens differ from the f32 reference (teacher-forced)" | tee -a "$SUMMARY"
+        # name:env pairs; fused ops are the default, LANTERN_FUSED_OPS=0 is the unfused path,
+        # LANTERN_CUDA_GRAPHS=1 runs decode steps through CUDA graphs.
+        for pv in ${PARITY:-"f32:" "bf16:" "f32-unfused:LANTERN_FUSED_OPS=0" "f32-graphs:LANTERN_CUDA_GRAPHS=1" "bf16-graphs:LANTERN_CUDA_GRAPHS=1"}; do
+            name=${pv%%:*}
+            extra=${pv#*:}
+            dt=${name%%-*}
+            plog=$WORK/parity-$name.log
+            # shellcheck disable=SC2086
+            run_step "parity $DEVICE $name" 150 "$plog" $(( HF_RESERVE + 200 )) \
+                env LANTERN_TEST_DEVICE=$DEVICE LANTERN_TEST_DTYPE=$dt $extra "$WORK/tests/parity" --nocapture
+            cat "$plog" >> "$TESTS"
+            [ "$dt" = bf16 ] &&
+                echo "  parity $name: $(grep -c 'teacher-forced' "$plog") greedy tokens differ from the f32 reference (teacher-forced)" | tee -a "$SUMMARY"
+        done
     else
         note "SKIP  parity (no parity binary in .gpu/tests)"
     fi
@@ -159,16 +177,31 @@ fi
 
 # ---- 4. lantern generate on a tiny fixture ----------------------------------------------------
 GEN_ARGS="generate --model tests/fixtures/tiny-llama --prompt-ids 1,5,9,23,42 --max-tokens 24 --json"
-for v in "cpu:--device cpu" "$DEVICE-f32:--device $DEVICE --dtype float32" "$DEVICE-bf16:--device $DEVICE --dtype bfloat16"; do
+GEN_VARIANTS=${GEN_VARIANTS:-"cpu:--device cpu;$DEVICE-f32:--device $DEVICE --dtype float32;$DEVICE-bf16:--device $DEVICE --dtype bfloat16;$DEVICE-f32-unfused:--device $DEVICE --dtype float32 --no-fused-ops;$DEVICE-f32-graphs:--device $DEVICE --dtype float32 --cuda-graphs;$DEVICE-bf16-graphs:--device $DEVICE --dtype bfloat16 --cuda-graphs"}
+IFS=';' read -r -a glist <<< "$GEN_VARIANTS"
+for v in "${glist[@]}"; do
     run_step "generate tiny-llama ${v%%:*}" 60 "$OUT/run.log" $(( HF_RESERVE + 200 )) \
         bash -c "RUST_LOG=info '$LANTERN' $GEN_ARGS ${v#*:} > '$WORK/gen-${v%%:*}.json'"
 done
-if [ -s "$WORK/gen-cpu.json" ] && cmp -s "$WORK/gen-cpu.json" "$WORK/gen-$DEVICE-f32.json"; then
-    note "ok    tiny-llama greedy tokens: $DEVICE f32 == cpu f32"
+for v in "${glist[@]}"; do
+    n=${v%%:*}
+    [ "$n" = cpu ] && continue
+    case $n in
+    *bf16*) echo "tiny-llama $n: $(cat "$WORK/gen-$n.json" 2>/dev/null)" >> "$SUMMARY" ;;
+    *)
+        if [ -s "$WORK/gen-cpu.json" ] && cmp -s "$WORK/gen-cpu.json" "$WORK/gen-$n.json"; then
+            note "ok    tiny-llama greedy tokens: $n == cpu f32"
+        else
+            note "DIFF  tiny-llama greedy tokens: cpu $(cat "$WORK/gen-cpu.json" 2>/dev/null) vs $n $(cat "$WORK/gen-$n.json" 2>/dev/null)"
+        fi
+        ;;
+    esac
+done
+if cmp -s "$WORK/gen-$DEVICE-bf16.json" "$WORK/gen-$DEVICE-bf16-graphs.json"; then
+    note "ok    tiny-llama bf16 greedy tokens: graphs == eager"
 else
-    note "DIFF  tiny-llama greedy tokens: cpu $(cat "$WORK/gen-cpu.json" 2>/dev/null) vs $DEVICE f32 $(cat "$WORK/gen-$DEVICE-f32.json" 2>/dev/null)"
+    note "DIFF  tiny-llama bf16 greedy tokens: graphs vs eager differ"
 fi
-echo "tiny-llama $DEVICE bf16: $(cat "$WORK/gen-$DEVICE-bf16.json" 2>/dev/null)" >> "$SUMMARY"
 
 # ---- 5. model, bandwidth, server --------------------------------------------------------------
 wait "$GEN_PID"
@@ -204,26 +237,50 @@ grep -h "device-to-device" "$OUT/run.log" | tail -n 1 >> "$SUMMARY"
 PORT=8311
 BASE=http://127.0.0.1:$PORT
 healthy() { "$PY" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$BASE/health" 2> /dev/null; }
-if [ -n "$MODEL" ]; then
+
+# One `lantern serve` per variant (VARIANTS="name:flags;name:flags"), each with a bench plan:
+# full  = 64-request check, decode step at batch 1/8/64/256, random 1024/128 at c1/16/64/256
+#         (temperature 0), and random 1024/128 at c64 sampled at temperature 1 (device sampler);
+# steps = decode step at batch 1/8/64/256 and random 1024/128 at c1/16/64 (temperature 0);
+# quick = decode step at batch 1/8/64.
+VARIANTS=${VARIANTS:-"default:;graphs:--cuda-graphs;unfused:--no-fused-ops"}
+PLANS=${PLANS:-"default:full;graphs:steps;unfused:quick"}
+plan_of() { echo "$PLANS" | tr ';' '\n' | awk -F: -v v="$1" '$1 == v {print $2}'; }
+
+start_server() { # variant flags...
+    local variant=$1
+    shift
+    local s
     s=$(date +%s)
+    echo "==== lantern serve ($variant: $*) $(date -u +%T)" >> "$OUT/serve.log"
     RUST_LOG=info "$LANTERN" serve --model "$MODEL" --device "$DEVICE" --host 127.0.0.1 --port $PORT \
-        --served-model-name llama-3.1-8b-random --max-num-seqs 256 > "$OUT/serve.log" 2>&1 &
+        --served-model-name llama-3.1-8b-random --max-num-seqs 256 "$@" >> "$OUT/serve.log" 2>&1 &
     SERVE_PID=$!
-    up=0
-    while (( $(date +%s) - s < 240 && $(left) > HF_RESERVE + 60 )) && kill -0 "$SERVE_PID" 2> /dev/null; do
+    local up=0
+    while (( $(date +%s) - s < 240 && $(left) > HF_RESERVE + 30 )) && kill -0 "$SERVE_PID" 2> /dev/null; do
         if healthy; then up=1; break; fi
-        sleep 1
+        sleep 0.5
     done
     if (( up )); then
-        note "ok    lantern serve up in $(( $(date +%s) - s ))s"
-        grep -E "device: |KV cache sizing|KV cache allocated|ready in" "$OUT/serve.log" | sed 's/\x1b\[[0-9;]*m//g' | tee -a "$SUMMARY"
+        note "ok    lantern serve [$variant] up in $(( $(date +%s) - s ))s ($*)"
+        sed 's/\x1b\[[0-9;]*m//g' "$OUT/serve.log" | awk '/^==== lantern serve/{buf=""} {buf=buf $0 "\n"} END{printf "%s", buf}' |
+            grep -E "device: |KV cache sizing|KV cache allocated|ready in" | tee -a "$SUMMARY"
     else
-        note "FAIL  lantern serve did not become healthy (see serve.log)"
+        note "FAIL  lantern serve [$variant] did not become healthy (see serve.log)"
         tail -n 20 "$OUT/serve.log"
         kill -9 "$SERVE_PID" 2> /dev/null
         SERVE_PID=
     fi
-fi
+}
+
+stop_server() {
+    [ -n "$SERVE_PID" ] || return 0
+    kill -INT "$SERVE_PID" 2> /dev/null
+    for _ in $(seq 20); do kill -0 "$SERVE_PID" 2> /dev/null || break; sleep 0.5; done
+    kill -9 "$SERVE_PID" 2> /dev/null
+    SERVE_PID=
+    sed 's/\x1b\[[0-9;]*m//g' "$OUT/serve.log" | grep -E "CUDA graph|WARN|ERROR" | tail -n 12 >> "$SUMMARY"
+}
 
 # ---- 6. load: correctness under concurrency, step times, serving benchmark ---------------------
 bench() { # label max_seconds args...
@@ -233,23 +290,40 @@ bench() { # label max_seconds args...
         "$LANTERN" bench --base-url "$BASE" --endpoint completions --ignore-eos --disable-progress \
         --request-timeout 300 --label "$label" --result-json "$WORK/bench-$label.json" "$@"
 }
-if [ -n "$SERVE_PID" ]; then
-    bench check64 90 --dataset random --input-len 128 --output-len 32 --num-prompts 64 --max-concurrency 64
+bench_plan() { # variant plan
+    local v=$1 plan=$2 c n
+    if [ "$plan" = full ]; then
+        bench "$v.check64" 90 --dataset random --input-len 128 --output-len 32 --num-prompts 64 --max-concurrency 64 --temperature 0
+    fi
     for c in 1 8 64 256; do
+        [ "$plan" = quick ] && [ $c = 256 ] && continue
         n=$c
         (( n < 4 )) && n=4
-        bench "step-c$c" 60 --dataset random --input-len 32 --output-len 64 --num-prompts $n --max-concurrency $c
+        bench "$v.step-c$c" 60 --dataset random --input-len 32 --output-len 64 --num-prompts $n --max-concurrency $c --temperature 0
     done
+    [ "$plan" = quick ] && return 0
     for c in 1 16 64 256; do
+        [ "$plan" = steps ] && [ $c = 256 ] && continue
         case $c in 1) n=4 ;; 16) n=32 ;; 64) n=128 ;; *) n=256 ;; esac
-        bench "rand-c$c" 120 --dataset random --input-len 1024 --output-len 128 --num-prompts $n --max-concurrency $c
+        bench "$v.rand-c$c" 120 --dataset random --input-len 1024 --output-len 128 --num-prompts $n --max-concurrency $c --temperature 0
     done
-    kill -INT "$SERVE_PID" 2> /dev/null
-    for _ in $(seq 20); do kill -0 "$SERVE_PID" 2> /dev/null || break; sleep 0.5; done
-    kill -9 "$SERVE_PID" 2> /dev/null
-    SERVE_PID=
+    if [ "$plan" = full ]; then
+        bench "$v.sampled-c64" 90 --dataset random --input-len 1024 --output-len 128 --num-prompts 128 --max-concurrency 64 --temperature 1
+    fi
+}
+if [ -n "$MODEL" ]; then
+    IFS=';' read -r -a vlist <<< "$VARIANTS"
+    for entry in "${vlist[@]}"; do
+        v=${entry%%:*}
+        flags=${entry#*:}
+        (( $(left) > HF_RESERVE + 60 )) || { note "SKIP  serve [$v] (out of time)"; continue; }
+        # shellcheck disable=SC2086
+        start_server "$v" $flags
+        [ -n "$SERVE_PID" ] && bench_plan "$v" "$(plan_of "$v")"
+        stop_server
+    done
     command -v nvidia-smi > /dev/null &&
-        nvidia-smi --query-gpu=memory.used --format=csv,noheader | sed 's/^/GPU memory used after the server exited: /'
+        nvidia-smi --query-gpu=memory.used --format=csv,noheader | sed 's/^/GPU memory used after the servers exited: /'
 fi
 
 # ---- 7. HF transformers peer ------------------------------------------------------------------

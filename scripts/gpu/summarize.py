@@ -124,29 +124,43 @@ def main() -> int:
     print(f"weights: {fmt(weight_bytes and weight_bytes / 1e9, '{:.2f}')} GB; "
           f"copy bandwidth: {fmt(copy_bw and copy_bw / 1e12, '{:.2f}')} TB/s; "
           f"decode floor (weights / bandwidth): {fmt(floor_ms, '{:.2f}')} ms")
-    if "check64" in benches:
-        b = benches["check64"]
-        print(f"64 concurrent requests: {b['completed']} completed, {b['failed']} failed "
-              f"{b['failure_reasons'] or ''}")
-    steps = sorted((b["concurrency"] or 0, b) for k, b in benches.items() if k.startswith("step-"))
-    if steps:
-        print("\ndecode step time (server decode time / tokens, median over requests)")
-        print(f"{'batch':>6} {'step ms':>9} {'x floor':>8} {'TPOT p50':>9} {'out tok/s':>10} {'failed':>6}")
-        for c, b in steps:
-            s = b["server_decode_step_ms_p50"]
-            ratio = s / floor_ms if s and floor_ms else None
-            print(f"{c:>6} {fmt(s, '{:.2f}'):>9} {fmt(ratio, '{:.2f}'):>8} {fmt(b['tpot_ms_p50'], '{:.2f}'):>9} "
-                  f"{fmt(b['output_tok_s']):>10} {fmt(b['failed'], '{}'):>6}")
-    rand = sorted((b["concurrency"] or 0, b) for k, b in benches.items() if k.startswith("rand-"))
-    if rand:
-        b0 = rand[0][1]
-        print(f"\nlantern bench random {b0['input_len']} in / {b0['output_len']} out")
-        print(f"{'conc':>5} {'reqs':>5} {'failed':>6} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} "
-              f"{'TPOT p50':>9} {'TPOT p99':>9} {'ITL p99':>8}")
-        for c, b in rand:
-            print(f"{c:>5} {fmt(b['completed'], '{}'):>5} {fmt(b['failed'], '{}'):>6} {fmt(b['output_tok_s']):>10} "
-                  f"{fmt(b['ttft_ms_p50']):>9} {fmt(b['ttft_ms_p99']):>9} {fmt(b['tpot_ms_p50'], '{:.2f}'):>9} "
-                  f"{fmt(b['tpot_ms_p99'], '{:.2f}'):>9} {fmt(b['itl_ms_p99']):>8}")
+    def split(label):
+        # "<variant>.<kind>-c<N>" (run-all.sh since run 2) or "<kind>-c<N>" (run 1)
+        return label.split(".", 1) if "." in label else ("default", label)
+
+    variants = []
+    for k in benches:
+        v = split(k)[0]
+        if v not in variants:
+            variants.append(v)
+    for v in variants:
+        mine = {split(k)[1]: b for k, b in benches.items() if split(k)[0] == v}
+        print(f"\n=== variant {v}")
+        if "check64" in mine:
+            b = mine["check64"]
+            print(f"64 concurrent requests: {b['completed']} completed, {b['failed']} failed "
+                  f"{b['failure_reasons'] or ''}")
+        steps = sorted((b["concurrency"] or 0, b) for k, b in mine.items() if k.startswith("step-"))
+        if steps:
+            print("decode step time, temperature 0 (server decode time / tokens, median over requests)")
+            print(f"{'batch':>6} {'step ms':>9} {'x floor':>8} {'TPOT p50':>9} {'out tok/s':>10} {'failed':>6}")
+            for c, b in steps:
+                st = b["server_decode_step_ms_p50"]
+                ratio = st / floor_ms if st and floor_ms else None
+                print(f"{c:>6} {fmt(st, '{:.2f}'):>9} {fmt(ratio, '{:.2f}'):>8} {fmt(b['tpot_ms_p50'], '{:.2f}'):>9} "
+                      f"{fmt(b['output_tok_s']):>10} {fmt(b['failed'], '{}'):>6}")
+        for kind, title in (("rand-", "temperature 0"), ("sampled-", "temperature 1 (sampled)")):
+            rand = sorted((b["concurrency"] or 0, b) for k, b in mine.items() if k.startswith(kind))
+            if not rand:
+                continue
+            b0 = rand[0][1]
+            print(f"lantern bench random {b0['input_len']} in / {b0['output_len']} out, {title}")
+            print(f"{'conc':>5} {'reqs':>5} {'failed':>6} {'out tok/s':>10} {'TTFT p50':>9} {'TTFT p99':>9} "
+                  f"{'TPOT p50':>9} {'TPOT p99':>9} {'ITL p50':>8} {'ITL p99':>8}")
+            for c, b in rand:
+                print(f"{c:>5} {fmt(b['completed'], '{}'):>5} {fmt(b['failed'], '{}'):>6} {fmt(b['output_tok_s']):>10} "
+                      f"{fmt(b['ttft_ms_p50']):>9} {fmt(b['ttft_ms_p99']):>9} {fmt(b['tpot_ms_p50'], '{:.2f}'):>9} "
+                      f"{fmt(b['tpot_ms_p99'], '{:.2f}'):>9} {fmt(b['itl_ms_p50']):>8} {fmt(b['itl_ms_p99']):>8}")
     if hf and hf.get("results"):
         print("\nHF transformers generate (same model, same GPU)")
         print(f"{'batch':>6} {'prefill ms':>11} {'decode ms/step':>15} {'out tok/s':>10}")
