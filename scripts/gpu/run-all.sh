@@ -240,11 +240,14 @@ healthy() { "$PY" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv
 
 # One `lantern serve` per variant (VARIANTS="name:flags;name:flags"), each with a bench plan:
 # full  = 64-request check, decode step at batch 1/8/64/256, random 1024/128 at c1/16/64/256
-#         (temperature 0), and random 1024/128 at c64 sampled at temperature 1 (device sampler);
+#         (temperature 0), and random 1024/128 at c64 sampled at temperature 1 (device sampler),
+#         plain and with top_p 0.9 / top_k 50;
 # steps = decode step at batch 1/8/64/256 and random 1024/128 at c1/16/64 (temperature 0);
 # quick = decode step at batch 1/8/64.
+# Every bench draws its prompts with its own --seed, so no run reuses an earlier run's prompts
+# through the prefix cache (the server keeps its cache between runs).
 VARIANTS=${VARIANTS:-"default:;graphs:--cuda-graphs;unfused:--no-fused-ops"}
-PLANS=${PLANS:-"default:full;graphs:steps;unfused:quick"}
+PLANS=${PLANS:-"default:full;graphs:full;unfused:steps"}
 plan_of() { echo "$PLANS" | tr ';' '\n' | awk -F: -v v="$1" '$1 == v {print $2}'; }
 
 start_server() { # variant flags...
@@ -293,22 +296,23 @@ bench() { # label max_seconds args...
 bench_plan() { # variant plan
     local v=$1 plan=$2 c n
     if [ "$plan" = full ]; then
-        bench "$v.check64" 90 --dataset random --input-len 128 --output-len 32 --num-prompts 64 --max-concurrency 64 --temperature 0
+        bench "$v.check64" 90 --dataset random --input-len 128 --output-len 32 --num-prompts 64 --max-concurrency 64 --temperature 0 --seed 64064
     fi
     for c in 1 8 64 256; do
         [ "$plan" = quick ] && [ $c = 256 ] && continue
         n=$c
         (( n < 4 )) && n=4
-        bench "$v.step-c$c" 60 --dataset random --input-len 32 --output-len 64 --num-prompts $n --max-concurrency $c --temperature 0
+        bench "$v.step-c$c" 60 --dataset random --input-len 32 --output-len 64 --num-prompts $n --max-concurrency $c --temperature 0 --seed $(( 1000 + c ))
     done
     [ "$plan" = quick ] && return 0
     for c in 1 16 64 256; do
         [ "$plan" = steps ] && [ $c = 256 ] && continue
         case $c in 1) n=4 ;; 16) n=32 ;; 64) n=128 ;; *) n=256 ;; esac
-        bench "$v.rand-c$c" 120 --dataset random --input-len 1024 --output-len 128 --num-prompts $n --max-concurrency $c --temperature 0
+        bench "$v.rand-c$c" 120 --dataset random --input-len 1024 --output-len 128 --num-prompts $n --max-concurrency $c --temperature 0 --seed $(( 2000 + c ))
     done
     if [ "$plan" = full ]; then
-        bench "$v.sampled-c64" 90 --dataset random --input-len 1024 --output-len 128 --num-prompts 128 --max-concurrency 64 --temperature 1
+        bench "$v.sampled-c64" 90 --dataset random --input-len 1024 --output-len 128 --num-prompts 128 --max-concurrency 64 --temperature 1 --seed 3064
+        bench "$v.sampled-topp-c64" 90 --dataset random --input-len 1024 --output-len 128 --num-prompts 128 --max-concurrency 64 --temperature 1 --seed 4064 --extra-body '{"top_p":0.9,"top_k":50}'
     fi
 }
 if [ -n "$MODEL" ]; then

@@ -140,7 +140,8 @@ def main() -> int:
             b = mine["check64"]
             print(f"64 concurrent requests: {b['completed']} completed, {b['failed']} failed "
                   f"{b['failure_reasons'] or ''}")
-        steps = sorted((b["concurrency"] or 0, b) for k, b in mine.items() if k.startswith("step-"))
+        steps = sorted(((b["concurrency"] or 0, b) for k, b in mine.items() if k.startswith("step-")),
+                       key=lambda cb: cb[0])
         if steps:
             print("decode step time, temperature 0 (server decode time / tokens, median over requests)")
             print(f"{'batch':>6} {'step ms':>9} {'x floor':>8} {'TPOT p50':>9} {'out tok/s':>10} {'failed':>6}")
@@ -149,8 +150,10 @@ def main() -> int:
                 ratio = st / floor_ms if st and floor_ms else None
                 print(f"{c:>6} {fmt(st, '{:.2f}'):>9} {fmt(ratio, '{:.2f}'):>8} {fmt(b['tpot_ms_p50'], '{:.2f}'):>9} "
                       f"{fmt(b['output_tok_s']):>10} {fmt(b['failed'], '{}'):>6}")
-        for kind, title in (("rand-", "temperature 0"), ("sampled-", "temperature 1 (sampled)")):
-            rand = sorted((b["concurrency"] or 0, b) for k, b in mine.items() if k.startswith(kind))
+        for kind, title in (("rand-", "temperature 0"), ("sampled-c", "temperature 1 (sampled)"),
+                            ("sampled-topp-", "temperature 1, top_p 0.9, top_k 50")):
+            rand = sorted(((b["concurrency"] or 0, b) for k, b in mine.items() if k.startswith(kind)),
+                          key=lambda cb: cb[0])
             if not rand:
                 continue
             b0 = rand[0][1]

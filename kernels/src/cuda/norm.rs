@@ -209,7 +209,7 @@ fn silu_run<T: KernelFloat>(
     let (&[rows, n], &[gs, _]) = (g_l.dims(), g_l.stride()) else {
         bail!("silu_mul: gate must be 2-D, got shape {:?}", g_l.shape());
     };
-    let &[_, us] = u_l.stride() else {
+    let &[us, _] = u_l.stride() else {
         bail!("silu_mul: up must be 2-D, got shape {:?}", u_l.shape());
     };
     let dev = g.device().clone();
