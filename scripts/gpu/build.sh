@@ -9,6 +9,7 @@
 #                                       stripped, one solid xz
 #   .gpu/build-root                     the repository path the binaries were built in
 #   .gpu/manifest.txt                   git describe, sizes, sha256 of the unpacked files
+#   .gpu/sanitizer.whl                  compute-sanitizer (PyPI nvidia-cuda-sanitizer-api 13.0)
 #
 # Then, on the device machine, in one call (see scripts/gpu/run-all.sh):
 #   run(carry=[".gpu"], timeout_s=600, command="bash scripts/gpu/run-all.sh")
@@ -78,5 +79,15 @@ for t in "${tests[@]}"; do
 done
 tar -C "$stage" -cf - lantern tests | xz -T1 -9 -c > "$GPU_DIR/bins.tar.xz"
 rm -rf "$stage"
+# compute-sanitizer for run-all.sh's memcheck/racecheck step (CUDA 13.0, matching the driver
+# branch of the device machines; ~14 MiB). Optional: skipped when PyPI is unreachable.
+san=$(mktemp -d)
+if pip download --quiet --no-deps -d "$san" "nvidia-cuda-sanitizer-api==13.0.*" > /dev/null 2>&1; then
+    cp "$san"/*.whl "$GPU_DIR/sanitizer.whl"
+    echo "$(sha256sum < "$GPU_DIR/sanitizer.whl" | cut -c1-16)  $(stat -c %s "$GPU_DIR/sanitizer.whl") bytes  sanitizer.whl ($(basename "$san"/*.whl))" >> "$GPU_DIR/manifest.txt"
+else
+    echo "note: could not download nvidia-cuda-sanitizer-api; run-all.sh will skip compute-sanitizer" >&2
+fi
+rm -rf "$san"
 cat "$GPU_DIR/manifest.txt"
 echo "total: $(du -sb "$GPU_DIR" | awk '{printf "%.1f MiB", $1/1048576}') in .gpu (a device call carries at most 64 MiB, working tree included); $(( $(date +%s) - t0 ))s"

@@ -12,6 +12,7 @@
 #  5. HBM copy bandwidth (torch), then `lantern serve` of the 8B model on CUDA
 #  6. 64 concurrent requests (no failures expected); decode step time at batch 1/8/64/256;
 #     `lantern bench` random 1024 in / 128 out at concurrency 1/16/64/256
+#  6b. compute-sanitizer memcheck + racecheck over the attention and LoRA kernel tests (60 s each)
 #  7. HF transformers generate on the same model (scripts/gpu/hf_peer_bench.py), batch 1/16/64
 #  8. summary table (scripts/gpu/summarize.py)
 #
@@ -163,9 +164,15 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
             extra=${pv#*:}
             dt=${name%%-*}
             plog=$WORK/parity-$name.log
+            # A capture records everything issued to the device's one stream, from any thread:
+            # graph variants run one test at a time (the decode-heavy ones).
+            targs=
+            case $extra in
+            *LANTERN_CUDA_GRAPHS=1*) targs="--test-threads=1 single_sequence_all_models_block16 four_sequences_in_one_flattened_batch" ;;
+            esac
             # shellcheck disable=SC2086
             run_step "parity $DEVICE $name" 150 "$plog" $(( HF_RESERVE + 200 )) \
-                env LANTERN_TEST_DEVICE=$DEVICE LANTERN_TEST_DTYPE=$dt $extra "$WORK/tests/parity" --nocapture
+                env LANTERN_TEST_DEVICE=$DEVICE LANTERN_TEST_DTYPE=$dt $extra "$WORK/tests/parity" --nocapture $targs
             cat "$plog" >> "$TESTS"
             [ "$dt" = bf16 ] &&
                 echo "  parity $name: $(grep -c 'teacher-forced' "$plog") greedy tokens differ from the f32 reference (teacher-forced)" | tee -a "$SUMMARY"
@@ -176,7 +183,7 @@ if [ "${SKIP_TESTS:-0}" != 1 ]; then
 fi
 
 # ---- 4. lantern generate on a tiny fixture ----------------------------------------------------
-GEN_ARGS="generate --model tests/fixtures/tiny-llama --prompt-ids 1,5,9,23,42 --max-tokens 24 --json"
+GEN_ARGS="generate --model tests/fixtures/tiny-llama --prompt-ids 1,5,9,23,42 --max-tokens 24 --json --kv-cache-memory 256MiB"
 GEN_VARIANTS=${GEN_VARIANTS:-"cpu:--device cpu;$DEVICE-f32:--device $DEVICE --dtype float32;$DEVICE-bf16:--device $DEVICE --dtype bfloat16;$DEVICE-f32-unfused:--device $DEVICE --dtype float32 --no-fused-ops;$DEVICE-f32-graphs:--device $DEVICE --dtype float32 --cuda-graphs;$DEVICE-bf16-graphs:--device $DEVICE --dtype bfloat16 --cuda-graphs"}
 IFS=';' read -r -a glist <<< "$GEN_VARIANTS"
 for v in "${glist[@]}"; do
@@ -328,6 +335,26 @@ if [ -n "$MODEL" ]; then
     done
     command -v nvidia-smi > /dev/null &&
         nvidia-smi --query-gpu=memory.used --format=csv,noheader | sed 's/^/GPU memory used after the servers exited: /'
+fi
+
+# ---- 6b. compute-sanitizer over the attention and LoRA kernel tests -----------------------------
+# .gpu/sanitizer.whl (nvidia-cuda-sanitizer-api 13.0, fetched by build.sh) holds compute-sanitizer.
+if [ -f .gpu/sanitizer.whl ] && [ -x "$WORK/tests/gpu" ] && [ "$DEVICE" != cpu ] && [ "${SKIP_SANITIZER:-0}" != 1 ]; then
+    "$PY" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' .gpu/sanitizer.whl "$WORK/san"
+    SAN=$(find "$WORK/san" -name compute-sanitizer -type f | head -1)
+    if [ -n "$SAN" ]; then
+        chmod +x "$SAN"
+        export LD_LIBRARY_PATH="$(dirname "$SAN")/../lib:$LD_LIBRARY_PATH"
+        run_step "compute-sanitizer memcheck (attention, LoRA tests)" 60 "$TESTS" "$HF_RESERVE" \
+            "$SAN" --tool memcheck --error-exitcode 3 "$WORK/tests/gpu" --test-threads=1 \
+            attention_mixed_batches_gqa_shapes attention_padding_rows_are_zero \
+            attention_prefill_over_cached_prefix_and_short_chunks lora_bgmv_sgmv_match_cpu
+        run_step "compute-sanitizer racecheck (attention, LoRA tests)" 60 "$TESTS" "$HF_RESERVE" \
+            "$SAN" --tool racecheck --error-exitcode 3 "$WORK/tests/gpu" --test-threads=1 \
+            attention_mixed_batches_gqa_shapes lora_bgmv_sgmv_match_cpu
+    else
+        note "SKIP  compute-sanitizer (not found in .gpu/sanitizer.whl)"
+    fi
 fi
 
 # ---- 7. HF transformers peer ------------------------------------------------------------------

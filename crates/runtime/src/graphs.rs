@@ -22,6 +22,9 @@
 //!   the first rows of that buffer and samples them eagerly.
 //! * A capture that fails (an op that cannot be captured) is logged once and its key runs
 //!   eagerly from then on; results never depend on whether a graph ran.
+//! * A capture records everything issued to the device's stream (one per device, shared by
+//!   all threads) while it lasts, so nothing else may use the device meanwhile: in the server
+//!   only the engine thread does once the model is loaded; tests that capture run one at a time.
 
 use std::collections::{HashMap, HashSet};
 
