@@ -343,8 +343,11 @@ if [ -f .gpu/sanitizer.whl ] && [ -x "$WORK/tests/gpu" ] && [ "$DEVICE" != cpu ]
     "$PY" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' .gpu/sanitizer.whl "$WORK/san"
     SAN=$(find "$WORK/san" -name compute-sanitizer -type f | head -1)
     if [ -n "$SAN" ]; then
+        # The toolkit ships compute-sanitizer with its injection libraries in one directory;
+        # the wheel splits them into bin/ and lib/: put them back together.
+        cp -n "$(dirname "$SAN")"/../lib/*.so "$(dirname "$SAN")/" 2> /dev/null
         chmod +x "$SAN"
-        export LD_LIBRARY_PATH="$(dirname "$SAN")/../lib:$LD_LIBRARY_PATH"
+        ls -la "$(dirname "$SAN")" >> "$TESTS"
         run_step "compute-sanitizer memcheck (attention, LoRA tests)" 60 "$TESTS" "$HF_RESERVE" \
             "$SAN" --tool memcheck --error-exitcode 3 "$WORK/tests/gpu" --test-threads=1 \
             attention_mixed_batches_gqa_shapes attention_padding_rows_are_zero \

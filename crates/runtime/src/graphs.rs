@@ -18,8 +18,13 @@
 //!   before the replay ([`lantern_kernels::copy_from_host`]). Padding rows are one-token
 //!   sequences that write nothing (slot -1) and read block 0 (the null block).
 //! * The graph ends by copying the f32 logits into a persistent `(max_batch, vocab)` buffer;
-//!   every other allocation of the pass is made and freed inside the graph. The caller gets
-//!   the first rows of that buffer and samples them eagerly.
+//!   every other allocation of the pass is made and freed inside the graph. The caller gets a
+//!   copy of the first rows of that buffer (the next replay overwrites it) and samples them
+//!   eagerly.
+//! * Graph and eager passes agree to rounding, not bit for bit: a graph sizes the attention's
+//!   split-K partition for the longest context its key serves, the eager pass for the batch's
+//!   longest context, so sums run in a different order (bf16 greedy picks can flip on
+//!   near-ties; f32 parity is exact).
 //! * A capture that fails (an op that cannot be captured) is logged once and its key runs
 //!   eagerly from then on; results never depend on whether a graph ran.
 //! * A capture records everything issued to the device's stream (one per device, shared by
@@ -293,7 +298,9 @@ impl DecodeGraphs {
             return Ok(None);
         };
         g.0.launch().map_err(|e| graph_err("launch", e))?;
-        Ok(Some(self.logits.narrow(0, 0, rows.len())?))
+        // A copy: the next replay overwrites the persistent buffer, and callers may keep a
+        // step's logits (tests do). At batch 256 this is 131 MB, ~60 us of a ~14 ms step.
+        Ok(Some(self.logits.narrow(0, 0, rows.len())?.copy()?))
     }
 
     /// Number of graphs captured so far.
