@@ -96,29 +96,45 @@ fn build() -> Result<(), String> {
     }
     let gencode = gencode_flags()?;
     let nvcc = nvcc();
+    // Registers, spills, stack and shared memory of every kernel (ptxas's report), one file for
+    // all sources: `$OUT_DIR/resource-usage.txt` (scripts/ci-cuda.sh checks it for spills).
+    let mut report = String::new();
     for name in SOURCES {
         let src = src_dir.join(format!("{name}.cu"));
         println!("cargo:rerun-if-changed={}", src.display());
         let out = out_dir.join(format!("{name}.fatbin"));
-        let status = Command::new(&nvcc)
+        let output = Command::new(&nvcc)
             .arg("--fatbin")
             .args(&gencode)
-            .args(["-O3", "-std=c++17", "--expt-relaxed-constexpr"])
+            .args(["-O3", "-std=c++17", "--expt-relaxed-constexpr", "--resource-usage"])
             .arg("-I")
             .arg(&src_dir)
             .arg("-o")
             .arg(&out)
             .arg(&src)
-            .status()
+            .output()
             .map_err(|e| {
                 format!(
                     "could not run {} ({e}); install the CUDA toolkit, put nvcc on PATH or set NVCC / CUDA_HOME",
                     nvcc.display()
                 )
             })?;
-        if !status.success() {
-            return Err(format!("nvcc failed on {} ({status})", src.display()));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            return Err(format!(
+                "nvcc failed on {} ({}):\n{stdout}{stderr}",
+                src.display(),
+                output.status
+            ));
+        }
+        report.push_str(&format!("==== {name}.cu\n{stdout}{stderr}"));
+        // Warnings other than the report still reach the build log.
+        for line in stderr.lines().filter(|l| l.contains("warning")) {
+            println!("cargo:warning={name}.cu: {line}");
         }
     }
+    let path = out_dir.join("resource-usage.txt");
+    std::fs::write(&path, report).map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(())
 }

@@ -10,6 +10,9 @@
 #    type-checks every crate and test with the CUDA code paths on, and runs the build scripts:
 #    lantern-kernels' build.rs compiles every kernels/cuda/*.cu with the real nvcc (sm_90a).
 #    Nothing is linked or run (no GPU here).
+# 3. scripts/check-resource-usage.py over build.rs's nvcc --resource-usage report: the table of
+#    registers / shared memory / spills per kernel, failing if a bf16 or f32 decode attention
+#    kernel spills.
 #
 # candle-kernels (candle's own .cu files, an upstream crate pinned in Cargo.lock) takes ~10
 # minutes of nvcc on 2 cores and is compiled for real by every release build
@@ -66,3 +69,13 @@ fi
 t1=$(date +%s)
 cargo check --workspace --all-targets --features cuda
 echo "ci-cuda: cargo check --features cuda passed in $(( $(date +%s) - t1 ))s (total $(( $(date +%s) - t0 ))s)"
+# 3. ptxas's resource usage of our kernels (kernels/build.rs runs nvcc --resource-usage): print
+#    it, and fail if a decode attention kernel spills or uses a stack frame.
+report=$(ls -t "${CARGO_TARGET_DIR:-target}"/*/build/lantern-kernels-*/out/resource-usage.txt 2> /dev/null | head -1)
+if [ -z "$report" ]; then
+    echo "ci-cuda: no resource-usage.txt from lantern-kernels' build script" >&2
+    exit 1
+fi
+# bf16 (the CUDA default) and f32 (parity); f16's are listed, not enforced: ptxas spills 8 bytes
+# in attn_rows_vec_g2_f16 (CUDA 13.0, sm_90a).
+python3 scripts/check-resource-usage.py "$report" --no-spills '^attn_rows_.*_(bf16|f32)$'

@@ -78,12 +78,13 @@ pub struct EngineArgs {
     /// Base random seed (requests without `seed` derive theirs from it).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Replay decode-only steps through CUDA graphs captured per batch size (CUDA only;
-    /// off by default). Steps with prefill chunks or LoRA adapters run eagerly.
+    /// Replay decode-only steps through CUDA graphs captured per batch size (the default on
+    /// CUDA devices; an error on the CPU). Steps with prefill chunks or LoRA adapters run
+    /// eagerly either way.
     #[arg(long = "cuda-graphs", overrides_with = "enforce_eager")]
     pub cuda_graphs: bool,
-    /// Never use CUDA graphs (the default; vLLM's flag, accepted for compatibility).
-    #[arg(long = "enforce-eager")]
+    /// Never use CUDA graphs: every step runs eagerly (vLLM's flag).
+    #[arg(long = "enforce-eager", overrides_with = "cuda_graphs")]
     pub enforce_eager: bool,
 }
 
@@ -196,6 +197,14 @@ impl EngineArgs {
                 })
             }
         };
+        // CUDA graphs: on by default on a GPU, off with --enforce-eager; they need one.
+        let cuda_graphs = if device.is_cuda() {
+            !self.enforce_eager
+        } else if self.cuda_graphs && !self.enforce_eager {
+            bail!("--cuda-graphs needs a CUDA device (--device cuda); this run is on the CPU");
+        } else {
+            false
+        };
         Ok(EngineConfig {
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
@@ -209,7 +218,7 @@ impl EngineArgs {
             seed: self.seed,
             // Set by `serve` from its --enable-lora / --lora flags.
             lora: None,
-            cuda_graphs: self.cuda_graphs && !self.enforce_eager,
+            cuda_graphs,
         })
     }
 }
@@ -227,5 +236,44 @@ mod tests {
         assert_eq!(parse_bytes("2G").unwrap(), 2_000_000_000);
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("3XB").is_err());
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        engine: EngineArgs,
+    }
+
+    fn engine_args(args: &[&str]) -> EngineArgs {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("lantern").chain(args.iter().copied()))
+            .unwrap()
+            .engine
+    }
+
+    #[test]
+    fn cuda_graphs_are_off_on_the_cpu_and_an_error_when_asked_for() {
+        let cpu = Device::Cpu;
+        assert!(!engine_args(&[]).engine_config(&cpu).unwrap().cuda_graphs);
+        assert!(
+            !engine_args(&["--enforce-eager"])
+                .engine_config(&cpu)
+                .unwrap()
+                .cuda_graphs
+        );
+        let e = engine_args(&["--cuda-graphs"])
+            .engine_config(&cpu)
+            .unwrap_err();
+        assert!(e.to_string().contains("CUDA device"), "{e}");
+        // The later of the two flags wins, as in vLLM's CLI.
+        assert!(
+            !engine_args(&["--cuda-graphs", "--enforce-eager"])
+                .engine_config(&cpu)
+                .unwrap()
+                .cuda_graphs
+        );
+        assert!(engine_args(&["--enforce-eager", "--cuda-graphs"])
+            .engine_config(&cpu)
+            .is_err());
     }
 }

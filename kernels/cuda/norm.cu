@@ -86,12 +86,14 @@ __device__ void silu_mul(T* __restrict__ out, const T* __restrict__ gate, const 
 }
 
 #define NORM_KERNELS(T, SUF)                                                                  \
-  extern "C" __global__ void rms_norm_##SUF(T* out, T* res_out, const T* x, const T* res,     \
-                                            const T* w, int hidden, float eps) {               \
+  extern "C" __global__ void __launch_bounds__(1024)                                          \
+      rms_norm_##SUF(T* out, T* res_out, const T* x, const T* res, const T* w, int hidden,    \
+                     float eps) {                                                              \
     rms_norm<T, 1>(out, res_out, x, res, w, hidden, eps);                                     \
   }                                                                                           \
-  extern "C" __global__ void rms_norm_vec_##SUF(T* out, T* res_out, const T* x, const T* res, \
-                                                const T* w, int hidden, float eps) {           \
+  extern "C" __global__ void __launch_bounds__(1024)                                          \
+      rms_norm_vec_##SUF(T* out, T* res_out, const T* x, const T* res, const T* w,            \
+                         int hidden, float eps) {                                              \
     rms_norm<T, 16 / sizeof(T)>(out, res_out, x, res, w, hidden, eps);                        \
   }                                                                                           \
   extern "C" __global__ void rope_##SUF(T* x, const T* c, const T* s, const uint32_t* pos,    \

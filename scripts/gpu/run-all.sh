@@ -184,7 +184,7 @@ fi
 
 # ---- 4. lantern generate on a tiny fixture ----------------------------------------------------
 GEN_ARGS="generate --model tests/fixtures/tiny-llama --prompt-ids 1,5,9,23,42 --max-tokens 24 --json --kv-cache-memory 256MiB"
-GEN_VARIANTS=${GEN_VARIANTS:-"cpu:--device cpu;$DEVICE-f32:--device $DEVICE --dtype float32;$DEVICE-bf16:--device $DEVICE --dtype bfloat16;$DEVICE-f32-unfused:--device $DEVICE --dtype float32 --no-fused-ops;$DEVICE-f32-graphs:--device $DEVICE --dtype float32 --cuda-graphs;$DEVICE-bf16-graphs:--device $DEVICE --dtype bfloat16 --cuda-graphs"}
+GEN_VARIANTS=${GEN_VARIANTS:-"cpu:--device cpu;$DEVICE-f32:--device $DEVICE --dtype float32 --enforce-eager;$DEVICE-bf16:--device $DEVICE --dtype bfloat16 --enforce-eager;$DEVICE-f32-unfused:--device $DEVICE --dtype float32 --no-fused-ops --enforce-eager;$DEVICE-f32-graphs:--device $DEVICE --dtype float32 --cuda-graphs;$DEVICE-bf16-graphs:--device $DEVICE --dtype bfloat16 --cuda-graphs"}
 IFS=';' read -r -a glist <<< "$GEN_VARIANTS"
 for v in "${glist[@]}"; do
     run_step "generate tiny-llama ${v%%:*}" 60 "$OUT/run.log" $(( HF_RESERVE + 200 )) \
@@ -207,7 +207,9 @@ done
 if cmp -s "$WORK/gen-$DEVICE-bf16.json" "$WORK/gen-$DEVICE-bf16-graphs.json"; then
     note "ok    tiny-llama bf16 greedy tokens: graphs == eager"
 else
-    note "DIFF  tiny-llama bf16 greedy tokens: graphs vs eager differ"
+    # Allowed: a graph sizes the attention's split-K partition for its key, so bf16 sums
+    # round differently (crates/runtime/src/graphs.rs); f32 must match the CPU above.
+    note "info  tiny-llama bf16 greedy tokens: graphs and eager differ (bf16 rounding)"
 fi
 
 # ---- 5. model, bandwidth, server --------------------------------------------------------------
@@ -253,8 +255,9 @@ healthy() { "$PY" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv
 # quick = decode step at batch 1/8/64.
 # Every bench draws its prompts with its own --seed, so no run reuses an earlier run's prompts
 # through the prefix cache (the server keeps its cache between runs).
-VARIANTS=${VARIANTS:-"default:;graphs:--cuda-graphs;unfused:--no-fused-ops"}
-PLANS=${PLANS:-"default:full;graphs:full;unfused:steps"}
+# CUDA graphs are on by default on a GPU since run 4; "eager" is the A/B without them.
+VARIANTS=${VARIANTS:-"default:;eager:--enforce-eager;unfused:--no-fused-ops --enforce-eager"}
+PLANS=${PLANS:-"default:full;eager:full;unfused:steps"}
 plan_of() { echo "$PLANS" | tr ';' '\n' | awk -F: -v v="$1" '$1 == v {print $2}'; }
 
 start_server() { # variant flags...
@@ -339,13 +342,16 @@ fi
 
 # ---- 6b. compute-sanitizer over the attention and LoRA kernel tests -----------------------------
 # .gpu/sanitizer.whl (nvidia-cuda-sanitizer-api 13.0, fetched by build.sh) holds compute-sanitizer.
+# On the device machines lent so far it instruments nothing, not even torch (see
+# benches/results/gpu-h200-2026-12-04-run4/README.md); the step costs ~2 s and is kept for
+# machines where it works (SKIP_SANITIZER=1 skips it).
 if [ -f .gpu/sanitizer.whl ] && [ -x "$WORK/tests/gpu" ] && [ "$DEVICE" != cpu ] && [ "${SKIP_SANITIZER:-0}" != 1 ]; then
     "$PY" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' .gpu/sanitizer.whl "$WORK/san"
     SAN=$(find "$WORK/san" -name compute-sanitizer -type f | head -1)
     if [ -n "$SAN" ]; then
         # The toolkit ships compute-sanitizer with its injection libraries in one directory;
         # the wheel splits them into bin/ and lib/: put them back together.
-        cp -n "$(dirname "$SAN")"/../lib/*.so "$(dirname "$SAN")/" 2> /dev/null
+        for so in "$(dirname "$SAN")"/../lib/*.so; do [ -e "$(dirname "$SAN")/${so##*/}" ] || cp "$so" "$(dirname "$SAN")/"; done
         chmod +x "$SAN"
         ls -la "$(dirname "$SAN")" >> "$TESTS"
         run_step "compute-sanitizer memcheck (attention, LoRA tests)" 60 "$TESTS" "$HF_RESERVE" \

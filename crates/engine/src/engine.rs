@@ -40,7 +40,8 @@ pub struct EngineConfig {
     pub seed: Option<u64>,
     /// LoRA adapters (`None` = disabled: requests for adapters are refused).
     pub lora: Option<LoraConfig>,
-    /// Replay decode-only steps through captured CUDA graphs (`--cuda-graphs`; CUDA only).
+    /// Replay decode-only steps through captured CUDA graphs (CUDA only; the CLI turns this on
+    /// for CUDA devices unless `--enforce-eager`).
     pub cuda_graphs: bool,
 }
 

@@ -1,4 +1,4 @@
-//! CUDA graphs for decode-only steps (`--cuda-graphs`).
+//! CUDA graphs for decode-only steps (on by default on CUDA devices; `--enforce-eager` off).
 //!
 //! A decode step of an 8B model is ~400 kernel launches and as many allocations; at small
 //! batch sizes the host cannot issue them as fast as the GPU runs them. A captured graph
