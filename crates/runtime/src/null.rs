@@ -314,7 +314,7 @@ impl NullModel {
         let seqs: Vec<(usize, usize)> = cu
             .windows(2)
             .zip(&ctx)
-            .map(|(w, &c)| ((w[1] - w[0]) as usize, c as usize))
+            .map(|(w, &c)| (w[1].saturating_sub(w[0]) as usize, c as usize))
             .collect();
         let cost = self.step_cost(&seqs, rows.len());
         let v = self.logits_vocab;
