@@ -1,12 +1,14 @@
 //! Flags shared by `serve`, `generate` and `bench --embedded`: model, device, memory.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
-use lantern_engine::{EngineConfig, KvCacheSize, SchedulingPolicy};
-use lantern_models::{DTypeChoice, LoadOptions, ModelOptions};
+use lantern_engine::{EngineConfig, KvCacheSize, ModelBackend, SchedulingPolicy};
+use lantern_models::{DTypeChoice, LoadOptions, ModelMeta, ModelOptions};
+use lantern_runtime::null::{NullModel, NullSpec};
 use lantern_runtime::GpuMemoryBudget;
 use std::path::PathBuf;
+use tokenizers::Tokenizer;
 
 /// The model served when `--model` is not given.
 pub const DEFAULT_MODEL_HUB_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
@@ -33,6 +35,118 @@ pub struct ModelArgs {
     /// RMSNorm/rotary/SiLU, weights transposed at load), for A/B comparisons and debugging.
     #[arg(long = "no-fused-ops")]
     pub no_fused_ops: bool,
+}
+
+/// Benchmark-only flags: the null device.
+#[derive(Debug, Clone, Args)]
+pub struct NullDeviceArgs {
+    /// Benchmark only: no weights, no model compute. Each step lasts as long as a roofline
+    /// model of MODEL on ACCEL says (max(bytes / bandwidth, flops / peak)) and returns cheap
+    /// deterministic logits, so the host path (scheduler, sampler, detokenizer, HTTP/SSE)
+    /// runs at GPU-like step rates. MODEL: llama-3.1-8b; ACCEL: h200 (default), h100. The
+    /// KV cache is sized from ACCEL's memory (--gpu-memory-utilization) unless
+    /// --kv-cache-memory is given; --model is ignored.
+    #[arg(
+        long = "null-device",
+        value_name = "MODEL[:ACCEL]",
+        help_heading = "Benchmarking"
+    )]
+    pub null_device: Option<String>,
+    /// Tokenizer of --null-device (a tokenizer.json or a directory holding one); its size is
+    /// the width of the logits. Default: the built-in 512-token tokenizer of
+    /// tests/fixtures/tiny-llama.
+    #[arg(
+        long = "null-tokenizer",
+        requires = "null_device",
+        help_heading = "Benchmarking"
+    )]
+    pub null_tokenizer: Option<PathBuf>,
+}
+
+/// The default --null-tokenizer (512 tokens: narrow logits keep sampling cheap on the CPU).
+const NULL_TOKENIZER_JSON: &str = include_str!("../tests/fixtures/tiny-llama/tokenizer.json");
+
+/// What the engine runs: a backend, its tokenizer and the served model's facts.
+pub struct EngineModel {
+    pub backend: ModelBackend,
+    pub tokenizer: Tokenizer,
+    pub meta: ModelMeta,
+}
+
+impl NullDeviceArgs {
+    pub fn enabled(&self) -> bool {
+        self.null_device.is_some()
+    }
+
+    /// The null device's stand-in model and the name it is served under (`None` without
+    /// --null-device).
+    pub fn load(&self) -> Result<Option<(EngineModel, String)>> {
+        let Some(spec) = &self.null_device else {
+            return Ok(None);
+        };
+        let spec = NullSpec::parse(spec)?;
+        let (tokenizer, path) = match &self.null_tokenizer {
+            Some(p) => {
+                let file = if p.is_dir() {
+                    p.join("tokenizer.json")
+                } else {
+                    p.clone()
+                };
+                let t = Tokenizer::from_file(&file).map_err(|e| {
+                    anyhow!("--null-tokenizer: cannot load {}: {e}", file.display())
+                })?;
+                (t, file)
+            }
+            None => {
+                let t: Tokenizer = NULL_TOKENIZER_JSON
+                    .parse()
+                    .map_err(|e| anyhow!("the built-in null-device tokenizer: {e}"))?;
+                (t, PathBuf::from("tests/fixtures/tiny-llama/tokenizer.json"))
+            }
+        };
+        let vocab = tokenizer.get_vocab_size(true);
+        let eos_token_ids: Vec<u32> = ["<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "</s>"]
+            .iter()
+            .filter_map(|t| tokenizer.token_to_id(t))
+            .collect();
+        let eos_token = eos_token_ids
+            .first()
+            .and_then(|&id| tokenizer.id_to_token(id));
+        let model = NullModel::new(spec.clone(), vocab)?;
+        let mut config = spec.config.clone();
+        config.vocab_size = vocab;
+        config.bos_token_id = None;
+        config.eos_token_ids = eos_token_ids.clone();
+        tracing::info!(
+            "null device: simulating {} ({:.2} B parameters, {:.2} GB of {:?} weights) on {} ({:.1} TB/s, {:.0} TFLOP/s, {:.1} GiB); logits {vocab} wide ({})",
+            spec.model_name,
+            model.params().total() as f64 * 1e-9,
+            model.weight_bytes() as f64 * 1e-9,
+            spec.dtype,
+            spec.accelerator.name,
+            spec.accelerator.bandwidth * 1e-12,
+            spec.accelerator.peak_flops * 1e-12,
+            spec.accelerator.memory_bytes as f64 / f64::from(1u32 << 30),
+            path.display()
+        );
+        let name = spec.model_name.clone();
+        Ok(Some((
+            EngineModel {
+                backend: model.into(),
+                tokenizer,
+                meta: ModelMeta {
+                    config,
+                    eos_token_ids,
+                    bos_token_id: None,
+                    bos_token: None,
+                    eos_token,
+                    chat_template: None,
+                    path,
+                },
+            },
+            name,
+        )))
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -174,7 +288,9 @@ fn default_model() -> Result<String> {
 }
 
 impl EngineArgs {
-    pub fn engine_config(&self, device: &Device) -> Result<EngineConfig> {
+    /// The engine's settings; `simulated_gpu` (the null device) sizes the KV cache as on a
+    /// GPU.
+    pub fn engine_config(&self, device: &Device, simulated_gpu: bool) -> Result<EngineConfig> {
         let policy = match self.scheduling_policy.as_str() {
             "fcfs" => SchedulingPolicy::Fcfs,
             "priority" => SchedulingPolicy::Priority,
@@ -184,7 +300,7 @@ impl EngineArgs {
         // --gpu-memory-utilization once the weights are loaded (measured by the runner).
         let kv_cache = match &self.kv_cache_memory {
             Some(s) => KvCacheSize::Bytes(parse_bytes(s)?),
-            None if device.is_cpu() => KvCacheSize::Bytes(1 << 30),
+            None if device.is_cpu() && !simulated_gpu => KvCacheSize::Bytes(1 << 30),
             None => {
                 let u = self.gpu_memory_utilization;
                 if !(u > 0.0 && u <= 1.0) {

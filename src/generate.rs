@@ -62,7 +62,7 @@ pub struct GenerateArgs {
 pub fn run(args: GenerateArgs) -> Result<()> {
     let (model, _) = args.model.resolve()?;
     let opts = args.model.load_options(true)?;
-    let engine_cfg = args.engine.engine_config(&opts.device)?;
+    let engine_cfg = args.engine.engine_config(&opts.device, false)?;
     let loaded = load_model(&model, &opts).with_context(|| format!("loading {model}"))?;
     let tokenizer = loaded.tokenizer.clone();
     let chat_template = loaded.meta.chat_template.clone();

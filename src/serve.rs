@@ -1,6 +1,6 @@
 //! `lantern serve`: the OpenAI-compatible server.
 
-use crate::common::{EngineArgs, ModelArgs};
+use crate::common::{EngineArgs, EngineModel, ModelArgs, NullDeviceArgs};
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use lantern_engine::Engine;
@@ -35,6 +35,8 @@ pub struct ServeArgs {
     pub shutdown_timeout: u64,
     #[command(flatten)]
     pub lora: LoraArgs,
+    #[command(flatten)]
+    pub null: NullDeviceArgs,
 }
 
 /// Multi-LoRA flags (vLLM spellings accepted).
@@ -128,14 +130,28 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let st = state.clone();
     let load_args = args.clone();
     let loader = tokio::task::spawn_blocking(move || -> Result<Engine> {
-        let (model, default_name) = load_args.model.resolve()?;
-        let opts = load_args.model.load_options(true)?;
-        let mut engine_cfg = load_args.engine.engine_config(&opts.device)?;
+        let t0 = std::time::Instant::now();
+        let null = load_args.null.enabled();
+        let (loaded, model, default_name) = match load_args.null.load()? {
+            Some((m, name)) => (m, name.clone(), name),
+            None => {
+                let (model, default_name) = load_args.model.resolve()?;
+                let opts = load_args.model.load_options(true)?;
+                tracing::info!(model = %model, fused_ops = opts.model.fused, "loading model");
+                let l = load_model(&model, &opts).with_context(|| format!("loading {model}"))?;
+                let m = EngineModel {
+                    backend: l.model.into(),
+                    tokenizer: l.tokenizer,
+                    meta: l.meta,
+                };
+                (m, model, default_name)
+            }
+        };
+        let mut engine_cfg = load_args
+            .engine
+            .engine_config(loaded.backend.device(), null)?;
         engine_cfg.lora = load_args.lora.config()?;
         let modules = load_args.lora.modules()?;
-        tracing::info!(model = %model, fused_ops = opts.model.fused, "loading model");
-        let t0 = std::time::Instant::now();
-        let loaded = load_model(&model, &opts).with_context(|| format!("loading {model}"))?;
         let template = match &loaded.meta.chat_template {
             Some(src) => Some(
                 ChatTemplate::new(
@@ -148,7 +164,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
             None => None,
         };
         let cfg = loaded.meta.config.clone();
-        let engine = Engine::try_start(loaded, engine_cfg).map_err(|e| anyhow!(e))?;
+        let engine =
+            Engine::try_start_with(loaded.backend, loaded.tokenizer, loaded.meta, engine_cfg)
+                .map_err(|e| anyhow!(e))?;
         let h = engine.handle();
         let info = h.info();
         let names = if load_args.served_model_name.is_empty() {
@@ -181,7 +199,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
             h.load_lora_blocking(name, source)
                 .with_context(|| format!("--lora {name}={source}"))?;
         }
-        let root = load_args.model.model.clone().unwrap_or(default_name);
+        let root = if null {
+            default_name
+        } else {
+            load_args.model.model.clone().unwrap_or(default_name)
+        };
         st.ready
             .set(Ready {
                 engine: h,
@@ -219,6 +241,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .map_err(|e| anyhow!("server task failed: {e}"))?;
     if let Some(e) = engine {
+        if args.null.enabled() {
+            // The last snapshot the engine published (it may have stopped already).
+            let snap = e.handle().snapshot();
+            tracing::info!("{}", crate::throughput::step_summary(&snap, None));
+        }
         tokio::task::spawn_blocking(move || e.shutdown()).await.ok();
     }
     r.context("serving")?;

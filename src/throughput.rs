@@ -2,12 +2,57 @@
 //! random prompts of exactly `--input-len` tokens with `--output-len` tokens each
 //! (ignore_eos), at most `--concurrency` in flight, and reports prefill and decode speed.
 
-use crate::common::{EngineArgs, ModelArgs};
+use crate::common::{EngineArgs, ModelArgs, NullDeviceArgs};
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use lantern_engine::{Engine, GenerationParams, RequestEvent, SamplingParams};
+use lantern_engine::{Engine, EngineSnapshot, GenerationParams, RequestEvent, SamplingParams};
 use lantern_models::load_model;
 use std::time::Instant;
+
+/// Per-step wall time, simulated device time and host time (wall - simulated) between two
+/// snapshots (`base`: `None` = since the start), in milliseconds per step.
+pub fn step_stats(now: &EngineSnapshot, base: Option<&EngineSnapshot>) -> serde_json::Value {
+    let zero = EngineSnapshot::default();
+    let b = base.unwrap_or(&zero);
+    let steps = now.steps.saturating_sub(b.steps);
+    let per = |x: f64| 1000.0 * x / steps.max(1) as f64;
+    let wall = now.step_seconds_total - b.step_seconds_total;
+    let sim = now.simulated_device_seconds_total - b.simulated_device_seconds_total;
+    let (p, q) = (&now.step_phases, &b.step_phases);
+    serde_json::json!({
+        "steps": steps,
+        "mean_step_wall_ms": per(wall),
+        "mean_simulated_device_ms": per(sim),
+        "mean_host_ms": per(wall - sim),
+        "host_fraction_of_simulated": if sim > 0.0 { (wall - sim) / sim } else { 0.0 },
+        "phase_ms": {
+            "schedule": per(p.schedule - q.schedule),
+            "execute_minus_simulated": per(p.execute - q.execute - sim),
+            "sample": per(p.sample - q.sample),
+            "update_detok_events": per(p.update - q.update),
+        },
+        "generation_tokens": now.generation_tokens_total - b.generation_tokens_total,
+    })
+}
+
+/// One line of [`step_stats`].
+pub fn step_summary(now: &EngineSnapshot, base: Option<&EngineSnapshot>) -> String {
+    let v = step_stats(now, base);
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    let ph = |k: &str| v["phase_ms"][k].as_f64().unwrap_or(0.0);
+    format!(
+        "engine steps: {} steps, mean {:.3} ms wall = {:.3} ms simulated device + {:.3} ms host ({:.1}% of the simulated step); host per step: schedule {:.3} ms, prepare+forward overhead {:.3} ms, sample {:.3} ms, update/detokenize/events {:.3} ms",
+        v["steps"].as_u64().unwrap_or(0),
+        f("mean_step_wall_ms"),
+        f("mean_simulated_device_ms"),
+        f("mean_host_ms"),
+        100.0 * f("host_fraction_of_simulated"),
+        ph("schedule"),
+        ph("execute_minus_simulated"),
+        ph("sample"),
+        ph("update_detok_events"),
+    )
+}
 
 #[derive(Debug, Args)]
 pub struct ThroughputArgs {
@@ -19,6 +64,8 @@ pub struct ThroughputArgs {
     /// `i % count` (no `--lora` but `--enable-lora`: LoRA on, every request on the base model).
     #[command(flatten)]
     pub lora: crate::serve::LoraArgs,
+    #[command(flatten)]
+    pub null: NullDeviceArgs,
     #[arg(long = "input-len", default_value_t = 256)]
     pub input_len: usize,
     #[arg(long = "output-len", default_value_t = 64)]
@@ -45,18 +92,30 @@ fn lcg(state: &mut u64) -> u64 {
 
 pub fn run(mut args: ThroughputArgs) -> Result<()> {
     args.engine.max_num_seqs = args.engine.max_num_seqs.min(args.concurrency.max(1));
-    let (model, _) = args.model.resolve()?;
-    let opts = args.model.load_options(false)?;
-    let mut cfg = args.engine.engine_config(&opts.device)?;
+    let null = args.null.enabled();
+    let (loaded, model, fused_ops) = match args.null.load()? {
+        Some((m, name)) => (m, format!("null:{name}"), false),
+        None => {
+            let (model, _) = args.model.resolve()?;
+            let opts = args.model.load_options(false)?;
+            let l = load_model(&model, &opts).with_context(|| format!("loading {model}"))?;
+            let m = crate::common::EngineModel {
+                backend: l.model.into(),
+                tokenizer: l.tokenizer,
+                meta: l.meta,
+            };
+            (m, model, opts.model.fused)
+        }
+    };
+    let mut cfg = args.engine.engine_config(loaded.backend.device(), null)?;
     cfg.lora = args.lora.config()?;
     let modules = args.lora.modules()?;
-    let loaded = load_model(&model, &opts).with_context(|| format!("loading {model}"))?;
-    let vocab = loaded.meta.config.vocab_size as u64;
     let specials: Vec<u32> = loaded.meta.eos_token_ids.clone();
     let cfg_lora = cfg.lora.is_some();
-    let fused_ops = opts.model.fused;
-    let engine = Engine::try_start(loaded, cfg).map_err(|e| anyhow!(e))?;
+    let engine = Engine::try_start_with(loaded.backend, loaded.tokenizer, loaded.meta, cfg)
+        .map_err(|e| anyhow!(e))?;
     let h = engine.handle();
+    let vocab = h.info().vocab_size as u64;
     let mut lora_ids = Vec::new();
     for (name, source) in &modules {
         lora_ids.push(
@@ -94,6 +153,7 @@ pub fn run(mut args: ThroughputArgs) -> Result<()> {
     )?;
     while w.blocking_next().is_some() {}
 
+    let base = h.fresh_snapshot_blocking()?;
     let t0 = Instant::now();
     let mut first_tokens = Vec::new();
     let mut finishes = Vec::new();
@@ -171,14 +231,18 @@ pub fn run(mut args: ThroughputArgs) -> Result<()> {
         "mean_decode_s": mean_decode,
         "decode_tokens_per_s_per_request": decode_tok_s_per_seq,
         "decode_tokens_per_s_aggregate": decode_tok_s_per_seq * args.concurrency.min(args.num_prompts) as f64,
-        "engine_steps": snap.steps,
-        "mean_step_ms": 1000.0 * total / snap.steps.max(1) as f64,
+        "engine_steps": snap.steps - base.steps,
+        "mean_step_ms": 1000.0 * total / (snap.steps - base.steps).max(1) as f64,
+        "step_time": step_stats(&snap, Some(&base)),
         "fused_ops": fused_ops,
         "lora_enabled": cfg_lora,
         "lora_adapters": lora_ids.len(),
         "lora_slot_loads": snap.lora_slot_loads,
         "preemptions": snap.num_preemptions,
     });
+    if null {
+        eprintln!("{}", step_summary(&snap, Some(&base)));
+    }
     if args.json {
         println!("{result}");
     } else {

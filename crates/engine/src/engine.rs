@@ -9,7 +9,9 @@ use crate::params::{
 };
 use crate::stop::StopMatcher;
 use lantern_models::{LoadedModel, LoraAdapter, ModelConfig, ModelMeta};
-use lantern_runtime::{sampler, KvCacheSize, ModelRunner, RunnerConfig, SampleRow, SeqChunk};
+use lantern_runtime::{
+    sampler, KvCacheSize, ModelBackend, ModelRunner, RunnerConfig, SampleRow, SeqChunk,
+};
 use lantern_scheduler::{
     AddRequestError, FinishReason as SchedFinish, SchedRequest, Scheduler, SchedulerConfig,
     SchedulingPolicy,
@@ -122,6 +124,26 @@ pub struct EngineSnapshot {
     pub lora_disk_load_seconds: f64,
     /// Adapters with weights in host memory now.
     pub loras_in_host_memory: usize,
+    /// Wall time of all steps (schedule -> execute -> sample -> update), and its parts.
+    pub step_seconds_total: f64,
+    pub step_phases: StepPhaseSeconds,
+    /// Simulated device time of all steps (`--null-device`; 0 on a real device). The host
+    /// path's share of a step is `step_seconds_total - simulated_device_seconds_total`.
+    pub simulated_device_seconds_total: f64,
+}
+
+/// Cumulative wall time of each phase of the engine steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepPhaseSeconds {
+    /// `Scheduler::schedule` and LoRA slot loads.
+    pub schedule: f64,
+    /// Batch preparation and the forward pass (`ModelRunner::execute`; with the null device
+    /// this includes the simulated device time).
+    pub execute: f64,
+    /// Building the sampling rows and `sampler::sample`.
+    pub sample: f64,
+    /// `Scheduler::update`, detokenization, stop strings, events, finishing requests.
+    pub update: f64,
 }
 
 enum Command {
@@ -459,6 +481,17 @@ impl Engine {
             tokenizer,
             meta,
         } = loaded;
+        Self::try_start_with(model.into(), tokenizer, meta, cfg)
+    }
+
+    /// Starts an engine on any [`ModelBackend`] (e.g. the null device's stand-in, whose
+    /// `meta` describes the served tokenizer). The vocabulary is the backend's logits width.
+    pub fn try_start_with(
+        model: ModelBackend,
+        tokenizer: Tokenizer,
+        meta: ModelMeta,
+        cfg: EngineConfig,
+    ) -> Result<Self, String> {
         let model_max = meta.config.max_position_embeddings;
         let max_model_len = cfg.max_model_len.unwrap_or(model_max);
         if max_model_len > model_max {
@@ -467,12 +500,18 @@ impl Engine {
             ));
         }
         let dtype = format!("{:?}", model.dtype()).to_lowercase();
-        let device = if model.device().is_cpu() {
+        let device = if let ModelBackend::Null(m) = &model {
+            format!(
+                "null device (simulated {} on {})",
+                m.spec().model_name,
+                m.spec().accelerator.name
+            )
+        } else if model.device().is_cpu() {
             "cpu".to_string()
         } else {
             format!("{:?}", model.device().location())
         };
-        let vocab_size = meta.config.vocab_size;
+        let vocab_size = model.logits_vocab();
         if let Some(l) = &cfg.lora {
             l.validate()?;
         }
@@ -1147,7 +1186,8 @@ impl EngineCore {
         if !self.load_lora_slots(&out) {
             return true;
         }
-        let now = Instant::now();
+        let t_sched = Instant::now();
+        let now = t_sched;
         let mut prefill_tokens = 0;
         let mut decode_tokens = 0;
         for seq in &out.seqs {
@@ -1203,6 +1243,7 @@ impl EngineCore {
                 return true;
             }
         };
+        let t_exec = Instant::now();
         let sampled_seqs: Vec<u64> = out.seqs.iter().filter(|s| s.sample).map(|s| s.id).collect();
         let logits = match logits {
             Some(l) if wants_all.iter().any(|&w| w) => {
@@ -1261,6 +1302,7 @@ impl EngineCore {
                 }
             }
         }
+        let t_sample = Instant::now();
         let pairs: Vec<(u64, u32)> = sampled_seqs
             .iter()
             .zip(&sampled)
@@ -1287,12 +1329,24 @@ impl EngineCore {
             }
         }
         self.release_deferred();
+        let t_end = Instant::now();
+        let secs = |a: Instant, b: Instant| b.duration_since(a).as_secs_f64();
+        let duration_s = secs(t0, t_end);
         self.snapshot.steps += 1;
+        self.snapshot.step_seconds_total += duration_s;
+        let ph = &mut self.snapshot.step_phases;
+        ph.schedule += secs(t0, t_sched);
+        ph.execute += secs(t_sched, t_exec);
+        ph.sample += secs(t_exec, t_sample);
+        ph.update += secs(t_sample, t_end);
+        if let Some(d) = self.runner.simulated_device_seconds() {
+            self.snapshot.simulated_device_seconds_total = d;
+        }
         self.snapshot.last_step = StepStats {
             num_batched_tokens: out.num_batched_tokens,
             num_prefill_tokens: prefill_tokens,
             num_decode_tokens: decode_tokens,
-            duration_s: t0.elapsed().as_secs_f64(),
+            duration_s,
             ..StepStats::default()
         };
         self.refresh_snapshot();

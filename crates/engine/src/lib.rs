@@ -19,10 +19,11 @@ mod params;
 pub mod stop;
 
 pub use engine::{
-    Engine, EngineConfig, EngineHandle, EngineSnapshot, ModelInfo, RequestStream, StepStats,
+    Engine, EngineConfig, EngineHandle, EngineSnapshot, ModelInfo, RequestStream, StepPhaseSeconds,
+    StepStats,
 };
 pub use error::{EngineError, SubmitError};
-pub use lantern_runtime::{KvCacheSize, SamplingParams};
+pub use lantern_runtime::{KvCacheSize, ModelBackend, SamplingParams};
 pub use lantern_scheduler::SchedulingPolicy;
 pub use lora::{LoraConfig, LoraError, LoraInfo};
 pub use params::{

@@ -5,6 +5,9 @@
 //!
 //! The scheduler never sees a tensor; the model never sees a request.
 //!
+//! [`null`] is the null device: a stand-in for the model that waits out a roofline estimate
+//! of each step and returns cheap deterministic logits (`--null-device`, host-path benchmarks).
+//!
 //! [`device`] opens the device `--device` names (CUDA behind the `cuda` feature) and
 //! [`memory`] sizes the KV cache from the GPU memory left after loading
 //! (`--gpu-memory-utilization`).
@@ -14,11 +17,13 @@ mod error;
 #[cfg(feature = "cuda")]
 pub mod graphs;
 pub mod memory;
+pub mod null;
 mod runner;
 pub mod sampler;
 
 pub use device::{DeviceMemory, DeviceSpec};
 pub use error::{Result, RuntimeError};
 pub use memory::GpuMemoryBudget;
-pub use runner::{KvCacheSize, ModelRunner, RunnerConfig, SeqChunk};
+pub use null::{NullModel, NullSpec};
+pub use runner::{KvCacheSize, ModelBackend, ModelRunner, RunnerConfig, SeqChunk};
 pub use sampler::{SampleRow, SampledToken, SamplingParams};

@@ -3,9 +3,10 @@
 use crate::device::{describe, gib, memory_info};
 use crate::error::{Result, RuntimeError};
 use crate::memory::{activation_reserve_bytes, lora_slots_bytes, plan_kv_cache, GpuMemoryBudget};
+use crate::null::NullModel;
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::{LoraBatch, PagedAttnMetadata};
-use lantern_models::{BatchInputs, CausalLm, LayerKvCache, LoraAdapter, LoraStack};
+use lantern_models::{BatchInputs, CausalLm, LayerKvCache, LoraAdapter, LoraStack, ModelConfig};
 
 /// How large the KV cache should be.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,10 +44,71 @@ pub struct SeqChunk<'a> {
     pub lora_slot: Option<u32>,
 }
 
+/// What computes the logits: the real decoder, or the null device's stand-in
+/// (`--null-device`, see [`crate::null`]), which has no KV cache tensors.
+#[derive(Debug)]
+pub enum ModelBackend {
+    Causal(CausalLm),
+    Null(NullModel),
+}
+
+impl From<CausalLm> for ModelBackend {
+    fn from(m: CausalLm) -> Self {
+        Self::Causal(m)
+    }
+}
+
+impl From<NullModel> for ModelBackend {
+    fn from(m: NullModel) -> Self {
+        Self::Null(m)
+    }
+}
+
+impl ModelBackend {
+    /// The model's shapes (for the null device: the simulated model's).
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Self::Causal(m) => m.config(),
+            Self::Null(m) => m.config(),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Self::Causal(m) => m.dtype(),
+            Self::Null(m) => m.dtype(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        match self {
+            Self::Causal(m) => m.device(),
+            Self::Null(m) => m.device(),
+        }
+    }
+
+    /// Width of the logits rows: the config's vocabulary, or the null device's tokenizer's.
+    pub fn logits_vocab(&self) -> usize {
+        match self {
+            Self::Causal(m) => m.config().vocab_size,
+            Self::Null(m) => m.logits_vocab(),
+        }
+    }
+
+    fn causal(&self) -> Result<&CausalLm> {
+        match self {
+            Self::Causal(m) => Ok(m),
+            Self::Null(_) => Err(RuntimeError::Device(
+                "the null device has no weights (LoRA and CUDA graphs need a real model)".into(),
+            )),
+        }
+    }
+}
+
 /// Owns the model and its paged KV cache.
 #[derive(Debug)]
 pub struct ModelRunner {
-    model: CausalLm,
+    model: ModelBackend,
     kv: Vec<LayerKvCache>,
     block_size: usize,
     num_blocks: usize,
@@ -58,8 +120,10 @@ pub struct ModelRunner {
 }
 
 impl ModelRunner {
-    /// Allocates the KV cache (zeroed) for `model`.
-    pub fn new(model: CausalLm, cfg: RunnerConfig) -> Result<Self> {
+    /// Allocates the KV cache (zeroed) for `model`. The null device gets the block count its
+    /// simulated memory allows and no tensors.
+    pub fn new(model: impl Into<ModelBackend>, cfg: RunnerConfig) -> Result<Self> {
+        let model = model.into();
         if cfg.block_size == 0 {
             return Err(RuntimeError::KvCache(
                 "--block-size must be at least 1".into(),
@@ -73,7 +137,18 @@ impl ModelRunner {
             KvCacheSize::Tokens(t) => t.div_ceil(cfg.block_size),
             KvCacheSize::Bytes(b) => b / (bytes_per_token * cfg.block_size),
             KvCacheSize::GpuMemory(budget) => {
-                let Some(mem) = memory_info(&device)? else {
+                let mem = match &model {
+                    ModelBackend::Null(m) => Some(crate::DeviceMemory {
+                        total: m.spec().accelerator.memory_bytes,
+                        free: m
+                            .spec()
+                            .accelerator
+                            .memory_bytes
+                            .saturating_sub(m.weight_bytes()),
+                    }),
+                    ModelBackend::Causal(_) => memory_info(&device)?,
+                };
+                let Some(mem) = mem else {
                     return Err(RuntimeError::KvCache(format!(
                         "--gpu-memory-utilization sizes the KV cache from GPU memory, but the model is on {}; give the size with --kv-cache-memory",
                         describe(&device)
@@ -122,7 +197,12 @@ impl ModelRunner {
             mc.head_dim,
         );
         let mut kv = Vec::with_capacity(mc.num_hidden_layers);
-        for _ in 0..mc.num_hidden_layers {
+        let layers = match &model {
+            ModelBackend::Causal(_) => mc.num_hidden_layers,
+            // Block accounting only: nothing is written or read.
+            ModelBackend::Null(_) => 0,
+        };
+        for _ in 0..layers {
             let alloc = || {
                 Tensor::zeros(shape, dtype, &device).map_err(|e| {
                     RuntimeError::KvCache(format!(
@@ -137,7 +217,7 @@ impl ModelRunner {
                 v: alloc()?,
             });
         }
-        if let Some(mem) = memory_info(&device)? {
+        if let (ModelBackend::Causal(_), Some(mem)) = (&model, memory_info(&device)?) {
             tracing::info!(
                 "KV cache allocated: {:.2} GiB of device memory free",
                 gib(mem.free)
@@ -160,7 +240,11 @@ impl ModelRunner {
     pub fn enable_cuda_graphs(&mut self, max_num_seqs: usize) -> Result<()> {
         #[cfg(feature = "cuda")]
         {
-            let g = crate::graphs::DecodeGraphs::new(&self.model, self.block_size, max_num_seqs)?;
+            let g = crate::graphs::DecodeGraphs::new(
+                self.model.causal()?,
+                self.block_size,
+                max_num_seqs,
+            )?;
             self.graphs = Some(std::sync::Mutex::new(g));
             Ok(())
         }
@@ -189,7 +273,7 @@ impl ModelRunner {
     /// serve this step (the caller runs it eagerly).
     #[cfg(feature = "cuda")]
     fn execute_graph(&self, seqs: &[SeqChunk<'_>]) -> Result<Option<Tensor>> {
-        let Some(graphs) = &self.graphs else {
+        let (Some(graphs), ModelBackend::Causal(model)) = (&self.graphs, &self.model) else {
             return Ok(None);
         };
         let decode_only = seqs
@@ -228,7 +312,7 @@ impl ModelRunner {
         let mut g = graphs
             .lock()
             .map_err(|_| RuntimeError::Device("CUDA graph state poisoned by a panic".into()))?;
-        g.run(&self.model, &self.kv, &rows)
+        g.run(model, &self.kv, &rows)
     }
 
     /// Allocates `max_loras` adapter slots of rank up to `max_rank` on the model's device.
@@ -238,12 +322,13 @@ impl ModelRunner {
                 "--max-loras and --max-lora-rank must be at least 1".into(),
             ));
         }
+        let model = self.model.causal()?;
         self.lora = Some(LoraStack::new(
-            self.model.config(),
+            model.config(),
             max_loras,
             max_rank,
-            self.model.dtype(),
-            self.model.device(),
+            model.dtype(),
+            model.device(),
         )?);
         Ok(())
     }
@@ -264,8 +349,22 @@ impl ModelRunner {
         }
     }
 
-    pub fn model(&self) -> &CausalLm {
+    /// The model behind this runner.
+    pub fn backend(&self) -> &ModelBackend {
         &self.model
+    }
+
+    /// The model's shapes (for the null device: the simulated model's).
+    pub fn config(&self) -> &ModelConfig {
+        self.model.config()
+    }
+
+    /// Simulated device seconds of all steps so far (`None` on a real device).
+    pub fn simulated_device_seconds(&self) -> Option<f64> {
+        match &self.model {
+            ModelBackend::Null(m) => Some(m.device_seconds()),
+            ModelBackend::Causal(_) => None,
+        }
     }
 
     pub fn block_size(&self) -> usize {
@@ -374,9 +473,17 @@ impl ModelRunner {
             logits_indices: Tensor::from_vec(rows, t, self.model.device())?,
             ..batch
         };
-        Ok(self
-            .model
-            .forward_with_lora(&batch, &self.kv, self.lora.as_ref())?)
+        self.forward(&batch)
+    }
+
+    /// The forward pass of the backend: f32 logits of the rows `batch.logits_indices` selects.
+    fn forward(&self, batch: &BatchInputs) -> Result<Tensor> {
+        match &self.model {
+            ModelBackend::Causal(m) => {
+                Ok(m.forward_with_lora(batch, &self.kv, self.lora.as_ref())?)
+            }
+            ModelBackend::Null(m) => m.forward(batch),
+        }
     }
 
     /// Runs one step. Returns f32 logits in batch order: every row of a chunk with
@@ -396,13 +503,10 @@ impl ModelRunner {
                 logits_indices: Tensor::from_vec(vec![0u32], 1, self.model.device())?,
                 ..batch
             };
-            self.model
-                .forward_with_lora(&batch, &self.kv, self.lora.as_ref())?;
+            self.forward(&batch)?;
             return Ok(None);
         }
-        let logits = self
-            .model
-            .forward_with_lora(&batch, &self.kv, self.lora.as_ref())?;
+        let logits = self.forward(&batch)?;
         debug_assert_eq!(logits.dtype(), DType::F32);
         Ok(Some(logits))
     }

@@ -237,7 +237,7 @@ fn top_n(values: &[f32], n: usize) -> Vec<(u32, f32)> {
 }
 
 /// SplitMix64 finaliser: a good 64-bit mix for deriving per-step draws.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -536,7 +536,7 @@ fn runner_with_adapters_opts(
 ) -> ModelRunner {
     let mut r = runner_with(name, block_size, opts);
     r.enable_lora(max_loras, 16).unwrap();
-    let cfg = r.model().config().clone();
+    let cfg = r.config().clone();
     for (slot, a) in ["lora-a", "lora-b"].iter().enumerate().take(max_loras) {
         let ad =
             lantern_models::LoraAdapter::load(&fixtures().join(name).join(a), &cfg, 16).unwrap();
@@ -653,7 +653,7 @@ fn lora_mixed_batch_equals_alone() {
 fn lora_single_slot_reload() {
     let m = "tiny-llama";
     let mut runner = runner_with_adapters(m, 16, 1);
-    let cfg = runner.model().config().clone();
+    let cfg = runner.config().clone();
     check_single_on(&runner, m, &format!("{m}/lora-a"), Some(0), 16);
     let b =
         lantern_models::LoraAdapter::load(&fixtures().join(m).join("lora-b"), &cfg, 16).unwrap();

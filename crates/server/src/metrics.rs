@@ -172,6 +172,34 @@ impl Metrics {
             "Engine steps run.",
             snap.steps,
         );
+        gauge(
+            &mut out,
+            "lantern_engine_step_seconds_total",
+            "Wall time of all engine steps (a counter in seconds).",
+            snap.step_seconds_total,
+        );
+        gauge(
+            &mut out,
+            "lantern_engine_simulated_device_seconds_total",
+            "Simulated device time of all engine steps (--null-device; 0 on a real device).",
+            snap.simulated_device_seconds_total,
+        );
+        let ph = &snap.step_phases;
+        let _ = writeln!(
+            out,
+            "# HELP lantern_engine_step_phase_seconds_total Wall time of the engine steps by phase.\n# TYPE lantern_engine_step_phase_seconds_total counter"
+        );
+        for (phase, v) in [
+            ("schedule", ph.schedule),
+            ("execute", ph.execute),
+            ("sample", ph.sample),
+            ("update", ph.update),
+        ] {
+            let _ = writeln!(
+                out,
+                "lantern_engine_step_phase_seconds_total{{{lbl},phase=\"{phase}\"}} {v}"
+            );
+        }
         counter(
             &mut out,
             "lantern_prompt_tokens_total",
