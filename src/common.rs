@@ -370,26 +370,31 @@ mod tests {
     #[test]
     fn cuda_graphs_are_off_on_the_cpu_and_an_error_when_asked_for() {
         let cpu = Device::Cpu;
-        assert!(!engine_args(&[]).engine_config(&cpu).unwrap().cuda_graphs);
+        assert!(
+            !engine_args(&[])
+                .engine_config(&cpu, false)
+                .unwrap()
+                .cuda_graphs
+        );
         assert!(
             !engine_args(&["--enforce-eager"])
-                .engine_config(&cpu)
+                .engine_config(&cpu, false)
                 .unwrap()
                 .cuda_graphs
         );
         let e = engine_args(&["--cuda-graphs"])
-            .engine_config(&cpu)
+            .engine_config(&cpu, false)
             .unwrap_err();
         assert!(e.to_string().contains("CUDA device"), "{e}");
         // The later of the two flags wins, as in vLLM's CLI.
         assert!(
             !engine_args(&["--cuda-graphs", "--enforce-eager"])
-                .engine_config(&cpu)
+                .engine_config(&cpu, false)
                 .unwrap()
                 .cuda_graphs
         );
         assert!(engine_args(&["--enforce-eager", "--cuda-graphs"])
-            .engine_config(&cpu)
+            .engine_config(&cpu, false)
             .is_err());
     }
 }
