@@ -252,12 +252,14 @@ healthy() { "$PY" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv
 #         (temperature 0), and random 1024/128 at c64 sampled at temperature 1 (device sampler),
 #         plain and with top_p 0.9 / top_k 50;
 # steps = decode step at batch 1/8/64/256 and random 1024/128 at c1/16/64 (temperature 0);
-# quick = decode step at batch 1/8/64.
+# quick = decode step at batch 1/8/64;
+# sampled = only the two temperature-1 runs of full (for the host-sampling A/B).
 # Every bench draws its prompts with its own --seed, so no run reuses an earlier run's prompts
 # through the prefix cache (the server keeps its cache between runs).
 # CUDA graphs are on by default on a GPU since run 4; "eager" is the A/B without them.
-VARIANTS=${VARIANTS:-"default:;eager:--enforce-eager;unfused:--no-fused-ops --enforce-eager"}
-PLANS=${PLANS:-"default:full;eager:full;unfused:steps"}
+# LANTERN_HOST_SAMPLING=1 samples on the host (logits copied down), the A/B for device sampling.
+VARIANTS=${VARIANTS:-"default:;eager:--enforce-eager;unfused:--no-fused-ops --enforce-eager;hostsample:LANTERN_HOST_SAMPLING=1"}
+PLANS=${PLANS:-"default:full;eager:full;unfused:steps;hostsample:sampled"}
 plan_of() { echo "$PLANS" | tr ';' '\n' | awk -F: -v v="$1" '$1 == v {print $2}'; }
 
 start_server() { # variant flags...
@@ -266,8 +268,13 @@ start_server() { # variant flags...
     local s
     s=$(date +%s)
     echo "==== lantern serve ($variant: $*) $(date -u +%T)" >> "$OUT/serve.log"
-    RUST_LOG=info "$LANTERN" serve --model "$MODEL" --device "$DEVICE" --host 127.0.0.1 --port $PORT \
-        --served-model-name llama-3.1-8b-random --max-num-seqs 256 "$@" >> "$OUT/serve.log" 2>&1 &
+    # Leading NAME=VALUE words of a variant are environment variables, the rest serve flags.
+    local envs=() args=() a
+    for a in "$@"; do
+        if [ ${#args[@]} -eq 0 ] && [[ $a =~ ^[A-Z_][A-Z0-9_]*= ]]; then envs+=("$a"); else args+=("$a"); fi
+    done
+    env RUST_LOG=info ${envs[@]+"${envs[@]}"} "$LANTERN" serve --model "$MODEL" --device "$DEVICE" --host 127.0.0.1 --port $PORT \
+        --served-model-name llama-3.1-8b-random --max-num-seqs 256 ${args[@]+"${args[@]}"} >> "$OUT/serve.log" 2>&1 &
     SERVE_PID=$!
     local up=0
     while (( $(date +%s) - s < 240 && $(left) > HF_RESERVE + 30 )) && kill -0 "$SERVE_PID" 2> /dev/null; do
@@ -303,8 +310,16 @@ bench() { # label max_seconds args...
         "$LANTERN" bench --base-url "$BASE" --endpoint completions --ignore-eos --disable-progress \
         --request-timeout 300 --label "$label" --result-json "$WORK/bench-$label.json" "$@"
 }
+sampled_runs() { # variant: random 1024/128 at c64, temperature 1, plain and with top_p/top_k
+    bench "$1.sampled-c64" 90 --dataset random --input-len 1024 --output-len 128 --num-prompts 128 --max-concurrency 64 --temperature 1 --seed 3064
+    bench "$1.sampled-topp-c64" 90 --dataset random --input-len 1024 --output-len 128 --num-prompts 128 --max-concurrency 64 --temperature 1 --seed 4064 --extra-body '{"top_p":0.9,"top_k":50}'
+}
 bench_plan() { # variant plan
     local v=$1 plan=$2 c n
+    if [ "$plan" = sampled ]; then
+        sampled_runs "$v"
+        return 0
+    fi
     if [ "$plan" = full ]; then
         bench "$v.check64" 90 --dataset random --input-len 128 --output-len 32 --num-prompts 64 --max-concurrency 64 --temperature 0 --seed 64064
     fi
@@ -321,8 +336,7 @@ bench_plan() { # variant plan
         bench "$v.rand-c$c" 120 --dataset random --input-len 1024 --output-len 128 --num-prompts $n --max-concurrency $c --temperature 0 --seed $(( 2000 + c ))
     done
     if [ "$plan" = full ]; then
-        bench "$v.sampled-c64" 90 --dataset random --input-len 1024 --output-len 128 --num-prompts 128 --max-concurrency 64 --temperature 1 --seed 3064
-        bench "$v.sampled-topp-c64" 90 --dataset random --input-len 1024 --output-len 128 --num-prompts 128 --max-concurrency 64 --temperature 1 --seed 4064 --extra-body '{"top_p":0.9,"top_k":50}'
+        sampled_runs "$v"
     fi
 }
 if [ -n "$MODEL" ]; then

@@ -112,6 +112,36 @@ pub struct SampledToken {
 /// that asked for logprobs (log p(token) and the top alternatives of the raw distribution are
 /// computed on the host from those rows only).
 pub fn sample(logits: &Tensor, rows: &[SampleRow<'_>]) -> Result<Vec<SampledToken>> {
+    sample_on(logits, rows, host_sampling())
+}
+
+/// `LANTERN_HOST_SAMPLING=1` (read once): [`sample`] copies the logits to the host and runs
+/// the CPU version of the same op there, as every step did before device sampling. An A/B
+/// switch for benchmarks (`scripts/gpu/run-all.sh`); tokens are the same either way.
+pub fn host_sampling() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        matches!(
+            std::env::var("LANTERN_HOST_SAMPLING").as_deref(),
+            Ok("1") | Ok("true") | Ok("on")
+        )
+    })
+}
+
+/// [`sample`] on the logits' device, or on the host when `on_host` (the logits are copied
+/// there first).
+pub fn sample_on(
+    logits: &Tensor,
+    rows: &[SampleRow<'_>],
+    on_host: bool,
+) -> Result<Vec<SampledToken>> {
+    let moved;
+    let logits = if on_host && !logits.device().is_cpu() {
+        moved = logits.to_device(&candle_core::Device::Cpu)?;
+        &moved
+    } else {
+        logits
+    };
     let (s, _vocab) = logits.dims2()?;
     if s != rows.len() {
         return Err(RuntimeError::InvalidBatch(format!(
