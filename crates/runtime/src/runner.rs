@@ -113,7 +113,7 @@ pub struct ModelRunner {
     block_size: usize,
     num_blocks: usize,
     lora: Option<LoraStack>,
-    /// Decode-only steps replay captured CUDA graphs (`--cuda-graphs`). Behind a mutex so
+    /// Decode-only steps replay captured CUDA graphs (on by default on CUDA; `--enforce-eager` off). Behind a mutex so
     /// `execute` stays `&self`; only the engine thread ever takes it.
     #[cfg(feature = "cuda")]
     graphs: Option<std::sync::Mutex<crate::graphs::DecodeGraphs>>,
