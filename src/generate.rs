@@ -117,7 +117,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         n: args.n,
         ..GenerationParams::default()
     };
-    let engine = Engine::try_start(loaded, engine_cfg).map_err(|e| anyhow!(e))?;
+    let engine = Engine::start(loaded, engine_cfg).map_err(|e| anyhow!(e))?;
     let handle = engine.handle();
     // Submit everything first so the prompts share steps.
     let mut streams = Vec::new();

@@ -165,7 +165,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         };
         let cfg = loaded.meta.config.clone();
         let engine =
-            Engine::try_start_with(loaded.backend, loaded.tokenizer, loaded.meta, engine_cfg)
+            Engine::start_with(loaded.backend, loaded.tokenizer, loaded.meta, engine_cfg)
                 .map_err(|e| anyhow!(e))?;
         let h = engine.handle();
         let info = h.info();

@@ -112,7 +112,7 @@ pub fn run(mut args: ThroughputArgs) -> Result<()> {
     let modules = args.lora.modules()?;
     let specials: Vec<u32> = loaded.meta.eos_token_ids.clone();
     let cfg_lora = cfg.lora.is_some();
-    let engine = Engine::try_start_with(loaded.backend, loaded.tokenizer, loaded.meta, cfg)
+    let engine = Engine::start_with(loaded.backend, loaded.tokenizer, loaded.meta, cfg)
         .map_err(|e| anyhow!(e))?;
     let h = engine.handle();
     let vocab = h.info().vocab_size as u64;

@@ -49,7 +49,7 @@ fn smollm2_answers_paris() {
         .unwrap()
         .get_ids()
         .to_vec();
-    let engine = Engine::try_start(loaded, EngineConfig::default()).unwrap();
+    let engine = Engine::start(loaded, EngineConfig::default()).unwrap();
     let mut s = engine
         .handle()
         .submit_blocking(

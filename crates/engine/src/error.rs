@@ -31,3 +31,19 @@ pub enum EngineError {
     #[error("the request's LoRA adapter could not be loaded")]
     AdapterLoad,
 }
+
+/// Why the engine could not start (`lantern serve` prints it and exits).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineStartError {
+    #[error("--max-model-len {requested} is larger than the model's context length {model_max}")]
+    MaxModelLen { requested: usize, model_max: usize },
+    #[error(transparent)]
+    Lora(#[from] crate::lora::LoraConfigError),
+    /// The KV cache, LoRA slots or CUDA graphs could not be set up.
+    #[error(transparent)]
+    Runtime(#[from] lantern_runtime::RuntimeError),
+    #[error("scheduler settings: {0}")]
+    Scheduler(#[from] lantern_scheduler::ConfigError),
+    #[error("cannot spawn the engine thread: {0}")]
+    Spawn(std::io::Error),
+}

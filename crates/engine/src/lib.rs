@@ -1,31 +1,48 @@
 //! The Lantern engine: one thread that owns the scheduler, the model runner and every
-//! request's decoding state, driven by an explicit [`Command`] enum.
+//! request's decoding state, driven by an explicit command enum.
 //!
-//! - [`Engine::start`] spawns the engine thread and returns an [`EngineHandle`].
-//! - [`EngineHandle::submit`] adds a request and returns a [`RequestStream`] of
-//!   [`RequestEvent`]s: text deltas (UTF-8 safe, stop strings never leaked), then one
-//!   `Finished` with the reason, usage and timings. Dropping the stream cancels the request;
-//!   its KV blocks are freed at the next step.
-//! - Each step is `schedule -> execute -> update`: the scheduler (integers only) picks tokens
-//!   under the budget, the runner runs one flattened batch, the sampler picks tokens, and the
-//!   engine detokenizes, checks EOS / stop strings / limits and emits events.
+//! Layout (vLLM v1's split: core loop / output processing / parallel sampling):
+//! - `engine`: [`Engine::start`] sizes the KV cache, builds the scheduler and spawns the
+//!   engine thread; start-up failures are an [`EngineStartError`].
+//! - `handle`: [`EngineHandle`] (cloneable; submit, abort by dropping the
+//!   [`RequestStream`], LoRA load/unload, snapshots) and the commands it sends.
+//! - `core`: the engine thread's loop and its `schedule -> execute -> update` step. The
+//!   runner returns host data only (`RunnerOutput`: sampled ids, logprobs, all-logits rows),
+//!   so this crate holds no tensors.
+//! - `requests`: the table of live sequences, `n > 1` groups, held back siblings and groups
+//!   waiting for an adapter, kept consistent in one place.
+//! - `output`: per-sequence output processing (EOS / stop ids / stop strings, detokenizing,
+//!   logprobs, prompt logprobs, finishing and freeing exactly once).
+//! - `siblings`: `n > 1` completions released once the leader's prompt is cached.
+//! - `lora` (registry, host cache, limits) and `lora_loads` (background disk reads, device
+//!   slot copies).
+//! - [`detok`] (incremental, UTF-8 safe) and [`stop`] (stop strings across token
+//!   boundaries, never leaked).
 //! - [`EngineSnapshot`] (a `watch` channel) publishes per-step stats for metrics.
 
+mod config;
+mod core;
 pub mod detok;
 mod engine;
 mod error;
+mod handle;
 mod lora;
+mod lora_loads;
+mod output;
 mod params;
+mod requests;
+mod siblings;
+mod stats;
 pub mod stop;
 
-pub use engine::{
-    Engine, EngineConfig, EngineHandle, EngineSnapshot, ModelInfo, RequestStream, StepPhaseSeconds,
-    StepStats,
-};
-pub use error::{EngineError, SubmitError};
+pub use config::{EngineConfig, ModelInfo};
+pub use engine::Engine;
+pub use handle::{EngineHandle, RequestStream};
+pub use stats::{EngineSnapshot, StepPhaseSeconds, StepStats};
+pub use error::{EngineError, EngineStartError, SubmitError};
 pub use lantern_runtime::{KvCacheSize, ModelBackend, SamplingParams};
 pub use lantern_scheduler::SchedulingPolicy;
-pub use lora::{LoraConfig, LoraError, LoraInfo};
+pub use lora::{LoraConfig, LoraConfigError, LoraError, LoraInfo};
 pub use params::{
     FinishReason, GenerationParams, ParamError, RequestEvent, RequestTiming, StopReason,
     TokenDelta, TokenLogprob, Usage,

@@ -43,21 +43,35 @@ impl Default for LoraConfig {
 }
 
 impl LoraConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), LoraConfigError> {
         if self.max_loras == 0 {
-            return Err("--max-loras must be at least 1".into());
+            return Err(LoraConfigError::NoSlots);
         }
         if self.max_lora_rank == 0 {
-            return Err("--max-lora-rank must be at least 1".into());
+            return Err(LoraConfigError::ZeroRank);
         }
         if self.max_cpu_loras < self.max_loras {
-            return Err(format!(
-                "--max-cpu-loras ({}) must be at least --max-loras ({})",
-                self.max_cpu_loras, self.max_loras
-            ));
+            return Err(LoraConfigError::HostBelowSlots {
+                max_cpu_loras: self.max_cpu_loras,
+                max_loras: self.max_loras,
+            });
         }
         Ok(())
     }
+}
+
+/// LoRA limits that cannot work together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LoraConfigError {
+    #[error("--max-loras must be at least 1")]
+    NoSlots,
+    #[error("--max-lora-rank must be at least 1")]
+    ZeroRank,
+    #[error("--max-cpu-loras ({max_cpu_loras}) must be at least --max-loras ({max_loras})")]
+    HostBelowSlots {
+        max_cpu_loras: usize,
+        max_loras: usize,
+    },
 }
 
 /// A registered adapter, as `/v1/models` lists it.
@@ -449,6 +463,6 @@ mod tests {
             max_lora_rank: 16,
             max_cpu_loras: 2,
         };
-        assert!(c.validate().unwrap_err().contains("--max-cpu-loras"));
+        assert!(c.validate().unwrap_err().to_string().contains("--max-cpu-loras"));
     }
 }

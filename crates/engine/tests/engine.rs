@@ -24,7 +24,7 @@ fn engine(name: &str, cfg: EngineConfig) -> Engine {
         &lantern_models::ModelOptions::default(),
     )
     .unwrap();
-    Engine::try_start(loaded, cfg).unwrap()
+    Engine::start(loaded, cfg).unwrap()
 }
 
 fn reference(name: &str) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {

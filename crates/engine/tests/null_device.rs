@@ -31,7 +31,7 @@ fn null_engine() -> Engine {
         path: tok_path,
     };
     let model = NullModel::new(spec, vocab).unwrap();
-    Engine::try_start_with(
+    Engine::start_with(
         ModelBackend::Null(model),
         tokenizer,
         meta,

@@ -4,9 +4,11 @@ use crate::device::{describe, gib, memory_info};
 use crate::error::{Result, RuntimeError};
 use crate::memory::{activation_reserve_bytes, lora_slots_bytes, plan_kv_cache, GpuMemoryBudget};
 use crate::null::NullModel;
+use crate::sampler::{self, SampleRow, SampledToken};
 use candle_core::{DType, Device, Tensor};
 use lantern_kernels::{LoraBatch, PagedAttnMetadata};
 use lantern_models::{BatchInputs, CausalLm, LayerKvCache, LoraAdapter, LoraStack, ModelConfig};
+use std::time::Instant;
 
 /// How large the KV cache should be.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,6 +44,22 @@ pub struct SeqChunk<'a> {
     pub all_logits: bool,
     /// Resident LoRA slot of this sequence's adapter (`None`: base model).
     pub lora_slot: Option<u32>,
+}
+
+/// What [`ModelRunner::step`] hands back: host data only (the engine holds no tensors).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunnerOutput {
+    /// One token per chunk with `sample`, in batch order.
+    pub sampled: Vec<SampledToken>,
+    /// For each chunk with `all_logits` (its index in the step's chunks): the f32 logits
+    /// row of every token of the chunk; row `j` predicts the token after position
+    /// `num_computed_tokens + j`.
+    pub all_logits: Vec<(usize, Vec<Vec<f32>>)>,
+    /// Wall time of batch preparation and the forward pass (with the null device: its
+    /// simulated device time).
+    pub forward_seconds: f64,
+    /// Wall time of sampling (and of copying logprob rows to the host).
+    pub sample_seconds: f64,
 }
 
 /// What computes the logits: the real decoder, or the null device's stand-in
@@ -484,6 +502,69 @@ impl ModelRunner {
             }
             ModelBackend::Null(m) => m.forward(batch),
         }
+    }
+
+    /// Runs one step and samples it: the engine's entry point. `rows` holds one
+    /// [`SampleRow`] per chunk with `sample`, in batch order. Everything that comes back is
+    /// host data: the sampled tokens (with logprobs when a row asked) and, for each chunk
+    /// with `all_logits`, the f32 logits of all its tokens (prompt logprobs).
+    pub fn step(&self, seqs: &[SeqChunk<'_>], rows: &[SampleRow<'_>]) -> Result<RunnerOutput> {
+        let want_rows = seqs.iter().filter(|s| s.sample).count();
+        if want_rows != rows.len() {
+            return Err(RuntimeError::InvalidBatch(format!(
+                "{} sampling rows for {want_rows} chunks that sample",
+                rows.len()
+            )));
+        }
+        let t0 = Instant::now();
+        let logits = self.execute(seqs)?;
+        let t_forward = Instant::now();
+        let mut out = RunnerOutput::default();
+        if let Some(logits) = logits {
+            let to_sample = if seqs.iter().any(|s| s.all_logits) {
+                self.split_all_logits(seqs, &logits, &mut out.all_logits)?
+            } else {
+                Some(logits)
+            };
+            if let Some(l) = to_sample {
+                out.sampled = sampler::sample(&l, rows)?;
+            }
+        }
+        let t_end = Instant::now();
+        out.forward_seconds = t_forward.duration_since(t0).as_secs_f64();
+        out.sample_seconds = t_end.duration_since(t_forward).as_secs_f64();
+        Ok(out)
+    }
+
+    /// Copies the rows of the `all_logits` chunks to the host (into `all`) and returns the
+    /// rows to sample (the last row of each sampling chunk), `None` when no chunk samples.
+    fn split_all_logits(
+        &self,
+        seqs: &[SeqChunk<'_>],
+        logits: &Tensor,
+        all: &mut Vec<(usize, Vec<Vec<f32>>)>,
+    ) -> Result<Option<Tensor>> {
+        let mut sample_rows: Vec<u32> = Vec::new();
+        let mut row = 0usize;
+        for (i, q) in seqs.iter().enumerate() {
+            if q.all_logits {
+                let n = q.token_ids.len();
+                all.push((i, logits.narrow(0, row, n)?.to_vec2::<f32>()?));
+                if q.sample {
+                    sample_rows.push((row + n - 1) as u32);
+                }
+                row += n;
+            } else if q.sample {
+                sample_rows.push(row as u32);
+                row += 1;
+            }
+        }
+        if sample_rows.is_empty() {
+            return Ok(None);
+        }
+        let len = sample_rows.len();
+        let idx = Tensor::from_vec(sample_rows, len, logits.device())?;
+        Ok(Some(logits.index_select(&idx, 0)?))
     }
 
     /// Runs one step. Returns f32 logits in batch order: every row of a chunk with

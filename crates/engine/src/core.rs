@@ -1,0 +1,444 @@
+//! The engine thread: [`EngineCore::run`] drains commands between steps and
+//! [`EngineCore::step`] runs one `schedule -> execute -> update`.
+//!
+//! Per-sequence output processing lives in `output`, `n > 1` siblings in `siblings`, the
+//! host-side LoRA cache's background loads in `lora_loads`; every live request is in
+//! [`Requests`].
+
+use crate::config::ModelInfo;
+use crate::detok::IncrementalDetokenizer;
+use crate::error::{EngineError, SubmitError};
+use crate::handle::Command;
+use crate::lora::{HostLoras, LoraConfig};
+use crate::params::{FinishReason, GenerationParams, RequestEvent};
+use crate::requests::{seq_id, Requests, SeqState};
+use crate::stats::{EngineSnapshot, StepStats};
+use crate::stop::StopMatcher;
+use lantern_models::ModelConfig;
+use lantern_runtime::{ModelRunner, SampleRow, SeqChunk};
+use lantern_scheduler::{
+    AddRequestError, FinishReason as SchedFinish, SchedRequest, Scheduler, SchedulerOutput,
+};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokenizers::Tokenizer;
+use tokio::sync::{mpsc as tmpsc, watch};
+
+pub(crate) struct EngineCore {
+    pub runner: ModelRunner,
+    pub sched: Scheduler,
+    pub cmd_rx: mpsc::Receiver<Command>,
+    /// For background adapter loads to report back on.
+    pub cmd_tx: mpsc::Sender<Command>,
+    pub host_loras: HostLoras,
+    pub lora_cfg: Option<LoraConfig>,
+    pub model_config: ModelConfig,
+    pub snap_tx: watch::Sender<EngineSnapshot>,
+    pub snapshot: EngineSnapshot,
+    pub reqs: Requests,
+    pub tokenizer: Arc<Tokenizer>,
+    pub info: Arc<ModelInfo>,
+    pub base_seed: u64,
+    pub shutting_down: bool,
+}
+
+impl EngineCore {
+    pub fn run(mut self) {
+        loop {
+            // Deferred siblings of a group still waiting for its adapter cannot move either.
+            let idle = !self.sched.has_unfinished() && self.reqs.deferred_all_pending();
+            if idle {
+                if self.shutting_down {
+                    break;
+                }
+                match self.cmd_rx.recv() {
+                    Ok(c) => self.handle_command(c),
+                    Err(_) => break,
+                }
+            }
+            loop {
+                match self.cmd_rx.try_recv() {
+                    Ok(c) => self.handle_command(c),
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        self.shutting_down = true;
+                        break;
+                    }
+                }
+            }
+            if self.shutting_down {
+                self.abort_all();
+                break;
+            }
+            self.reap_cancelled();
+            if !self.sched.has_unfinished() {
+                // Idle: publish what the commands changed (aborts free blocks too).
+                self.refresh_snapshot();
+                let _ = self.snap_tx.send(self.snapshot.clone());
+                continue;
+            }
+            if !self.step() {
+                // Nothing could be scheduled; wait briefly for commands instead of spinning.
+                if let Ok(c) = self.cmd_rx.recv_timeout(Duration::from_millis(5)) {
+                    self.handle_command(c);
+                }
+            }
+        }
+        tracing::info!("engine thread stopped");
+    }
+
+    fn handle_command(&mut self, c: Command) {
+        match c {
+            Command::Add {
+                group,
+                prompt,
+                params,
+                events,
+                reply,
+                arrival,
+            } => {
+                let r = self.add(group, prompt, *params, events, arrival);
+                let _ = reply.send(r);
+            }
+            Command::Abort(group) => self.abort_group(group),
+            Command::Snapshot(reply) => {
+                self.refresh_snapshot();
+                let _ = reply.send(self.snapshot.clone());
+            }
+            Command::Shutdown => self.shutting_down = true,
+            Command::AddLora {
+                id,
+                dir,
+                adapter,
+                seconds,
+                reply,
+            } => {
+                self.host_loras.insert(id, dir, adapter);
+                self.snapshot.lora_disk_loads += 1;
+                self.snapshot.lora_disk_load_seconds += seconds;
+                let _ = reply.send(());
+            }
+            Command::RemoveLora(id) => {
+                if self.host_loras.remove(id) {
+                    self.sched.evict_lora(id);
+                }
+                self.start_lora_loads();
+            }
+            Command::LoraLoaded {
+                id,
+                result,
+                seconds,
+            } => self.on_lora_loaded(id, result, seconds),
+        }
+    }
+
+    /// Puts a scheduler request into the scheduler, mapping its refusal to a submit error.
+    pub fn schedule_request(&mut self, req: SchedRequest) -> Result<(), SubmitError> {
+        self.sched.add_request(req).map_err(|e| match e {
+            AddRequestError::QueueFull { .. } => SubmitError::Overloaded(e.to_string()),
+            AddRequestError::TooLong { .. } | AddRequestError::ExceedsKvCache { .. } => {
+                SubmitError::TooLong(e.to_string())
+            }
+            other => SubmitError::InvalidParam {
+                field: "prompt".into(),
+                message: other.to_string(),
+            },
+        })
+    }
+
+    /// Puts a known sequence into the scheduler.
+    pub fn schedule_seq(&mut self, id: u64) -> Result<(), SubmitError> {
+        let req = self
+            .reqs
+            .get(id)
+            .map(|s| s.sched_request(id))
+            .ok_or(SubmitError::EngineStopped)?;
+        self.schedule_request(req)
+    }
+
+    fn add(
+        &mut self,
+        group: u64,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+        events: tmpsc::UnboundedSender<RequestEvent>,
+        arrival: Instant,
+    ) -> Result<(), SubmitError> {
+        if self.shutting_down {
+            return Err(SubmitError::EngineStopped);
+        }
+        let n = params.n;
+        let waiting = self.sched.num_waiting();
+        let max_waiting = self.sched.config().max_waiting_requests;
+        if waiting + n > max_waiting {
+            return Err(SubmitError::Overloaded(format!(
+                "{waiting} requests are waiting (limit {max_waiting}); retry later"
+            )));
+        }
+        let lora_id = params.lora_id;
+        if lora_id != 0 && !self.host_loras.is_live(lora_id) {
+            return Err(SubmitError::UnknownAdapter);
+        }
+        let max_tokens = params
+            .max_tokens
+            .unwrap_or_else(|| self.info.max_model_len.saturating_sub(prompt.len()));
+        let prompt = Arc::new(prompt);
+        let params = Arc::new(params);
+        let group_seed = params
+            .seed
+            .unwrap_or_else(|| self.base_seed ^ group.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut seqs = Vec::with_capacity(n);
+        for index in 0..n {
+            let detok = IncrementalDetokenizer::new(
+                self.tokenizer.clone(),
+                &prompt,
+                params.skip_special_tokens,
+            )
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot start detokenizer");
+                SubmitError::InvalidParam {
+                    field: "prompt".into(),
+                    message: "the prompt cannot be decoded by the tokenizer".into(),
+                }
+            })?;
+            let state = SeqState {
+                group,
+                index,
+                lora_id,
+                prompt: prompt.clone(),
+                params: params.clone(),
+                seed: group_seed.wrapping_add(index as u64),
+                max_tokens,
+                detok,
+                stop: StopMatcher::new(&params.stop, params.include_stop_str_in_output),
+                events: events.clone(),
+                arrival,
+                first_scheduled: None,
+                first_token: None,
+                num_output: 0,
+                num_cached: 0,
+                prompt_lps: (index == 0 && params.prompt_logprobs.is_some()).then(|| vec![None]),
+                prompt_lps_sent: false,
+            };
+            seqs.push((seq_id(group, index), state));
+        }
+        // The adapter's weights must be in host memory before the scheduler may pick the
+        // request (it copies them into a device slot right before the step).
+        let adapter_ready = lora_id == 0
+            || self
+                .host_loras
+                .get(lora_id)
+                .is_some_and(|e| e.host.is_some());
+        if adapter_ready {
+            if let Some((leader, state)) = seqs.first() {
+                self.schedule_request(state.sched_request(*leader))?;
+            }
+        }
+        self.reqs.insert_group(group, seqs, !adapter_ready);
+        if lora_id != 0 {
+            self.host_loras.pin(lora_id, n);
+        }
+        if !adapter_ready {
+            if let Some(e) = self.host_loras.get_mut(lora_id) {
+                e.pending.push(group);
+            }
+            if let Some(dir) = self.host_loras.request_load(lora_id) {
+                self.spawn_lora_load(lora_id, dir);
+            }
+        }
+        Ok(())
+    }
+
+    fn reap_cancelled(&mut self) {
+        for g in self.reqs.closed_groups() {
+            self.abort_group(g);
+        }
+    }
+
+    pub fn abort_group(&mut self, group: u64) {
+        self.reqs.drop_deferred(group);
+        for id in self.reqs.group_seqs(group) {
+            self.finish(id, FinishReason::Abort, None);
+        }
+    }
+
+    fn abort_all(&mut self) {
+        for g in self.reqs.group_ids() {
+            self.abort_group(g);
+        }
+    }
+
+    /// Ends a sequence with an error event (its blocks are freed).
+    pub fn fail_seq(&mut self, id: u64, err: EngineError) {
+        self.sched.finish_request(id, SchedFinish::Aborted);
+        if let Some(s) = self.reqs.remove_seq(id) {
+            let _ = s.events.send(RequestEvent::Error(err));
+            self.snapshot.finished_error += 1;
+            self.release_lora(s.lora_id);
+        }
+    }
+
+    pub fn fail_group(&mut self, group: u64, err: EngineError) {
+        self.reqs.drop_deferred(group);
+        for id in self.reqs.group_seqs(group) {
+            self.fail_seq(id, err.clone());
+        }
+    }
+
+    /// A step failed after scheduling: every sequence of the batch ends with an error; the
+    /// cause is logged, not sent to clients. Returns true (a step was attempted).
+    fn fail_batch(&mut self, out: &SchedulerOutput, what: &str, cause: &dyn std::fmt::Display) -> bool {
+        tracing::error!(error = %cause, "{what} failed; failing the batch");
+        for seq in &out.seqs {
+            self.fail_seq(seq.id, EngineError::Execution);
+        }
+        true
+    }
+
+    /// One `schedule -> execute -> update` step. Returns false when nothing was scheduled.
+    fn step(&mut self) -> bool {
+        let t0 = Instant::now();
+        let out = self.sched.schedule();
+        if out.is_empty() {
+            return false;
+        }
+        if !self.load_lora_slots(&out) {
+            return true;
+        }
+        let t_sched = Instant::now();
+        let mut prefill_tokens = 0;
+        let mut decode_tokens = 0;
+        for seq in &out.seqs {
+            let Some(s) = self.reqs.get_mut(seq.id) else {
+                decode_tokens += seq.token_ids.len();
+                continue;
+            };
+            if s.first_scheduled.is_none() {
+                s.first_scheduled = Some(t_sched);
+                s.num_cached = seq.num_cached_tokens;
+                self.snapshot.prompt_tokens_total += s.prompt.len() as u64;
+            }
+            if seq.num_computed_tokens >= s.prompt.len() {
+                decode_tokens += seq.token_ids.len();
+            } else {
+                prefill_tokens += seq.token_ids.len();
+            }
+        }
+        let chunks: Vec<SeqChunk> = out
+            .seqs
+            .iter()
+            .map(|s| SeqChunk {
+                token_ids: &s.token_ids,
+                num_computed_tokens: s.num_computed_tokens,
+                block_table: &s.block_table,
+                sample: s.sample,
+                all_logits: self.reqs.get(s.id).is_some_and(SeqState::wants_all_logits),
+                lora_slot: s.lora_slot,
+            })
+            .collect();
+        let sampled_seqs: Vec<u64> = out.seqs.iter().filter(|s| s.sample).map(|s| s.id).collect();
+        let banned_lists: Vec<Vec<u32>> = sampled_seqs
+            .iter()
+            .map(|&id| self.banned_tokens(id))
+            .collect();
+        let empty: Vec<u32> = Vec::new();
+        let default_params = lantern_runtime::SamplingParams::greedy();
+        let rows: Vec<SampleRow> = sampled_seqs
+            .iter()
+            .zip(&banned_lists)
+            .map(|(&id, banned)| {
+                let s = self.reqs.get(id);
+                SampleRow {
+                    params: s.map(|s| &s.params.sampling).unwrap_or(&default_params),
+                    seed: s.map(|s| s.seed).unwrap_or(0),
+                    prompt_tokens: s.map(|s| s.prompt.as_slice()).unwrap_or(&empty),
+                    output_tokens: self.sched.output_tokens(id).unwrap_or(&empty),
+                    banned,
+                }
+            })
+            .collect();
+        let ran = match self.runner.step(&chunks, &rows) {
+            Ok(r) => r,
+            Err(e) => return self.fail_batch(&out, "the forward pass or sampling", &e),
+        };
+        let t_exec = t_sched + Duration::from_secs_f64(ran.forward_seconds);
+        for (i, rows) in &ran.all_logits {
+            if let Some(q) = out.seqs.get(*i) {
+                self.record_prompt_logprobs(q.id, q.num_computed_tokens, rows);
+            }
+        }
+        let t_sample = Instant::now();
+        let pairs: Vec<(u64, u32)> = sampled_seqs
+            .iter()
+            .zip(&ran.sampled)
+            .map(|(&id, t)| (id, t.token))
+            .collect();
+        let reached_max = match self.sched.update(&out, &pairs) {
+            Ok(v) => v,
+            Err(e) => return self.fail_batch(&out, "the scheduler update", &e),
+        };
+        let now = Instant::now();
+        for (id, tok) in sampled_seqs.iter().zip(ran.sampled) {
+            let at_max = reached_max.contains(id);
+            self.on_token(*id, tok, at_max, now);
+        }
+        for id in reached_max {
+            if self.reqs.contains(id) {
+                self.finish(id, FinishReason::Length, None);
+            }
+        }
+        self.release_deferred();
+        let t_end = Instant::now();
+        let secs = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64();
+        let duration_s = secs(t0, t_end);
+        self.snapshot.steps += 1;
+        self.snapshot.step_seconds_total += duration_s;
+        let ph = &mut self.snapshot.step_phases;
+        ph.schedule += secs(t0, t_sched);
+        ph.execute += secs(t_sched, t_exec);
+        ph.sample += secs(t_exec, t_sample);
+        ph.update += secs(t_sample, t_end);
+        if let Some(d) = self.runner.simulated_device_seconds() {
+            self.snapshot.simulated_device_seconds_total = d;
+        }
+        self.snapshot.last_step = StepStats {
+            num_batched_tokens: out.num_batched_tokens,
+            num_prefill_tokens: prefill_tokens,
+            num_decode_tokens: decode_tokens,
+            duration_s,
+            ..StepStats::default()
+        };
+        self.refresh_snapshot();
+        let _ = self.snap_tx.send(self.snapshot.clone());
+        true
+    }
+
+    /// Tokens a sequence must not sample now: EOS (unless ignored) and its stop token ids
+    /// while it is below `min_tokens`.
+    fn banned_tokens(&self, id: u64) -> Vec<u32> {
+        let mut banned = Vec::new();
+        if let Some(s) = self.reqs.get(id) {
+            if s.num_output < s.params.min_tokens {
+                if !s.params.ignore_eos {
+                    banned.extend_from_slice(&self.info.eos_token_ids);
+                }
+                banned.extend_from_slice(&s.params.stop_token_ids);
+            }
+        }
+        banned
+    }
+
+    /// Copies the scheduler's current counters into the snapshot.
+    pub fn refresh_snapshot(&mut self) {
+        let st = self.sched.stats();
+        self.snapshot.prefix_cache_queries_tokens = st.prefix_cache_queries;
+        self.snapshot.prefix_cache_hits_tokens = st.prefix_cache_hits;
+        self.snapshot.num_preemptions = st.num_preemptions;
+        self.snapshot.last_step.num_running = st.num_running;
+        self.snapshot.last_step.num_waiting = st.num_waiting;
+        self.snapshot.last_step.kv_blocks_used = st.num_blocks_used;
+        self.snapshot.last_step.kv_blocks_free = st.num_blocks_free;
+        self.snapshot.loras_in_host_memory = self.host_loras.num_resident();
+    }
+}

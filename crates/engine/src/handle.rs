@@ -1,0 +1,339 @@
+//! The engine's handle side: [`EngineHandle`] (cheap to clone, used by the server's
+//! threads), [`RequestStream`] (one per submitted request; dropping it cancels the request)
+//! and the [`Command`]s they send to the engine thread.
+
+use crate::config::ModelInfo;
+use crate::error::SubmitError;
+use crate::lora::{check_name, now_unix, LoraConfig, LoraError, LoraInfo, LoraRegistry};
+use crate::params::{GenerationParams, RequestEvent};
+use crate::stats::EngineSnapshot;
+use lantern_models::LoraAdapter;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+use tokenizers::Tokenizer;
+use tokio::sync::{mpsc as tmpsc, oneshot, watch};
+
+pub(crate) enum Command {
+    Add {
+        group: u64,
+        prompt: Vec<u32>,
+        params: Box<GenerationParams>,
+        events: tmpsc::UnboundedSender<RequestEvent>,
+        reply: oneshot::Sender<Result<(), SubmitError>>,
+        arrival: Instant,
+    },
+    Abort(u64),
+    Snapshot(oneshot::Sender<EngineSnapshot>),
+    Shutdown,
+    /// A validated adapter (read by the caller's thread) joins the host cache.
+    AddLora {
+        id: u32,
+        dir: PathBuf,
+        adapter: Arc<LoraAdapter>,
+        seconds: f64,
+        reply: oneshot::Sender<()>,
+    },
+    /// The user unloaded an adapter: in-flight requests finish, then it is dropped.
+    RemoveLora(u32),
+    /// A background disk read of an adapter finished.
+    LoraLoaded {
+        id: u32,
+        result: Result<Arc<LoraAdapter>, AdapterLoadError>,
+        seconds: f64,
+    },
+}
+
+/// Why a background read of an adapter's weights failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AdapterLoadError {
+    #[error(transparent)]
+    Read(#[from] lantern_models::ModelError),
+    #[error("cannot spawn a loader thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// The stream of events of one submitted request. Dropping it cancels the request.
+#[derive(Debug)]
+pub struct RequestStream {
+    id: u64,
+    rx: tmpsc::UnboundedReceiver<RequestEvent>,
+    cmd: mpsc::Sender<Command>,
+    done: bool,
+}
+
+impl RequestStream {
+    /// The request id (as used in logs).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The next event; `None` once every completion finished.
+    pub async fn next(&mut self) -> Option<RequestEvent> {
+        let ev = self.rx.recv().await;
+        if ev.is_none() {
+            self.done = true;
+        }
+        ev
+    }
+
+    /// Blocking version of [`RequestStream::next`] (not for async contexts).
+    pub fn blocking_next(&mut self) -> Option<RequestEvent> {
+        let ev = self.rx.blocking_recv();
+        if ev.is_none() {
+            self.done = true;
+        }
+        ev
+    }
+}
+
+impl Drop for RequestStream {
+    fn drop(&mut self) {
+        if !self.done {
+            // The engine may already be gone; then there is nothing to cancel.
+            let _ = self.cmd.send(Command::Abort(self.id));
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the engine thread.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    pub(crate) cmd: mpsc::Sender<Command>,
+    pub(crate) next_id: Arc<AtomicU64>,
+    pub(crate) info: Arc<ModelInfo>,
+    pub(crate) tokenizer: Arc<Tokenizer>,
+    pub(crate) snapshot: watch::Receiver<EngineSnapshot>,
+    pub(crate) loras: Arc<RwLock<LoraRegistry>>,
+    pub(crate) lora_cfg: Option<LoraConfig>,
+}
+
+impl EngineHandle {
+    /// The LoRA limits, `None` when LoRA is disabled.
+    pub fn lora_config(&self) -> Option<LoraConfig> {
+        self.lora_cfg
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, LoraRegistry> {
+        self.loras.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn registry_mut(&self) -> std::sync::RwLockWriteGuard<'_, LoraRegistry> {
+        self.loras.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The id of a loaded adapter (for [`GenerationParams::lora_id`]).
+    pub fn lora_id(&self, name: &str) -> Option<u32> {
+        self.registry().id_of(name)
+    }
+
+    /// Loaded adapters, by name.
+    pub fn loras(&self) -> Vec<LoraInfo> {
+        self.registry().list()
+    }
+
+    /// Reads a PEFT adapter from `source` (a directory or a hub id), checks it against the
+    /// base model and `--max-lora-rank`, and registers it as `name`. Blocks on disk (and
+    /// network) I/O: call it from a blocking context. Requests that do not use the adapter
+    /// are not held up.
+    pub fn load_lora_blocking(&self, name: &str, source: &str) -> Result<LoraInfo, LoraError> {
+        let cfg = self.lora_cfg.ok_or(LoraError::Disabled)?;
+        check_name(name)?;
+        let id = self.registry_mut().reserve(name)?;
+        let t0 = Instant::now();
+        let loaded = LoraAdapter::resolve_source(source).and_then(|dir| {
+            LoraAdapter::load(&dir, &self.info.meta.config, cfg.max_lora_rank).map(|a| (dir, a))
+        });
+        let (dir, adapter) = match loaded {
+            Ok(x) => x,
+            Err(e) => {
+                self.registry_mut().cancel(name);
+                return Err(LoraError::Invalid {
+                    name: name.to_string(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let seconds = t0.elapsed().as_secs_f64();
+        let info = LoraInfo {
+            id,
+            name: name.to_string(),
+            source: source.to_string(),
+            path: dir.clone(),
+            rank: adapter.rank,
+            created: now_unix(),
+        };
+        let (tx, rx) = oneshot::channel();
+        let sent = self.cmd.send(Command::AddLora {
+            id,
+            dir,
+            adapter: Arc::new(adapter),
+            seconds,
+            reply: tx,
+        });
+        if sent.is_err() || rx.blocking_recv().is_err() {
+            self.registry_mut().cancel(name);
+            return Err(LoraError::EngineStopped);
+        }
+        self.registry_mut().publish(info.clone());
+        tracing::info!(
+            name,
+            source,
+            id,
+            rank = info.rank,
+            seconds,
+            "LoRA adapter loaded"
+        );
+        Ok(info)
+    }
+
+    /// Unregisters an adapter: new requests naming it are refused at once; requests already
+    /// accepted finish normally, then its memory is released.
+    pub fn unload_lora(&self, name: &str) -> Result<(), LoraError> {
+        if self.lora_cfg.is_none() {
+            return Err(LoraError::Disabled);
+        }
+        let id = self
+            .registry_mut()
+            .remove(name)
+            .ok_or_else(|| LoraError::NotFound(name.to_string()))?;
+        self.cmd
+            .send(Command::RemoveLora(id))
+            .map_err(|_| LoraError::EngineStopped)?;
+        tracing::info!(name, id, "LoRA adapter unloaded");
+        Ok(())
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// The latest published stats.
+    pub fn snapshot(&self) -> EngineSnapshot {
+        self.snapshot.borrow().clone()
+    }
+
+    fn check(&self, prompt: &[u32], params: &GenerationParams) -> Result<(), SubmitError> {
+        params.validate(self.info.vocab_size)?;
+        if prompt.is_empty() {
+            return Err(SubmitError::InvalidParam {
+                field: "prompt".into(),
+                message: "the prompt is empty; send at least one token".into(),
+            });
+        }
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.info.vocab_size) {
+            return Err(SubmitError::InvalidParam {
+                field: "prompt".into(),
+                message: format!(
+                    "token id {bad} is out of the vocabulary (0..{})",
+                    self.info.vocab_size
+                ),
+            });
+        }
+        let max_len = self.info.max_model_len;
+        let max_tokens = params.max_tokens.unwrap_or(1);
+        if prompt.len() + max_tokens > max_len {
+            return Err(SubmitError::TooLong(match params.max_tokens {
+                Some(m) => format!(
+                    "this model's maximum context length is {max_len} tokens, but the request has {} prompt tokens and max_tokens {m} ({} in total); shorten the prompt or lower max_tokens",
+                    prompt.len(),
+                    prompt.len() + m
+                ),
+                None => format!(
+                    "this model's maximum context length is {max_len} tokens, but the prompt has {} tokens; shorten the prompt",
+                    prompt.len()
+                ),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Adds a request. Resolves once the engine accepted it (or refused: overload, too long).
+    pub async fn submit(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+    ) -> Result<RequestStream, SubmitError> {
+        let (stream, reply) = self.send_add(prompt, params)?;
+        match reply.await {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(SubmitError::EngineStopped),
+        }
+    }
+
+    /// Blocking version of [`EngineHandle::submit`] (not for async contexts).
+    pub fn submit_blocking(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+    ) -> Result<RequestStream, SubmitError> {
+        let (stream, reply) = self.send_add(prompt, params)?;
+        match reply.blocking_recv() {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(SubmitError::EngineStopped),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn send_add(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+    ) -> Result<(RequestStream, oneshot::Receiver<Result<(), SubmitError>>), SubmitError> {
+        self.check(&prompt, &params)?;
+        let group = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tmpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Add {
+                group,
+                prompt,
+                params: Box::new(params),
+                events: tx,
+                reply: reply_tx,
+                arrival: Instant::now(),
+            })
+            .map_err(|_| SubmitError::EngineStopped)?;
+        Ok((
+            RequestStream {
+                id: group,
+                rx,
+                cmd: self.cmd.clone(),
+                done: false,
+            },
+            reply_rx,
+        ))
+    }
+
+    /// Stats read by the engine thread itself between steps: reflects every event already
+    /// delivered (unlike [`EngineHandle::snapshot`], published at the end of each step).
+    pub async fn fresh_snapshot(&self) -> Result<EngineSnapshot, SubmitError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Snapshot(tx))
+            .map_err(|_| SubmitError::EngineStopped)?;
+        rx.await.map_err(|_| SubmitError::EngineStopped)
+    }
+
+    /// Blocking version of [`EngineHandle::fresh_snapshot`].
+    pub fn fresh_snapshot_blocking(&self) -> Result<EngineSnapshot, SubmitError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Snapshot(tx))
+            .map_err(|_| SubmitError::EngineStopped)?;
+        rx.blocking_recv().map_err(|_| SubmitError::EngineStopped)
+    }
+
+    /// Asks the engine to stop: running requests are aborted, the thread exits.
+    pub fn shutdown(&self) {
+        let _ = self.cmd.send(Command::Shutdown);
+    }
+}
