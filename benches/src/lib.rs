@@ -29,7 +29,7 @@
 //! - `metrics`: per-request [`RequestRecord`]s into [`Metrics`] (numpy-style percentiles,
 //!   goodput, peak throughput).
 //! - `report` and `plot`: the vLLM-style table, `--result-json`, `--compare`, `--plot`
-//!   SVG or PNG (`raster` + `font`: a small software rasterizer and PNG encoder).
+//!   SVG or PNG (drawn with `plotters`, PNG text from an embedded DejaVu Sans).
 //!
 //! Invariants: all timing uses the monotonic clock; a failed request never panics the
 //! run, it becomes a record with an `error_kind`; datasets and arrivals depend only on
@@ -40,12 +40,10 @@ mod arrival;
 mod client;
 mod dataset;
 mod embedded;
-mod font;
 mod http;
 mod metrics;
 pub mod mock;
 mod plot;
-mod raster;
 mod report;
 mod runner;
 mod sse;

@@ -1,189 +1,81 @@
-//! `--plot FILE.svg|FILE.png`: latency percentile curves (TTFT, TPOT, ITL, E2EL) and
-//! per-second throughput / concurrency timelines, with no plotting dependencies.
+//! `--plot FILE.svg|FILE.png`: the figure of one run.
 //!
-//! The figure is drawn once, by [`draw`], onto a [`Surface`]: [`SvgWriter`] turns the
-//! calls into SVG elements, [`crate::raster::Canvas`] rasterizes them for PNG, so the
-//! two formats cannot drift apart.
+//! What is plotted: a header line (model, requests ok / failed, request and output token
+//! throughput) over four latency panels, TTFT, TPOT, ITL and E2EL in ms against the
+//! percentile (0 to 100 in steps of 0.5, P50 and P99 in each title), and two timelines
+//! over the run: output tokens/s in buckets of a "nice" width, and the exact number of
+//! requests in flight. Each panel has a title, axis labels and a legend; a latency panel
+//! without a successful request says "no data". The format follows the file's extension
+//! (`.svg` or `.png`, any case).
+//!
+//! Who draws it: the [`plotters`] crate. `figure` gathers the panels from a result, and
+//! one drawing function runs on plotters' SVG backend (1000 x 1086) and on its bitmap
+//! backend at `PNG_SCALE` (2) times that size; the `png` crate encodes the bitmap as 8-bit
+//! RGB.
+//!
+//! Font: text in the PNG is rasterized by plotters' `ab_glyph` feature from DejaVu Sans
+//! 2.35 (regular weight only; bold titles fall back to it), embedded with `include_bytes!`
+//! from `benches/assets/DejaVuSans.ttf`, so the PNG does not depend on the fonts installed
+//! (no fontconfig, no freetype). DejaVu Sans is under the Bitstream Vera and Arev font
+//! licences (permissive: use, copy, modify and redistribute with the notice kept; DejaVu's
+//! own changes are public domain), reproduced in `benches/assets/LICENSE_DEJAVU`. The SVG
+//! names the `sans-serif` family and leaves the font to the viewer; the embedded font
+//! only measures its text (title fitting, legend box).
 
-use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::OnceLock;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::metrics::{percentile, token_events, RequestRecord};
-use crate::raster::Canvas;
 use crate::report::BenchResult;
 
+/// Figure layout in plot units (SVG pixels).
 const W: f64 = 1000.0;
+const HEADER_H: f64 = 50.0;
 const PANEL_H: f64 = 280.0;
+/// The two timelines are a little less tall than the latency panels.
+const TIMELINE_H: f64 = PANEL_H * 0.85;
+/// Left of the plot area: the y axis title and the tick labels, from the panel's edge.
 const MARGIN_L: f64 = 70.0;
+/// Room left of the y axis title (its glyphs reach a little beyond the text box).
+const MARGIN_YDESC: f64 = 8.0;
+/// Above the title.
+const MARGIN_T: f64 = 4.0;
 const MARGIN_R: f64 = 20.0;
-const MARGIN_T: f64 = 34.0;
 const MARGIN_B: f64 = 46.0;
 /// Device pixels per plot unit in the PNG (a 2000-pixel-wide image).
 const PNG_SCALE: f64 = 2.0;
 
-/// An sRGB colour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rgb(pub u8, pub u8, pub u8);
+const GRID: RGBColor = RGBColor(0xe4, 0xe4, 0xe4);
+const AXIS: RGBColor = RGBColor(0x44, 0x44, 0x44);
+const MUTED: RGBColor = RGBColor(0x88, 0x88, 0x88);
+/// Series colours: TTFT, TPOT, ITL, E2EL, output tok/s, in flight.
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+];
 
-impl Rgb {
-    pub const BLACK: Rgb = Rgb(0, 0, 0);
-    pub const WHITE: Rgb = Rgb(255, 255, 255);
-    const GRID: Rgb = Rgb(0xe4, 0xe4, 0xe4);
-    const AXIS: Rgb = Rgb(0x44, 0x44, 0x44);
-    const MUTED: Rgb = Rgb(0x88, 0x88, 0x88);
-}
+/// DejaVu Sans 2.35, regular (see the module doc for its licence).
+static DEJAVU_SANS: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 
-impl std::fmt::Display for Rgb {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "#{:02x}{:02x}{:02x}", self.0, self.1, self.2)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Anchor {
-    Start,
-    Middle,
-    End,
-}
-
-/// One text item; `(x, y)` is the anchor point on the baseline, in plot units.
-#[derive(Debug, Clone, Copy)]
-pub struct Text<'a> {
-    pub x: f64,
-    pub y: f64,
-    pub size: f64,
-    pub bold: bool,
-    pub anchor: Anchor,
-    /// Rotated -90 degrees about `(x, y)`: reads bottom to top.
-    pub vertical: bool,
-    pub color: Rgb,
-    /// Room for the text in plot units; a renderer with coarse font sizes (the PNG)
-    /// steps the size down to fit it. SVG fonts are proportional and ignore it.
-    pub max_width: f64,
-    pub s: &'a str,
-}
-
-impl<'a> Text<'a> {
-    fn new(x: f64, y: f64, size: f64, anchor: Anchor, s: &'a str) -> Self {
-        Text {
-            x,
-            y,
-            size,
-            bold: false,
-            anchor,
-            vertical: false,
-            color: Rgb::BLACK,
-            max_width: f64::INFINITY,
-            s,
-        }
-    }
-    fn bold(self) -> Self {
-        Text { bold: true, ..self }
-    }
-    fn max_width(self, max_width: f64) -> Self {
-        Text { max_width, ..self }
-    }
-}
-
-/// What the figure is drawn with; coordinates are plot units, y pointing down.
-pub trait Surface {
-    fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, fill: Rgb);
-    fn polyline(&mut self, pts: &[(f64, f64)], color: Rgb, width: f64);
-    fn line(&mut self, a: (f64, f64), b: (f64, f64), color: Rgb, width: f64) {
-        self.polyline(&[a, b], color, width);
-    }
-    fn text(&mut self, t: &Text<'_>);
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// Accumulates SVG elements.
-pub struct SvgWriter {
-    out: String,
-}
-
-impl SvgWriter {
-    pub fn new(w: f64, h: f64) -> Self {
-        SvgWriter {
-            out: format!(
-                r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif">"#
-            ) + "\n",
-        }
-    }
-
-    pub fn finish(mut self) -> String {
-        self.out.push_str("</svg>\n");
-        self.out
-    }
-}
-
-fn stroke_width(width: f64) -> String {
-    if width == 1.0 {
-        String::new()
+/// Registers the embedded font as plotters' `sans-serif` family, once per process.
+fn register_font() -> Result<()> {
+    static REGISTERED: OnceLock<bool> = OnceLock::new();
+    let ok = *REGISTERED.get_or_init(|| {
+        plotters::style::register_font("sans-serif", FontStyle::Normal, DEJAVU_SANS).is_ok()
+    });
+    if ok {
+        Ok(())
     } else {
-        format!(r#" stroke-width="{width}""#)
-    }
-}
-
-impl Surface for SvgWriter {
-    fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, fill: Rgb) {
-        let _ = writeln!(
-            self.out,
-            r#"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="{fill}"/>"#
-        );
-    }
-
-    fn polyline(&mut self, pts: &[(f64, f64)], color: Rgb, width: f64) {
-        let pts: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
-        let _ = writeln!(
-            self.out,
-            r#"<polyline fill="none" stroke="{color}"{} points="{}"/>"#,
-            stroke_width(width),
-            pts.join(" ")
-        );
-    }
-
-    fn line(&mut self, (x1, y1): (f64, f64), (x2, y2): (f64, f64), color: Rgb, width: f64) {
-        let _ = writeln!(
-            self.out,
-            r#"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="{color}"{}/>"#,
-            stroke_width(width)
-        );
-    }
-
-    fn text(&mut self, t: &Text<'_>) {
-        let anchor = match t.anchor {
-            Anchor::Start => "",
-            Anchor::Middle => r#" text-anchor="middle""#,
-            Anchor::End => r#" text-anchor="end""#,
-        };
-        let weight = if t.bold { r#" font-weight="bold""# } else { "" };
-        let fill = if t.color == Rgb::BLACK {
-            String::new()
-        } else {
-            format!(r#" fill="{}""#, t.color)
-        };
-        let pos = if t.vertical {
-            format!(
-                r#"transform="translate({:.1},{:.1}) rotate(-90)""#,
-                t.x, t.y
-            )
-        } else {
-            format!(r#"x="{:.1}" y="{:.1}""#, t.x, t.y)
-        };
-        let _ = writeln!(
-            self.out,
-            r#"<text {pos} font-size="{}"{weight}{fill}{anchor}>{}</text>"#,
-            t.size,
-            esc(t.s)
-        );
+        bail!("--plot: the embedded font DejaVuSans.ttf does not parse")
     }
 }
 
@@ -223,97 +115,6 @@ fn fmt_ms(v: f64) -> String {
         format!("{v:.0}")
     } else {
         format!("{v:.1}")
-    }
-}
-
-struct Series<'a> {
-    points: Vec<(f64, f64)>,
-    color: Rgb,
-    label: &'a str,
-}
-
-/// Where a panel goes and what its axes say.
-struct Frame<'a> {
-    x0: f64,
-    y0: f64,
-    w: f64,
-    h: f64,
-    title: &'a str,
-    xlabel: &'a str,
-    ylabel: &'a str,
-    x_max: f64,
-}
-
-fn panel(s: &mut impl Surface, f: &Frame<'_>, series: &[Series<'_>]) {
-    let pw = f.w - MARGIN_L - MARGIN_R;
-    let ph = f.h - MARGIN_T - MARGIN_B;
-    let (left, top) = (f.x0 + MARGIN_L, f.y0 + MARGIN_T);
-    let bottom = top + ph;
-    let mid = left + pw / 2.0;
-    // Centred on the plot area, the title may use the panel's width less the
-    // difference between the left and right margins, and some padding.
-    let title = Text::new(mid, f.y0 + 20.0, 14.0, Anchor::Middle, f.title);
-    s.text(&title.bold().max_width(f.w - (MARGIN_L - MARGIN_R) - 20.0));
-    let y_max_data = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .fold(0.0f64, f64::max);
-    let y_step = nice_step(if y_max_data > 0.0 { y_max_data } else { 1.0 }, 5);
-    let y_max = ((y_max_data / y_step).ceil() * y_step).max(y_step);
-    let x_max = if f.x_max > 0.0 { f.x_max } else { 1.0 };
-    let x_step = nice_step(x_max, 10);
-    let sx = |x: f64| left + x / x_max * pw;
-    let sy = |y: f64| bottom - y / y_max * ph;
-    // Grid and ticks.
-    let mut t = 0.0;
-    while t <= y_max + y_step * 1e-9 {
-        let y = sy(t);
-        s.line((left, y), (left + pw, y), Rgb::GRID, 1.0);
-        let label = fmt_tick(t, y_step);
-        s.text(&Text::new(left - 6.0, y + 4.0, 11.0, Anchor::End, &label));
-        t += y_step;
-    }
-    let mut t = 0.0;
-    while t <= x_max + x_step * 1e-9 {
-        let x = sx(t);
-        s.line((x, bottom), (x, bottom + 4.0), Rgb::AXIS, 1.0);
-        let label = fmt_tick(t, x_step);
-        s.text(&Text::new(x, bottom + 16.0, 11.0, Anchor::Middle, &label));
-        t += x_step;
-    }
-    // Axes.
-    s.line((left, top), (left, bottom), Rgb::AXIS, 1.0);
-    s.line((left, bottom), (left + pw, bottom), Rgb::AXIS, 1.0);
-    s.text(&Text::new(
-        mid,
-        f.y0 + f.h - 8.0,
-        12.0,
-        Anchor::Middle,
-        f.xlabel,
-    ));
-    s.text(&Text {
-        vertical: true,
-        ..Text::new(f.x0 + 16.0, top + ph / 2.0, 12.0, Anchor::Middle, f.ylabel)
-    });
-    if series.iter().all(|s| s.points.is_empty()) {
-        s.text(&Text {
-            color: Rgb::MUTED,
-            ..Text::new(mid, top + ph / 2.0, 13.0, Anchor::Middle, "no data")
-        });
-        return;
-    }
-    for (i, ser) in series.iter().enumerate() {
-        let pts: Vec<(f64, f64)> = ser.points.iter().map(|&(x, y)| (sx(x), sy(y))).collect();
-        s.polyline(&pts, ser.color, 1.8);
-        let ly = top + 14.0 + 15.0 * i as f64;
-        s.line((left + 10.0, ly), (left + 28.0, ly), ser.color, 2.0);
-        s.text(&Text::new(
-            left + 32.0,
-            ly + 4.0,
-            11.0,
-            Anchor::Start,
-            ser.label,
-        ));
     }
 }
 
@@ -389,123 +190,366 @@ pub fn in_flight_steps(records: &[RequestRecord]) -> Vec<(f64, f64)> {
     pts
 }
 
-/// Size of the figure in plot units.
-fn figure_size() -> (f64, f64) {
-    (W, 50.0 + 2.0 * PANEL_H + 2.0 * PANEL_H * 0.85)
+/// One line on a panel.
+#[derive(Debug, Clone)]
+struct Series {
+    points: Vec<(f64, f64)>,
+    color: RGBColor,
+    label: &'static str,
 }
 
-/// Draws the whole figure for a result.
-pub fn draw(s: &mut impl Surface, r: &BenchResult) {
-    let (w, h) = figure_size();
-    s.rect(0.0, 0.0, w, h, Rgb::WHITE);
+/// One panel: what its axes say and what it draws; x runs over `[0, x_max]`.
+#[derive(Debug, Clone)]
+struct Panel {
+    title: String,
+    xlabel: &'static str,
+    ylabel: String,
+    x_max: f64,
+    series: Vec<Series>,
+}
+
+/// The content of the figure, whatever the format.
+#[derive(Debug, Clone)]
+struct Figure {
+    header: String,
+    /// TTFT, TPOT, ITL, E2EL: two rows of two.
+    latency: Vec<Panel>,
+    /// Output token throughput, then requests in flight: full width.
+    timelines: Vec<Panel>,
+}
+
+/// Size of the figure in plot units.
+fn figure_size() -> (f64, f64) {
+    (W, HEADER_H + 2.0 * PANEL_H + 2.0 * TIMELINE_H)
+}
+
+/// The panels of the figure for a result.
+fn figure(r: &BenchResult) -> Figure {
     let m = &r.metrics;
     let header = format!(
         "lantern bench — {} · {} ok / {} failed · {:.2} req/s · {:.1} out tok/s",
         r.model, m.completed, m.failed, m.request_throughput, m.output_throughput
     );
-    let header = Text::new(W / 2.0, 30.0, 16.0, Anchor::Middle, &header);
-    s.text(&header.bold().max_width(W - 20.0));
-    let colors = [
-        Rgb(0x1f, 0x77, 0xb4),
-        Rgb(0xff, 0x7f, 0x0e),
-        Rgb(0x2c, 0xa0, 0x2c),
-        Rgb(0xd6, 0x27, 0x28),
-    ];
-    for (i, (name, values)) in latency_values(&r.requests).into_iter().enumerate() {
-        let curve = percentile_curve(&values);
-        let sub = if curve.is_empty() {
-            String::new()
-        } else {
-            let mut v = values.clone();
-            v.sort_by(f64::total_cmp);
-            format!(
-                " (P50 {} ms, P99 {} ms)",
-                fmt_ms(percentile(&v, 50.0)),
-                fmt_ms(percentile(&v, 99.0))
-            )
-        };
-        let (col, row) = (i % 2, i / 2);
-        panel(
-            s,
-            &Frame {
-                x0: col as f64 * W / 2.0,
-                y0: 50.0 + row as f64 * PANEL_H,
-                w: W / 2.0,
-                h: PANEL_H,
-                title: &format!("{name} percentiles{sub}"),
+    let latency = latency_values(&r.requests)
+        .into_iter()
+        .zip(COLORS)
+        .map(|((name, values), color)| {
+            let curve = percentile_curve(&values);
+            let sub = if curve.is_empty() {
+                String::new()
+            } else {
+                let mut v = values.clone();
+                v.sort_by(f64::total_cmp);
+                format!(
+                    " (P50 {} ms, P99 {} ms)",
+                    fmt_ms(percentile(&v, 50.0)),
+                    fmt_ms(percentile(&v, 99.0))
+                )
+            };
+            Panel {
+                title: format!("{name} percentiles{sub}"),
                 xlabel: "percentile",
-                ylabel: &format!("{name} (ms)"),
+                ylabel: format!("{name} (ms)"),
                 x_max: 100.0,
-            },
-            &[Series {
-                points: curve,
-                color: colors[i],
-                label: name,
-            }],
-        );
-    }
+                series: vec![Series {
+                    points: curve,
+                    color,
+                    label: name,
+                }],
+            }
+        })
+        .collect();
     let span = r
         .requests
         .iter()
         .map(|q| q.start_s + q.e2el_s)
         .fold(r.metrics.duration_s, f64::max);
     let (tokens, bucket) = throughput_steps(&r.requests, span);
-    let y_base = 50.0 + 2.0 * PANEL_H;
-    panel(
-        s,
-        &Frame {
-            x0: 0.0,
-            y0: y_base,
-            w: W,
-            h: PANEL_H * 0.85,
-            title: &format!(
+    let timelines = vec![
+        Panel {
+            title: format!(
                 "Output token throughput ({} s buckets)",
                 fmt_tick(bucket, bucket)
             ),
             xlabel: "time since start (s)",
-            ylabel: "tokens/s",
+            ylabel: "tokens/s".into(),
             x_max: span,
+            series: vec![Series {
+                points: tokens,
+                color: COLORS[4],
+                label: "output tok/s",
+            }],
         },
-        &[Series {
-            points: tokens,
-            color: Rgb(0x94, 0x67, 0xbd),
-            label: "output tok/s",
-        }],
-    );
-    panel(
-        s,
-        &Frame {
-            x0: 0.0,
-            y0: y_base + PANEL_H * 0.85,
-            w: W,
-            h: PANEL_H * 0.85,
-            title: "Requests in flight",
+        Panel {
+            title: "Requests in flight".into(),
             xlabel: "time since start (s)",
-            ylabel: "requests",
+            ylabel: "requests".into(),
             x_max: span,
+            series: vec![Series {
+                points: in_flight_steps(&r.requests),
+                color: COLORS[5],
+                label: "in flight",
+            }],
         },
-        &[Series {
-            points: in_flight_steps(&r.requests),
-            color: Rgb(0x8c, 0x56, 0x4b),
-            label: "in flight",
-        }],
-    );
+    ];
+    Figure {
+        header,
+        latency,
+        timelines,
+    }
+}
+
+/// An axis over `[0, max]` with its tick positions given: plotters' own `with_key_points`
+/// has no label formatter for `f64`, and the ticks are the "nice" steps computed here.
+struct TickAxis {
+    inner: plotters::coord::types::RangedCoordf64,
+    ticks: Vec<f64>,
+}
+
+impl TickAxis {
+    fn new(max: f64, step: f64) -> Self {
+        TickAxis {
+            inner: (0.0..max).into(),
+            ticks: ticks(max, step),
+        }
+    }
+}
+
+impl Ranged for TickAxis {
+    // The labels come from the mesh's label formatter (`fmt_tick`).
+    type FormatOption = plotters::coord::ranged1d::DefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        self.inner.map(value, limit)
+    }
+
+    fn key_points<Hint: plotters::coord::ranged1d::KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        // Bold points only: grid lines and labels at the ticks, no light lines.
+        if hint.weight().allow_light_points() {
+            Vec::new()
+        } else {
+            self.ticks.clone()
+        }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.inner.range()
+    }
+}
+
+/// `0, step, 2 step, ...` up to `max` (and a hair over, for rounding).
+fn ticks(max: f64, step: f64) -> Vec<f64> {
+    (0..=10_000)
+        .map(|i| i as f64 * step)
+        .take_while(|t| *t <= max + step * 1e-9)
+        .collect()
+}
+
+/// Text of `css_px` CSS pixels at scale `k`. Plotters' font size is about 1.24 times the
+/// CSS size (its SVG backend writes `font-size` = size / 1.24).
+fn text_style(css_px: f64, k: f64, style: FontStyle) -> TextStyle<'static> {
+    FontDesc::new(FontFamily::SansSerif, css_px * 1.24 * k, style).color(&BLACK)
+}
+
+/// `style`, shrunk if `s` would be wider than `max_w` pixels on `area`.
+fn fit<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    s: &str,
+    style: TextStyle<'static>,
+    max_w: f64,
+) -> DrawResult<TextStyle<'static>, DB> {
+    let (w, _) = area.estimate_text_size(s, &style)?;
+    if f64::from(w) <= max_w || w == 0 {
+        return Ok(style);
+    }
+    let size = style.font.get_size() * max_w / f64::from(w);
+    Ok(FontDesc::new(FontFamily::SansSerif, size, style.font.get_style()).color(&BLACK))
+}
+
+/// Splits a line into runs that never turn back by more than 90 degrees in pixel space
+/// (`to_px` maps a point to its pixel). Plotters outlines a thick line as one polygon, and
+/// at such a turn (a step line going up and down again within one pixel column) the
+/// outline folds over itself and leaves hatching; runs meet at the turning point. A line
+/// without such turns is one run; there is always at least one.
+fn runs(points: &[(f64, f64)], to_px: impl Fn(&(f64, f64)) -> (i32, i32)) -> Vec<&[(f64, f64)]> {
+    let mut out = Vec::new();
+    let (mut start, mut last) = (0, 0);
+    let mut last_px = None::<(i32, i32)>;
+    let mut last_dir = None::<(i64, i64)>;
+    for (i, pt) in points.iter().enumerate() {
+        let px = to_px(pt);
+        let Some(prev) = last_px else {
+            last_px = Some(px);
+            continue;
+        };
+        if px == prev {
+            continue;
+        }
+        let dir = (i64::from(px.0 - prev.0), i64::from(px.1 - prev.1));
+        if let Some(d) = last_dir {
+            if d.0 * dir.0 + d.1 * dir.1 < 0 {
+                out.push(&points[start..=last]);
+                start = last;
+            }
+        }
+        (last, last_px, last_dir) = (i, Some(px), Some(dir));
+    }
+    out.push(&points[start..]);
+    out
+}
+
+/// Draws one panel on `area` at `k` pixels per plot unit.
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    p: &Panel,
+    k: f64,
+) -> DrawResult<(), DB> {
+    let px = |v: f64| (v * k).round().max(1.0) as u32;
+    let (w, _) = area.dim_in_pixel();
+    // The title may use the panel's width less the difference between the left and
+    // right margins, and some padding.
+    let room = f64::from(w) - (MARGIN_L - MARGIN_R + 20.0) * k;
+    let title = fit(area, &p.title, text_style(14.0, k, FontStyle::Bold), room)?;
+    let y_max_data = p
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max);
+    let y_step = nice_step(if y_max_data > 0.0 { y_max_data } else { 1.0 }, 5);
+    let y_max = ((y_max_data / y_step).ceil() * y_step).max(y_step);
+    let x_max = if p.x_max > 0.0 { p.x_max } else { 1.0 };
+    let x_step = nice_step(x_max, 10);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, title)
+        .margin_top(px(MARGIN_T))
+        .margin_left(px(MARGIN_YDESC))
+        .margin_right(px(MARGIN_R))
+        .x_label_area_size(px(MARGIN_B))
+        .y_label_area_size(px(MARGIN_L - MARGIN_YDESC))
+        .build_cartesian_2d(TickAxis::new(x_max, x_step), TickAxis::new(y_max, y_step))?;
+    let x_fmt = |v: &f64| fmt_tick(*v, x_step);
+    let y_fmt = |v: &f64| fmt_tick(*v, y_step);
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .bold_line_style(GRID.stroke_width(px(1.0)))
+        .axis_style(AXIS.stroke_width(px(1.0)))
+        .set_all_tick_mark_size(px(4.0))
+        .label_style(text_style(11.0, k, FontStyle::Normal))
+        .axis_desc_style(text_style(12.0, k, FontStyle::Normal))
+        .x_desc(p.xlabel)
+        .y_desc(p.ylabel.as_str())
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt)
+        .draw()?;
+    if p.series.iter().all(|s| s.points.is_empty()) {
+        let style = text_style(13.0, k, FontStyle::Normal)
+            .color(&MUTED)
+            .pos(Pos::new(HPos::Center, VPos::Center));
+        chart.draw_series(std::iter::once(Text::new(
+            "no data",
+            (x_max / 2.0, y_max / 2.0),
+            style,
+        )))?;
+        return Ok(());
+    }
+    for s in &p.series {
+        let legend = s.color.stroke_width(px(2.0));
+        let len = px(18.0) as i32;
+        let area = chart.plotting_area();
+        let pieces = runs(&s.points, |pt| area.map_coordinate(pt));
+        for (i, run) in pieces.into_iter().enumerate() {
+            let line = chart.draw_series(LineSeries::new(
+                run.iter().copied(),
+                s.color.stroke_width(px(1.8)),
+            ))?;
+            if i == 0 {
+                line.label(s.label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + len, y)], legend));
+            }
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .margin(px(8.0))
+        .legend_area_size(px(24.0))
+        .label_font(text_style(11.0, k, FontStyle::Normal))
+        .background_style(WHITE.mix(0.85))
+        .border_style(GRID)
+        .draw()
+}
+
+/// Draws the whole figure on `root` at `k` pixels per plot unit.
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    fig: &Figure,
+    k: f64,
+) -> DrawResult<(), DB> {
+    let px = |v: f64| (v * k).round() as i32;
+    root.fill(&WHITE)?;
+    let header = text_style(16.0, k, FontStyle::Bold);
+    let header = fit(root, &fig.header, header, (W - 20.0) * k)?;
+    root.draw(&Text::new(
+        fig.header.as_str(),
+        (px(W / 2.0), px(HEADER_H / 2.0)),
+        header.pos(Pos::new(HPos::Center, VPos::Center)),
+    ))?;
+    let (_, body) = root.split_vertically(px(HEADER_H));
+    let (latency, timelines) = body.split_vertically(px(2.0 * PANEL_H));
+    for (area, p) in latency.split_evenly((2, 2)).iter().zip(&fig.latency) {
+        draw_panel(area, p, k)?;
+    }
+    for (area, p) in timelines.split_evenly((2, 1)).iter().zip(&fig.timelines) {
+        draw_panel(area, p, k)?;
+    }
+    Ok(())
 }
 
 /// The SVG document for a result.
-pub fn render_svg(r: &BenchResult) -> String {
+fn render_svg(r: &BenchResult) -> Result<String> {
+    register_font()?;
+    let fig = figure(r);
     let (w, h) = figure_size();
-    let mut svg = SvgWriter::new(w, h);
-    draw(&mut svg, r);
-    svg.finish()
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (w as u32, h as u32)).into_drawing_area();
+        draw(&root, &fig, 1.0).map_err(|e| anyhow!("--plot: drawing the SVG: {e}"))?;
+        root.present()
+            .map_err(|e| anyhow!("--plot: drawing the SVG: {e}"))?;
+    }
+    Ok(out)
 }
 
-/// The PNG file for a result: the same figure, rasterized at [`PNG_SCALE`].
-pub fn render_png(r: &BenchResult) -> Vec<u8> {
+/// Pixel size of the PNG.
+fn png_size() -> (u32, u32) {
     let (w, h) = figure_size();
-    let mut canvas = Canvas::new(w, h, PNG_SCALE);
-    draw(&mut canvas, r);
-    canvas.encode_png()
+    ((w * PNG_SCALE) as u32, (h * PNG_SCALE) as u32)
+}
+
+/// The PNG file for a result: the same figure, drawn at [`PNG_SCALE`].
+fn render_png(r: &BenchResult) -> Result<Vec<u8>> {
+    register_font()?;
+    let fig = figure(r);
+    let (w, h) = png_size();
+    let mut rgb = vec![255u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        draw(&root, &fig, PNG_SCALE).map_err(|e| anyhow!("--plot: drawing the PNG: {e}"))?;
+        root.present()
+            .map_err(|e| anyhow!("--plot: drawing the PNG: {e}"))?;
+    }
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut writer = enc.write_header().context("--plot: encoding the PNG")?;
+    writer
+        .write_image_data(&rgb)
+        .context("--plot: encoding the PNG")?;
+    writer.finish().context("--plot: encoding the PNG")?;
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -538,8 +582,8 @@ pub fn check_path(path: &Path) -> Result<()> {
 /// Writes the plot as SVG or PNG, chosen by the file's extension.
 pub fn write_plot(path: &Path, r: &BenchResult) -> Result<()> {
     let bytes = match format_of(path)? {
-        Format::Svg => render_svg(r).into_bytes(),
-        Format::Png => render_png(r),
+        Format::Svg => render_svg(r)?.into_bytes(),
+        Format::Png => render_png(r)?,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -566,6 +610,10 @@ mod tests {
         assert_eq!(fmt_tick(1500.0, 500.0), "1500");
         assert_eq!(fmt_ms(999.94), "999.9");
         assert_eq!(fmt_ms(17637.2), "17637");
+        assert_eq!(ticks(100.0, 10.0).len(), 11);
+        assert_eq!(ticks(9.3, 1.0).last(), Some(&9.0));
+        let t = ticks(0.3, 0.1);
+        assert_eq!(t.len(), 4, "{t:?}");
     }
 
     #[test]
@@ -595,50 +643,41 @@ mod tests {
     }
 
     #[test]
-    fn svg_is_well_formed_enough() {
-        let recs = vec![
-            record(0.0, 0.1, &[0.02, 0.03], 3),
-            record(0.5, 0.2, &[0.01], 2),
-        ];
-        let m = compute(&recs, 1.0, &[50.0, 99.0], None);
-        let r = BenchResult {
+    fn runs_break_where_the_line_turns_back() {
+        let px = |p: &(f64, f64)| (p.0.round() as i32, p.1.round() as i32);
+        // A curve: one run.
+        let curve: Vec<(f64, f64)> = (0..10).map(|i| (i as f64, (i * i) as f64)).collect();
+        assert_eq!(runs(&curve, px), vec![&curve[..]]);
+        // A step line, up and down within one pixel column: two runs meeting at the top.
+        let steps = [(0.0, 0.0), (5.0, 0.0), (5.2, 3.0), (5.3, 1.0), (9.0, 1.0)];
+        assert_eq!(runs(&steps, px), vec![&steps[..3], &steps[2..]]);
+        // Points on the same pixel are no turn; a single point is one run.
+        let same = [(0.0, 0.0), (0.1, 0.1), (3.0, 0.0)];
+        assert_eq!(runs(&same, px), vec![&same[..]]);
+        assert_eq!(runs(&same[..1], px).len(), 1);
+        assert_eq!(runs(&[], px).len(), 1);
+    }
+
+    fn result(model: &str, recs: Vec<RequestRecord>, duration_s: f64) -> BenchResult {
+        let m = compute(&recs, duration_s, &[50.0, 99.0], None);
+        BenchResult {
             tool: "lantern-bench".into(),
             version: "0".into(),
             label: None,
             started_unix_s: 0,
             base_url: "http://x".into(),
-            model: "a<b>&c".into(),
+            model: model.into(),
             tokenizer: "local".into(),
             config: serde_json::json!({}),
             warmup_requests: 0,
             warmup_failed: 0,
             metrics: m,
-            timeline: timeline(&recs, 1.0),
+            timeline: timeline(&recs, duration_s),
             requests: recs,
-        };
-        let svg = render_svg(&r);
-        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert!(svg.contains("a&lt;b&gt;&amp;c"));
-        for t in [
-            "TTFT percentiles",
-            "ITL percentiles",
-            "E2EL percentiles",
-            "TPOT percentiles",
-            "percentile",
-            "tokens/s",
-        ] {
-            assert!(svg.contains(t), "{t}");
         }
-        assert_eq!(svg.matches("<polyline").count(), 6);
-        let dir = std::env::temp_dir();
-        assert!(write_plot(&dir.join("x.txt"), &r).is_err());
-        assert!(write_plot(&dir.join("x"), &r).is_err());
-        assert!(check_path(Path::new("a/b.PNG")).is_ok());
-        assert!(check_path(Path::new("b.Svg")).is_ok());
-        assert!(check_path(Path::new("b.jpg")).is_err());
     }
 
-    /// A result with `n` requests whose latencies spread out, for the PNG tests.
+    /// A result with `n` requests whose latencies spread out.
     fn synthetic(n: usize) -> BenchResult {
         let recs: Vec<RequestRecord> = (0..n)
             .map(|i| {
@@ -651,49 +690,156 @@ mod tests {
                 r
             })
             .collect();
-        let m = compute(&recs, 9.0, &[50.0, 99.0], None);
-        BenchResult {
-            tool: "lantern-bench".into(),
-            version: "0".into(),
-            label: None,
-            started_unix_s: 0,
-            base_url: "http://x".into(),
-            model: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
-            tokenizer: "local".into(),
-            config: serde_json::json!({}),
-            warmup_requests: 0,
-            warmup_failed: 0,
-            metrics: m,
-            timeline: timeline(&recs, 9.0),
-            requests: recs,
+        result("HuggingFaceTB/SmolLM2-135M-Instruct", recs, 9.0)
+    }
+
+    #[test]
+    fn figure_has_the_six_panels() {
+        let fig = figure(&synthetic(64));
+        assert!(fig
+            .header
+            .contains("SmolLM2-135M-Instruct · 64 ok / 0 failed"));
+        let titles: Vec<&str> = fig
+            .latency
+            .iter()
+            .chain(&fig.timelines)
+            .map(|p| p.title.as_str())
+            .collect();
+        for (t, want) in titles.iter().zip([
+            "TTFT percentiles (P50 ",
+            "TPOT percentiles (P50 ",
+            "ITL percentiles (P50 ",
+            "E2EL percentiles (P50 ",
+            "Output token throughput (0.5 s buckets)",
+            "Requests in flight",
+        ]) {
+            assert!(t.starts_with(want), "{t}");
         }
+        assert_eq!(fig.latency[0].ylabel, "TTFT (ms)");
+        assert_eq!(fig.latency[3].series[0].points.len(), 201);
+        assert_eq!(fig.timelines[1].series[0].label, "in flight");
+        let peak = fig.timelines[1].series[0]
+            .points
+            .iter()
+            .map(|p| p.1)
+            .fold(0.0, f64::max);
+        assert!(peak >= 1.0);
+    }
+
+    #[test]
+    fn svg_has_every_series_and_label() {
+        let recs = vec![
+            record(0.0, 0.1, &[0.02, 0.03], 3),
+            record(0.5, 0.2, &[0.01], 2),
+        ];
+        let r = result("a<b>&c", recs, 1.0);
+        let svg = render_svg(&r).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(
+            svg.contains(r#"width="1000" height="1086""#),
+            "{}",
+            &svg[..200]
+        );
+        assert!(svg.contains("a&lt;b&gt;&amp;c"));
+        // Plotters writes each text on a line of its own.
+        let texts = |svg: &str| -> Vec<String> {
+            svg.lines()
+                .filter(|l| !l.starts_with('<'))
+                .map(str::to_owned)
+                .collect()
+        };
+        let t = texts(&svg);
+        for want in [
+            "TTFT percentiles (P50 ",
+            "ITL percentiles (P50 ",
+            "E2EL percentiles (P50 ",
+            "TPOT percentiles (P50 ",
+            "Output token throughput (",
+        ] {
+            assert!(t.iter().any(|l| l.starts_with(want)), "{want}");
+        }
+        for want in [
+            "Requests in flight",
+            "percentile",
+            "time since start (s)",
+            "tokens/s",
+            "requests",
+            "TTFT (ms)",
+            "E2EL (ms)",
+            // Legends.
+            "TTFT",
+            "TPOT",
+            "ITL",
+            "E2EL",
+            "output tok/s",
+            "in flight",
+        ] {
+            assert!(t.iter().any(|l| l == want), "{want}");
+        }
+        assert!(!svg.contains("no data"));
+        // Every series is a polyline in its own colour (the curve and its legend line).
+        for c in COLORS {
+            let stroke = format!(r##"stroke="#{:02X}{:02X}{:02X}""##, c.0, c.1, c.2);
+            let n = svg
+                .lines()
+                .filter(|l| l.starts_with("<polyline") && l.contains(&stroke))
+                .count();
+            assert!(n >= 2, "{stroke}: {n}");
+        }
+        // The percentile curves have 201 points.
+        let longest = svg
+            .lines()
+            .filter(|l| l.starts_with("<polyline"))
+            .map(|l| l.matches(',').count())
+            .max();
+        assert_eq!(longest, Some(201));
+        // An empty result says so in the latency panels (the timelines draw zeros).
+        let mut empty = r.clone();
+        empty.requests.clear();
+        let t = texts(&render_svg(&empty).unwrap());
+        assert_eq!(t.iter().filter(|l| *l == "no data").count(), 4);
+        let dir = std::env::temp_dir();
+        assert!(write_plot(&dir.join("x.txt"), &r).is_err());
+        assert!(write_plot(&dir.join("x"), &r).is_err());
+        assert!(check_path(Path::new("a/b.PNG")).is_ok());
+        assert!(check_path(Path::new("b.Svg")).is_ok());
+        assert!(check_path(Path::new("b.jpg")).is_err());
+    }
+
+    /// Width, height and RGB pixels of a PNG written by [`render_png`].
+    fn decode_png(bytes: &[u8]) -> (usize, usize, Vec<u8>) {
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+            .read_info()
+            .unwrap();
+        let mut px = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut px).unwrap();
+        assert_eq!(
+            (info.color_type, info.bit_depth),
+            (png::ColorType::Rgb, png::BitDepth::Eight)
+        );
+        px.truncate(info.buffer_size());
+        (info.width as usize, info.height as usize, px)
     }
 
     #[test]
     fn png_has_the_same_figure() {
         let r = synthetic(64);
-        let png = render_png(&r);
-        let (w, h, px) = crate::raster::tests::decode_png(&png);
+        let png = render_png(&r).unwrap();
+        let (w, h, px) = decode_png(&png);
         let (fw, fh) = figure_size();
         assert_eq!(
             (w, h),
             ((fw * PNG_SCALE) as usize, (fh * PNG_SCALE) as usize)
         );
-        let count = |c: Rgb| px.chunks_exact(3).filter(|p| *p == [c.0, c.1, c.2]).count();
+        let count = |c: RGBColor| px.chunks_exact(3).filter(|p| *p == [c.0, c.1, c.2]).count();
         // Every series' colour is drawn (curves and legend lines), and the text is black.
-        for c in [
-            Rgb(0x1f, 0x77, 0xb4),
-            Rgb(0xff, 0x7f, 0x0e),
-            Rgb(0x2c, 0xa0, 0x2c),
-            Rgb(0xd6, 0x27, 0x28),
-            Rgb(0x94, 0x67, 0xbd),
-            Rgb(0x8c, 0x56, 0x4b),
-        ] {
-            assert!(count(c) > 100, "{c}");
+        for c in COLORS {
+            assert!(count(c) > 100, "{c:?}");
         }
-        assert!(count(Rgb::BLACK) > 5000);
+        assert!(count(BLACK) > 5000, "{}", count(BLACK));
         // The header row (above the first panel) has ink: the title text.
-        let header_ink = px[..(w * 3) * (50.0 * PNG_SCALE) as usize]
+        let header_ink = px[..(w * 3) * (HEADER_H * PNG_SCALE) as usize]
             .chunks_exact(3)
             .filter(|p| *p != [255, 255, 255])
             .count();
@@ -701,13 +847,34 @@ mod tests {
         // An empty result still renders ("no data" panels).
         let mut empty = r.clone();
         empty.requests.clear();
-        assert_eq!(crate::raster::tests::decode_png(&render_png(&empty)).0, w);
+        let (ew, _, epx) = decode_png(&render_png(&empty).unwrap());
+        assert_eq!(ew, w);
+        let muted = epx
+            .chunks_exact(3)
+            .filter(|p| *p == [MUTED.0, MUTED.1, MUTED.2])
+            .count();
+        assert!(muted > 50, "{muted}");
         // write_plot dispatches on the extension.
-        let path = std::env::temp_dir()
-            .join(format!("lantern-bench-plot-{}", std::process::id()))
-            .join("plot.png");
+        let dir = std::env::temp_dir().join(format!("lantern-bench-plot-{}", std::process::id()));
+        let path = dir.join("plot.png");
         write_plot(&path, &r).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), png);
-        let _ = std::fs::remove_file(&path);
+        let svg = dir.join("plot.svg");
+        write_plot(&svg, &r).unwrap();
+        assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Writes `plot.png` and `plot.svg` of a synthetic run to look at:
+    /// `cargo test -p lantern-bench --lib -- --ignored example_plots --nocapture`.
+    #[test]
+    #[ignore = "writes files to look at"]
+    fn example_plots() {
+        let dir = std::env::temp_dir().join("lantern-bench-plot-example");
+        let r = synthetic(200);
+        for name in ["plot.png", "plot.svg"] {
+            write_plot(&dir.join(name), &r).unwrap();
+            println!("{}", dir.join(name).display());
+        }
     }
 }
