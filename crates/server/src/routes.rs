@@ -97,19 +97,9 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// `PREFIX-` and 32 random hex digits (`chatcmpl-…`, `cmpl-…`).
 fn random_id(prefix: &str) -> String {
-    format!("{prefix}-{:032x}", rand_u128())
-}
-
-fn rand_u128() -> u128 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = 0u128;
-    for i in 0..2 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(Instant::now().elapsed().as_nanos() ^ i);
-        out = (out << 64) | u128::from(h.finish());
-    }
-    out
+    format!("{prefix}-{:032x}", rand::random::<u128>())
 }
 
 /// Builds the router.
