@@ -345,4 +345,50 @@ mod tests {
         assert!(s.contains(&format!("{x}_bucket{{model_name=\"m\",le=\"+Inf\"}} 2\n")));
         assert!(s.contains(&format!("{x}_count{{model_name=\"m\"}} 2\n")));
     }
+
+    /// The exposed families, their types and order (dashboards and alerts use the names).
+    #[test]
+    fn families_keep_their_names_and_types() {
+        let s = Metrics::default().render(&EngineSnapshot::default(), "m");
+        let got: Vec<(&str, &str)> = s
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split_once(' ').unwrap())
+            .collect();
+        let want = [
+            ("lantern_requests_total", "counter"),
+            ("lantern_num_requests_running", "gauge"),
+            ("lantern_num_requests_waiting", "gauge"),
+            ("lantern_kv_cache_usage_perc", "gauge"),
+            ("lantern_kv_cache_blocks_total", "gauge"),
+            ("lantern_step_batched_tokens", "gauge"),
+            ("lantern_step_duration_seconds", "gauge"),
+            ("lantern_engine_steps_total", "counter"),
+            ("lantern_engine_step_seconds_total", "gauge"),
+            ("lantern_engine_simulated_device_seconds_total", "gauge"),
+            ("lantern_engine_step_phase_seconds_total", "counter"),
+            ("lantern_prompt_tokens_total", "counter"),
+            ("lantern_generation_tokens_total", "counter"),
+            ("lantern_prefix_cache_queries_total", "counter"),
+            ("lantern_prefix_cache_hits_total", "counter"),
+            ("lantern_prefix_cache_hit_rate", "gauge"),
+            ("lantern_num_preemptions_total", "counter"),
+            ("lantern_lora_slot_loads_total", "counter"),
+            ("lantern_lora_slot_load_seconds_total", "gauge"),
+            ("lantern_lora_disk_loads_total", "counter"),
+            ("lantern_lora_disk_load_seconds_total", "gauge"),
+            ("lantern_loras_in_host_memory", "gauge"),
+            ("lantern_request_finished_total", "counter"),
+            ("lantern_time_to_first_token_seconds", "histogram"),
+            ("lantern_inter_token_latency_seconds", "histogram"),
+            ("lantern_e2e_request_latency_seconds", "histogram"),
+            ("lantern_request_queue_time_seconds", "histogram"),
+        ];
+        assert_eq!(got, want);
+        // Every family has its HELP line, ending with one period; no OpenMetrics `# EOF`.
+        let helps: Vec<&str> = s.lines().filter(|l| l.starts_with("# HELP ")).collect();
+        assert_eq!(helps.len(), want.len());
+        assert!(helps.iter().all(|h| h.ends_with('.') && !h.ends_with("..")));
+        assert!(!s.contains("# EOF"));
+    }
 }
