@@ -1,10 +1,10 @@
 //! The one mapping from internal errors to OpenAI-style error bodies
 //! `{"error": {"message", "type", "param", "code"}}` and HTTP status codes.
 
+use crate::protocol::{ErrorBody, ErrorResponse};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use lantern_engine::SubmitError;
-use serde_json::json;
 
 /// An error answered to a client.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,15 +86,15 @@ impl ApiError {
     }
 
     /// The JSON body (also used inside SSE streams).
-    pub fn body(&self) -> serde_json::Value {
-        json!({
-            "error": {
-                "message": self.message,
-                "type": self.error_type(),
-                "param": self.param,
-                "code": self.status.as_u16(),
-            }
-        })
+    pub fn body(&self) -> ErrorResponse {
+        ErrorResponse {
+            error: ErrorBody {
+                message: self.message.clone(),
+                kind: self.error_type(),
+                param: self.param.clone(),
+                code: self.status.as_u16(),
+            },
+        }
     }
 }
 

@@ -1,20 +1,34 @@
 //! Lantern's OpenAI-compatible HTTP server (axum).
 //!
-//! - [`routes::router`] builds the routes over a shared [`AppState`]; the model may still be
-//!   loading (`/health` answers 503 until [`AppState::ready`] is set).
-//! - Requests are parsed into protocol types ([`protocol`]), validated into engine
-//!   parameters ([`validate`]) and submitted to the engine; only this crate knows JSON and
-//!   HTTP status codes, and [`error::ApiError`] is the one error-to-HTTP mapping.
+//! Layout, following one request:
+//! - [`routes`]: [`routes::router`] builds the routes over a shared [`AppState`]; the model
+//!   may still be loading (`/health` answers 503 until [`AppState::ready`] is set). One
+//!   module per endpoint family: `chat`, `completions` (both through the shared `output`
+//!   path: submit, merge, per-choice accumulator, JSON body or SSE chunks), `tokenize`,
+//!   `admin` (models, LoRA load/unload) and `health` (health, version, metrics).
+//! - [`protocol`]: the wire format. Request bodies are parsed with the path of any type
+//!   error (a 400 names the field); every response body and stream chunk is a typed
+//!   `Serialize` struct in [`protocol::response`].
+//! - [`validate`]: request fields into engine parameters ([`lantern_engine::GenerationParams`]).
+//! - [`generate`]: the [`Generate`] trait, all the routes ask of the engine. Implemented for
+//!   [`lantern_engine::EngineHandle`] (the default type parameter of [`AppState`] and
+//!   [`Ready`]); tests implement it with scripted events and drive the router in-process.
+//! - [`error::ApiError`] is the one error-to-HTTP mapping; only this crate knows JSON and
+//!   HTTP status codes.
+//! - [`metrics`]: Prometheus exposition (`prometheus-client`); [`chat_template`]: the
+//!   model's Jinja chat template.
 //! - [`serve`] runs the server with graceful shutdown: stop accepting, let in-flight
 //!   requests finish up to a deadline, then abort them through the engine.
 
 pub mod chat_template;
 pub mod error;
+pub mod generate;
 pub mod metrics;
 pub mod protocol;
 pub mod routes;
 pub mod validate;
 
+pub use generate::Generate;
 pub use routes::{router, AppState, Ready, ServerConfig};
 
 use std::future::Future;
@@ -23,9 +37,9 @@ use std::sync::Arc;
 
 /// Serves until `shutdown` resolves, then drains: in-flight requests get
 /// `config.shutdown_timeout` to finish before the engine aborts them.
-pub async fn serve(
+pub async fn serve<G: Generate>(
     listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
+    state: Arc<AppState<G>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(state.clone());

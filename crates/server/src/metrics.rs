@@ -1,9 +1,20 @@
-//! Prometheus metrics: server-side counters and latency histograms (lock-free atomics),
-//! plus engine gauges read from the engine's published snapshot.
+//! Prometheus metrics (`prometheus-client`, Prometheus text format 0.0.4): server-side
+//! request counters and latency histograms, plus engine gauges and counters read from the
+//! engine's snapshot at scrape time. Every sample carries `model_name`.
+//!
+//! Each scrape registers the families in a fresh [`Registry`] (cheap clones of the live
+//! histograms, constants for the rest), so the exposition keeps a fixed family order and
+//! labels every sample with the model name known at scrape time.
 
 use lantern_engine::EngineSnapshot;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::prometheus_text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Metric, Registry};
+use std::borrow::Cow;
 use std::sync::Mutex;
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -11,82 +22,72 @@ const LATENCY_BUCKETS: &[f64] = &[
     20.0, 40.0, 80.0,
 ];
 
-/// A fixed-bucket histogram.
-#[derive(Debug)]
-pub struct Histogram {
-    buckets: Vec<AtomicU64>,
-    count: AtomicU64,
-    sum_bits: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            buckets: LATENCY_BUCKETS.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum_bits: AtomicU64::new(0f64.to_bits()),
-        }
-    }
-}
-
-impl Histogram {
-    pub fn observe(&self, v: f64) {
-        for (b, &le) in self.buckets.iter().zip(LATENCY_BUCKETS) {
-            if v <= le {
-                b.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let mut cur = self.sum_bits.load(Ordering::Relaxed);
-        loop {
-            let new = (f64::from_bits(cur) + v).to_bits();
-            match self.sum_bits.compare_exchange_weak(
-                cur,
-                new,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(x) => cur = x,
-            }
-        }
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str, labels: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let sep = if labels.is_empty() { "" } else { "," };
-        for (b, &le) in self.buckets.iter().zip(LATENCY_BUCKETS) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {}",
-                b.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(
-            out,
-            "{name}_sum{braces} {}",
-            f64::from_bits(self.sum_bits.load(Ordering::Relaxed))
-        );
-        let _ = writeln!(out, "{name}_count{braces} {count}");
-    }
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
 }
 
 /// All server metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    /// (endpoint, status) -> count
+    /// (endpoint, status) -> count, in first-seen order.
     requests: Mutex<Vec<((String, u16), u64)>>,
     pub ttft: Histogram,
     pub itl: Histogram,
     pub e2e: Histogram,
     pub queue: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Mutex::new(Vec::new()),
+            ttft: latency_histogram(),
+            itl: latency_histogram(),
+            e2e: latency_histogram(),
+            queue: latency_histogram(),
+        }
+    }
+}
+
+/// Labelled samples of one family, encoded in this order (a `Family` would hash them).
+#[derive(Debug)]
+struct Series<L, M> {
+    ty: MetricType,
+    samples: Vec<(L, M)>,
+}
+
+impl<L: EncodeLabelSet, M: EncodeMetric> EncodeMetric for Series<L, M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, m) in &self.samples {
+            m.encode(encoder.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.ty
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Registers a family. `help` is given without its final period: the registry adds it.
+fn add(r: &mut Registry, name: &str, help: &str, metric: impl Metric) {
+    r.register(name, help, metric);
+}
+
+/// A counter family: prometheus-client writes counters with the `_total` suffix, so
+/// `name` is the name without it.
+fn counter(r: &mut Registry, name: &str, help: &str, v: u64) {
+    add(r, name, help, ConstCounter::new(v));
+}
+
+fn gauge_int(r: &mut Registry, name: &str, help: &str, v: usize) {
+    add(r, name, help, ConstGauge::new(v));
+}
+
+fn gauge(r: &mut Registry, name: &str, help: &str, v: f64) {
+    add(r, name, help, ConstGauge::new(v));
 }
 
 impl Metrics {
@@ -105,123 +106,128 @@ impl Metrics {
 
     /// Prometheus text exposition format.
     pub fn render(&self, snap: &EngineSnapshot, model: &str) -> String {
-        let mut out = String::new();
-        let lbl = format!("model_name=\"{}\"", model.replace('"', "'"));
-        let _ = writeln!(out, "# HELP lantern_requests_total HTTP requests by endpoint and status code.\n# TYPE lantern_requests_total counter");
-        if let Ok(v) = self.requests.lock() {
-            for ((ep, st), n) in v.iter() {
-                let _ = writeln!(
-                    out,
-                    "lantern_requests_total{{{lbl},endpoint=\"{ep}\",status=\"{st}\"}} {n}"
-                );
-            }
-        }
-        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{lbl}}} {v}"
-            );
+        let model = model.replace('"', "'");
+        let mut r = Registry::with_labels(std::iter::once((
+            Cow::Borrowed("model_name"),
+            Cow::Owned(model),
+        )));
+        let requests: Vec<(Labels, ConstCounter)> = match self.requests.lock() {
+            Ok(v) => v
+                .iter()
+                .map(|((ep, st), n)| {
+                    (
+                        vec![("endpoint", ep.clone()), ("status", st.to_string())],
+                        ConstCounter::new(*n),
+                    )
+                })
+                .collect(),
+            Err(_) => Vec::new(),
         };
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{lbl}}} {v}"
-            );
-        };
-        let s = &snap.last_step;
-        gauge(
-            &mut out,
-            "lantern_num_requests_running",
-            "Requests holding KV blocks.",
-            s.num_running as f64,
+        add(
+            &mut r,
+            "lantern_requests",
+            "HTTP requests by endpoint and status code",
+            Series {
+                ty: MetricType::Counter,
+                samples: requests,
+            },
         );
-        gauge(
-            &mut out,
+        let s = &snap.last_step;
+        gauge_int(
+            &mut r,
+            "lantern_num_requests_running",
+            "Requests holding KV blocks",
+            s.num_running,
+        );
+        gauge_int(
+            &mut r,
             "lantern_num_requests_waiting",
-            "Requests waiting to be scheduled.",
-            s.num_waiting as f64,
+            "Requests waiting to be scheduled",
+            s.num_waiting,
         );
         let total = snap.kv_blocks_total.max(1) as f64;
         gauge(
-            &mut out,
+            &mut r,
             "lantern_kv_cache_usage_perc",
-            "Fraction of KV blocks in use (0-1).",
+            "Fraction of KV blocks in use (0-1)",
             s.kv_blocks_used as f64 / total,
         );
-        gauge(
-            &mut out,
+        gauge_int(
+            &mut r,
             "lantern_kv_cache_blocks_total",
-            "Usable KV blocks.",
-            snap.kv_blocks_total as f64,
+            "Usable KV blocks",
+            snap.kv_blocks_total,
         );
-        gauge(
-            &mut out,
+        gauge_int(
+            &mut r,
             "lantern_step_batched_tokens",
-            "Tokens in the latest engine step.",
-            s.num_batched_tokens as f64,
+            "Tokens in the latest engine step",
+            s.num_batched_tokens,
         );
         gauge(
-            &mut out,
+            &mut r,
             "lantern_step_duration_seconds",
-            "Duration of the latest engine step.",
+            "Duration of the latest engine step",
             s.duration_s,
         );
         counter(
-            &mut out,
-            "lantern_engine_steps_total",
-            "Engine steps run.",
+            &mut r,
+            "lantern_engine_steps",
+            "Engine steps run",
             snap.steps,
         );
         gauge(
-            &mut out,
+            &mut r,
             "lantern_engine_step_seconds_total",
-            "Wall time of all engine steps (a counter in seconds).",
+            "Wall time of all engine steps (a counter in seconds)",
             snap.step_seconds_total,
         );
         gauge(
-            &mut out,
+            &mut r,
             "lantern_engine_simulated_device_seconds_total",
-            "Simulated device time of all engine steps (--null-device; 0 on a real device).",
+            "Simulated device time of all engine steps (--null-device; 0 on a real device)",
             snap.simulated_device_seconds_total,
         );
         let ph = &snap.step_phases;
-        let _ = writeln!(
-            out,
-            "# HELP lantern_engine_step_phase_seconds_total Wall time of the engine steps by phase.\n# TYPE lantern_engine_step_phase_seconds_total counter"
+        add(
+            &mut r,
+            "lantern_engine_step_phase_seconds",
+            "Wall time of the engine steps by phase",
+            Series {
+                ty: MetricType::Counter,
+                samples: [
+                    ("schedule", ph.schedule),
+                    ("execute", ph.execute),
+                    ("sample", ph.sample),
+                    ("update", ph.update),
+                ]
+                .into_iter()
+                .map(|(phase, v)| ([("phase", phase)], ConstCounter::new(v)))
+                .collect(),
+            },
         );
-        for (phase, v) in [
-            ("schedule", ph.schedule),
-            ("execute", ph.execute),
-            ("sample", ph.sample),
-            ("update", ph.update),
-        ] {
-            let _ = writeln!(
-                out,
-                "lantern_engine_step_phase_seconds_total{{{lbl},phase=\"{phase}\"}} {v}"
-            );
-        }
         counter(
-            &mut out,
-            "lantern_prompt_tokens_total",
-            "Prompt tokens scheduled.",
+            &mut r,
+            "lantern_prompt_tokens",
+            "Prompt tokens scheduled",
             snap.prompt_tokens_total,
         );
         counter(
-            &mut out,
-            "lantern_generation_tokens_total",
-            "Tokens generated.",
+            &mut r,
+            "lantern_generation_tokens",
+            "Tokens generated",
             snap.generation_tokens_total,
         );
         counter(
-            &mut out,
-            "lantern_prefix_cache_queries_total",
-            "Prompt tokens looked up in the prefix cache.",
+            &mut r,
+            "lantern_prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache",
             snap.prefix_cache_queries_tokens,
         );
         counter(
-            &mut out,
-            "lantern_prefix_cache_hits_total",
-            "Prompt tokens served from the prefix cache.",
+            &mut r,
+            "lantern_prefix_cache_hits",
+            "Prompt tokens served from the prefix cache",
             snap.prefix_cache_hits_tokens,
         );
         let rate = if snap.prefix_cache_queries_tokens == 0 {
@@ -230,83 +236,92 @@ impl Metrics {
             snap.prefix_cache_hits_tokens as f64 / snap.prefix_cache_queries_tokens as f64
         };
         gauge(
-            &mut out,
+            &mut r,
             "lantern_prefix_cache_hit_rate",
-            "Prefix cache hits / queries (tokens).",
+            "Prefix cache hits / queries (tokens)",
             rate,
         );
         counter(
-            &mut out,
-            "lantern_num_preemptions_total",
-            "Requests preempted (recomputed).",
+            &mut r,
+            "lantern_num_preemptions",
+            "Requests preempted (recomputed)",
             snap.num_preemptions,
         );
         counter(
-            &mut out,
-            "lantern_lora_slot_loads_total",
-            "LoRA adapter copies from host memory into a device slot.",
+            &mut r,
+            "lantern_lora_slot_loads",
+            "LoRA adapter copies from host memory into a device slot",
             snap.lora_slot_loads,
         );
         gauge(
-            &mut out,
+            &mut r,
             "lantern_lora_slot_load_seconds_total",
-            "Time spent copying LoRA adapters into device slots.",
+            "Time spent copying LoRA adapters into device slots",
             snap.lora_slot_load_seconds,
         );
         counter(
-            &mut out,
-            "lantern_lora_disk_loads_total",
-            "LoRA adapter reads from disk into host memory.",
+            &mut r,
+            "lantern_lora_disk_loads",
+            "LoRA adapter reads from disk into host memory",
             snap.lora_disk_loads,
         );
         gauge(
-            &mut out,
+            &mut r,
             "lantern_lora_disk_load_seconds_total",
-            "Time spent reading LoRA adapters from disk (and validating them).",
+            "Time spent reading LoRA adapters from disk (and validating them)",
             snap.lora_disk_load_seconds,
         );
-        gauge(
-            &mut out,
+        gauge_int(
+            &mut r,
             "lantern_loras_in_host_memory",
-            "LoRA adapters whose weights are in host memory.",
-            snap.loras_in_host_memory as f64,
+            "LoRA adapters whose weights are in host memory",
+            snap.loras_in_host_memory,
         );
-        let _ = writeln!(out, "# HELP lantern_request_finished_total Finished sequences by reason.\n# TYPE lantern_request_finished_total counter");
-        for (reason, n) in [
-            ("stop", snap.finished_stop),
-            ("length", snap.finished_length),
-            ("abort", snap.finished_abort),
-            ("error", snap.finished_error),
+        add(
+            &mut r,
+            "lantern_request_finished",
+            "Finished sequences by reason",
+            Series {
+                ty: MetricType::Counter,
+                samples: [
+                    ("stop", snap.finished_stop),
+                    ("length", snap.finished_length),
+                    ("abort", snap.finished_abort),
+                    ("error", snap.finished_error),
+                ]
+                .into_iter()
+                .map(|(reason, n)| ([("finished_reason", reason)], ConstCounter::new(n)))
+                .collect(),
+            },
+        );
+        for (name, help, h) in [
+            (
+                "lantern_time_to_first_token_seconds",
+                "Time to first token (server side)",
+                &self.ttft,
+            ),
+            (
+                "lantern_inter_token_latency_seconds",
+                "Time between tokens (server side)",
+                &self.itl,
+            ),
+            (
+                "lantern_e2e_request_latency_seconds",
+                "Arrival to finish (server side)",
+                &self.e2e,
+            ),
+            (
+                "lantern_request_queue_time_seconds",
+                "Arrival to first schedule",
+                &self.queue,
+            ),
         ] {
-            let _ = writeln!(
-                out,
-                "lantern_request_finished_total{{{lbl},finished_reason=\"{reason}\"}} {n}"
-            );
+            add(&mut r, name, help, h.clone());
         }
-        self.ttft.render(
-            &mut out,
-            "lantern_time_to_first_token_seconds",
-            "Time to first token (server side).",
-            &lbl,
-        );
-        self.itl.render(
-            &mut out,
-            "lantern_inter_token_latency_seconds",
-            "Time between tokens (server side).",
-            &lbl,
-        );
-        self.e2e.render(
-            &mut out,
-            "lantern_e2e_request_latency_seconds",
-            "Arrival to finish (server side).",
-            &lbl,
-        );
-        self.queue.render(
-            &mut out,
-            "lantern_request_queue_time_seconds",
-            "Arrival to first schedule.",
-            &lbl,
-        );
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &r) {
+            tracing::error!(error = %e, "cannot encode the metrics");
+        }
         out
     }
 }
@@ -318,15 +333,62 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let h = Histogram::default();
-        h.observe(0.003);
-        h.observe(0.5);
-        let mut s = String::new();
-        h.render(&mut s, "x", "help", "");
-        assert!(s.contains("x_bucket{le=\"0.001\"} 0"));
-        assert!(s.contains("x_bucket{le=\"0.005\"} 1"));
-        assert!(s.contains("x_bucket{le=\"0.5\"} 2"));
-        assert!(s.contains("x_bucket{le=\"+Inf\"} 2"));
-        assert!(s.contains("x_count 2"));
+        let m = Metrics::default();
+        m.ttft.observe(0.003);
+        m.ttft.observe(0.5);
+        let s = m.render(&EngineSnapshot::default(), "m");
+        let x = "lantern_time_to_first_token_seconds";
+        assert!(s.contains(&format!("{x}_bucket{{model_name=\"m\",le=\"0.001\"}} 0\n")));
+        assert!(s.contains(&format!("{x}_bucket{{model_name=\"m\",le=\"0.005\"}} 1\n")));
+        assert!(s.contains(&format!("{x}_bucket{{model_name=\"m\",le=\"0.5\"}} 2\n")));
+        assert!(s.contains(&format!("{x}_bucket{{model_name=\"m\",le=\"1\"}} 2\n")));
+        assert!(s.contains(&format!("{x}_bucket{{model_name=\"m\",le=\"+Inf\"}} 2\n")));
+        assert!(s.contains(&format!("{x}_count{{model_name=\"m\"}} 2\n")));
+    }
+
+    /// The exposed families, their types and order (dashboards and alerts use the names).
+    #[test]
+    fn families_keep_their_names_and_types() {
+        let s = Metrics::default().render(&EngineSnapshot::default(), "m");
+        let got: Vec<(&str, &str)> = s
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split_once(' ').unwrap())
+            .collect();
+        let want = [
+            ("lantern_requests_total", "counter"),
+            ("lantern_num_requests_running", "gauge"),
+            ("lantern_num_requests_waiting", "gauge"),
+            ("lantern_kv_cache_usage_perc", "gauge"),
+            ("lantern_kv_cache_blocks_total", "gauge"),
+            ("lantern_step_batched_tokens", "gauge"),
+            ("lantern_step_duration_seconds", "gauge"),
+            ("lantern_engine_steps_total", "counter"),
+            ("lantern_engine_step_seconds_total", "gauge"),
+            ("lantern_engine_simulated_device_seconds_total", "gauge"),
+            ("lantern_engine_step_phase_seconds_total", "counter"),
+            ("lantern_prompt_tokens_total", "counter"),
+            ("lantern_generation_tokens_total", "counter"),
+            ("lantern_prefix_cache_queries_total", "counter"),
+            ("lantern_prefix_cache_hits_total", "counter"),
+            ("lantern_prefix_cache_hit_rate", "gauge"),
+            ("lantern_num_preemptions_total", "counter"),
+            ("lantern_lora_slot_loads_total", "counter"),
+            ("lantern_lora_slot_load_seconds_total", "gauge"),
+            ("lantern_lora_disk_loads_total", "counter"),
+            ("lantern_lora_disk_load_seconds_total", "gauge"),
+            ("lantern_loras_in_host_memory", "gauge"),
+            ("lantern_request_finished_total", "counter"),
+            ("lantern_time_to_first_token_seconds", "histogram"),
+            ("lantern_inter_token_latency_seconds", "histogram"),
+            ("lantern_e2e_request_latency_seconds", "histogram"),
+            ("lantern_request_queue_time_seconds", "histogram"),
+        ];
+        assert_eq!(got, want);
+        // Every family has its HELP line, ending with one period; no OpenMetrics `# EOF`.
+        let helps: Vec<&str> = s.lines().filter(|l| l.starts_with("# HELP ")).collect();
+        assert_eq!(helps.len(), want.len());
+        assert!(helps.iter().all(|h| h.ends_with('.') && !h.ends_with("..")));
+        assert!(!s.contains("# EOF"));
     }
 }

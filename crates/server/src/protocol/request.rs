@@ -1,46 +1,8 @@
-//! OpenAI (and vLLM-extension) request types. Responses are built as JSON values in
-//! `routes`; requests are parsed with the path of any type error, so a 400 names the field.
+//! OpenAI (and vLLM-extension) request bodies. They are parsed with
+//! [`parse_body`](super::parse_body), which names the offending field in a 400.
 
-use crate::error::ApiError;
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::HashMap;
-
-/// Parses a JSON body; errors name the offending field.
-pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            ApiError::bad_request(format!("malformed JSON body: {inner}"), None)
-        } else if path.is_empty() || path == "." {
-            // `#[serde(flatten)]` loses the path of errors inside `CommonParams`
-            // (`"temperature": "hot"`): parse those fields on their own to name the field.
-            common_params_error(body).unwrap_or_else(|| {
-                ApiError::bad_request(format!("invalid request body: {inner}"), None)
-            })
-        } else {
-            field_error(&path, &inner)
-        }
-    })
-}
-
-fn field_error(path: &str, inner: &serde_json::Error) -> ApiError {
-    let field = path.split(['.', '[']).next().unwrap_or(path).to_string();
-    ApiError::bad_request(format!("invalid value for `{path}`: {inner}"), Some(&field))
-}
-
-/// The error of the shared sampling fields of `body`, if one of them has a bad value.
-fn common_params_error(body: &[u8]) -> Option<ApiError> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let e = serde_path_to_error::deserialize::<_, CommonParams>(de).err()?;
-    let path = e.path().to_string();
-    if path.is_empty() || path == "." {
-        return None;
-    }
-    Some(field_error(&path, e.inner()))
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -155,4 +117,17 @@ pub enum TokenizeRequest {
 pub struct DetokenizeRequest {
     pub model: Option<String>,
     pub tokens: Vec<u32>,
+}
+
+/// vLLM's `POST /v1/load_lora_adapter` body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoadLoraRequest {
+    pub lora_name: Option<String>,
+    pub lora_path: Option<String>,
+}
+
+/// vLLM's `POST /v1/unload_lora_adapter` body.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UnloadLoraRequest {
+    pub lora_name: Option<String>,
 }

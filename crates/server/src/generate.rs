@@ -1,0 +1,105 @@
+//! The seam between the routes and the engine: [`Generate`] is everything the HTTP layer
+//! asks of an engine. [`EngineHandle`] implements it; in-process tests implement it with
+//! scripted events and no model (`crates/server/tests/`).
+
+use futures_util::stream::{self, BoxStream, StreamExt};
+use lantern_engine::{
+    EngineHandle, EngineSnapshot, GenerationParams, LoraError, LoraInfo, RequestEvent, SubmitError,
+};
+use std::future::Future;
+use tokenizers::Tokenizer;
+
+/// The events of one submitted prompt, ending when every choice finished. Dropping the
+/// stream cancels the request.
+pub type EventStream = BoxStream<'static, RequestEvent>;
+
+/// What the routes need from an engine. Cheap to clone (a handle).
+pub trait Generate: Clone + Send + Sync + 'static {
+    /// Adds a request; resolves once the engine accepted it or refused it (invalid
+    /// parameters, too long, overloaded, stopped, unknown adapter).
+    fn submit(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+    ) -> impl Future<Output = Result<EventStream, SubmitError>> + Send;
+
+    /// The latest published stats.
+    fn snapshot(&self) -> EngineSnapshot;
+
+    /// Stats as of now, asked of the engine (it may not answer promptly).
+    fn fresh_snapshot(&self) -> impl Future<Output = Result<EngineSnapshot, SubmitError>> + Send;
+
+    fn tokenizer(&self) -> &Tokenizer;
+
+    /// Cap on prompt + output tokens.
+    fn max_model_len(&self) -> usize;
+
+    fn vocab_size(&self) -> usize;
+
+    /// The id of a loaded LoRA adapter (for [`GenerationParams::lora_id`]).
+    fn lora_id(&self, name: &str) -> Option<u32>;
+
+    /// Loaded adapters, by name.
+    fn loras(&self) -> Vec<LoraInfo>;
+
+    /// Reads, checks and registers an adapter. Blocks on I/O: call it from a blocking
+    /// context.
+    fn load_lora_blocking(&self, name: &str, source: &str) -> Result<LoraInfo, LoraError>;
+
+    fn unload_lora(&self, name: &str) -> Result<(), LoraError>;
+
+    /// Aborts in-flight requests and stops the engine.
+    fn shutdown(&self);
+}
+
+impl Generate for EngineHandle {
+    async fn submit(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+    ) -> Result<EventStream, SubmitError> {
+        let s = EngineHandle::submit(self, prompt, params).await?;
+        // The stream owns the `RequestStream`, so dropping it still cancels the request.
+        Ok(stream::unfold(s, |mut s| async move { s.next().await.map(|ev| (ev, s)) }).boxed())
+    }
+
+    fn snapshot(&self) -> EngineSnapshot {
+        EngineHandle::snapshot(self)
+    }
+
+    fn fresh_snapshot(&self) -> impl Future<Output = Result<EngineSnapshot, SubmitError>> + Send {
+        EngineHandle::fresh_snapshot(self)
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        EngineHandle::tokenizer(self)
+    }
+
+    fn max_model_len(&self) -> usize {
+        self.info().max_model_len
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.info().vocab_size
+    }
+
+    fn lora_id(&self, name: &str) -> Option<u32> {
+        EngineHandle::lora_id(self, name)
+    }
+
+    fn loras(&self) -> Vec<LoraInfo> {
+        EngineHandle::loras(self)
+    }
+
+    fn load_lora_blocking(&self, name: &str, source: &str) -> Result<LoraInfo, LoraError> {
+        EngineHandle::load_lora_blocking(self, name, source)
+    }
+
+    fn unload_lora(&self, name: &str) -> Result<(), LoraError> {
+        EngineHandle::unload_lora(self, name)
+    }
+
+    fn shutdown(&self) {
+        EngineHandle::shutdown(self)
+    }
+}

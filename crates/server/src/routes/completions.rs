@@ -1,0 +1,134 @@
+//! `POST /v1/completions`: text or token-id prompts (one or many), `echo`, `logprobs`,
+//! then the shared generation path ([`output`](super::output)).
+
+use super::output::{respond_with, submit_all, Kind, Shape};
+use super::{body_bytes, check_model, encode, random_id, respond, unix_now, AppState};
+use crate::error::ApiError;
+use crate::generate::Generate;
+use crate::protocol::{parse_body, CompletionRequest, PromptField};
+use crate::validate::generation_params;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::Response;
+use std::sync::Arc;
+
+pub async fn completions<G: Generate>(
+    State(state): State<Arc<AppState<G>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let r = completions_inner(&state, body).await;
+    respond(&state, "/v1/completions", r)
+}
+
+async fn completions_inner<G: Generate>(
+    state: &Arc<AppState<G>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let ready = state.ready()?;
+    let req: CompletionRequest = parse_body(&body_bytes(body)?)?;
+    let lora_id = check_model(ready, &req.model)?;
+    if req.suffix.is_some() {
+        return Err(ApiError::bad_request(
+            "`suffix` is not supported",
+            Some("suffix"),
+        ));
+    }
+    let vocab_size = ready.engine.vocab_size();
+    let mut params = generation_params(
+        &req.common,
+        Some(req.max_tokens.unwrap_or(16)),
+        req.logprobs,
+        vocab_size,
+    )?;
+    params.lora_id = lora_id;
+    let prompts: Vec<Vec<u32>> = match req.prompt {
+        PromptField::Text(t) => vec![encode(ready, &t, true)?],
+        PromptField::Texts(ts) => ts
+            .iter()
+            .map(|t| encode(ready, t, true))
+            .collect::<Result<_, _>>()?,
+        PromptField::Ids(ids) => vec![ids],
+        PromptField::IdLists(l) => l,
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::bad_request(
+            "`prompt` must not be empty",
+            Some("prompt"),
+        ));
+    }
+    if prompts.len() * params.n > 128 {
+        return Err(ApiError::bad_request(
+            format!(
+                "{} prompts x n {} = {} completions; at most 128 per request",
+                prompts.len(),
+                params.n,
+                prompts.len() * params.n
+            ),
+            Some("prompt"),
+        ));
+    }
+    for p in &prompts {
+        if p.is_empty() {
+            return Err(ApiError::bad_request("a prompt is empty", Some("prompt")));
+        }
+        if let Some(&bad) = p.iter().find(|&&t| t as usize >= vocab_size) {
+            return Err(ApiError::bad_request(
+                format!(
+                    "token id {bad} is out of the vocabulary (0..{})",
+                    vocab_size
+                ),
+                Some("prompt"),
+            ));
+        }
+    }
+    let echo_prompt_ids = if req.echo.unwrap_or(false) && req.logprobs.is_some() {
+        params.prompt_logprobs = req.logprobs;
+        Some(prompts.clone())
+    } else {
+        None
+    };
+    let echo = if req.echo.unwrap_or(false) {
+        Some(
+            prompts
+                .iter()
+                .map(|p| {
+                    ready
+                        .engine
+                        .tokenizer()
+                        .decode(p, false)
+                        .unwrap_or_default()
+                })
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let shape = Shape {
+        kind: Kind::Completion,
+        id: random_id("cmpl"),
+        created: unix_now(),
+        model: req.model.clone(),
+        n: params.n,
+        logprobs: req.logprobs.is_some(),
+        tokens_as_ids: req.return_tokens_as_token_ids.unwrap_or(false),
+        include_usage: req
+            .common
+            .stream_options
+            .as_ref()
+            .map(|o| o.include_usage)
+            .unwrap_or(false),
+        echo,
+        prompt_lens: prompts.iter().map(Vec::len).collect(),
+        echo_prompt_ids,
+    };
+    let streams = submit_all(ready, prompts, &params, "prompt").await?;
+    respond_with(
+        state,
+        ready,
+        shape,
+        streams,
+        req.common.stream.unwrap_or(false),
+    )
+    .await
+}

@@ -1,0 +1,233 @@
+//! HTTP routes, by endpoint family:
+//! - [`chat`]: `POST /v1/chat/completions`;
+//! - [`completions`]: `POST /v1/completions`;
+//! - `output`, `accumulator`, `stream`: what both share: submitting the prompts and
+//!   merging their event streams (`output`), one per-choice accumulator of the events
+//!   (`accumulator`), rendered as one JSON body (`output`) or as SSE chunks (`stream`);
+//! - [`tokenize`]: `POST /tokenize`, `POST /detokenize`;
+//! - [`admin`]: `GET /v1/models`, `POST /v1/load_lora_adapter`, `POST /v1/unload_lora_adapter`;
+//! - [`health`]: `GET /health`, `GET /version`, `GET /metrics`.
+//!
+//! This module holds the router, the shared state, `--api-key` auth and small helpers.
+
+mod accumulator;
+pub mod admin;
+pub mod chat;
+pub mod completions;
+pub mod health;
+mod output;
+mod stream;
+pub mod tokenize;
+
+use crate::chat_template::ChatTemplate;
+use crate::error::ApiError;
+use crate::generate::Generate;
+use crate::metrics::Metrics;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use lantern_engine::EngineHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What exists once the model is loaded. `G` is the engine behind the routes: the real
+/// [`EngineHandle`], or a scripted one in tests.
+#[derive(Debug)]
+pub struct Ready<G = EngineHandle> {
+    pub engine: G,
+    pub template: Option<ChatTemplate>,
+    /// Names a request's `model` may use; the first is reported in responses.
+    pub served_names: Vec<String>,
+    /// Where the model came from (hub id or path), reported as `root`.
+    pub root: String,
+}
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub api_key: Option<String>,
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may run after a shutdown signal.
+    pub shutdown_timeout: std::time::Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            max_body_bytes: 8 << 20,
+            shutdown_timeout: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// Shared state of all handlers.
+#[derive(Debug)]
+pub struct AppState<G = EngineHandle> {
+    pub ready: OnceLock<Ready<G>>,
+    pub shutting_down: AtomicBool,
+    pub metrics: Metrics,
+    pub config: ServerConfig,
+    pub created: u64,
+}
+
+impl<G: Generate> AppState<G> {
+    pub fn new(config: ServerConfig) -> Self {
+        Self {
+            ready: OnceLock::new(),
+            shutting_down: AtomicBool::new(false),
+            metrics: Metrics::default(),
+            config,
+            created: unix_now(),
+        }
+    }
+
+    fn ready(&self) -> Result<&Ready<G>, ApiError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(ApiError::unavailable("the server is shutting down"));
+        }
+        self.ready
+            .get()
+            .ok_or_else(|| ApiError::unavailable("the model is still loading; retry shortly"))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `PREFIX-` and 32 random hex digits (`chatcmpl-…`, `cmpl-…`).
+fn random_id(prefix: &str) -> String {
+    format!("{prefix}-{:032x}", rand::random::<u128>())
+}
+
+/// Builds the router.
+pub fn router<G: Generate>(state: Arc<AppState<G>>) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat::<G>))
+        .route("/v1/completions", post(completions::completions::<G>))
+        .route("/v1/models", get(admin::models::<G>))
+        .route("/v1/load_lora_adapter", post(admin::load_lora_adapter::<G>))
+        .route(
+            "/v1/unload_lora_adapter",
+            post(admin::unload_lora_adapter::<G>),
+        )
+        .route("/health", get(health::health::<G>))
+        .route("/metrics", get(health::metrics::<G>))
+        .route("/tokenize", post(tokenize::tokenize::<G>))
+        .route("/detokenize", post(tokenize::detokenize::<G>))
+        .route("/version", get(health::version))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::<G>,
+        ))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route", None)
+}
+
+/// `--api-key`: `/v1/*` requires `Authorization: Bearer KEY` (constant-time compare).
+async fn auth<G: Generate>(
+    State(state): State<Arc<AppState<G>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(key) = &state.config.api_key {
+        if req.uri().path().starts_with("/v1/") {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            use subtle::ConstantTimeEq;
+            let ok: bool = given.as_bytes().ct_eq(key.as_bytes()).into();
+            if !ok {
+                state.metrics.count_request(req.uri().path(), 401);
+                return ApiError::unauthorized().into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        let status = e.status();
+        ApiError {
+            status,
+            message: if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "request body too large".to_string()
+            } else {
+                format!("cannot read request body: {e}")
+            },
+            param: None,
+            retry_after: None,
+        }
+    })
+}
+
+/// The LoRA adapter id a request's `model` selects: 0 for the base model's names, the
+/// adapter's id for a loaded adapter's name, 404 otherwise.
+fn check_model<G: Generate>(ready: &Ready<G>, model: &str) -> Result<u32, ApiError> {
+    if ready.served_names.iter().any(|n| n == model) {
+        return Ok(0);
+    }
+    ready.engine.lora_id(model).ok_or_else(|| {
+        ApiError::not_found(
+            format!("The model `{model}` does not exist."),
+            Some("model"),
+        )
+    })
+}
+
+fn encode<G: Generate>(
+    ready: &Ready<G>,
+    text: &str,
+    add_special: bool,
+) -> Result<Vec<u32>, ApiError> {
+    ready
+        .engine
+        .tokenizer()
+        .encode(text, add_special)
+        .map(|e| e.get_ids().to_vec())
+        .map_err(|e| {
+            tracing::warn!(error = %e, "tokenization failed");
+            ApiError::bad_request("the prompt could not be tokenized", Some("prompt"))
+        })
+}
+
+/// Counts a generation request in `lantern_requests_total` and logs a refusal.
+fn respond<G>(state: &AppState<G>, endpoint: &str, r: Result<Response, ApiError>) -> Response {
+    match r {
+        Ok(resp) => {
+            state
+                .metrics
+                .count_request(endpoint, resp.status().as_u16());
+            resp
+        }
+        Err(e) => {
+            state.metrics.count_request(endpoint, e.status.as_u16());
+            if e.status.is_server_error() {
+                tracing::warn!(status = %e.status, "request failed");
+            } else {
+                tracing::debug!(status = %e.status, message = %e.message, "request rejected");
+            }
+            e.into_response()
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! vLLM's `POST /tokenize` (a prompt, or chat messages through the chat template) and
+//! `POST /detokenize`.
+
+use super::chat::render_chat;
+use super::{body_bytes, check_model, encode, AppState};
+use crate::error::ApiError;
+use crate::generate::Generate;
+use crate::protocol::{
+    parse_body, DetokenizeRequest, DetokenizeResponse, TokenizeRequest, TokenizeResponse,
+};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::Json;
+use std::sync::Arc;
+
+pub async fn tokenize<G: Generate>(
+    State(state): State<Arc<AppState<G>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<TokenizeResponse>, ApiError> {
+    let ready = state.ready()?;
+    let req: TokenizeRequest = parse_body(&body_bytes(body)?)?;
+    let (model, ids, strs) = match req {
+        TokenizeRequest::Chat {
+            model,
+            messages,
+            add_generation_prompt,
+            add_special_tokens,
+            chat_template_kwargs,
+            return_token_strs,
+        } => {
+            let text = render_chat(
+                ready,
+                &messages,
+                None,
+                add_generation_prompt.unwrap_or(true),
+                chat_template_kwargs.as_ref(),
+            )?;
+            (
+                model,
+                encode(ready, &text, add_special_tokens.unwrap_or(false))?,
+                return_token_strs.unwrap_or(false),
+            )
+        }
+        TokenizeRequest::Completion {
+            model,
+            prompt,
+            add_special_tokens,
+            return_token_strs,
+        } => (
+            model,
+            encode(ready, &prompt, add_special_tokens.unwrap_or(true))?,
+            return_token_strs.unwrap_or(false),
+        ),
+    };
+    if let Some(m) = &model {
+        check_model(ready, m)?;
+    }
+    let token_strs = strs.then(|| {
+        let tok = ready.engine.tokenizer();
+        ids.iter().map(|&i| tok.id_to_token(i)).collect()
+    });
+    Ok(Json(TokenizeResponse {
+        count: ids.len(),
+        max_model_len: ready.engine.max_model_len(),
+        tokens: ids,
+        token_strs,
+    }))
+}
+
+pub async fn detokenize<G: Generate>(
+    State(state): State<Arc<AppState<G>>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<DetokenizeResponse>, ApiError> {
+    let ready = state.ready()?;
+    let req: DetokenizeRequest = parse_body(&body_bytes(body)?)?;
+    if let Some(m) = &req.model {
+        check_model(ready, m)?;
+    }
+    let vocab = ready.engine.vocab_size();
+    if let Some(&bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ApiError::bad_request(
+            format!("token id {bad} is out of the vocabulary (0..{vocab})"),
+            Some("tokens"),
+        ));
+    }
+    let text = ready
+        .engine
+        .tokenizer()
+        .decode(&req.tokens, false)
+        .map_err(|_| ApiError::bad_request("these tokens cannot be decoded", Some("tokens")))?;
+    Ok(Json(DetokenizeResponse { prompt: text }))
+}

@@ -1,0 +1,106 @@
+//! `/v1/chat/completions`: streamed vs non-streamed, logprobs.
+
+use super::common::*;
+use super::shapes::*;
+use serde_json::{json, Value};
+
+#[test]
+fn chat_stream_matches_non_stream() {
+    let s = shared();
+    let body = chat_body("Tell me a story about a fox.", 24);
+    let v = post_ok(&s.url("/v1/chat/completions"), &body);
+    check_chat_shape(&v);
+    let choice = &v["choices"][0];
+    let content = choice["message"]["content"].as_str().unwrap();
+    let finish = choice["finish_reason"].as_str().unwrap();
+    assert!(choice["logprobs"].is_null());
+    let usage = &v["usage"];
+    let completion_tokens = usage["completion_tokens"].as_u64().unwrap();
+    assert!((1..=24).contains(&completion_tokens));
+    if finish == "length" {
+        assert_eq!(completion_tokens, 24);
+    }
+
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    sbody["stream_options"] = json!({"include_usage": true});
+    let chunks = stream_chunks(&s.url("/v1/chat/completions"), &sbody);
+    let (scontent, sfinish, susage) = check_chat_stream(&chunks, true);
+    assert_eq!(scontent, content);
+    assert_eq!(sfinish, finish);
+    let susage = susage.unwrap();
+    assert_eq!(susage["prompt_tokens"], usage["prompt_tokens"]);
+    assert_eq!(susage["completion_tokens"], usage["completion_tokens"]);
+    assert_eq!(susage["total_tokens"], usage["total_tokens"]);
+    let cached = susage["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .expect("prompt_tokens_details.cached_tokens");
+    assert_eq!(cached % 16, 0);
+
+    // Without include_usage: no usage field, no usage chunk.
+    sbody["stream_options"] = json!({"include_usage": false});
+    let chunks = stream_chunks(&s.url("/v1/chat/completions"), &sbody);
+    let (scontent, sfinish, _) = check_chat_stream(&chunks, false);
+    assert_eq!(scontent, content);
+    assert_eq!(sfinish, finish);
+}
+
+#[test]
+fn chat_logprobs() {
+    let s = shared();
+    let mut body = chat_body("Hello there", 8);
+    body["ignore_eos"] = json!(true);
+    body["logprobs"] = json!(true);
+    body["top_logprobs"] = json!(2);
+    let v = post_ok(&s.url("/v1/chat/completions"), &body);
+    check_chat_shape(&v);
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 8);
+    for e in content {
+        let tok = e["token"].as_str().unwrap();
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0);
+        let bytes: Vec<u8> = e["bytes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u8)
+            .collect();
+        assert_eq!(bytes, tok.as_bytes());
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2, "{e}");
+        let l0 = top[0]["logprob"].as_f64().unwrap();
+        let l1 = top[1]["logprob"].as_f64().unwrap();
+        assert!(l0 >= l1);
+        assert!(top
+            .iter()
+            .all(|t| t["token"].is_string() && t["bytes"].is_array()));
+        // Greedy: the chosen token is the best one.
+        assert_eq!(top[0]["token"], json!(tok));
+        assert!((l0 - lp).abs() < 1e-6);
+    }
+
+    // logprobs without top_logprobs: empty alternatives.
+    body["top_logprobs"] = Value::Null;
+    let v = post_ok(&s.url("/v1/chat/completions"), &body);
+    for e in v["choices"][0]["logprobs"]["content"].as_array().unwrap() {
+        assert_eq!(e["top_logprobs"], json!([]));
+    }
+
+    // Streaming: every generated token's logprob arrives in some chunk.
+    body["top_logprobs"] = json!(2);
+    body["stream"] = json!(true);
+    let chunks = stream_chunks(&s.url("/v1/chat/completions"), &body);
+    let n: usize = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
+        .map(Vec::len)
+        .sum();
+    assert_eq!(n, 8);
+
+    // top_logprobs without logprobs is refused.
+    let mut bad = chat_body("Hello", 4);
+    bad["top_logprobs"] = json!(2);
+    let r = post(&s.url("/v1/chat/completions"), &bad);
+    assert_error(&r, 400, Some("top_logprobs"));
+}

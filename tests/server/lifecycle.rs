@@ -1,0 +1,222 @@
+//! Disconnects, concurrency, graceful shutdown.
+
+use super::common::*;
+use super::shapes::*;
+use serde_json::{json, Value};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+#[test]
+fn disconnect_mid_stream_aborts_the_request() {
+    let s = start(&[]);
+    let before = scrape(&s);
+    let aborted0 = metric(
+        &before,
+        "lantern_request_finished_total",
+        &[("finished_reason", "abort")],
+    )
+    .unwrap();
+    let body = json!({
+        "model": NAME, "prompt": text_prompt(), "max_tokens": 500, "ignore_eos": true,
+        "temperature": 0, "stream": true,
+    });
+    let mut sse = stream(&s.url("/v1/completions"), &body);
+    for _ in 0..4 {
+        let d = sse.next_data().expect("a chunk");
+        assert_ne!(d, "[DONE]");
+    }
+    drop(sse);
+    let m = wait_idle(&s, Duration::from_secs(5));
+    let aborted = metric(
+        &m,
+        "lantern_request_finished_total",
+        &[("finished_reason", "abort")],
+    )
+    .unwrap();
+    assert!(aborted > aborted0, "abort counter {aborted0} -> {aborted}");
+    let generated = metric(&m, "lantern_generation_tokens_total", &[]).unwrap();
+    assert!(
+        generated < 500.0,
+        "the request ran to completion ({generated} tokens)"
+    );
+    // The server is still fine.
+    post_ok(&s.url("/v1/completions"), &completion_body(json!("Hi"), 2));
+}
+
+#[test]
+fn sixty_four_concurrent_requests() {
+    let s = start(&[]);
+    // Reference outputs from single requests.
+    let greedy_ids = text_greedy();
+    let chat_ref = post_ok(&s.url("/v1/chat/completions"), &chat_body("Hi there", 12));
+    let chat_ref = chat_ref["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let n = 64;
+    let barrier = Arc::new(Barrier::new(n));
+    let base = s.base.clone();
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let b = barrier.clone();
+            let base = base.clone();
+            let greedy_ids = greedy_ids.clone();
+            let chat_ref = chat_ref.clone();
+            std::thread::Builder::new()
+                .stack_size(1 << 20)
+                .spawn(move || {
+                    b.wait();
+                    let chat_url = format!("{base}/v1/chat/completions");
+                    let cmpl_url = format!("{base}/v1/completions");
+                    match i % 4 {
+                        0 => {
+                            let v = post_ok(&chat_url, &chat_body("Hi there", 12));
+                            check_chat_shape(&v);
+                            assert_eq!(v["choices"][0]["message"]["content"], json!(chat_ref));
+                        }
+                        1 => {
+                            let mut body = chat_body(&format!("Request number {i}"), 10);
+                            body["stream"] = json!(true);
+                            body["stream_options"] = json!({"include_usage": true});
+                            let chunks = stream_chunks(&chat_url, &body);
+                            let (_, _, usage) = check_chat_stream(&chunks, true);
+                            let usage = usage.unwrap();
+                            assert!(usage["completion_tokens"].as_u64().unwrap() <= 10);
+                        }
+                        2 => {
+                            let mut body = completion_body(json!(text_prompt_ids()), 16);
+                            body["logprobs"] = json!(0);
+                            body["return_tokens_as_token_ids"] = json!(true);
+                            let v = post_ok(&cmpl_url, &body);
+                            check_completion_shape(&v);
+                            assert_eq!(completion_token_ids(&v["choices"][0]), greedy_ids);
+                        }
+                        _ => {
+                            let body = json!({
+                                "model": NAME, "prompt": format!("Story {i}:"), "max_tokens": 12,
+                                "ignore_eos": true, "temperature": 0.8, "seed": i,
+                                "stream": true,
+                            });
+                            let chunks = stream_chunks(&cmpl_url, &body);
+                            let (texts, finishes, _) = check_completion_stream(&chunks);
+                            assert_eq!(texts.len(), 1);
+                            assert_eq!(finishes, vec!["length".to_string()]);
+                        }
+                    }
+                })
+                .unwrap()
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        if let Err(e) = h.join() {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failures.push(format!("request {i}: {msg}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let m = wait_idle(&s, Duration::from_secs(5));
+    assert_eq!(
+        metric(
+            &m,
+            "lantern_requests_total",
+            &[("endpoint", "/v1/completions"), ("status", "200")]
+        ),
+        Some(32.0)
+    );
+}
+
+#[test]
+fn graceful_shutdown_finishes_in_flight_streams() {
+    let mut s = start(&["--shutdown-timeout", "10"]);
+    let body = json!({
+        "model": NAME, "prompt": text_prompt(), "max_tokens": 500, "ignore_eos": true,
+        "temperature": 0, "stream": true, "stream_options": {"include_usage": true},
+    });
+    let mut sse = stream(&s.url("/v1/completions"), &body);
+    let mut chunks = Vec::new();
+    for _ in 0..3 {
+        chunks.push(sse.next_data().expect("a chunk"));
+    }
+    let t_term = Instant::now();
+    assert_eq!(unsafe { libc::kill(s.pid(), libc::SIGTERM) }, 0);
+
+    // New requests are refused (connection refused) or answered 503.
+    let mut refused = false;
+    while t_term.elapsed() < Duration::from_secs(5) {
+        match get(&s.url("/health")) {
+            Err(_) => {
+                refused = true;
+                break;
+            }
+            Ok(r) if r.status == 503 => {
+                refused = true;
+                break;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    assert!(refused, "the server kept accepting requests after SIGTERM");
+    match post_raw(
+        &s.url("/v1/completions"),
+        &completion_body(json!("Hi"), 2).to_string(),
+        &[],
+    ) {
+        Err(_) => {}
+        Ok(r) => {
+            assert_error(&r, 503, None);
+        }
+    }
+
+    // The in-flight stream runs to completion.
+    loop {
+        let d = sse
+            .next_data()
+            .unwrap_or_else(|| panic!("stream cut before [DONE]; server log:\n{}", s.log_tail()));
+        if d == "[DONE]" {
+            break;
+        }
+        chunks.push(d);
+    }
+    assert!(t_term.elapsed() < Duration::from_secs(10));
+    let parsed: Vec<Value> = chunks
+        .iter()
+        .map(|c| serde_json::from_str(c).unwrap())
+        .collect();
+    let (_, finishes, usage) = check_completion_stream(&parsed);
+    assert_eq!(finishes, vec!["length".to_string()]);
+    assert_eq!(usage.unwrap()["completion_tokens"], 500);
+    drop(sse);
+
+    // The process exits 0.
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "server still running after shutdown:\n{}",
+            s.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}:\n{}", s.log_tail());
+    // The request really was in flight when the shutdown began.
+    let log = std::fs::read_to_string(&s.log).unwrap();
+    let began = log.find("shutting down").expect("shutdown logged");
+    let finished = log.find("request finished").expect("request logged");
+    assert!(
+        began < finished,
+        "the stream finished before SIGTERM:\n{log}"
+    );
+}
