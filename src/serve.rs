@@ -164,9 +164,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
             None => None,
         };
         let cfg = loaded.meta.config.clone();
-        let engine =
-            Engine::start_with(loaded.backend, loaded.tokenizer, loaded.meta, engine_cfg)
-                .map_err(|e| anyhow!(e))?;
+        let engine = Engine::start_with(loaded.backend, loaded.tokenizer, loaded.meta, engine_cfg)
+            .map_err(|e| anyhow!(e))?;
         let h = engine.handle();
         let info = h.info();
         let names = if load_args.served_model_name.is_empty() {

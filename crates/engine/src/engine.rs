@@ -77,12 +77,9 @@ impl Engine {
                 block_size: cfg.block_size,
                 kv_cache,
             },
-        )
-?;
+        )?;
         if let Some(l) = &cfg.lora {
-            runner
-                .enable_lora(l.max_loras, l.max_lora_rank)
-        ?;
+            runner.enable_lora(l.max_loras, l.max_lora_rank)?;
             tracing::info!(
                 "LoRA enabled: {} device slots of rank <= {}, {} adapters in host memory",
                 l.max_loras,
@@ -91,9 +88,7 @@ impl Engine {
             );
         }
         if cfg.cuda_graphs {
-            runner
-                .enable_cuda_graphs(cfg.max_num_seqs)
-        ?;
+            runner.enable_cuda_graphs(cfg.max_num_seqs)?;
             tracing::info!(
                 "CUDA graphs on: decode-only steps of up to {} sequences replay captured graphs",
                 cfg.max_num_seqs
@@ -111,8 +106,7 @@ impl Engine {
             long_prefill_token_threshold: cfg.long_prefill_token_threshold,
             policy: cfg.policy,
             max_loras: cfg.lora.map_or(0, |l| l.max_loras),
-        })
-?;
+        })?;
         let usable = num_blocks - 1;
         let tokens = usable * cfg.block_size;
         tracing::info!(
@@ -195,4 +189,3 @@ impl Drop for Engine {
         }
     }
 }
-

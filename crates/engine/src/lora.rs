@@ -463,6 +463,10 @@ mod tests {
             max_lora_rank: 16,
             max_cpu_loras: 2,
         };
-        assert!(c.validate().unwrap_err().to_string().contains("--max-cpu-loras"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--max-cpu-loras"));
     }
 }
