@@ -134,6 +134,8 @@ fn sampler_bench(c: &mut Criterion) {
         let rows_v: Vec<SampleRow> = (0..rows)
             .map(|i| SampleRow {
                 params: p,
+                logit_bias: &[],
+                logprobs: None,
                 seed: i as u64,
                 prompt_tokens: &[],
                 output_tokens: &out,

@@ -53,5 +53,5 @@ pub use cache_write::write_kv_cache;
 pub use lora::{lora_add, LoraBatch, LoraWeights, LORA_SGMV_MIN_TOKENS};
 pub use metadata::PagedAttnMetadata;
 pub use norm::{fused_add_rms_norm, rms_norm, rotary_embedding_inplace, silu_and_mul, silu_mul};
-pub use sampling::{sample_tokens, SamplingBatch, SamplingRow};
+pub use sampling::{sample_tokens, SamplingBatch, SamplingParams, SamplingRow};
 pub use upload::copy_from_host;

@@ -390,7 +390,7 @@ pub fn sample_tokens_naive(
                 *v += b;
             }
         }
-        if p.repetition_penalty != 1.0 {
+        if p.params.repetition_penalty != 1.0 {
             let mut seen = vec![false; vocab];
             for &t in p.prompt_tokens.iter().chain(p.output_tokens) {
                 if let Some(s) = seen.get_mut(t as usize) {
@@ -400,14 +400,14 @@ pub fn sample_tokens_naive(
             for (v, s) in x.iter_mut().zip(&seen) {
                 if *s {
                     *v = if *v > 0.0 {
-                        *v / p.repetition_penalty
+                        *v / p.params.repetition_penalty
                     } else {
-                        *v * p.repetition_penalty
+                        *v * p.params.repetition_penalty
                     };
                 }
             }
         }
-        if p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 {
+        if p.params.presence_penalty != 0.0 || p.params.frequency_penalty != 0.0 {
             let mut counts = vec![0u32; vocab];
             for &t in p.output_tokens {
                 if let Some(c) = counts.get_mut(t as usize) {
@@ -416,7 +416,7 @@ pub fn sample_tokens_naive(
             }
             for (v, &c) in x.iter_mut().zip(&counts) {
                 if c > 0 {
-                    *v -= p.presence_penalty + p.frequency_penalty * c as f32;
+                    *v -= p.params.presence_penalty + p.params.frequency_penalty * c as f32;
                 }
             }
         }
@@ -436,15 +436,15 @@ pub fn sample_tokens_naive(
             }
         }
         let m = x[amax];
-        if p.temperature == 0.0 || p.top_k == 1 || !m.is_finite() {
+        if p.params.temperature == 0.0 || p.params.top_k == 1 || !m.is_finite() {
             out.push(amax as u32);
             continue;
         }
-        let inv_t = 1.0 / p.temperature;
+        let inv_t = 1.0 / p.params.temperature;
         let w: Vec<u64> = x.iter().map(|&v| fixed_mass(v, m, inv_t)).collect();
         let total_all: u64 = w.iter().sum();
         let u = f64::from(p.uniform);
-        let filtered = p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0;
+        let filtered = p.params.top_k > 0 || p.params.top_p < 1.0 || p.params.min_p > 0.0;
         if !filtered {
             let target = ((u * total_all as f64).floor() as u64).min(total_all - 1);
             let mut cum = 0u64;
@@ -461,27 +461,29 @@ pub fn sample_tokens_naive(
         }
         let mut order: Vec<usize> = (0..vocab).collect();
         order.sort_by(|&a, &b| fkey(x[b]).cmp(&fkey(x[a])).then(a.cmp(&b)));
-        let n_cand = if p.top_k > 0 {
-            p.top_k.min(vocab)
+        let n_cand = if p.params.top_k > 0 {
+            p.params.top_k.min(vocab)
         } else {
             vocab
         };
         let cand = &order[..n_cand];
-        let total: u64 = if p.top_k > 0 {
+        let total: u64 = if p.params.top_k > 0 {
             cand.iter().map(|&i| w[i]).sum()
         } else {
             total_all
         };
         let mut keep = n_cand;
-        if p.min_p > 0.0 {
+        if p.params.min_p > 0.0 {
             keep = cand
                 .iter()
-                .take_while(|&&i| ((x[i] - m) * inv_t).exp() >= p.min_p && x[i] > f32::NEG_INFINITY)
+                .take_while(|&&i| {
+                    ((x[i] - m) * inv_t).exp() >= p.params.min_p && x[i] > f32::NEG_INFINITY
+                })
                 .count()
                 .max(1);
         }
-        if p.top_p < 1.0 {
-            let target = ((f64::from(p.top_p) * total as f64).ceil() as u64).max(1);
+        if p.params.top_p < 1.0 {
+            let target = ((f64::from(p.params.top_p) * total as f64).ceil() as u64).max(1);
             let mut cum = 0u64;
             let mut k = 0;
             for &i in cand.iter().take(keep) {

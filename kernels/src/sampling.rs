@@ -33,9 +33,11 @@ pub const SAMPLING_PARAM_COLS: usize = 8;
 /// `top_k` is stored exactly in an f32).
 pub const MAX_SAMPLING_VOCAB: usize = 1 << 24;
 
-/// One row to sample: its parameters, the token history its penalties need, and its draw.
-#[derive(Debug, Clone, Copy)]
-pub struct SamplingRow<'a> {
+/// A request's logits processing and sampling parameters: the one definition shared by the
+/// runtime's sampler, the engine's request parameters and both kernels (whose params table row
+/// is these seven values plus the row's draw).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
     /// 0 = greedy; otherwise finite and > 0.
     pub temperature: f32,
     /// 0 = disabled.
@@ -44,12 +46,57 @@ pub struct SamplingRow<'a> {
     pub top_p: f32,
     /// In `[0, 1]`; 0 = disabled.
     pub min_p: f32,
-    /// > 0; 1 = disabled. Applies to tokens of `prompt_tokens` and `output_tokens`.
+    /// > 0; 1 = disabled. HF semantics: applies to prompt and output tokens.
     pub repetition_penalty: f32,
-    /// Applies to tokens of `output_tokens`.
+    /// OpenAI semantics: applies to output tokens.
     pub presence_penalty: f32,
-    /// Times the token's count in `output_tokens`.
+    /// Times the token's count in the output.
     pub frequency_penalty: f32,
+}
+
+impl Default for SamplingParams {
+    /// OpenAI's defaults: temperature 1, no filter, no penalty.
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding with no processing.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
+    }
+
+    /// Decodes one row of [`SamplingBatch::params`]: the parameters and the row's draw.
+    pub(crate) fn from_table_row(p: &[f32]) -> (Self, f32) {
+        let params = Self {
+            temperature: p[0],
+            top_k: if p[1] > 0.0 { p[1] as usize } else { 0 },
+            top_p: p[2],
+            min_p: p[3],
+            repetition_penalty: p[4],
+            presence_penalty: p[5],
+            frequency_penalty: p[6],
+        };
+        (params, p[7])
+    }
+}
+
+/// One row to sample: its parameters, the token history its penalties need, and its draw.
+#[derive(Debug, Clone, Copy)]
+pub struct SamplingRow<'a> {
+    pub params: SamplingParams,
     /// Added to the logits first; biases of the same token are summed. Finite.
     pub logit_bias: &'a [(u32, f32)],
     pub prompt_tokens: &'a [u32],
@@ -64,13 +111,7 @@ impl SamplingRow<'_> {
     /// Greedy decoding with no processing.
     pub fn greedy() -> Self {
         Self {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            repetition_penalty: 1.0,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
+            params: SamplingParams::greedy(),
             logit_bias: &[],
             prompt_tokens: &[],
             output_tokens: &[],
@@ -80,7 +121,7 @@ impl SamplingRow<'_> {
     }
 
     fn is_greedy(&self) -> bool {
-        self.temperature == 0.0 || self.top_k == 1
+        self.params.temperature == 0.0 || self.params.top_k == 1
     }
 }
 
@@ -111,28 +152,31 @@ impl SamplingBatch {
         let mut entries: Vec<u32> = Vec::new();
         offsets.push(0u32);
         for (i, r) in rows.iter().enumerate() {
-            if !(r.temperature.is_finite() && r.temperature >= 0.0) {
+            if !(r.params.temperature.is_finite() && r.params.temperature >= 0.0) {
                 bail!(
                     "{OP}: rows[{i}].temperature must be finite and >= 0, got {}",
-                    r.temperature
+                    r.params.temperature
                 );
             }
-            if !(r.top_p > 0.0 && r.top_p <= 1.0) {
+            if !(r.params.top_p > 0.0 && r.params.top_p <= 1.0) {
                 bail!(
                     "{OP}: rows[{i}].top_p must be > 0 and <= 1, got {}",
-                    r.top_p
+                    r.params.top_p
                 );
             }
-            if !(0.0..=1.0).contains(&r.min_p) {
-                bail!("{OP}: rows[{i}].min_p must be in [0, 1], got {}", r.min_p);
+            if !(0.0..=1.0).contains(&r.params.min_p) {
+                bail!(
+                    "{OP}: rows[{i}].min_p must be in [0, 1], got {}",
+                    r.params.min_p
+                );
             }
-            if !(r.repetition_penalty.is_finite() && r.repetition_penalty > 0.0) {
+            if !(r.params.repetition_penalty.is_finite() && r.params.repetition_penalty > 0.0) {
                 bail!(
                     "{OP}: rows[{i}].repetition_penalty must be finite and > 0, got {}",
-                    r.repetition_penalty
+                    r.params.repetition_penalty
                 );
             }
-            if !(r.presence_penalty.is_finite() && r.frequency_penalty.is_finite()) {
+            if !(r.params.presence_penalty.is_finite() && r.params.frequency_penalty.is_finite()) {
                 bail!("{OP}: rows[{i}] presence/frequency penalties must be finite");
             }
             if !(0.0..1.0).contains(&r.uniform) {
@@ -144,15 +188,15 @@ impl SamplingBatch {
             if let Some((t, b)) = r.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
                 bail!("{OP}: rows[{i}].logit_bias for token {t} must be finite, got {b}");
             }
-            let top_k = r.top_k.min(MAX_SAMPLING_VOCAB);
+            let top_k = r.params.top_k.min(MAX_SAMPLING_VOCAB);
             params.extend_from_slice(&[
-                r.temperature,
+                r.params.temperature,
                 top_k as f32,
-                r.top_p,
-                r.min_p,
-                r.repetition_penalty,
-                r.presence_penalty,
-                r.frequency_penalty,
+                r.params.top_p,
+                r.params.min_p,
+                r.params.repetition_penalty,
+                r.params.presence_penalty,
+                r.params.frequency_penalty,
                 r.uniform,
             ]);
             // token -> (seen, count, bias)
@@ -160,12 +204,12 @@ impl SamplingBatch {
             for &(t, b) in r.logit_bias {
                 map.entry(t).or_insert((false, 0, 0.0)).2 += b;
             }
-            if r.repetition_penalty != 1.0 {
+            if r.params.repetition_penalty != 1.0 {
                 for &t in r.prompt_tokens.iter().chain(r.output_tokens) {
                     map.entry(t).or_insert((false, 0, 0.0)).0 = true;
                 }
             }
-            if r.presence_penalty != 0.0 || r.frequency_penalty != 0.0 {
+            if r.params.presence_penalty != 0.0 || r.params.frequency_penalty != 0.0 {
                 for &t in r.output_tokens {
                     let e = map.entry(t).or_insert((false, 0, 0.0));
                     e.1 = e.1.saturating_add(1);

@@ -540,37 +540,37 @@ fn sampling_rows<'a>(
             row.uniform = r.random_range(0.0..1.0);
             match i % 8 {
                 0 => {}
-                1 => row.temperature = 0.8,
+                1 => row.params.temperature = 0.8,
                 2 => {
-                    row.temperature = 1.0;
-                    row.top_k = 1 + i % 64;
+                    row.params.temperature = 1.0;
+                    row.params.top_k = 1 + i % 64;
                 }
                 3 => {
-                    row.temperature = 0.7;
-                    row.top_p = 0.9;
+                    row.params.temperature = 0.7;
+                    row.params.top_p = 0.9;
                 }
                 4 => {
-                    row.temperature = 1.2;
-                    row.min_p = 0.05;
+                    row.params.temperature = 1.2;
+                    row.params.min_p = 0.05;
                 }
                 5 => {
-                    row.temperature = 1.0;
-                    row.top_k = 50;
-                    row.top_p = 0.95;
-                    row.min_p = 0.02;
+                    row.params.temperature = 1.0;
+                    row.params.top_k = 50;
+                    row.params.top_p = 0.95;
+                    row.params.min_p = 0.02;
                 }
                 6 => {
-                    row.temperature = 0.9;
-                    row.repetition_penalty = 1.2;
-                    row.presence_penalty = 0.3;
-                    row.frequency_penalty = 0.1;
+                    row.params.temperature = 0.9;
+                    row.params.repetition_penalty = 1.2;
+                    row.params.presence_penalty = 0.3;
+                    row.params.frequency_penalty = 0.1;
                     row.prompt_tokens = &hist[..hist.len() / 2];
                     row.output_tokens = &hist[hist.len() / 2..];
                     row.logit_bias = bias;
                 }
                 _ => {
-                    row.temperature = 3.0;
-                    row.top_p = 0.5;
+                    row.params.temperature = 3.0;
+                    row.params.top_p = 0.5;
                 }
             }
             row

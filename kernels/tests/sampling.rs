@@ -42,43 +42,43 @@ fn mixed_rows<'a>(
             row.uniform = r.random_range(0.0..1.0);
             match i % 9 {
                 0 => {}
-                1 => row.temperature = 0.7,
+                1 => row.params.temperature = 0.7,
                 2 => {
-                    row.temperature = 1.0;
-                    row.top_k = 1 + i % 50;
+                    row.params.temperature = 1.0;
+                    row.params.top_k = 1 + i % 50;
                 }
                 3 => {
-                    row.temperature = 0.8;
-                    row.top_p = 0.9;
+                    row.params.temperature = 0.8;
+                    row.params.top_p = 0.9;
                 }
                 4 => {
-                    row.temperature = 1.3;
-                    row.min_p = 0.1;
+                    row.params.temperature = 1.3;
+                    row.params.min_p = 0.1;
                 }
                 5 => {
-                    row.temperature = 0.9;
-                    row.top_k = 40;
-                    row.top_p = 0.8;
-                    row.min_p = 0.05;
+                    row.params.temperature = 0.9;
+                    row.params.top_k = 40;
+                    row.params.top_p = 0.8;
+                    row.params.min_p = 0.05;
                 }
                 6 => {
-                    row.temperature = 1.0;
-                    row.repetition_penalty = 1.3;
-                    row.presence_penalty = 0.5;
-                    row.frequency_penalty = 0.25;
+                    row.params.temperature = 1.0;
+                    row.params.repetition_penalty = 1.3;
+                    row.params.presence_penalty = 0.5;
+                    row.params.frequency_penalty = 0.25;
                     row.prompt_tokens = &hist[..hist.len() / 2];
                     row.output_tokens = &hist[hist.len() / 2..];
-                    row.top_p = 0.95;
+                    row.params.top_p = 0.95;
                 }
                 7 => {
-                    row.repetition_penalty = 1.5;
+                    row.params.repetition_penalty = 1.5;
                     row.prompt_tokens = hist;
                     row.logit_bias = bias;
                     row.banned = banned;
                 }
                 _ => {
-                    row.temperature = 2.0;
-                    row.top_k = 1000;
+                    row.params.temperature = 2.0;
+                    row.params.top_k = 1000;
                     row.logit_bias = bias;
                     row.banned = banned;
                 }
@@ -122,7 +122,7 @@ fn greedy_ties_nan_and_all_banned() {
     // Every token banned: the arg-max of an all -inf row is 0.
     let banned = [0u32, 1, 2, 3];
     let mut row = SamplingRow::greedy();
-    row.temperature = 1.0;
+    row.params.temperature = 1.0;
     row.banned = &banned;
     assert_eq!(run(&l, &[row, g]), vec![0, 2]);
 }
@@ -135,9 +135,9 @@ fn penalties_follow_the_runtime_sampler() {
     let out = [0u32, 0, 2];
     let prompt = [1u32];
     let mut row = SamplingRow::greedy();
-    row.repetition_penalty = 2.0;
-    row.presence_penalty = 0.5;
-    row.frequency_penalty = 0.25;
+    row.params.repetition_penalty = 2.0;
+    row.params.presence_penalty = 0.5;
+    row.params.frequency_penalty = 0.25;
     row.prompt_tokens = &prompt;
     row.output_tokens = &out;
     assert_eq!(run(&l, &[row]), vec![0]);
@@ -151,7 +151,7 @@ fn draws_follow_the_distribution_and_filters() {
     // p = softmax([0, ln 3]) = [0.25, 0.75]: u < 0.25 picks 0 (index-order walk).
     let l = Tensor::new(&[[0.0f32, 3f32.ln()]], &CPU).unwrap();
     let mut row = SamplingRow::greedy();
-    row.temperature = 1.0;
+    row.params.temperature = 1.0;
     let n = 2000;
     let ones = (0..n)
         .filter(|&i| {
@@ -168,15 +168,15 @@ fn draws_follow_the_distribution_and_filters() {
     for i in 0..100 {
         let u = i as f32 / 100.0;
         let mut a = SamplingRow::greedy();
-        a.temperature = 1.0;
-        a.top_k = 2;
+        a.params.temperature = 1.0;
+        a.params.top_k = 2;
         a.uniform = u;
         let mut b = a;
-        b.top_k = 0;
-        b.min_p = 0.5;
+        b.params.top_k = 0;
+        b.params.min_p = 0.5;
         let mut c = a;
-        c.top_k = 0;
-        c.top_p = 0.5;
+        c.params.top_k = 0;
+        c.params.top_p = 0.5;
         let t = run(&l, &[a, b, c]);
         assert!(t[0] < 2 && t[1] < 2, "{t:?}");
         assert_eq!(t[2], 0, "top_p 0.5 keeps only the best token");
@@ -190,8 +190,8 @@ fn strided_logits_rows_are_fine() {
     let view = full.narrow(1, 100, 150).unwrap();
     let mut rows = vec![SamplingRow::greedy(); 4];
     for (i, row) in rows.iter_mut().enumerate() {
-        row.temperature = 0.5 + i as f32 * 0.1;
-        row.top_p = 0.9;
+        row.params.temperature = 0.5 + i as f32 * 0.1;
+        row.params.top_p = 0.9;
         row.uniform = 0.1 + 0.2 * i as f32;
     }
     let got = run(&view, &rows);
@@ -203,10 +203,10 @@ fn strided_logits_rows_are_fine() {
 fn bad_parameters_are_rejected_by_name() {
     type Case = (&'static str, fn(&mut SamplingRow<'static>));
     let cases: [Case; 6] = [
-        ("temperature", |r| r.temperature = -1.0),
-        ("top_p", |r| r.top_p = 0.0),
-        ("min_p", |r| r.min_p = 1.5),
-        ("repetition_penalty", |r| r.repetition_penalty = 0.0),
+        ("temperature", |r| r.params.temperature = -1.0),
+        ("top_p", |r| r.params.top_p = 0.0),
+        ("min_p", |r| r.params.min_p = 1.5),
+        ("repetition_penalty", |r| r.params.repetition_penalty = 0.0),
         ("uniform", |r| r.uniform = 1.0),
         ("logit_bias", |r| r.logit_bias = &[(1, f32::INFINITY)]),
     ];

@@ -11,60 +11,17 @@
 
 use crate::error::{Result, RuntimeError};
 use candle_core::{DType, Tensor};
+pub use lantern_kernels::SamplingParams;
 use lantern_kernels::{sample_tokens, SamplingBatch, SamplingRow};
-
-/// Per-request logits processing and sampling parameters.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SamplingParams {
-    /// 0 means greedy.
-    pub temperature: f32,
-    /// 0 means disabled.
-    pub top_k: usize,
-    /// 1.0 means disabled.
-    pub top_p: f32,
-    /// 0.0 means disabled.
-    pub min_p: f32,
-    /// 1.0 means disabled. HF semantics over prompt and output tokens.
-    pub repetition_penalty: f32,
-    /// OpenAI semantics over output tokens.
-    pub presence_penalty: f32,
-    pub frequency_penalty: f32,
-    /// Added to the logits before anything else.
-    pub logit_bias: Vec<(u32, f32)>,
-    /// Number of top alternatives to return with each token (None: no logprobs at all).
-    pub logprobs: Option<usize>,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        Self {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            repetition_penalty: 1.0,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
-            logit_bias: Vec::new(),
-            logprobs: None,
-        }
-    }
-}
-
-impl SamplingParams {
-    /// Greedy decoding with no processing.
-    pub fn greedy() -> Self {
-        Self {
-            temperature: 0.0,
-            ..Self::default()
-        }
-    }
-}
 
 /// One row of a batch to sample.
 #[derive(Debug, Clone, Copy)]
 pub struct SampleRow<'a> {
     pub params: &'a SamplingParams,
+    /// Added to the logits before anything else.
+    pub logit_bias: &'a [(u32, f32)],
+    /// Number of top alternatives to return with the token (None: no logprobs at all).
+    pub logprobs: Option<usize>,
     /// The request's seed (drawn at random on arrival when the client gave none).
     pub seed: u64,
     pub prompt_tokens: &'a [u32],
@@ -76,16 +33,9 @@ pub struct SampleRow<'a> {
 impl<'a> SampleRow<'a> {
     /// The kernel's view of this row; its draw is [`uniform`]`(seed, output_tokens.len())`.
     fn kernel_row(&self) -> SamplingRow<'a> {
-        let p = self.params;
         SamplingRow {
-            temperature: p.temperature,
-            top_k: p.top_k,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            repetition_penalty: p.repetition_penalty,
-            presence_penalty: p.presence_penalty,
-            frequency_penalty: p.frequency_penalty,
-            logit_bias: &p.logit_bias,
+            params: *self.params,
+            logit_bias: self.logit_bias,
             prompt_tokens: self.prompt_tokens,
             output_tokens: self.output_tokens,
             banned: self.banned,
@@ -171,7 +121,7 @@ pub fn sample_on(
         let (Some(t), Some(r)) = (out.get_mut(i), rows.get(i)) else {
             continue;
         };
-        let (lp, top) = token_logprob(raw, t.token, r.params.logprobs.unwrap_or(0));
+        let (lp, top) = token_logprob(raw, t.token, r.logprobs.unwrap_or(0));
         t.logprob = lp;
         t.top_logprobs = top;
     }
@@ -201,7 +151,7 @@ fn sample_ids(logits: &Tensor, rows: &[SamplingRow<'_>]) -> Result<Vec<u32>> {
 fn logprob_rows(rows: &[SampleRow<'_>]) -> Vec<usize> {
     rows.iter()
         .enumerate()
-        .filter(|(_, r)| r.params.logprobs.is_some())
+        .filter(|(_, r)| r.logprobs.is_some())
         .map(|(i, _)| i)
         .collect()
 }
@@ -283,6 +233,8 @@ mod tests {
     fn row<'a>(p: &'a SamplingParams, seed: u64, out: &'a [u32]) -> SampleRow<'a> {
         SampleRow {
             params: p,
+            logit_bias: &[],
+            logprobs: None,
             seed,
             prompt_tokens: &[],
             output_tokens: out,
@@ -306,11 +258,12 @@ mod tests {
 
     #[test]
     fn greedy_picks_argmax_and_logprobs_are_normalised() {
-        let p = SamplingParams {
+        let p = SamplingParams::greedy();
+        let r = SampleRow {
             logprobs: Some(2),
-            ..SamplingParams::greedy()
+            ..row(&p, 0, &[])
         };
-        let s = sample(&logits(vec![0.0, 3.0, 1.0]), &[row(&p, 0, &[])]).unwrap();
+        let s = sample(&logits(vec![0.0, 3.0, 1.0]), &[r]).unwrap();
         assert_eq!(s[0].token, 1);
         let total: f32 = log_softmax(&[0.0, 3.0, 1.0]).iter().map(|x| x.exp()).sum();
         assert!((total - 1.0).abs() < 1e-5);
@@ -365,11 +318,11 @@ mod tests {
             ..row(&p, 0, &[])
         };
         assert_eq!(one(&logits(vec![0.0, 3.0, 1.0]), r), 2);
-        let p = SamplingParams {
-            logit_bias: vec![(0, 10.0)],
-            ..SamplingParams::greedy()
+        let r = SampleRow {
+            logit_bias: &[(0, 10.0)],
+            ..row(&p, 0, &[])
         };
-        assert_eq!(one(&logits(vec![0.0, 3.0, 1.0]), row(&p, 0, &[])), 0);
+        assert_eq!(one(&logits(vec![0.0, 3.0, 1.0]), r), 0);
     }
 
     #[test]
@@ -482,7 +435,6 @@ mod tests {
             SamplingParams {
                 temperature: 1.3,
                 min_p: 0.1,
-                logprobs: Some(3),
                 ..SamplingParams::default()
             },
             SamplingParams {
@@ -496,7 +448,10 @@ mod tests {
             let alone = one(&l.narrow(0, 2, 1).unwrap(), mine);
             let rows = [
                 row(&others[0], 7, &[]),
-                row(&others[1], 8, &out),
+                SampleRow {
+                    logprobs: Some(3),
+                    ..row(&others[1], 8, &out)
+                },
                 mine,
                 row(&others[2], 9, &out[..1]),
             ];
@@ -572,23 +527,23 @@ mod tests {
         let l = Tensor::from_vec(raw.concat(), (3, 5), &Device::Cpu).unwrap();
         // Row 0: greedy with a bias that moves the choice; row 1: no logprobs; row 2: sampled
         // with its best token banned and a repetition penalty.
-        let p0 = SamplingParams {
-            logit_bias: vec![(4, 5.0)],
-            logprobs: Some(2),
-            ..SamplingParams::greedy()
-        };
+        let p0 = SamplingParams::greedy();
         let p1 = SamplingParams::default();
         let p2 = SamplingParams {
             repetition_penalty: 1.5,
-            logprobs: Some(0),
             ..SamplingParams::default()
         };
         let banned = [2u32];
         let rows = [
-            row(&p0, 1, &[]),
+            SampleRow {
+                logit_bias: &[(4, 5.0)],
+                logprobs: Some(2),
+                ..row(&p0, 1, &[])
+            },
             row(&p1, 2, &[]),
             SampleRow {
                 banned: &banned,
+                logprobs: Some(0),
                 prompt_tokens: &[4],
                 ..row(&p2, 3, &[])
             },
@@ -633,11 +588,12 @@ mod tests {
     #[test]
     fn bf16_logits_sample_and_give_logprobs() {
         let l = logits(vec![0.0, 3.0, 1.0]).to_dtype(DType::BF16).unwrap();
-        let p = SamplingParams {
+        let p = SamplingParams::greedy();
+        let r = SampleRow {
             logprobs: Some(1),
-            ..SamplingParams::greedy()
+            ..row(&p, 0, &[])
         };
-        let s = sample(&l, &[row(&p, 0, &[])]).unwrap();
+        let s = sample(&l, &[r]).unwrap();
         assert_eq!(s[0].token, 1);
         let lp = log_softmax(&[0.0, 3.0, 1.0]);
         assert!((s[0].logprob - lp[1]).abs() < 1e-6);

@@ -7,7 +7,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::Elem;
-use crate::sampling::{HostSampling, SAMPLING_PARAM_COLS};
+use crate::sampling::{HostSampling, SamplingParams, SAMPLING_PARAM_COLS};
 
 /// `2^40`: fixed-point scale of the sampling weights.
 pub(crate) const FIXED_SCALE: f32 = 1_099_511_627_776.0;
@@ -46,36 +46,8 @@ pub(crate) fn sanitize(x: f32) -> f32 {
     }
 }
 
-/// One row's parameters, decoded from the params table.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RowParams {
-    pub temperature: f32,
-    pub top_k: usize,
-    pub top_p: f32,
-    pub min_p: f32,
-    pub repetition_penalty: f32,
-    pub presence_penalty: f32,
-    pub frequency_penalty: f32,
-    pub uniform: f32,
-}
-
-impl RowParams {
-    pub(crate) fn from_slice(p: &[f32]) -> Self {
-        Self {
-            temperature: p[0],
-            top_k: if p[1] > 0.0 { p[1] as usize } else { 0 },
-            top_p: p[2],
-            min_p: p[3],
-            repetition_penalty: p[4],
-            presence_penalty: p[5],
-            frequency_penalty: p[6],
-            uniform: p[7],
-        }
-    }
-}
-
 /// Applies the processing entries (`[token, seen, count, bias bits]` rows) to `row`.
-pub(crate) fn process(row: &mut [f32], p: &RowParams, entries: &[u32]) {
+pub(crate) fn process(row: &mut [f32], p: &SamplingParams, entries: &[u32]) {
     for e in entries.chunks_exact(4) {
         let Some(x) = row.get_mut(e[0] as usize) else {
             continue;
@@ -144,14 +116,14 @@ fn run<T: Elem>(data: &[T], l: &Layout, host: &HostSampling) -> Result<Vec<u32>>
         bail!("sample_tokens: logits layout exceeds its storage");
     }
     let one = |r: usize| -> u32 {
-        let p = RowParams::from_slice(
+        let (p, uniform) = SamplingParams::from_table_row(
             &host.params[r * SAMPLING_PARAM_COLS..(r + 1) * SAMPLING_PARAM_COLS],
         );
         let src = &data[start + r * s0..start + r * s0 + vocab];
         let mut row: Vec<f32> = src.iter().map(|&x| sanitize(x.to_f32())).collect();
         let (lo, hi) = (host.offsets[r] as usize, host.offsets[r + 1] as usize);
         process(&mut row, &p, &host.entries[lo * 4..hi * 4]);
-        pick(&row, &p)
+        pick(&row, &p, uniform)
     };
     Ok(if rows * vocab >= 1 << 16 {
         (0..rows).into_par_iter().map(one).collect()
@@ -179,7 +151,8 @@ fn partial_sort(idx: &mut [u32], row: &[f32], k: usize) {
 }
 
 /// The sampled token of one processed row.
-pub(crate) fn pick(row: &[f32], p: &RowParams) -> u32 {
+/// `uniform` is the row's draw in `[0, 1)`.
+pub(crate) fn pick(row: &[f32], p: &SamplingParams, uniform: f32) -> u32 {
     let (amax, m) = argmax(row);
     if p.temperature <= 0.0 || p.top_k == 1 || !m.is_finite() {
         return amax;
@@ -193,7 +166,7 @@ pub(crate) fn pick(row: &[f32], p: &RowParams) -> u32 {
     }
     let filtered = p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0;
     if !filtered {
-        let target = ((f64::from(p.uniform) * total_all as f64).floor() as u64).min(total_all - 1);
+        let target = ((f64::from(uniform) * total_all as f64).floor() as u64).min(total_all - 1);
         let mut cum = 0u64;
         for i in 0..v as u32 {
             cum += w(i);
@@ -267,7 +240,7 @@ pub(crate) fn pick(row: &[f32], p: &RowParams) -> u32 {
     if mass == 0 {
         return amax;
     }
-    let target = ((f64::from(p.uniform) * mass as f64).floor() as u64).min(mass - 1);
+    let target = ((f64::from(uniform) * mass as f64).floor() as u64).min(mass - 1);
     let mut cum = 0u64;
     for &i in kept {
         cum += w(i);
