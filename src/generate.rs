@@ -106,8 +106,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             repetition_penalty: args.repetition_penalty,
             presence_penalty: args.presence_penalty,
             frequency_penalty: args.frequency_penalty,
-            logit_bias: Vec::new(),
-            logprobs: None,
         },
         seed: args.sample_seed,
         max_tokens: Some(args.max_tokens),
@@ -119,6 +117,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let engine = Engine::start(loaded, engine_cfg).map_err(|e| anyhow!(e))?;
     let handle = engine.handle();
+    let params = handle.validate(params)?;
     // Submit everything first so the prompts share steps.
     let mut streams = Vec::new();
     for p in prompts {

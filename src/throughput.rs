@@ -146,10 +146,10 @@ pub fn run(mut args: ThroughputArgs) -> Result<()> {
     // Warm up once (allocations, thread pools).
     let mut w = h.submit_blocking(
         prompts[0][..8.min(args.input_len)].to_vec(),
-        GenerationParams {
+        h.validate(GenerationParams {
             max_tokens: Some(2),
             ..params.clone()
-        },
+        })?,
     )?;
     while w.blocking_next().is_some() {}
 
@@ -170,10 +170,10 @@ pub fn run(mut args: ThroughputArgs) -> Result<()> {
                     };
                     inflight.push(h.submit_blocking(
                         p,
-                        GenerationParams {
+                        h.validate(GenerationParams {
                             lora_id,
                             ..params.clone()
-                        },
+                        })?,
                     )?)
                 }
                 None => break,

@@ -50,17 +50,13 @@ fn smollm2_answers_paris() {
         .get_ids()
         .to_vec();
     let engine = Engine::start(loaded, EngineConfig::default()).unwrap();
-    let mut s = engine
-        .handle()
-        .submit_blocking(
-            ids,
-            GenerationParams {
-                sampling: SamplingParams::greedy(),
-                max_tokens: Some(30),
-                ..GenerationParams::default()
-            },
-        )
-        .unwrap();
+    let h = engine.handle();
+    let params = GenerationParams {
+        sampling: SamplingParams::greedy(),
+        max_tokens: Some(30),
+        ..GenerationParams::default()
+    };
+    let mut s = h.submit_blocking(ids, h.validate(params).unwrap()).unwrap();
     let mut text = String::new();
     while let Some(ev) = s.blocking_next() {
         match ev {

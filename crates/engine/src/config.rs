@@ -1,9 +1,10 @@
 //! Engine settings and the facts about the served model that the handle exposes.
 
 use crate::lora::LoraConfig;
+use crate::validation::RequestLimits;
 use lantern_models::ModelMeta;
 use lantern_runtime::KvCacheSize;
-use lantern_scheduler::SchedulingPolicy;
+use lantern_scheduler::{defaults, SchedulingPolicy};
 
 /// Engine settings (the `lantern serve` flags that shape scheduling and memory).
 #[derive(Debug, Clone, PartialEq)]
@@ -30,14 +31,14 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
-            max_num_seqs: 256,
-            max_num_batched_tokens: 2048,
-            block_size: 16,
+            max_num_seqs: defaults::MAX_NUM_SEQS,
+            max_num_batched_tokens: defaults::MAX_NUM_BATCHED_TOKENS,
+            block_size: defaults::BLOCK_SIZE,
             kv_cache: KvCacheSize::Bytes(1 << 30),
             max_model_len: None,
-            max_waiting_requests: 1024,
+            max_waiting_requests: defaults::MAX_WAITING_REQUESTS,
             enable_prefix_caching: true,
-            long_prefill_token_threshold: 0,
+            long_prefill_token_threshold: defaults::LONG_PREFILL_TOKEN_THRESHOLD,
             policy: SchedulingPolicy::Fcfs,
             seed: None,
             lora: None,
@@ -61,9 +62,16 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// What requests are validated against.
+    pub fn limits(&self) -> RequestLimits {
+        RequestLimits {
+            vocab_size: self.vocab_size,
+            max_model_len: self.max_model_len,
+        }
+    }
+
     /// Tokens the KV cache holds.
     pub fn kv_capacity_tokens(&self) -> usize {
         self.num_kv_blocks * self.block_size
     }
 }
-

@@ -10,15 +10,14 @@ use crate::detok::IncrementalDetokenizer;
 use crate::error::{EngineError, SubmitError};
 use crate::handle::Command;
 use crate::lora::{HostLoras, LoraConfig};
-use crate::params::{FinishReason, GenerationParams, RequestEvent};
+use crate::params::{FinishReason, RequestEvent};
 use crate::requests::{seq_id, Requests, SeqState};
 use crate::stats::{EngineSnapshot, StepStats};
 use crate::stop::StopMatcher;
+use crate::validation::ValidParams;
 use lantern_models::ModelConfig;
 use lantern_runtime::{ModelRunner, SampleRow, SeqChunk};
-use lantern_scheduler::{
-    AddRequestError, FinishReason as SchedFinish, SchedRequest, Scheduler, SchedulerOutput,
-};
+use lantern_scheduler::{AddRequestError, SchedRequest, Scheduler, SchedulerOutput};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -161,10 +160,11 @@ impl EngineCore {
         &mut self,
         group: u64,
         prompt: Vec<u32>,
-        params: GenerationParams,
+        params: ValidParams,
         events: tmpsc::UnboundedSender<RequestEvent>,
         arrival: Instant,
     ) -> Result<(), SubmitError> {
+        let params = params.into_inner();
         if self.shutting_down {
             return Err(SubmitError::EngineStopped);
         }
@@ -271,7 +271,7 @@ impl EngineCore {
 
     /// Ends a sequence with an error event (its blocks are freed).
     pub fn fail_seq(&mut self, id: u64, err: EngineError) {
-        self.sched.finish_request(id, SchedFinish::Aborted);
+        self.sched.finish_request(id, FinishReason::Abort);
         if let Some(s) = self.reqs.remove_seq(id) {
             let _ = s.events.send(RequestEvent::Error(err));
             self.snapshot.finished_error += 1;
@@ -288,7 +288,12 @@ impl EngineCore {
 
     /// A step failed after scheduling: every sequence of the batch ends with an error; the
     /// cause is logged, not sent to clients. Returns true (a step was attempted).
-    fn fail_batch(&mut self, out: &SchedulerOutput, what: &str, cause: &dyn std::fmt::Display) -> bool {
+    fn fail_batch(
+        &mut self,
+        out: &SchedulerOutput,
+        what: &str,
+        cause: &dyn std::fmt::Display,
+    ) -> bool {
         tracing::error!(error = %cause, "{what} failed; failing the batch");
         for seq in &out.seqs {
             self.fail_seq(seq.id, EngineError::Execution);
@@ -351,6 +356,8 @@ impl EngineCore {
                 let s = self.reqs.get(id);
                 SampleRow {
                     params: s.map(|s| &s.params.sampling).unwrap_or(&default_params),
+                    logit_bias: s.map(|s| s.params.logit_bias.as_slice()).unwrap_or(&[]),
+                    logprobs: s.and_then(|s| s.params.logprobs),
                     seed: s.map(|s| s.seed).unwrap_or(0),
                     prompt_tokens: s.map(|s| s.prompt.as_slice()).unwrap_or(&empty),
                     output_tokens: self.sched.output_tokens(id).unwrap_or(&empty),

@@ -3,7 +3,12 @@
 /// Why a request was not accepted.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum SubmitError {
-    /// A parameter is out of range; the server maps this to 400 naming `field`.
+    /// A parameter or the prompt is out of range; the server maps this to 400 naming
+    /// [`ValidationError::field`](crate::ValidationError::field).
+    #[error(transparent)]
+    Invalid(#[from] crate::validation::ValidationError),
+    /// The engine refused the request's contents after validation (the prompt cannot be
+    /// decoded, LoRA is disabled); 400 naming `field`.
     #[error("{message}")]
     InvalidParam { field: String, message: String },
     /// The prompt (plus max_tokens) cannot fit the context or the KV cache.

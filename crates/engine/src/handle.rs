@@ -7,6 +7,7 @@ use crate::error::SubmitError;
 use crate::lora::{check_name, now_unix, LoraConfig, LoraError, LoraInfo, LoraRegistry};
 use crate::params::{GenerationParams, RequestEvent};
 use crate::stats::EngineSnapshot;
+use crate::validation::{check_prompt, RequestLimits, ValidParams, ValidationError};
 use lantern_models::LoraAdapter;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +21,7 @@ pub(crate) enum Command {
     Add {
         group: u64,
         prompt: Vec<u32>,
-        params: Box<GenerationParams>,
+        params: Box<ValidParams>,
         events: tmpsc::UnboundedSender<RequestEvent>,
         reply: oneshot::Sender<Result<(), SubmitError>>,
         arrival: Instant,
@@ -219,46 +220,22 @@ impl EngineHandle {
         self.snapshot.borrow().clone()
     }
 
-    fn check(&self, prompt: &[u32], params: &GenerationParams) -> Result<(), SubmitError> {
-        params.validate(self.info.vocab_size)?;
-        if prompt.is_empty() {
-            return Err(SubmitError::InvalidParam {
-                field: "prompt".into(),
-                message: "the prompt is empty; send at least one token".into(),
-            });
-        }
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.info.vocab_size) {
-            return Err(SubmitError::InvalidParam {
-                field: "prompt".into(),
-                message: format!(
-                    "token id {bad} is out of the vocabulary (0..{})",
-                    self.info.vocab_size
-                ),
-            });
-        }
-        let max_len = self.info.max_model_len;
-        let max_tokens = params.max_tokens.unwrap_or(1);
-        if prompt.len() + max_tokens > max_len {
-            return Err(SubmitError::TooLong(match params.max_tokens {
-                Some(m) => format!(
-                    "this model's maximum context length is {max_len} tokens, but the request has {} prompt tokens and max_tokens {m} ({} in total); shorten the prompt or lower max_tokens",
-                    prompt.len(),
-                    prompt.len() + m
-                ),
-                None => format!(
-                    "this model's maximum context length is {max_len} tokens, but the prompt has {} tokens; shorten the prompt",
-                    prompt.len()
-                ),
-            }));
-        }
-        Ok(())
+    /// What requests to this engine are validated against.
+    pub fn limits(&self) -> RequestLimits {
+        self.info.limits()
+    }
+
+    /// Validates `params` against this engine's limits (the one validator; see
+    /// [`GenerationParams::validate`]).
+    pub fn validate(&self, params: GenerationParams) -> Result<ValidParams, ValidationError> {
+        params.validate(&self.limits())
     }
 
     /// Adds a request. Resolves once the engine accepted it (or refused: overload, too long).
     pub async fn submit(
         &self,
         prompt: Vec<u32>,
-        params: GenerationParams,
+        params: ValidParams,
     ) -> Result<RequestStream, SubmitError> {
         let (stream, reply) = self.send_add(prompt, params)?;
         match reply.await {
@@ -272,7 +249,7 @@ impl EngineHandle {
     pub fn submit_blocking(
         &self,
         prompt: Vec<u32>,
-        params: GenerationParams,
+        params: ValidParams,
     ) -> Result<RequestStream, SubmitError> {
         let (stream, reply) = self.send_add(prompt, params)?;
         match reply.blocking_recv() {
@@ -286,9 +263,9 @@ impl EngineHandle {
     fn send_add(
         &self,
         prompt: Vec<u32>,
-        params: GenerationParams,
+        params: ValidParams,
     ) -> Result<(RequestStream, oneshot::Receiver<Result<(), SubmitError>>), SubmitError> {
-        self.check(&prompt, &params)?;
+        check_prompt(&prompt, &params, &self.limits())?;
         let group = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = tmpsc::unbounded_channel();
         let (reply_tx, reply_rx) = oneshot::channel();

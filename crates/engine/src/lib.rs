@@ -18,6 +18,8 @@
 //!   slot copies).
 //! - [`detok`] (incremental, UTF-8 safe) and [`stop`] (stop strings across token
 //!   boundaries, never leaked).
+//! - [`validation`]: the one validator of request parameters ([`GenerationParams`] ->
+//!   [`ValidParams`], the only type [`EngineHandle::submit`] takes) and its bounds.
 //! - [`EngineSnapshot`] (a `watch` channel) publishes per-step stats for metrics.
 
 mod config;
@@ -34,16 +36,18 @@ mod requests;
 mod siblings;
 mod stats;
 pub mod stop;
+pub mod validation;
 
 pub use config::{EngineConfig, ModelInfo};
 pub use engine::Engine;
-pub use handle::{EngineHandle, RequestStream};
-pub use stats::{EngineSnapshot, StepPhaseSeconds, StepStats};
 pub use error::{EngineError, EngineStartError, SubmitError};
+pub use handle::{EngineHandle, RequestStream};
 pub use lantern_runtime::{KvCacheSize, ModelBackend, SamplingParams};
 pub use lantern_scheduler::SchedulingPolicy;
 pub use lora::{LoraConfig, LoraConfigError, LoraError, LoraInfo};
 pub use params::{
-    FinishReason, GenerationParams, ParamError, RequestEvent, RequestTiming, StopReason,
-    TokenDelta, TokenLogprob, Usage,
+    FinishReason, GenerationParams, RequestEvent, RequestTiming, StopReason, TokenDelta,
+    TokenLogprob, Usage,
 };
+pub use stats::{EngineSnapshot, StepPhaseSeconds, StepStats};
+pub use validation::{RequestLimits, ValidParams, ValidationError};

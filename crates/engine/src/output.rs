@@ -10,7 +10,6 @@ use crate::params::{
     FinishReason, RequestEvent, RequestTiming, StopReason, TokenDelta, TokenLogprob, Usage,
 };
 use lantern_runtime::{sampler, SampledToken};
-use lantern_scheduler::FinishReason as SchedFinish;
 use std::time::Instant;
 
 impl EngineCore {
@@ -60,7 +59,7 @@ impl EngineCore {
         if s.first_token.is_none() {
             s.first_token = Some(now);
         }
-        let logprobs = if s.params.sampling.logprobs.is_some() {
+        let logprobs = if s.params.logprobs.is_some() {
             vec![TokenLogprob {
                 token_id: tok.token,
                 logprob: tok.logprob,
@@ -110,13 +109,13 @@ impl EngineCore {
     }
 
     /// Ends a sequence: frees its blocks, releases held-back text, sends `Finished`.
-    pub(crate) fn finish(&mut self, id: u64, reason: FinishReason, stop_reason: Option<StopReason>) {
-        let sched_reason = match reason {
-            FinishReason::Stop => SchedFinish::Stopped,
-            FinishReason::Length => SchedFinish::Length,
-            FinishReason::Abort => SchedFinish::Aborted,
-        };
-        self.sched.finish_request(id, sched_reason);
+    pub(crate) fn finish(
+        &mut self,
+        id: u64,
+        reason: FinishReason,
+        stop_reason: Option<StopReason>,
+    ) {
+        self.sched.finish_request(id, reason);
         let Some(mut s) = self.reqs.remove_seq(id) else {
             return;
         };

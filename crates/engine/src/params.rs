@@ -1,13 +1,19 @@
 //! Per-request parameters and the events a request produces.
 
-use crate::error::SubmitError;
 use lantern_runtime::SamplingParams;
 use std::time::Instant;
 
 /// Everything that controls one generation besides the prompt.
 #[derive(Debug, Clone, PartialEq)]
+///
+/// A plain struct: [`GenerationParams::validate`] (in `validation`) turns it into the
+/// [`ValidParams`](crate::ValidParams) the engine accepts.
 pub struct GenerationParams {
     pub sampling: SamplingParams,
+    /// Added to the logits before anything else (token, bias), sorted by token.
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Log-probabilities of each sampled token with this many alternatives (None: none).
+    pub logprobs: Option<usize>,
     /// Seed for sampling; a random one is drawn when absent.
     pub seed: Option<u64>,
     /// Maximum new tokens; `None` = up to the context length.
@@ -35,6 +41,8 @@ impl Default for GenerationParams {
     fn default() -> Self {
         Self {
             sampling: SamplingParams::default(),
+            logit_bias: Vec::new(),
+            logprobs: None,
             seed: None,
             max_tokens: None,
             min_tokens: 0,
@@ -52,174 +60,7 @@ impl Default for GenerationParams {
     }
 }
 
-/// A parameter out of range.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-impl From<ParamError> for SubmitError {
-    fn from(e: ParamError) -> Self {
-        SubmitError::InvalidParam {
-            field: e.field.to_string(),
-            message: e.message,
-        }
-    }
-}
-
-fn bad(field: &'static str, message: String) -> Result<(), ParamError> {
-    Err(ParamError { field, message })
-}
-
-impl GenerationParams {
-    /// Checks every range; messages name the field and the allowed range.
-    pub fn validate(&self, vocab_size: usize) -> Result<(), ParamError> {
-        let s = &self.sampling;
-        if !(s.temperature.is_finite() && (0.0..=2.0).contains(&s.temperature)) {
-            return bad(
-                "temperature",
-                format!(
-                    "`temperature` must be between 0 and 2, got {}",
-                    s.temperature
-                ),
-            );
-        }
-        if !(s.top_p.is_finite() && s.top_p > 0.0 && s.top_p <= 1.0) {
-            return bad(
-                "top_p",
-                format!("`top_p` must be > 0 and <= 1, got {}", s.top_p),
-            );
-        }
-        if !(s.min_p.is_finite() && (0.0..=1.0).contains(&s.min_p)) {
-            return bad(
-                "min_p",
-                format!("`min_p` must be between 0 and 1, got {}", s.min_p),
-            );
-        }
-        if !(s.repetition_penalty.is_finite()
-            && s.repetition_penalty > 0.0
-            && s.repetition_penalty <= 2.0)
-        {
-            return bad(
-                "repetition_penalty",
-                format!(
-                    "`repetition_penalty` must be > 0 and <= 2, got {}",
-                    s.repetition_penalty
-                ),
-            );
-        }
-        if !(s.presence_penalty.is_finite() && (-2.0..=2.0).contains(&s.presence_penalty)) {
-            return bad(
-                "presence_penalty",
-                format!(
-                    "`presence_penalty` must be between -2 and 2, got {}",
-                    s.presence_penalty
-                ),
-            );
-        }
-        if !(s.frequency_penalty.is_finite() && (-2.0..=2.0).contains(&s.frequency_penalty)) {
-            return bad(
-                "frequency_penalty",
-                format!(
-                    "`frequency_penalty` must be between -2 and 2, got {}",
-                    s.frequency_penalty
-                ),
-            );
-        }
-        for &(tok, bias) in &s.logit_bias {
-            if tok as usize >= vocab_size {
-                return bad(
-                    "logit_bias",
-                    format!(
-                        "`logit_bias` token id {tok} is out of the vocabulary (0..{vocab_size})"
-                    ),
-                );
-            }
-            if !(bias.is_finite() && (-100.0..=100.0).contains(&bias)) {
-                return bad("logit_bias", format!("`logit_bias` values must be between -100 and 100, got {bias} for token {tok}"));
-            }
-        }
-        if let Some(n) = s.logprobs {
-            if n > 20 {
-                return bad(
-                    "top_logprobs",
-                    format!("`top_logprobs` must be between 0 and 20, got {n}"),
-                );
-            }
-        }
-        if let Some(n) = self.prompt_logprobs {
-            if n > 20 {
-                return bad(
-                    "logprobs",
-                    format!("prompt logprobs must be between 0 and 20, got {n}"),
-                );
-            }
-        }
-        if self.max_tokens == Some(0) {
-            return bad("max_tokens", "`max_tokens` must be at least 1".to_string());
-        }
-        if let Some(m) = self.max_tokens {
-            if self.min_tokens > m {
-                return bad(
-                    "min_tokens",
-                    format!(
-                        "`min_tokens` ({}) must be <= `max_tokens` ({m})",
-                        self.min_tokens
-                    ),
-                );
-            }
-        }
-        if self.n == 0 || self.n > 128 {
-            return bad(
-                "n",
-                format!("`n` must be between 1 and 128, got {}", self.n),
-            );
-        }
-        if self.stop.len() > 16 {
-            return bad(
-                "stop",
-                format!(
-                    "at most 16 stop strings are allowed, got {}",
-                    self.stop.len()
-                ),
-            );
-        }
-        if self.stop.iter().any(|s| s.is_empty()) {
-            return bad("stop", "stop strings must not be empty".to_string());
-        }
-        for &t in &self.stop_token_ids {
-            if t as usize >= vocab_size {
-                return bad(
-                    "stop_token_ids",
-                    format!("token id {t} is out of the vocabulary (0..{vocab_size})"),
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Why a request finished (OpenAI's `finish_reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// EOS, a stop token or a stop string.
-    Stop,
-    /// max_tokens or the context length.
-    Length,
-    /// Cancelled (client went away, or shutdown).
-    Abort,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stop => "stop",
-            Self::Length => "length",
-            Self::Abort => "abort",
-        }
-    }
-}
+pub use lantern_scheduler::FinishReason;
 
 /// What exactly stopped a request (vLLM's `stop_reason`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,10 +5,29 @@
 
 use candle_core::{DType, Device};
 use lantern_engine::{
-    Engine, EngineConfig, FinishReason, GenerationParams, KvCacheSize, LoraConfig, LoraError,
-    RequestEvent, RequestStream, SamplingParams, StopReason, SubmitError, Usage,
+    Engine, EngineConfig, EngineHandle, FinishReason, GenerationParams, KvCacheSize, LoraConfig,
+    LoraError, RequestEvent, RequestStream, SamplingParams, StopReason, SubmitError, Usage,
 };
 use std::path::PathBuf;
+
+/// Validates with the engine's validator, then submits.
+trait SubmitParams {
+    fn submit_params(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+    ) -> Result<RequestStream, SubmitError>;
+}
+
+impl SubmitParams for EngineHandle {
+    fn submit_params(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerationParams,
+    ) -> Result<RequestStream, SubmitError> {
+        self.submit_blocking(prompt, self.validate(params)?)
+    }
+}
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -125,7 +144,7 @@ fn run_all(e: &Engine, prompts: &[Vec<u32>], params: &GenerationParams) -> Vec<D
     let h = e.handle();
     let streams: Vec<RequestStream> = prompts
         .iter()
-        .map(|p| h.submit_blocking(p.clone(), params.clone()).unwrap())
+        .map(|p| h.submit_params(p.clone(), params.clone()).unwrap())
         .collect();
     streams.into_iter().map(|s| collect(s).remove(0)).collect()
 }
@@ -252,7 +271,7 @@ fn cancelling_mid_stream_returns_every_block() {
     let e = engine("tiny-llama", EngineConfig::default());
     let h = e.handle();
     let (prompts, _) = reference("tiny-llama");
-    let mut s = h.submit_blocking(prompts[3].clone(), greedy(300)).unwrap();
+    let mut s = h.submit_params(prompts[3].clone(), greedy(300)).unwrap();
     let mut n = 0;
     while let Some(ev) = s.blocking_next() {
         if let RequestEvent::Delta(_) = ev {
@@ -310,7 +329,7 @@ fn seeded_sampling_same_alone_and_in_busy_batch() {
                     ..GenerationParams::default()
                 }
             };
-            h.submit_blocking(p.clone(), pr).unwrap()
+            h.submit_params(p.clone(), pr).unwrap()
         })
         .collect();
     let outs: Vec<Done> = streams.into_iter().map(|s| collect(s).remove(0)).collect();
@@ -401,7 +420,7 @@ fn n_greater_than_one_shares_the_prompt() {
     };
     let outs = collect(
         e.handle()
-            .submit_blocking(prompts[3].clone(), params)
+            .submit_params(prompts[3].clone(), params)
             .unwrap(),
     );
     assert_eq!(outs.len(), 4);
@@ -433,9 +452,13 @@ fn rejections_give_numbers() {
         },
     );
     let h = e.handle();
-    let err = h.submit_blocking(vec![1; 60], greedy(10)).unwrap_err();
+    let err = h.submit_params(vec![1; 60], greedy(10)).unwrap_err();
     match err {
-        SubmitError::TooLong(m) => assert!(m.contains("64") && m.contains("70"), "{m}"),
+        SubmitError::Invalid(e) => {
+            let m = e.to_string();
+            assert!(m.contains("64") && m.contains("70"), "{m}");
+            assert_eq!(e.field(), "prompt");
+        }
         other => panic!("{other:?}"),
     }
     let bad = GenerationParams {
@@ -445,15 +468,16 @@ fn rejections_give_numbers() {
         },
         ..GenerationParams::default()
     };
-    match h.submit_blocking(vec![1, 2], bad).unwrap_err() {
-        SubmitError::InvalidParam { field, message } => {
-            assert_eq!(field, "top_p");
+    match h.submit_params(vec![1, 2], bad).unwrap_err() {
+        SubmitError::Invalid(e) => {
+            assert_eq!(e.field(), "top_p");
+            let message = e.to_string();
             assert!(message.contains("<= 1"), "{message}");
         }
         other => panic!("{other:?}"),
     }
-    match h.submit_blocking(vec![1, 100_000], greedy(1)).unwrap_err() {
-        SubmitError::InvalidParam { field, .. } => assert_eq!(field, "prompt"),
+    match h.submit_params(vec![1, 100_000], greedy(1)).unwrap_err() {
+        SubmitError::Invalid(e) => assert_eq!(e.field(), "prompt"),
         other => panic!("{other:?}"),
     }
 }
@@ -472,7 +496,7 @@ fn queue_full_is_overload() {
     let mut streams = Vec::new();
     let mut overloaded = 0;
     for _ in 0..10 {
-        match h.submit_blocking(vec![1, 2, 3], greedy(50)) {
+        match h.submit_params(vec![1, 2, 3], greedy(50)) {
             Ok(s) => streams.push(s),
             Err(SubmitError::Overloaded(_)) => overloaded += 1,
             Err(other) => panic!("{other:?}"),
@@ -507,7 +531,7 @@ fn prompt_logprobs_match_reference_and_skip_the_cache() {
             prompt_logprobs: Some(3),
             ..greedy(2)
         };
-        let mut s = e.handle().submit_blocking(prompt.clone(), params).unwrap();
+        let mut s = e.handle().submit_params(prompt.clone(), params).unwrap();
         let mut got = None;
         let mut cached = None;
         while let Some(ev) = s.blocking_next() {
@@ -605,7 +629,7 @@ fn an_adapter_read_from_disk_holds_up_only_its_own_requests() {
     let (pb, gb) = adapter_reference("lora-b");
     let (p0, g0) = reference("tiny-llama");
     let x = h
-        .submit_blocking(
+        .submit_params(
             pa[0].clone(),
             GenerationParams {
                 lora_id: h.lora_id("x").unwrap(),
@@ -614,10 +638,10 @@ fn an_adapter_read_from_disk_holds_up_only_its_own_requests() {
         )
         .unwrap();
     // x's adapter is being read (blocked on the pipe); others run.
-    let base = collect(h.submit_blocking(p0[1].clone(), greedy(33)).unwrap());
+    let base = collect(h.submit_params(p0[1].clone(), greedy(33)).unwrap());
     assert_eq!(base[0].tokens, g0[1]);
     let y = collect(
-        h.submit_blocking(
+        h.submit_params(
             pb[1].clone(),
             GenerationParams {
                 lora_id: h.lora_id("y").unwrap(),
@@ -642,7 +666,7 @@ fn unknown_and_unloaded_adapters_are_refused() {
     let e = lora_engine(2, 2);
     let h = e.handle();
     let (pa, _) = adapter_reference("lora-a");
-    let r = h.submit_blocking(
+    let r = h.submit_params(
         pa[0].clone(),
         GenerationParams {
             lora_id: 77,
@@ -661,7 +685,7 @@ fn unknown_and_unloaded_adapters_are_refused() {
     let id = h.lora_id("a").unwrap();
     h.unload_lora("a").unwrap();
     assert_eq!(h.lora_id("a"), None);
-    let r = h.submit_blocking(
+    let r = h.submit_params(
         pa[0].clone(),
         GenerationParams {
             lora_id: id,

@@ -60,17 +60,15 @@ fn run(e: &Engine) -> Vec<(Vec<u32>, String)> {
                     ..SamplingParams::default()
                 }
             };
-            h.submit_blocking(
-                prompt,
-                GenerationParams {
-                    sampling,
-                    max_tokens: Some(16),
-                    ignore_eos: true,
-                    seed: Some(u64::from(i)),
-                    ..GenerationParams::default()
-                },
-            )
-            .unwrap()
+            let params = GenerationParams {
+                sampling,
+                max_tokens: Some(16),
+                ignore_eos: true,
+                seed: Some(u64::from(i)),
+                ..GenerationParams::default()
+            };
+            h.submit_blocking(prompt, h.validate(params).unwrap())
+                .unwrap()
         })
         .collect();
     streams

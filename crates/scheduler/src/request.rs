@@ -20,15 +20,28 @@ pub struct SchedRequest {
     pub cache_salt: Option<String>,
 }
 
-/// Why a request left the scheduler (see [`crate::Scheduler::finish_request`]).
+/// Why a request finished: OpenAI's `finish_reason`, and why it left the scheduler (see
+/// [`crate::Scheduler::finish_request`]). The one definition; the engine and the server use
+/// it too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FinishReason {
-    /// EOS or a stop string/token.
-    Stopped,
-    /// Reached `max_tokens` (or another length limit).
+    /// EOS, a stop token or a stop string.
+    Stop,
+    /// Reached `max_tokens` or the context length.
     Length,
-    /// Cancelled: the client went away, or the engine failed the request.
-    Aborted,
+    /// Cancelled: the client went away, shutdown, or the engine failed the request.
+    Abort,
+}
+
+impl FinishReason {
+    /// The wire name (`finish_reason`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Abort => "abort",
+        }
+    }
 }
 
 /// Where an unfinished request is.

@@ -447,10 +447,10 @@ fn finish_request_frees_exactly_once() {
     s.add_request(req(3, toks(10), 5)).unwrap();
     s.schedule();
     assert!(s.stats().num_blocks_used > 0);
-    assert!(s.finish_request(1, FinishReason::Aborted));
-    assert!(!s.finish_request(1, FinishReason::Aborted));
-    assert!(!s.finish_request(99, FinishReason::Stopped));
-    assert!(s.finish_request(2, FinishReason::Stopped));
+    assert!(s.finish_request(1, FinishReason::Abort));
+    assert!(!s.finish_request(1, FinishReason::Abort));
+    assert!(!s.finish_request(99, FinishReason::Stop));
+    assert!(s.finish_request(2, FinishReason::Stop));
     assert!(s.finish_request(3, FinishReason::Length));
     assert!(!s.has_unfinished());
     assert_eq!(s.num_running(), 0);
@@ -459,7 +459,7 @@ fn finish_request_frees_exactly_once() {
     assert_eq!((st.num_finished, st.num_aborted), (3, 1));
     // A waiting request can be finished too.
     s.add_request(req(4, toks(3), 1)).unwrap();
-    assert!(s.finish_request(4, FinishReason::Aborted));
+    assert!(s.finish_request(4, FinishReason::Abort));
     assert_eq!(s.num_waiting(), 0);
     assert_pool_full(&s);
 }
@@ -470,7 +470,7 @@ fn finishing_between_schedule_and_update_is_fine() {
     s.add_request(req(1, toks(5), 5)).unwrap();
     s.add_request(req(2, toks(5), 5)).unwrap();
     let out = s.schedule();
-    assert!(s.finish_request(1, FinishReason::Aborted));
+    assert!(s.finish_request(1, FinishReason::Abort));
     s.update(&out, &[(1, 7), (2, 8)]).unwrap();
     assert_eq!(s.output_tokens(2), Some(&[8][..]));
     assert_eq!(s.output_tokens(1), None);

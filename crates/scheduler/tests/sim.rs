@@ -239,8 +239,8 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
         let ids: Vec<u64> = live.keys().copied().collect();
         for id in ids {
             if live.get(&id).is_some_and(|l| abort_now(l, false)) {
-                prop_assert!(s.finish_request(id, FinishReason::Aborted));
-                prop_assert!(!s.finish_request(id, FinishReason::Aborted));
+                prop_assert!(s.finish_request(id, FinishReason::Abort));
+                prop_assert!(!s.finish_request(id, FinishReason::Abort));
                 live.remove(&id);
                 done += 1;
             }
@@ -340,7 +340,7 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
         let ids: Vec<u64> = live.keys().copied().collect();
         for id in ids {
             if live.get(&id).is_some_and(|l| abort_now(l, true)) {
-                prop_assert!(s.finish_request(id, FinishReason::Aborted));
+                prop_assert!(s.finish_request(id, FinishReason::Abort));
                 live.remove(&id);
                 done += 1;
             }
@@ -379,7 +379,7 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
             let stop = l.spec.stop_after.is_some_and(|n| outputs >= n);
             if stop || is_capped {
                 let reason = if stop {
-                    FinishReason::Stopped
+                    FinishReason::Stop
                 } else {
                     FinishReason::Length
                 };

@@ -116,6 +116,7 @@ impl From<SubmitError> for ApiError {
             SubmitError::InvalidParam { field, message } => {
                 ApiError::bad_request(message, Some(&field))
             }
+            SubmitError::Invalid(e) => e.into(),
             SubmitError::TooLong(m) => ApiError::bad_request(m, Some("messages")),
             SubmitError::Overloaded(m) => ApiError::overloaded(m),
             SubmitError::EngineStopped => {

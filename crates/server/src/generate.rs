@@ -4,7 +4,8 @@
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 use lantern_engine::{
-    EngineHandle, EngineSnapshot, GenerationParams, LoraError, LoraInfo, RequestEvent, SubmitError,
+    EngineHandle, EngineSnapshot, LoraError, LoraInfo, RequestEvent, RequestLimits, SubmitError,
+    ValidParams,
 };
 use std::future::Future;
 use tokenizers::Tokenizer;
@@ -20,7 +21,7 @@ pub trait Generate: Clone + Send + Sync + 'static {
     fn submit(
         &self,
         prompt: Vec<u32>,
-        params: GenerationParams,
+        params: ValidParams,
     ) -> impl Future<Output = Result<EventStream, SubmitError>> + Send;
 
     /// The latest published stats.
@@ -36,7 +37,15 @@ pub trait Generate: Clone + Send + Sync + 'static {
 
     fn vocab_size(&self) -> usize;
 
-    /// The id of a loaded LoRA adapter (for [`GenerationParams::lora_id`]).
+    /// What requests are validated against (the engine's one validator).
+    fn limits(&self) -> RequestLimits {
+        RequestLimits {
+            vocab_size: self.vocab_size(),
+            max_model_len: self.max_model_len(),
+        }
+    }
+
+    /// The id of a loaded LoRA adapter (for [`lantern_engine::GenerationParams::lora_id`]).
     fn lora_id(&self, name: &str) -> Option<u32>;
 
     /// Loaded adapters, by name.
@@ -56,7 +65,7 @@ impl Generate for EngineHandle {
     async fn submit(
         &self,
         prompt: Vec<u32>,
-        params: GenerationParams,
+        params: ValidParams,
     ) -> Result<EventStream, SubmitError> {
         let s = EngineHandle::submit(self, prompt, params).await?;
         // The stream owns the `RequestStream`, so dropping it still cancels the request.

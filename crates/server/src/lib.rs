@@ -9,7 +9,8 @@
 //! - [`protocol`]: the wire format. Request bodies are parsed with the path of any type
 //!   error (a 400 names the field); every response body and stream chunk is a typed
 //!   `Serialize` struct in [`protocol::response`].
-//! - [`validate`]: request fields into engine parameters ([`lantern_engine::GenerationParams`]).
+//! - [`validate`]: request fields into engine parameters ([`lantern_engine::GenerationParams`]);
+//!   the ranges are checked by the engine's one validator ([`lantern_engine::validation`]).
 //! - [`generate`]: the [`Generate`] trait, all the routes ask of the engine. Implemented for
 //!   [`lantern_engine::EngineHandle`] (the default type parameter of [`AppState`] and
 //!   [`Ready`]); tests implement it with scripted events and drive the router in-process.

@@ -61,9 +61,9 @@ async fn chat_inner<G: Generate>(
         &req.common,
         req.max_completion_tokens.or(req.max_tokens),
         logprobs,
-        ready.engine.vocab_size(),
     )?;
     params.lora_id = lora_id;
+    let params = params.validate(&ready.engine.limits())?;
     let tools = match req.tool_choice.as_ref().and_then(|t| t.as_str()) {
         Some("none") => None,
         _ => req.tools.as_deref(),

@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::Response;
+use lantern_engine::validation::{check_prompt, MAX_N};
 use std::sync::Arc;
 
 pub async fn completions<G: Generate>(
@@ -34,14 +35,18 @@ async fn completions_inner<G: Generate>(
             Some("suffix"),
         ));
     }
-    let vocab_size = ready.engine.vocab_size();
+    let limits = ready.engine.limits();
+    let echo_requested = req.echo.unwrap_or(false);
     let mut params = generation_params(
         &req.common,
         Some(req.max_tokens.unwrap_or(16)),
         req.logprobs,
-        vocab_size,
     )?;
     params.lora_id = lora_id;
+    if echo_requested {
+        params.prompt_logprobs = req.logprobs;
+    }
+    let params = params.validate(&limits)?;
     let prompts: Vec<Vec<u32>> = match req.prompt {
         PromptField::Text(t) => vec![encode(ready, &t, true)?],
         PromptField::Texts(ts) => ts
@@ -57,10 +62,10 @@ async fn completions_inner<G: Generate>(
             Some("prompt"),
         ));
     }
-    if prompts.len() * params.n > 128 {
+    if prompts.len() * params.n > MAX_N {
         return Err(ApiError::bad_request(
             format!(
-                "{} prompts x n {} = {} completions; at most 128 per request",
+                "{} prompts x n {} = {} completions; at most {MAX_N} per request",
                 prompts.len(),
                 params.n,
                 prompts.len() * params.n
@@ -68,27 +73,16 @@ async fn completions_inner<G: Generate>(
             Some("prompt"),
         ));
     }
+    // Every prompt is checked before any is submitted.
     for p in &prompts {
-        if p.is_empty() {
-            return Err(ApiError::bad_request("a prompt is empty", Some("prompt")));
-        }
-        if let Some(&bad) = p.iter().find(|&&t| t as usize >= vocab_size) {
-            return Err(ApiError::bad_request(
-                format!(
-                    "token id {bad} is out of the vocabulary (0..{})",
-                    vocab_size
-                ),
-                Some("prompt"),
-            ));
-        }
+        check_prompt(p, &params, &limits)?;
     }
-    let echo_prompt_ids = if req.echo.unwrap_or(false) && req.logprobs.is_some() {
-        params.prompt_logprobs = req.logprobs;
+    let echo_prompt_ids = if echo_requested && req.logprobs.is_some() {
         Some(prompts.clone())
     } else {
         None
     };
-    let echo = if req.echo.unwrap_or(false) {
+    let echo = if echo_requested {
         Some(
             prompts
                 .iter()

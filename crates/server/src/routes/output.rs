@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{BoxStream, SelectAll, StreamExt};
 use lantern_engine::{
-    FinishReason, GenerationParams, RequestEvent, RequestTiming, SubmitError, TokenLogprob, Usage,
+    FinishReason, RequestEvent, RequestTiming, SubmitError, TokenLogprob, Usage, ValidParams,
 };
 use std::sync::Arc;
 
@@ -211,7 +211,7 @@ pub(super) fn merge(streams: Vec<EventStream>) -> SelectAll<BoxStream<'static, T
 pub(super) async fn submit_all<G: Generate>(
     ready: &Ready<G>,
     prompts: Vec<Vec<u32>>,
-    params: &GenerationParams,
+    params: &ValidParams,
     prompt_param: &str,
 ) -> Result<Vec<EventStream>, ApiError> {
     let mut streams = Vec::with_capacity(prompts.len());
@@ -222,6 +222,9 @@ pub(super) async fn submit_all<G: Generate>(
             .await
             .map_err(|e| match e {
                 SubmitError::TooLong(m) => ApiError::bad_request(m, Some(prompt_param)),
+                SubmitError::Invalid(e) if e.is_prompt_error() => {
+                    ApiError::bad_request(e.to_string(), Some(prompt_param))
+                }
                 e => ApiError::from(e),
             })?;
         streams.push(s);

@@ -77,13 +77,8 @@ pub async fn detokenize<G: Generate>(
     if let Some(m) = &req.model {
         check_model(ready, m)?;
     }
-    let vocab = ready.engine.vocab_size();
-    if let Some(&bad) = req.tokens.iter().find(|&&t| t as usize >= vocab) {
-        return Err(ApiError::bad_request(
-            format!("token id {bad} is out of the vocabulary (0..{vocab})"),
-            Some("tokens"),
-        ));
-    }
+    lantern_engine::validation::check_token_ids(&req.tokens, ready.engine.vocab_size())
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))?;
     let text = ready
         .engine
         .tokenizer()

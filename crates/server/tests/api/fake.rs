@@ -5,7 +5,7 @@
 use futures_util::stream::{self, StreamExt};
 use lantern_engine::{
     EngineSnapshot, FinishReason, GenerationParams, LoraError, LoraInfo, RequestEvent,
-    RequestTiming, StopReason, SubmitError, TokenDelta, TokenLogprob, Usage,
+    RequestTiming, StopReason, SubmitError, TokenDelta, TokenLogprob, Usage, ValidParams,
 };
 use lantern_server::generate::{EventStream, Generate};
 use std::collections::VecDeque;
@@ -114,7 +114,7 @@ pub fn finished(
 
 fn default_answer(prompt: &[u32], params: &GenerationParams) -> Vec<RequestEvent> {
     let mut events = Vec::new();
-    let lps = params.sampling.logprobs.map(|_| vec![(9, -0.25)]);
+    let lps = params.logprobs.map(|_| vec![(9, -0.25)]);
     for i in 0..params.n {
         events.push(delta(i, 9, " ok", lps.clone()));
     }
@@ -134,7 +134,7 @@ impl Generate for FakeEngine {
     fn submit(
         &self,
         prompt: Vec<u32>,
-        params: GenerationParams,
+        params: ValidParams,
     ) -> impl Future<Output = Result<EventStream, SubmitError>> + Send {
         let answer = self
             .0
@@ -143,7 +143,11 @@ impl Generate for FakeEngine {
             .unwrap()
             .pop_front()
             .unwrap_or_else(|| Ok(default_answer(&prompt, &params)));
-        self.0.submitted.lock().unwrap().push((prompt, params));
+        self.0
+            .submitted
+            .lock()
+            .unwrap()
+            .push((prompt, params.into_inner()));
         async move { answer.map(|events| stream::iter(events).boxed()) }
     }
 

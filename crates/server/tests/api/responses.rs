@@ -101,7 +101,7 @@ async fn chat_body_is_exact() {
         "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
     );
     assert_eq!(params.max_tokens, Some(5));
-    assert_eq!(params.sampling.logprobs, Some(2));
+    assert_eq!(params.logprobs, Some(2));
 }
 
 fn engine_text(e: &FakeEngine, ids: &[u32]) -> String {
