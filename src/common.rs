@@ -6,7 +6,9 @@ use clap::Args;
 use lantern_engine::{EngineConfig, KvCacheSize, ModelBackend, SchedulingPolicy};
 use lantern_models::{DTypeChoice, LoadOptions, ModelMeta, ModelOptions};
 use lantern_runtime::null::{NullModel, NullSpec};
+use lantern_runtime::DeviceSpec;
 use lantern_runtime::GpuMemoryBudget;
+use lantern_scheduler::defaults;
 use std::path::PathBuf;
 use tokenizers::Tokenizer;
 
@@ -22,12 +24,12 @@ pub struct ModelArgs {
     /// SmolLM2-135M-Instruct (from the hub, or offline from ~/.cache/lantern).
     #[arg(long)]
     pub model: Option<String>,
-    /// Weight dtype: auto (f32 on CPU, bf16 on CUDA), float32, bfloat16, float16.
+    /// Weight dtype (auto: f32 on CPU, bf16 on CUDA).
+    #[arg(long, value_enum, default_value_t = DTypeChoice::Auto)]
+    pub dtype: DTypeChoice,
+    /// Device: cpu, cuda, cuda:N or auto (CUDA device 0 when there is one, else the CPU).
     #[arg(long, default_value = "auto")]
-    pub dtype: String,
-    /// Device: cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// Chat template file (Jinja), overriding the model's own.
     #[arg(long = "chat-template")]
     pub chat_template: Option<PathBuf>,
@@ -155,18 +157,18 @@ pub struct EngineArgs {
     #[arg(long = "max-model-len")]
     pub max_model_len: Option<usize>,
     /// Most sequences in one step.
-    #[arg(long = "max-num-seqs", default_value_t = 256)]
+    #[arg(long = "max-num-seqs", default_value_t = defaults::MAX_NUM_SEQS)]
     pub max_num_seqs: usize,
     /// Token budget of one step (prefill chunks + decode tokens).
-    #[arg(long = "max-num-batched-tokens", default_value_t = 2048)]
+    #[arg(long = "max-num-batched-tokens", default_value_t = defaults::MAX_NUM_BATCHED_TOKENS)]
     pub max_num_batched_tokens: usize,
     /// KV cache block size in tokens.
-    #[arg(long = "block-size", default_value_t = 16)]
+    #[arg(long = "block-size", default_value_t = defaults::BLOCK_SIZE)]
     pub block_size: usize,
     /// KV cache size in bytes (suffixes K, M, G, KiB, MiB, GiB). Default: 1GiB on CPU, on
     /// CUDA sized from --gpu-memory-utilization.
-    #[arg(long = "kv-cache-memory")]
-    pub kv_cache_memory: Option<String>,
+    #[arg(long = "kv-cache-memory", value_parser = parse_bytes)]
+    pub kv_cache_memory: Option<u64>,
     /// Fraction of GPU memory to use for weights, activations and KV cache (CUDA; the KV
     /// cache gets what is left after loading). --kv-cache-memory overrides it.
     #[arg(long = "gpu-memory-utilization", default_value_t = 0.9)]
@@ -181,13 +183,16 @@ pub struct EngineArgs {
     #[arg(long = "no-enable-prefix-caching")]
     pub no_enable_prefix_caching: bool,
     /// Requests allowed to wait; beyond it the server answers 429.
-    #[arg(long = "max-waiting-requests", default_value_t = 1024)]
+    #[arg(long = "max-waiting-requests", default_value_t = defaults::MAX_WAITING_REQUESTS)]
     pub max_waiting_requests: usize,
-    /// Scheduling policy: fcfs or priority (lower `priority` value first).
-    #[arg(long = "scheduling-policy", default_value = "fcfs")]
-    pub scheduling_policy: String,
+    /// Scheduling policy: fcfs, or priority (lower `priority` value first).
+    #[arg(long = "scheduling-policy", value_enum, default_value_t = SchedulingPolicy::Fcfs)]
+    pub scheduling_policy: SchedulingPolicy,
     /// Largest prefill chunk of one request per step (0 = only the step budget).
-    #[arg(long = "long-prefill-token-threshold", default_value_t = 0)]
+    #[arg(
+        long = "long-prefill-token-threshold",
+        default_value_t = defaults::LONG_PREFILL_TOKEN_THRESHOLD
+    )]
     pub long_prefill_token_threshold: usize,
     /// Base random seed (requests without `seed` derive theirs from it).
     #[arg(long)]
@@ -202,33 +207,11 @@ pub struct EngineArgs {
     pub enforce_eager: bool,
 }
 
-/// Parses "1073741824", "512M", "1GiB", "2G".
-pub fn parse_bytes(s: &str) -> Result<usize> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let v: f64 = num
-        .parse()
-        .with_context(|| format!("`{s}` is not a size like 1073741824, 512MiB or 4G"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => bail!("unknown size unit `{other}` in `{s}` (use B, K, M, G, KiB, MiB, GiB)"),
-    };
-    Ok((v * mult) as usize)
-}
-
-/// Opens the `--device` (`cuda[:N]` needs a `--features cuda` build; `auto` = CUDA device 0
-/// when there is one, else the CPU) and logs which device was chosen.
-pub fn device(spec: &str) -> Result<Device> {
-    Ok(lantern_runtime::device::select(spec)?)
+/// Parses "1073741824", "512M", "1GiB", "2G" (K/M/G are powers of 1000, KiB/MiB/GiB of
+/// 1024), with the `parse-size` crate.
+pub fn parse_bytes(s: &str) -> Result<u64> {
+    parse_size::parse_size(s.trim())
+        .map_err(|e| anyhow!("`{s}` is not a size like 1073741824, 512MiB or 4G ({e})"))
 }
 
 impl ModelArgs {
@@ -241,8 +224,8 @@ impl ModelArgs {
             None => None,
         };
         Ok(LoadOptions {
-            dtype: DTypeChoice::parse(&self.dtype)?,
-            device: device(&self.device)?,
+            dtype: self.dtype,
+            device: lantern_runtime::device::open(self.device)?,
             progress,
             chat_template_override,
             model: ModelOptions {
@@ -291,15 +274,10 @@ impl EngineArgs {
     /// The engine's settings; `simulated_gpu` (the null device) sizes the KV cache as on a
     /// GPU.
     pub fn engine_config(&self, device: &Device, simulated_gpu: bool) -> Result<EngineConfig> {
-        let policy = match self.scheduling_policy.as_str() {
-            "fcfs" => SchedulingPolicy::Fcfs,
-            "priority" => SchedulingPolicy::Priority,
-            other => bail!("--scheduling-policy `{other}` is not one of fcfs, priority"),
-        };
         // --kv-cache-memory wins; else 1 GiB on the CPU, and on a GPU what is left of
         // --gpu-memory-utilization once the weights are loaded (measured by the runner).
         let kv_cache = match &self.kv_cache_memory {
-            Some(s) => KvCacheSize::Bytes(parse_bytes(s)?),
+            Some(b) => KvCacheSize::Bytes(usize::try_from(*b)?),
             None if device.is_cpu() && !simulated_gpu => KvCacheSize::Bytes(1 << 30),
             None => {
                 let u = self.gpu_memory_utilization;
@@ -330,7 +308,7 @@ impl EngineArgs {
             max_waiting_requests: self.max_waiting_requests,
             enable_prefix_caching: !self.no_enable_prefix_caching,
             long_prefill_token_threshold: self.long_prefill_token_threshold,
-            policy,
+            policy: self.scheduling_policy,
             seed: self.seed,
             // Set by `serve` from its --enable-lora / --lora flags.
             lora: None,
@@ -352,6 +330,67 @@ mod tests {
         assert_eq!(parse_bytes("2G").unwrap(), 2_000_000_000);
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("3XB").is_err());
+    }
+
+    #[test]
+    fn flag_defaults_are_the_engines_and_enums_parse() {
+        let cpu = Device::Cpu;
+        let cfg = engine_args(&[]).engine_config(&cpu, false).unwrap();
+        let d = EngineConfig::default();
+        assert_eq!(
+            (
+                cfg.max_num_seqs,
+                cfg.max_num_batched_tokens,
+                cfg.block_size,
+                cfg.max_waiting_requests,
+                cfg.long_prefill_token_threshold,
+                cfg.policy,
+                cfg.kv_cache
+            ),
+            (
+                d.max_num_seqs,
+                d.max_num_batched_tokens,
+                d.block_size,
+                d.max_waiting_requests,
+                d.long_prefill_token_threshold,
+                d.policy,
+                d.kv_cache
+            )
+        );
+        let cfg = engine_args(&[
+            "--scheduling-policy",
+            "priority",
+            "--kv-cache-memory",
+            "512MiB",
+        ])
+        .engine_config(&cpu, false)
+        .unwrap();
+        assert_eq!(cfg.policy, SchedulingPolicy::Priority);
+        assert_eq!(cfg.kv_cache, KvCacheSize::Bytes(512 << 20));
+        use clap::Parser;
+        assert!(Cli::try_parse_from(["lantern", "--scheduling-policy", "lifo"]).is_err());
+        assert!(Cli::try_parse_from(["lantern", "--kv-cache-memory", "lots"]).is_err());
+
+        #[derive(clap::Parser)]
+        struct M {
+            #[command(flatten)]
+            model: ModelArgs,
+        }
+        let m = M::try_parse_from(["lantern"]).unwrap().model;
+        assert_eq!((m.dtype, m.device), (DTypeChoice::Auto, DeviceSpec::Auto));
+        let m = M::try_parse_from(["lantern", "--dtype", "bf16", "--device", "cuda:1"])
+            .unwrap()
+            .model;
+        assert_eq!(
+            (m.dtype, m.device),
+            (DTypeChoice::BF16, DeviceSpec::Cuda(1))
+        );
+        let m = M::try_parse_from(["lantern", "--dtype", "float16"])
+            .unwrap()
+            .model;
+        assert_eq!(m.dtype, DTypeChoice::F16);
+        assert!(M::try_parse_from(["lantern", "--dtype", "int4"]).is_err());
+        assert!(M::try_parse_from(["lantern", "--device", "tpu"]).is_err());
     }
 
     #[derive(clap::Parser)]

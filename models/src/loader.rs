@@ -15,29 +15,26 @@ use tokenizers::Tokenizer;
 
 /// `--dtype`: the weight and activation dtype.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum DTypeChoice {
     /// f32 on CPU, bf16 on CUDA.
     #[default]
     Auto,
+    #[cfg_attr(
+        feature = "clap",
+        value(name = "float32", alias = "f32", alias = "float")
+    )]
     F32,
+    #[cfg_attr(feature = "clap", value(name = "bfloat16", alias = "bf16"))]
     BF16,
+    #[cfg_attr(
+        feature = "clap",
+        value(name = "float16", alias = "f16", alias = "half")
+    )]
     F16,
 }
 
 impl DTypeChoice {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "float32" | "f32" | "float" => Ok(Self::F32),
-            "bfloat16" | "bf16" => Ok(Self::BF16),
-            "float16" | "f16" | "half" => Ok(Self::F16),
-            other => Err(ModelError::config(
-                "dtype",
-                format!("`{other}` is not one of auto, float32, bfloat16, float16"),
-            )),
-        }
-    }
-
     pub fn resolve(self, device: &Device) -> DType {
         match self {
             Self::Auto => {

@@ -40,6 +40,13 @@ impl DeviceSpec {
     }
 }
 
+impl std::str::FromStr for DeviceSpec {
+    type Err = RuntimeError;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
 /// Opens the device `spec` names. `Auto` falls back to the CPU (with an info log) when this
 /// build has no CUDA or no CUDA device can be opened.
 pub fn open(spec: DeviceSpec) -> Result<Device> {

@@ -46,6 +46,7 @@
 //! ```
 
 mod block_pool;
+pub mod defaults;
 mod error;
 mod hash;
 mod kv_cache_manager;

@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 
+use crate::defaults;
 use crate::error::{AddRequestError, ConfigError, UpdateError};
 use crate::kv_cache_manager::{ComputedBlocks, KvCacheManager};
 use crate::lora_slots::{LoraLoad, LoraSlots, SlotPlan};
@@ -10,6 +11,7 @@ use crate::request::{FinishReason, Request, RequestStatus, SchedRequest, WaitKey
 
 /// Which waiting request goes next, and which running request is preempted first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum SchedulingPolicy {
     /// First come, first served; the latest-admitted running request is preempted first.
     #[default]
@@ -44,18 +46,18 @@ pub struct SchedulerConfig {
 }
 
 impl Default for SchedulerConfig {
-    /// Serving defaults; `num_blocks` is a placeholder the engine replaces with what fits in
+    /// Serving defaults ([`crate::defaults`]); `num_blocks` is a placeholder the engine replaces with what fits in
     /// memory.
     fn default() -> Self {
         Self {
-            max_num_seqs: 256,
-            max_num_batched_tokens: 8192,
-            block_size: 16,
+            max_num_seqs: defaults::MAX_NUM_SEQS,
+            max_num_batched_tokens: defaults::MAX_NUM_BATCHED_TOKENS,
+            block_size: defaults::BLOCK_SIZE,
             num_blocks: 1024,
             max_model_len: 8192,
-            max_waiting_requests: 4096,
+            max_waiting_requests: defaults::MAX_WAITING_REQUESTS,
             enable_prefix_caching: true,
-            long_prefill_token_threshold: 0,
+            long_prefill_token_threshold: defaults::LONG_PREFILL_TOKEN_THRESHOLD,
             policy: SchedulingPolicy::Fcfs,
             max_loras: 0,
         }
@@ -140,7 +142,7 @@ pub struct SchedulerStats {
     pub num_preemptions: u64,
     /// Requests that left through `finish_request`, all reasons.
     pub num_finished: u64,
-    /// Of those, the ones finished with [`FinishReason::Aborted`].
+    /// Of those, the ones finished with [`FinishReason::Abort`].
     pub num_aborted: u64,
     /// Adapter loads into device slots so far.
     pub num_lora_loads: u64,
@@ -523,7 +525,7 @@ impl Scheduler {
         }
         self.kv.free(id);
         self.num_finished += 1;
-        if reason == FinishReason::Aborted {
+        if reason == FinishReason::Abort {
             self.num_aborted += 1;
         }
         true
