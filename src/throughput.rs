@@ -165,8 +165,8 @@ pub fn run(mut args: ThroughputArgs) -> Result<()> {
             match queue.next() {
                 Some((i, p)) => {
                     let lora_id = match lora_ids.len() {
-                        0 => 0,
-                        n => lora_ids[i % n],
+                        0 => None,
+                        n => Some(lora_ids[i % n]),
                     };
                     inflight.push(h.submit_blocking(
                         p,

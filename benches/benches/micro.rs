@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use lantern_runtime::{sampler, SampleRow, SamplingParams};
 use lantern_scheduler::{
-    hash_block, BlockPool, CacheKeyExtra, SchedRequest, Scheduler, SchedulerConfig,
+    hash_block, BlockPool, CacheKeyExtra, SchedRequest, Scheduler, SchedulerConfig, SeqId,
 };
 use std::hint::black_box;
 
@@ -29,11 +29,11 @@ fn scheduler_step_256(c: &mut Criterion) {
             .collect();
         sched
             .add_request(SchedRequest {
-                id,
+                id: SeqId(id),
                 prompt_token_ids: prompt,
                 max_tokens: 256 + id as usize,
                 priority: 0,
-                lora_id: 0,
+                lora_id: None,
                 cache_salt: None,
             })
             .unwrap();
@@ -44,7 +44,7 @@ fn scheduler_step_256(c: &mut Criterion) {
     let mut next_id = 256u64;
     let mut step = |sched: &mut Scheduler| {
         let out = sched.schedule();
-        let sampled: Vec<(u64, u32)> = out
+        let sampled: Vec<(SeqId, u32)> = out
             .seqs
             .iter()
             .filter(|s| s.sample)
@@ -59,11 +59,11 @@ fn scheduler_step_256(c: &mut Criterion) {
                 .collect();
             sched
                 .add_request(SchedRequest {
-                    id: next_id,
+                    id: SeqId(next_id),
                     prompt_token_ids: prompt,
                     max_tokens: 256,
                     priority: 0,
-                    lora_id: 0,
+                    lora_id: None,
                     cache_salt: None,
                 })
                 .unwrap();
@@ -92,7 +92,7 @@ fn block_pool_churn(c: &mut Criterion) {
 fn prefix_hashing(c: &mut Criterion) {
     let tokens: Vec<u32> = (0..2048).map(|t| (t * 7919) % 50_000).collect();
     let extra = CacheKeyExtra {
-        lora_id: 0,
+        lora_id: None,
         cache_salt: None,
     };
     c.bench_function("prefix hash chain: 2048 tokens / 16-token blocks", |b| {

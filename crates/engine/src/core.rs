@@ -10,6 +10,7 @@ use crate::detok::IncrementalDetokenizer;
 use crate::error::{EngineError, SubmitError};
 use crate::handle::Command;
 use crate::lora::{HostLoras, LoraConfig};
+use crate::params::RequestId;
 use crate::params::{FinishReason, RequestEvent};
 use crate::requests::{seq_id, Requests, SeqState};
 use crate::stats::{EngineSnapshot, StepStats};
@@ -18,6 +19,7 @@ use crate::validation::ValidParams;
 use lantern_models::ModelConfig;
 use lantern_runtime::{ModelRunner, SampleRow, SeqChunk};
 use lantern_scheduler::{AddRequestError, SchedRequest, Scheduler, SchedulerOutput};
+use lantern_scheduler::{BlockId, SeqId};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,7 +149,7 @@ impl EngineCore {
     }
 
     /// Puts a known sequence into the scheduler.
-    pub fn schedule_seq(&mut self, id: u64) -> Result<(), SubmitError> {
+    pub fn schedule_seq(&mut self, id: SeqId) -> Result<(), SubmitError> {
         let req = self
             .reqs
             .get(id)
@@ -158,7 +160,7 @@ impl EngineCore {
 
     fn add(
         &mut self,
-        group: u64,
+        group: RequestId,
         prompt: Vec<u32>,
         params: ValidParams,
         events: tmpsc::UnboundedSender<RequestEvent>,
@@ -177,7 +179,7 @@ impl EngineCore {
             )));
         }
         let lora_id = params.lora_id;
-        if lora_id != 0 && !self.host_loras.is_live(lora_id) {
+        if lora_id.is_some_and(|l| !self.host_loras.is_live(l)) {
             return Err(SubmitError::UnknownAdapter);
         }
         let max_tokens = params
@@ -187,7 +189,7 @@ impl EngineCore {
         let params = Arc::new(params);
         let group_seed = params
             .seed
-            .unwrap_or_else(|| self.base_seed ^ group.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            .unwrap_or_else(|| self.base_seed ^ group.0.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut seqs = Vec::with_capacity(n);
         for index in 0..n {
             let detok = IncrementalDetokenizer::new(
@@ -225,26 +227,23 @@ impl EngineCore {
         }
         // The adapter's weights must be in host memory before the scheduler may pick the
         // request (it copies them into a device slot right before the step).
-        let adapter_ready = lora_id == 0
-            || self
-                .host_loras
-                .get(lora_id)
-                .is_some_and(|e| e.host.is_some());
+        let adapter_ready =
+            lora_id.is_none_or(|l| self.host_loras.get(l).is_some_and(|e| e.host.is_some()));
         if adapter_ready {
             if let Some((leader, state)) = seqs.first() {
                 self.schedule_request(state.sched_request(*leader))?;
             }
         }
         self.reqs.insert_group(group, seqs, !adapter_ready);
-        if lora_id != 0 {
+        if let Some(lora_id) = lora_id {
             self.host_loras.pin(lora_id, n);
-        }
-        if !adapter_ready {
-            if let Some(e) = self.host_loras.get_mut(lora_id) {
-                e.pending.push(group);
-            }
-            if let Some(dir) = self.host_loras.request_load(lora_id) {
-                self.spawn_lora_load(lora_id, dir);
+            if !adapter_ready {
+                if let Some(e) = self.host_loras.get_mut(lora_id) {
+                    e.pending.push(group);
+                }
+                if let Some(dir) = self.host_loras.request_load(lora_id) {
+                    self.spawn_lora_load(lora_id, dir);
+                }
             }
         }
         Ok(())
@@ -256,7 +255,7 @@ impl EngineCore {
         }
     }
 
-    pub fn abort_group(&mut self, group: u64) {
+    pub fn abort_group(&mut self, group: RequestId) {
         self.reqs.drop_deferred(group);
         for id in self.reqs.group_seqs(group) {
             self.finish(id, FinishReason::Abort, None);
@@ -270,7 +269,7 @@ impl EngineCore {
     }
 
     /// Ends a sequence with an error event (its blocks are freed).
-    pub fn fail_seq(&mut self, id: u64, err: EngineError) {
+    pub fn fail_seq(&mut self, id: SeqId, err: EngineError) {
         self.sched.finish_request(id, FinishReason::Abort);
         if let Some(s) = self.reqs.remove_seq(id) {
             let _ = s.events.send(RequestEvent::Error(err));
@@ -279,7 +278,7 @@ impl EngineCore {
         }
     }
 
-    pub fn fail_group(&mut self, group: u64, err: EngineError) {
+    pub fn fail_group(&mut self, group: RequestId, err: EngineError) {
         self.reqs.drop_deferred(group);
         for id in self.reqs.group_seqs(group) {
             self.fail_seq(id, err.clone());
@@ -336,13 +335,13 @@ impl EngineCore {
             .map(|s| SeqChunk {
                 token_ids: &s.token_ids,
                 num_computed_tokens: s.num_computed_tokens,
-                block_table: &s.block_table,
+                block_table: BlockId::raw_table(&s.block_table),
                 sample: s.sample,
                 all_logits: self.reqs.get(s.id).is_some_and(SeqState::wants_all_logits),
                 lora_slot: s.lora_slot,
             })
             .collect();
-        let sampled_seqs: Vec<u64> = out.seqs.iter().filter(|s| s.sample).map(|s| s.id).collect();
+        let sampled_seqs: Vec<SeqId> = out.seqs.iter().filter(|s| s.sample).map(|s| s.id).collect();
         let banned_lists: Vec<Vec<u32>> = sampled_seqs
             .iter()
             .map(|&id| self.banned_tokens(id))
@@ -376,7 +375,7 @@ impl EngineCore {
             }
         }
         let t_sample = Instant::now();
-        let pairs: Vec<(u64, u32)> = sampled_seqs
+        let pairs: Vec<(SeqId, u32)> = sampled_seqs
             .iter()
             .zip(&ran.sampled)
             .map(|(&id, t)| (id, t.token))
@@ -423,7 +422,7 @@ impl EngineCore {
 
     /// Tokens a sequence must not sample now: EOS (unless ignored) and its stop token ids
     /// while it is below `min_tokens`.
-    fn banned_tokens(&self, id: u64) -> Vec<u32> {
+    fn banned_tokens(&self, id: SeqId) -> Vec<u32> {
         let mut banned = Vec::new();
         if let Some(s) = self.reqs.get(id) {
             if s.num_output < s.params.min_tokens {

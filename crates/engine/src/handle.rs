@@ -5,10 +5,12 @@
 use crate::config::ModelInfo;
 use crate::error::SubmitError;
 use crate::lora::{check_name, now_unix, LoraConfig, LoraError, LoraInfo, LoraRegistry};
+use crate::params::RequestId;
 use crate::params::{GenerationParams, RequestEvent};
 use crate::stats::EngineSnapshot;
 use crate::validation::{check_prompt, RequestLimits, ValidParams, ValidationError};
 use lantern_models::LoraAdapter;
+use lantern_scheduler::LoraId;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -19,29 +21,29 @@ use tokio::sync::{mpsc as tmpsc, oneshot, watch};
 
 pub(crate) enum Command {
     Add {
-        group: u64,
+        group: RequestId,
         prompt: Vec<u32>,
         params: Box<ValidParams>,
         events: tmpsc::UnboundedSender<RequestEvent>,
         reply: oneshot::Sender<Result<(), SubmitError>>,
         arrival: Instant,
     },
-    Abort(u64),
+    Abort(RequestId),
     Snapshot(oneshot::Sender<EngineSnapshot>),
     Shutdown,
     /// A validated adapter (read by the caller's thread) joins the host cache.
     AddLora {
-        id: u32,
+        id: LoraId,
         dir: PathBuf,
         adapter: Arc<LoraAdapter>,
         seconds: f64,
         reply: oneshot::Sender<()>,
     },
     /// The user unloaded an adapter: in-flight requests finish, then it is dropped.
-    RemoveLora(u32),
+    RemoveLora(LoraId),
     /// A background disk read of an adapter finished.
     LoraLoaded {
-        id: u32,
+        id: LoraId,
         result: Result<Arc<LoraAdapter>, AdapterLoadError>,
         seconds: f64,
     },
@@ -59,7 +61,7 @@ pub(crate) enum AdapterLoadError {
 /// The stream of events of one submitted request. Dropping it cancels the request.
 #[derive(Debug)]
 pub struct RequestStream {
-    id: u64,
+    id: RequestId,
     rx: tmpsc::UnboundedReceiver<RequestEvent>,
     cmd: mpsc::Sender<Command>,
     done: bool,
@@ -67,7 +69,7 @@ pub struct RequestStream {
 
 impl RequestStream {
     /// The request id (as used in logs).
-    pub fn id(&self) -> u64 {
+    pub fn id(&self) -> RequestId {
         self.id
     }
 
@@ -126,7 +128,7 @@ impl EngineHandle {
     }
 
     /// The id of a loaded adapter (for [`GenerationParams::lora_id`]).
-    pub fn lora_id(&self, name: &str) -> Option<u32> {
+    pub fn lora_id(&self, name: &str) -> Option<LoraId> {
         self.registry().id_of(name)
     }
 
@@ -182,7 +184,7 @@ impl EngineHandle {
         tracing::info!(
             name,
             source,
-            id,
+            id = id.0,
             rank = info.rank,
             seconds,
             "LoRA adapter loaded"
@@ -203,7 +205,7 @@ impl EngineHandle {
         self.cmd
             .send(Command::RemoveLora(id))
             .map_err(|_| LoraError::EngineStopped)?;
-        tracing::info!(name, id, "LoRA adapter unloaded");
+        tracing::info!(name, id = id.0, "LoRA adapter unloaded");
         Ok(())
     }
 
@@ -266,7 +268,7 @@ impl EngineHandle {
         params: ValidParams,
     ) -> Result<(RequestStream, oneshot::Receiver<Result<(), SubmitError>>), SubmitError> {
         check_prompt(&prompt, &params, &self.limits())?;
-        let group = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let group = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = tmpsc::unbounded_channel();
         let (reply_tx, reply_rx) = oneshot::channel();
         self.cmd

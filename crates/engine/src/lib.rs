@@ -44,9 +44,10 @@ pub use error::{EngineError, EngineStartError, SubmitError};
 pub use handle::{EngineHandle, RequestStream};
 pub use lantern_runtime::{KvCacheSize, ModelBackend, SamplingParams};
 pub use lantern_scheduler::SchedulingPolicy;
+pub use lantern_scheduler::{LoraId, SeqId};
 pub use lora::{LoraConfig, LoraConfigError, LoraError, LoraInfo};
 pub use params::{
-    FinishReason, GenerationParams, RequestEvent, RequestTiming, StopReason, TokenDelta,
+    FinishReason, GenerationParams, RequestEvent, RequestId, RequestTiming, StopReason, TokenDelta,
     TokenLogprob, Usage,
 };
 pub use stats::{EngineSnapshot, StepPhaseSeconds, StepStats};

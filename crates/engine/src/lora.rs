@@ -15,7 +15,9 @@
 //! Ids are never reused, so KV cached for an unloaded adapter can never be hit by a new
 //! adapter that happens to get the same name.
 
+use crate::params::RequestId;
 use lantern_models::LoraAdapter;
+use lantern_scheduler::LoraId;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -77,7 +79,7 @@ pub enum LoraConfigError {
 /// A registered adapter, as `/v1/models` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoraInfo {
-    pub id: u32,
+    pub id: LoraId,
     pub name: String,
     /// What the user gave: a directory or a hub id.
     pub source: String,
@@ -124,13 +126,13 @@ pub(crate) struct LoraRegistry {
 
 impl LoraRegistry {
     /// Reserves `name` and a fresh id for a load in progress.
-    pub(crate) fn reserve(&mut self, name: &str) -> Result<u32, LoraError> {
+    pub(crate) fn reserve(&mut self, name: &str) -> Result<LoraId, LoraError> {
         if self.by_name.contains_key(name) {
             return Err(LoraError::AlreadyLoaded(name.to_string()));
         }
         self.next_id += 1;
         self.by_name.insert(name.to_string(), RegState::Loading);
-        Ok(self.next_id)
+        Ok(LoraId(self.next_id))
     }
 
     pub(crate) fn cancel(&mut self, name: &str) {
@@ -145,7 +147,7 @@ impl LoraRegistry {
     }
 
     /// Removes a ready adapter; returns its id.
-    pub(crate) fn remove(&mut self, name: &str) -> Option<u32> {
+    pub(crate) fn remove(&mut self, name: &str) -> Option<LoraId> {
         match self.by_name.get(name) {
             Some(RegState::Ready(info)) => {
                 let id = info.id;
@@ -156,7 +158,7 @@ impl LoraRegistry {
         }
     }
 
-    pub(crate) fn id_of(&self, name: &str) -> Option<u32> {
+    pub(crate) fn id_of(&self, name: &str) -> Option<LoraId> {
         match self.by_name.get(name) {
             Some(RegState::Ready(info)) => Some(info.id),
             _ => None,
@@ -207,17 +209,17 @@ pub(crate) struct HostEntry {
     pub(crate) loading: bool,
     last_used: u64,
     /// Request groups waiting for this adapter's weights.
-    pub(crate) pending: Vec<u64>,
+    pub(crate) pending: Vec<RequestId>,
 }
 
 /// The engine thread's host-memory adapter cache.
 #[derive(Debug, Default)]
 pub(crate) struct HostLoras {
-    entries: HashMap<u32, HostEntry>,
+    entries: HashMap<LoraId, HostEntry>,
     capacity: usize,
     clock: u64,
     /// Adapters whose load waits for host room, oldest first.
-    queue: VecDeque<u32>,
+    queue: VecDeque<LoraId>,
 }
 
 impl HostLoras {
@@ -228,11 +230,11 @@ impl HostLoras {
         }
     }
 
-    pub(crate) fn get(&self, id: u32) -> Option<&HostEntry> {
+    pub(crate) fn get(&self, id: LoraId) -> Option<&HostEntry> {
         self.entries.get(&id)
     }
 
-    pub(crate) fn get_mut(&mut self, id: u32) -> Option<&mut HostEntry> {
+    pub(crate) fn get_mut(&mut self, id: LoraId) -> Option<&mut HostEntry> {
         self.entries.get_mut(&id)
     }
 
@@ -267,7 +269,7 @@ impl HostLoras {
 
     /// A freshly loaded (and validated) adapter; its weights stay in host memory if there
     /// is room.
-    pub(crate) fn insert(&mut self, id: u32, dir: PathBuf, adapter: Arc<LoraAdapter>) {
+    pub(crate) fn insert(&mut self, id: LoraId, dir: PathBuf, adapter: Arc<LoraAdapter>) {
         let host = if self.make_room() {
             Some(adapter)
         } else {
@@ -289,11 +291,11 @@ impl HostLoras {
     }
 
     /// Is `id` registered and not unloaded?
-    pub(crate) fn is_live(&self, id: u32) -> bool {
+    pub(crate) fn is_live(&self, id: LoraId) -> bool {
         self.entries.get(&id).is_some_and(|e| !e.removed)
     }
 
-    pub(crate) fn pin(&mut self, id: u32, n: usize) {
+    pub(crate) fn pin(&mut self, id: LoraId, n: usize) {
         self.clock += 1;
         let clock = self.clock;
         if let Some(e) = self.entries.get_mut(&id) {
@@ -304,7 +306,7 @@ impl HostLoras {
 
     /// One sequence stopped using `id`. Returns true when the entry was dropped (it had been
     /// unloaded and this was its last user).
-    pub(crate) fn unpin(&mut self, id: u32) -> bool {
+    pub(crate) fn unpin(&mut self, id: LoraId) -> bool {
         let drop_it = match self.entries.get_mut(&id) {
             Some(e) => {
                 e.pins = e.pins.saturating_sub(1);
@@ -319,7 +321,7 @@ impl HostLoras {
     }
 
     /// The user unloaded `id`. Returns true when it was dropped at once (nobody used it).
-    pub(crate) fn remove(&mut self, id: u32) -> bool {
+    pub(crate) fn remove(&mut self, id: LoraId) -> bool {
         match self.entries.get_mut(&id) {
             Some(e) if e.pins == 0 && !e.loading => {
                 self.entries.remove(&id);
@@ -336,7 +338,7 @@ impl HostLoras {
     /// Asks for `id`'s weights in host memory. Returns the directory to read when a disk
     /// load should start now (the entry is marked loading); `None` when the weights are
     /// there, a load is under way, or the load must wait for room (queued).
-    pub(crate) fn request_load(&mut self, id: u32) -> Option<PathBuf> {
+    pub(crate) fn request_load(&mut self, id: LoraId) -> Option<PathBuf> {
         let e = self.entries.get(&id)?;
         if e.host.is_some() || e.loading || self.queue.contains(&id) {
             return None;
@@ -351,7 +353,7 @@ impl HostLoras {
     }
 
     /// Starts queued loads that now have room: returns `(id, dir)` to read from disk.
-    pub(crate) fn pump(&mut self) -> Vec<(u32, PathBuf)> {
+    pub(crate) fn pump(&mut self) -> Vec<(LoraId, PathBuf)> {
         let mut started = Vec::new();
         while let Some(&id) = self.queue.front() {
             if !self.entries.contains_key(&id) {
@@ -371,7 +373,7 @@ impl HostLoras {
     }
 
     /// A background load finished.
-    pub(crate) fn loaded(&mut self, id: u32, adapter: Option<Arc<LoraAdapter>>) {
+    pub(crate) fn loaded(&mut self, id: LoraId, adapter: Option<Arc<LoraAdapter>>) {
         if let Some(e) = self.entries.get_mut(&id) {
             e.loading = false;
             e.host = adapter;
@@ -421,39 +423,39 @@ mod tests {
     #[test]
     fn host_cache_keeps_pinned_adapters_and_evicts_lru_unused_ones() {
         let mut h = HostLoras::new(2);
-        h.insert(1, PathBuf::from("1"), adapter());
-        h.insert(2, PathBuf::from("2"), adapter());
-        h.pin(1, 1);
+        h.insert(LoraId(1), PathBuf::from("1"), adapter());
+        h.insert(LoraId(2), PathBuf::from("2"), adapter());
+        h.pin(LoraId(1), 1);
         // Third adapter: 2 is unused, so it loses its host copy.
-        h.insert(3, PathBuf::from("3"), adapter());
-        assert!(h.get(1).unwrap().host.is_some());
-        assert!(h.get(2).unwrap().host.is_none());
-        assert!(h.get(3).unwrap().host.is_some());
+        h.insert(LoraId(3), PathBuf::from("3"), adapter());
+        assert!(h.get(LoraId(1)).unwrap().host.is_some());
+        assert!(h.get(LoraId(2)).unwrap().host.is_none());
+        assert!(h.get(LoraId(3)).unwrap().host.is_some());
         // 2 is requested again while 1 and 3 are both pinned: the load waits in the queue.
-        h.pin(3, 1);
-        assert_eq!(h.request_load(2), None);
+        h.pin(LoraId(3), 1);
+        assert_eq!(h.request_load(LoraId(2)), None);
         assert!(h.pump().is_empty());
         // 3 finishes: the queued load of 2 starts, evicting 3.
-        assert!(!h.unpin(3));
-        assert_eq!(h.pump(), vec![(2, PathBuf::from("2"))]);
-        assert!(h.get(2).unwrap().loading);
-        h.loaded(2, Some(adapter()));
-        assert!(h.get(3).unwrap().host.is_none());
+        assert!(!h.unpin(LoraId(3)));
+        assert_eq!(h.pump(), vec![(LoraId(2), PathBuf::from("2"))]);
+        assert!(h.get(LoraId(2)).unwrap().loading);
+        h.loaded(LoraId(2), Some(adapter()));
+        assert!(h.get(LoraId(3)).unwrap().host.is_none());
         assert_eq!(h.num_resident(), 2);
     }
 
     #[test]
     fn unloaded_adapters_live_until_their_last_user_finishes() {
         let mut h = HostLoras::new(1);
-        h.insert(1, PathBuf::from("1"), adapter());
-        h.pin(1, 2);
-        assert!(!h.remove(1));
-        assert!(!h.is_live(1));
-        assert!(!h.unpin(1));
-        assert!(h.unpin(1));
-        assert!(h.get(1).is_none());
-        h.insert(2, PathBuf::from("2"), adapter());
-        assert!(h.remove(2), "unused: dropped at once");
+        h.insert(LoraId(1), PathBuf::from("1"), adapter());
+        h.pin(LoraId(1), 2);
+        assert!(!h.remove(LoraId(1)));
+        assert!(!h.is_live(LoraId(1)));
+        assert!(!h.unpin(LoraId(1)));
+        assert!(h.unpin(LoraId(1)));
+        assert!(h.get(LoraId(1)).is_none());
+        h.insert(LoraId(2), PathBuf::from("2"), adapter());
+        assert!(h.remove(LoraId(2)), "unused: dropped at once");
     }
 
     #[test]

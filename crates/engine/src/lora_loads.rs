@@ -7,6 +7,7 @@ use crate::error::EngineError;
 use crate::handle::{AdapterLoadError, Command};
 use crate::requests::seq_id;
 use lantern_models::LoraAdapter;
+use lantern_scheduler::LoraId;
 use lantern_scheduler::SchedulerOutput;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ impl EngineCore {
         }
     }
 
-    pub(crate) fn spawn_lora_load(&mut self, id: u32, dir: PathBuf) {
+    pub(crate) fn spawn_lora_load(&mut self, id: LoraId, dir: PathBuf) {
         let tx = self.cmd_tx.clone();
         let cfg = self.model_config.clone();
         let max_rank = self.lora_cfg.map_or(0, |l| l.max_lora_rank);
@@ -46,7 +47,7 @@ impl EngineCore {
     /// Puts the groups that waited for adapter `id` into the scheduler (or fails them).
     pub(crate) fn on_lora_loaded(
         &mut self,
-        id: u32,
+        id: LoraId,
         result: Result<Arc<LoraAdapter>, AdapterLoadError>,
         seconds: f64,
     ) {
@@ -62,7 +63,7 @@ impl EngineCore {
                 self.host_loras.loaded(id, Some(a));
             }
             Err(e) => {
-                tracing::error!(adapter = id, error = %e, "reading a LoRA adapter from disk failed");
+                tracing::error!(adapter = id.0, error = %e, "reading a LoRA adapter from disk failed");
                 self.host_loras.loaded(id, None);
             }
         }
@@ -83,8 +84,8 @@ impl EngineCore {
     }
 
     /// A sequence's state is gone: release its hold on its adapter.
-    pub(crate) fn release_lora(&mut self, lora_id: u32) {
-        if lora_id != 0 {
+    pub(crate) fn release_lora(&mut self, lora_id: Option<LoraId>) {
+        if let Some(lora_id) = lora_id {
             if self.host_loras.unpin(lora_id) {
                 self.sched.evict_lora(lora_id);
             }
@@ -111,7 +112,7 @@ impl EngineCore {
                     self.snapshot.lora_slot_load_seconds += t0.elapsed().as_secs_f64();
                 }
                 Err(e) => {
-                    tracing::error!(adapter = ld.lora_id, slot = ld.slot, error = %e, "cannot load a LoRA adapter into its device slot");
+                    tracing::error!(adapter = ld.lora_id.0, slot = ld.slot, error = %e, "cannot load a LoRA adapter into its device slot");
                     let _ = self.runner.clear_lora(ld.slot);
                     self.sched.evict_lora(ld.lora_id);
                     failed.push(ld.slot);

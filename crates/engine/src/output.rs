@@ -10,6 +10,7 @@ use crate::params::{
     FinishReason, RequestEvent, RequestTiming, StopReason, TokenDelta, TokenLogprob, Usage,
 };
 use lantern_runtime::{sampler, SampledToken};
+use lantern_scheduler::SeqId;
 use std::time::Instant;
 
 impl EngineCore {
@@ -17,7 +18,7 @@ impl EngineCore {
     /// the prompt token at `num_computed + j + 1`).
     pub(crate) fn record_prompt_logprobs(
         &mut self,
-        id: u64,
+        id: SeqId,
         num_computed: usize,
         rows: &[Vec<f32>],
     ) {
@@ -43,7 +44,7 @@ impl EngineCore {
     }
 
     /// Handles one sampled token of sequence `id`.
-    pub(crate) fn on_token(&mut self, id: u64, tok: SampledToken, at_max: bool, now: Instant) {
+    pub(crate) fn on_token(&mut self, id: SeqId, tok: SampledToken, at_max: bool, now: Instant) {
         let eos_ids = &self.info.eos_token_ids;
         let Some(s) = self.reqs.get_mut(id) else {
             return;
@@ -111,7 +112,7 @@ impl EngineCore {
     /// Ends a sequence: frees its blocks, releases held-back text, sends `Finished`.
     pub(crate) fn finish(
         &mut self,
-        id: u64,
+        id: SeqId,
         reason: FinishReason,
         stop_reason: Option<StopReason>,
     ) {

@@ -1,6 +1,7 @@
 //! Per-request parameters and the events a request produces.
 
 use lantern_runtime::SamplingParams;
+use lantern_scheduler::LoraId;
 use std::time::Instant;
 
 /// Everything that controls one generation besides the prompt.
@@ -33,8 +34,8 @@ pub struct GenerationParams {
     /// Log-probabilities of the prompt tokens with this many alternatives (echo with
     /// logprobs). Such a prompt is computed in full (no prefix-cache hits).
     pub prompt_logprobs: Option<usize>,
-    /// LoRA adapter id from [`crate::EngineHandle::lora_id`]; 0 = the base model.
-    pub lora_id: u32,
+    /// LoRA adapter from [`crate::EngineHandle::lora_id`]; `None` = the base model.
+    pub lora_id: Option<LoraId>,
 }
 
 impl Default for GenerationParams {
@@ -55,12 +56,23 @@ impl Default for GenerationParams {
             cache_salt: None,
             n: 1,
             prompt_logprobs: None,
-            lora_id: 0,
+            lora_id: None,
         }
     }
 }
 
 pub use lantern_scheduler::FinishReason;
+
+/// One submitted request (one `submit`): its `n` completions are sequences
+/// ([`lantern_scheduler::SeqId`]) of this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// What exactly stopped a request (vLLM's `stop_reason`).
 #[derive(Debug, Clone, PartialEq, Eq)]

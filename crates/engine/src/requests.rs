@@ -6,25 +6,26 @@
 //! [`Requests::remove_seq`], which also forgets its group once the last sequence is gone.
 
 use crate::detok::IncrementalDetokenizer;
+use crate::params::RequestId;
 use crate::params::{GenerationParams, RequestEvent, TokenLogprob};
 use crate::stop::StopMatcher;
-use lantern_scheduler::SchedRequest;
+use lantern_scheduler::{LoraId, SchedRequest, SeqId};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc as tmpsc;
 
 /// The sequence id of completion `index` of request `group`.
-pub(crate) fn seq_id(group: u64, index: usize) -> u64 {
-    (group << 8) | index as u64
+pub(crate) fn seq_id(group: RequestId, index: usize) -> SeqId {
+    SeqId((group.0 << 8) | index as u64)
 }
 
 /// Decoding state of one sequence (one completion of a group).
 pub(crate) struct SeqState {
-    pub group: u64,
+    pub group: RequestId,
     pub index: usize,
-    /// LoRA adapter id (0 = base model).
-    pub lora_id: u32,
+    /// LoRA adapter (`None`: the base model).
+    pub lora_id: Option<LoraId>,
     pub prompt: Arc<Vec<u32>>,
     pub params: Arc<GenerationParams>,
     pub seed: u64,
@@ -44,7 +45,7 @@ pub(crate) struct SeqState {
 
 impl SeqState {
     /// The scheduler's view of this sequence.
-    pub fn sched_request(&self, id: u64) -> SchedRequest {
+    pub fn sched_request(&self, id: SeqId) -> SchedRequest {
         // Prompt logprobs need logits for every prompt position: keep the group off shared
         // cache entries (a private salt); siblings still share the leader's blocks.
         let cache_salt = if self.params.prompt_logprobs.is_some() {
@@ -73,39 +74,39 @@ impl SeqState {
 
 /// Siblings of an `n > 1` request waiting for the first one's prompt to be cached.
 pub(crate) struct Deferred {
-    pub leader: u64,
-    pub children: Vec<u64>,
+    pub leader: SeqId,
+    pub children: Vec<SeqId>,
 }
 
 /// Every live request of the engine thread.
 #[derive(Default)]
 pub(crate) struct Requests {
-    seqs: HashMap<u64, SeqState>,
+    seqs: HashMap<SeqId, SeqState>,
     /// group -> sequence ids still alive.
-    groups: HashMap<u64, Vec<u64>>,
+    groups: HashMap<RequestId, Vec<SeqId>>,
     /// group -> deferred siblings (not yet in the scheduler; their state is in `seqs`).
-    deferred: HashMap<u64, Deferred>,
+    deferred: HashMap<RequestId, Deferred>,
     /// Groups whose adapter weights are being read from disk (not in the scheduler yet).
-    pending: HashSet<u64>,
+    pending: HashSet<RequestId>,
 }
 
 impl Requests {
-    pub fn get(&self, id: u64) -> Option<&SeqState> {
+    pub fn get(&self, id: SeqId) -> Option<&SeqState> {
         self.seqs.get(&id)
     }
 
-    pub fn get_mut(&mut self, id: u64) -> Option<&mut SeqState> {
+    pub fn get_mut(&mut self, id: SeqId) -> Option<&mut SeqState> {
         self.seqs.get_mut(&id)
     }
 
-    pub fn contains(&self, id: u64) -> bool {
+    pub fn contains(&self, id: SeqId) -> bool {
         self.seqs.contains_key(&id)
     }
 
     /// Adds a whole group: its sequences (leader first), held back siblings when `n > 1`,
     /// and whether it waits for its adapter's weights.
-    pub fn insert_group(&mut self, group: u64, seqs: Vec<(u64, SeqState)>, pending: bool) {
-        let ids: Vec<u64> = seqs.iter().map(|(id, _)| *id).collect();
+    pub fn insert_group(&mut self, group: RequestId, seqs: Vec<(SeqId, SeqState)>, pending: bool) {
+        let ids: Vec<SeqId> = seqs.iter().map(|(id, _)| *id).collect();
         if pending {
             self.pending.insert(group);
         }
@@ -125,7 +126,7 @@ impl Requests {
     }
 
     /// Removes a sequence's state; the group is forgotten with its last sequence.
-    pub fn remove_seq(&mut self, id: u64) -> Option<SeqState> {
+    pub fn remove_seq(&mut self, id: SeqId) -> Option<SeqState> {
         let s = self.seqs.remove(&id)?;
         if let Some(ids) = self.groups.get_mut(&s.group) {
             ids.retain(|&x| x != id);
@@ -139,17 +140,17 @@ impl Requests {
     }
 
     /// The live sequence ids of a group.
-    pub fn group_seqs(&self, group: u64) -> Vec<u64> {
+    pub fn group_seqs(&self, group: RequestId) -> Vec<SeqId> {
         self.groups.get(&group).cloned().unwrap_or_default()
     }
 
     /// Every live group.
-    pub fn group_ids(&self) -> Vec<u64> {
+    pub fn group_ids(&self) -> Vec<RequestId> {
         self.groups.keys().copied().collect()
     }
 
     /// Groups whose client went away (the leader's event channel is closed).
-    pub fn closed_groups(&self) -> Vec<u64> {
+    pub fn closed_groups(&self) -> Vec<RequestId> {
         self.groups
             .iter()
             .filter(|(_, ids)| {
@@ -162,11 +163,11 @@ impl Requests {
     }
 
     /// Drops the held back siblings of a group (they stay in the table).
-    pub fn drop_deferred(&mut self, group: u64) -> Option<Deferred> {
+    pub fn drop_deferred(&mut self, group: RequestId) -> Option<Deferred> {
         self.deferred.remove(&group)
     }
 
-    pub fn deferred(&self) -> impl Iterator<Item = (u64, &Deferred)> {
+    pub fn deferred(&self) -> impl Iterator<Item = (RequestId, &Deferred)> {
         self.deferred.iter().map(|(&g, d)| (g, d))
     }
 
@@ -176,12 +177,12 @@ impl Requests {
         self.deferred.keys().all(|g| self.pending.contains(g))
     }
 
-    pub fn is_pending(&self, group: u64) -> bool {
+    pub fn is_pending(&self, group: RequestId) -> bool {
         self.pending.contains(&group)
     }
 
     /// The group's adapter is in host memory now; false if the group was aborted meanwhile.
-    pub fn take_pending(&mut self, group: u64) -> bool {
+    pub fn take_pending(&mut self, group: RequestId) -> bool {
         self.pending.remove(&group)
     }
 }

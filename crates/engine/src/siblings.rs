@@ -5,11 +5,12 @@
 
 use crate::core::EngineCore;
 use crate::error::EngineError;
+use crate::params::RequestId;
 
 impl EngineCore {
     /// Releases deferred siblings once their leader's prompt is in the cache (or it ended).
     pub(crate) fn release_deferred(&mut self) {
-        let ready: Vec<u64> = self
+        let ready: Vec<RequestId> = self
             .reqs
             .deferred()
             .filter(|(g, d)| {

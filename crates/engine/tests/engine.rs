@@ -6,7 +6,7 @@
 use candle_core::{DType, Device};
 use lantern_engine::{
     Engine, EngineConfig, EngineHandle, FinishReason, GenerationParams, KvCacheSize, LoraConfig,
-    LoraError, RequestEvent, RequestStream, SamplingParams, StopReason, SubmitError, Usage,
+    LoraError, LoraId, RequestEvent, RequestStream, SamplingParams, StopReason, SubmitError, Usage,
 };
 use std::path::PathBuf;
 
@@ -632,7 +632,7 @@ fn an_adapter_read_from_disk_holds_up_only_its_own_requests() {
         .submit_params(
             pa[0].clone(),
             GenerationParams {
-                lora_id: h.lora_id("x").unwrap(),
+                lora_id: Some(h.lora_id("x").unwrap()),
                 ..greedy(33)
             },
         )
@@ -644,7 +644,7 @@ fn an_adapter_read_from_disk_holds_up_only_its_own_requests() {
         h.submit_params(
             pb[1].clone(),
             GenerationParams {
-                lora_id: h.lora_id("y").unwrap(),
+                lora_id: Some(h.lora_id("y").unwrap()),
                 ..greedy(33)
             },
         )
@@ -669,7 +669,7 @@ fn unknown_and_unloaded_adapters_are_refused() {
     let r = h.submit_params(
         pa[0].clone(),
         GenerationParams {
-            lora_id: 77,
+            lora_id: Some(LoraId(77)),
             ..greedy(4)
         },
     );
@@ -688,7 +688,7 @@ fn unknown_and_unloaded_adapters_are_refused() {
     let r = h.submit_params(
         pa[0].clone(),
         GenerationParams {
-            lora_id: id,
+            lora_id: Some(id),
             ..greedy(4)
         },
     );

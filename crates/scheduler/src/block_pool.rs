@@ -4,12 +4,13 @@ use std::collections::HashMap;
 
 use crate::error::BlockPoolError;
 use crate::hash::BlockHash;
+use crate::ids::BlockId;
 
 /// Block 0 is reserved as the null block (a placeholder the runner may point padding at). It
 /// is never handed out, never freed and never cached.
-pub const NULL_BLOCK: u32 = 0;
+pub const NULL_BLOCK: BlockId = BlockId(0);
 
-/// `num_blocks` fixed-size KV cache blocks, identified by `u32` ids.
+/// `num_blocks` fixed-size KV cache blocks, identified by [`BlockId`]s (`0..num_blocks`).
 ///
 /// * every block has a ref count (how many block tables hold it);
 /// * blocks with ref count 0 (except the null block) sit on a free list in LRU order: the head
@@ -26,7 +27,7 @@ pub struct BlockPool {
     prev: Vec<u32>,
     next: Vec<u32>,
     num_free: usize,
-    cached: HashMap<BlockHash, u32>,
+    cached: HashMap<BlockHash, BlockId>,
 }
 
 impl BlockPool {
@@ -86,24 +87,24 @@ impl BlockPool {
     }
 
     /// Ref count of `block` (0 for an unknown id).
-    pub fn ref_count(&self, block: u32) -> u32 {
-        self.ref_cnt.get(block as usize).copied().unwrap_or(0)
+    pub fn ref_count(&self, block: BlockId) -> u32 {
+        self.ref_cnt.get(block.index()).copied().unwrap_or(0)
     }
 
     /// The hash `block` is registered under, if any.
-    pub fn block_hash(&self, block: u32) -> Option<BlockHash> {
-        self.hash.get(block as usize).copied().flatten()
+    pub fn block_hash(&self, block: BlockId) -> Option<BlockHash> {
+        self.hash.get(block.index()).copied().flatten()
     }
 
     /// The cached block holding the contents with this hash, if any.
-    pub fn get_cached_block(&self, hash: BlockHash) -> Option<u32> {
+    pub fn get_cached_block(&self, hash: BlockHash) -> Option<BlockId> {
         self.cached.get(&hash).copied()
     }
 
     /// Hands out `n` blocks from the head of the free list (least recently freed first), each
     /// with ref count 1. A block that was cached loses its hash (it is evicted). Returns `None`,
     /// changing nothing, when fewer than `n` blocks are free.
-    pub fn allocate(&mut self, n: usize) -> Option<Vec<u32>> {
+    pub fn allocate(&mut self, n: usize) -> Option<Vec<BlockId>> {
         if n > self.num_free {
             return None;
         }
@@ -112,18 +113,18 @@ impl BlockPool {
             let b = self.pop_front()?;
             self.evict_hash(b);
             self.ref_cnt[b as usize] = 1;
-            out.push(b);
+            out.push(BlockId(b));
         }
         Some(out)
     }
 
     /// Takes a reference on each block (cache hits): a block with ref count 0 leaves the free
     /// list. Validates every id first and changes nothing on error.
-    pub fn touch(&mut self, blocks: &[u32]) -> Result<(), BlockPoolError> {
+    pub fn touch(&mut self, blocks: &[BlockId]) -> Result<(), BlockPoolError> {
         for &b in blocks {
             self.check_id(b)?;
         }
-        for &b in blocks {
+        for &BlockId(b) in blocks {
             if self.ref_cnt[b as usize] == 0 {
                 self.unlink(b);
             }
@@ -139,15 +140,15 @@ impl BlockPool {
     ///
     /// Invalid ids are rejected before anything changes; a block listed more often than it is
     /// referenced is left at 0 (never pushed twice) and reported after the others are freed.
-    pub fn free(&mut self, blocks: &[u32]) -> Result<(), BlockPoolError> {
+    pub fn free(&mut self, blocks: &[BlockId]) -> Result<(), BlockPoolError> {
         for &b in blocks {
             self.check_id(b)?;
         }
         let mut over_freed = None;
-        for &b in blocks {
+        for &BlockId(b) in blocks {
             let rc = &mut self.ref_cnt[b as usize];
             if *rc == 0 {
-                over_freed.get_or_insert(b);
+                over_freed.get_or_insert(BlockId(b));
                 continue;
             }
             *rc -= 1;
@@ -164,23 +165,23 @@ impl BlockPool {
     /// Registers a full, computed block under `hash`. Returns `false` (and changes nothing)
     /// when the block already has a hash or another block is already cached under `hash`
     /// (two requests computed the same contents: the second copy simply stays private).
-    pub fn cache_block(&mut self, block: u32, hash: BlockHash) -> Result<bool, BlockPoolError> {
+    pub fn cache_block(&mut self, block: BlockId, hash: BlockHash) -> Result<bool, BlockPoolError> {
         self.check_id(block)?;
-        if self.hash[block as usize].is_some() || self.cached.contains_key(&hash) {
+        if self.hash[block.index()].is_some() || self.cached.contains_key(&hash) {
             return Ok(false);
         }
-        self.hash[block as usize] = Some(hash);
+        self.hash[block.index()] = Some(hash);
         self.cached.insert(hash, block);
         Ok(true)
     }
 
     /// Free-list contents from head (next to be evicted) to tail.
-    pub fn free_list(&self) -> Vec<u32> {
+    pub fn free_list(&self) -> Vec<BlockId> {
         let sentinel = self.sentinel();
         let mut out = Vec::with_capacity(self.num_free);
         let mut b = self.next[sentinel as usize];
         while b != sentinel && out.len() <= self.num_free {
-            out.push(b);
+            out.push(BlockId(b));
             b = self.next[b as usize];
         }
         out
@@ -200,8 +201,8 @@ impl BlockPool {
         }
         let mut on_list = vec![false; self.num_blocks()];
         let mut prev = self.sentinel();
-        for &b in &list {
-            if b == NULL_BLOCK || b as usize >= self.num_blocks() {
+        for &BlockId(b) in &list {
+            if b == NULL_BLOCK.0 || b as usize >= self.num_blocks() {
                 return Err(format!("free list holds invalid block {b}"));
             }
             if on_list[b as usize] {
@@ -216,7 +217,7 @@ impl BlockPool {
         if self.prev[self.sentinel() as usize] != prev {
             return Err("sentinel prev link does not point to the tail".to_string());
         }
-        if self.ref_cnt[NULL_BLOCK as usize] != 0 || self.hash[NULL_BLOCK as usize].is_some() {
+        if self.ref_cnt[NULL_BLOCK.index()] != 0 || self.hash[NULL_BLOCK.index()].is_some() {
             return Err("the null block was referenced or cached".to_string());
         }
         for (b, (&rc, &listed)) in self.ref_cnt.iter().zip(&on_list).enumerate().skip(1) {
@@ -226,7 +227,7 @@ impl BlockPool {
                 ));
             }
             if let Some(h) = self.hash[b] {
-                if self.cached.get(&h) != Some(&(b as u32)) {
+                if self.cached.get(&h) != Some(&BlockId(b as u32)) {
                     return Err(format!(
                         "block {b} has a hash the map does not point back to"
                     ));
@@ -234,7 +235,7 @@ impl BlockPool {
             }
         }
         for (h, &b) in &self.cached {
-            if self.hash.get(b as usize).copied().flatten() != Some(*h) {
+            if self.hash.get(b.index()).copied().flatten() != Some(*h) {
                 return Err(format!("map entry for block {b} does not match its hash"));
             }
         }
@@ -245,11 +246,11 @@ impl BlockPool {
         self.ref_cnt.len() as u32
     }
 
-    fn check_id(&self, block: u32) -> Result<(), BlockPoolError> {
+    fn check_id(&self, block: BlockId) -> Result<(), BlockPoolError> {
         if block == NULL_BLOCK {
             return Err(BlockPoolError::NullBlock);
         }
-        if block as usize >= self.num_blocks() {
+        if block.index() >= self.num_blocks() {
             return Err(BlockPoolError::OutOfRange {
                 block,
                 num_blocks: self.num_blocks(),
@@ -260,7 +261,7 @@ impl BlockPool {
 
     fn evict_hash(&mut self, b: u32) {
         if let Some(h) = self.hash[b as usize].take() {
-            if self.cached.get(&h) == Some(&b) {
+            if self.cached.get(&h) == Some(&BlockId(b)) {
                 self.cached.remove(&h);
             }
         }
@@ -303,6 +304,10 @@ mod tests {
     use super::*;
     use crate::hash::{hash_block, CacheKeyExtra};
 
+    fn ids<const N: usize>(v: [u32; N]) -> Vec<BlockId> {
+        v.map(BlockId).to_vec()
+    }
+
     fn h(i: u32) -> BlockHash {
         hash_block(None, &[i], &CacheKeyExtra::default())
     }
@@ -310,7 +315,7 @@ mod tests {
     #[test]
     fn new_pool_lists_all_but_null_block() {
         let p = BlockPool::new(5).unwrap();
-        assert_eq!(p.free_list(), vec![1, 2, 3, 4]);
+        assert_eq!(p.free_list(), ids([1, 2, 3, 4]));
         assert_eq!(p.num_free_blocks(), 4);
         assert_eq!(p.num_usable_blocks(), 4);
         assert_eq!(p.usage(), 0.0);
@@ -326,16 +331,16 @@ mod tests {
     #[test]
     fn allocate_is_lru_and_all_or_nothing() {
         let mut p = BlockPool::new(5).unwrap();
-        assert_eq!(p.allocate(2).unwrap(), vec![1, 2]);
+        assert_eq!(p.allocate(2).unwrap(), ids([1, 2]));
         assert!(p.allocate(3).is_none());
         assert_eq!(p.num_free_blocks(), 2);
-        assert_eq!(p.allocate(2).unwrap(), vec![3, 4]);
+        assert_eq!(p.allocate(2).unwrap(), ids([3, 4]));
         assert!(p.allocate(1).is_none());
         assert_eq!(p.usage(), 1.0);
         // Free 3 then 1: the LRU order is 3, 1.
-        p.free(&[3, 1]).unwrap();
-        assert_eq!(p.free_list(), vec![3, 1]);
-        assert_eq!(p.allocate(1).unwrap(), vec![3]);
+        p.free(&ids([3, 1])).unwrap();
+        assert_eq!(p.free_list(), ids([3, 1]));
+        assert_eq!(p.allocate(1).unwrap(), ids([3]));
         p.check_consistency().unwrap();
     }
 
@@ -369,19 +374,19 @@ mod tests {
         let mut p = BlockPool::new(6).unwrap();
         let b = p.allocate(5).unwrap();
         p.free(&b).unwrap();
-        assert_eq!(p.free_list(), vec![1, 2, 3, 4, 5]);
-        p.touch(&[3]).unwrap();
-        assert_eq!(p.free_list(), vec![1, 2, 4, 5]);
-        assert_eq!(p.ref_count(3), 1);
-        p.touch(&[3]).unwrap();
-        assert_eq!(p.ref_count(3), 2);
-        p.free(&[3]).unwrap();
-        assert_eq!(p.free_list(), vec![1, 2, 4, 5]);
-        p.free(&[3]).unwrap();
-        assert_eq!(p.free_list(), vec![1, 2, 4, 5, 3]);
+        assert_eq!(p.free_list(), ids([1, 2, 3, 4, 5]));
+        p.touch(&ids([3])).unwrap();
+        assert_eq!(p.free_list(), ids([1, 2, 4, 5]));
+        assert_eq!(p.ref_count(BlockId(3)), 1);
+        p.touch(&ids([3])).unwrap();
+        assert_eq!(p.ref_count(BlockId(3)), 2);
+        p.free(&ids([3])).unwrap();
+        assert_eq!(p.free_list(), ids([1, 2, 4, 5]));
+        p.free(&ids([3])).unwrap();
+        assert_eq!(p.free_list(), ids([1, 2, 4, 5, 3]));
         // Head and tail removal.
-        p.touch(&[1, 3]).unwrap();
-        assert_eq!(p.free_list(), vec![2, 4, 5]);
+        p.touch(&ids([1, 3])).unwrap();
+        assert_eq!(p.free_list(), ids([2, 4, 5]));
         p.check_consistency().unwrap();
     }
 
@@ -391,9 +396,9 @@ mod tests {
         let b = p.allocate(1).unwrap();
         let e = p.free(&[b[0], b[0]]).unwrap_err();
         assert!(e.to_string().contains("block 1"), "{e}");
-        assert_eq!(p.free_list(), vec![2, 1]);
+        assert_eq!(p.free_list(), ids([2, 1]));
         p.check_consistency().unwrap();
-        assert!(p.free(&[7]).is_err());
+        assert!(p.free(&ids([7])).is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Error types of the crate. Each message gives the numbers involved and says what to change.
 
+use crate::ids::{BlockId, LoraId, SeqId};
+
 /// Misuse of a [`crate::BlockPool`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BlockPoolError {
@@ -12,9 +14,9 @@ pub enum BlockPoolError {
     #[error("block 0 is the reserved null block and cannot be referenced, freed or cached")]
     NullBlock,
     #[error("block {block} does not exist: the pool has blocks 0..{num_blocks}")]
-    OutOfRange { block: u32, num_blocks: usize },
+    OutOfRange { block: BlockId, num_blocks: usize },
     #[error("block {block} was freed more often than it was referenced (double free)")]
-    DoubleFree { block: u32 },
+    DoubleFree { block: BlockId },
 }
 
 /// An invalid [`crate::SchedulerConfig`] (or [`crate::KvCacheManager`] parameters).
@@ -39,12 +41,12 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddRequestError {
     #[error("request {id}: the prompt is empty; send at least one token")]
-    EmptyPrompt { id: u64 },
+    EmptyPrompt { id: SeqId },
     #[error("request {id}: max_tokens is 0; ask for at least 1 token")]
-    ZeroMaxTokens { id: u64 },
+    ZeroMaxTokens { id: SeqId },
     #[error("request {id}: prompt of {prompt_len} tokens + max_tokens {max_tokens} = {total} tokens exceeds max_model_len {max_model_len}; shorten the prompt or lower max_tokens")]
     TooLong {
-        id: u64,
+        id: SeqId,
         prompt_len: usize,
         max_tokens: usize,
         total: usize,
@@ -52,7 +54,7 @@ pub enum AddRequestError {
     },
     #[error("request {id}: prompt of {prompt_len} tokens + max_tokens {max_tokens} needs {needed_blocks} KV blocks of {block_size} tokens, but the whole cache has only {total_blocks} blocks ({capacity_tokens} tokens); shorten the prompt, lower max_tokens or give the KV cache more memory")]
     ExceedsKvCache {
-        id: u64,
+        id: SeqId,
         prompt_len: usize,
         max_tokens: usize,
         needed_blocks: usize,
@@ -64,13 +66,13 @@ pub enum AddRequestError {
         "request {id}: the waiting queue is full ({max_waiting_requests} requests); retry later"
     )]
     QueueFull {
-        id: u64,
+        id: SeqId,
         max_waiting_requests: usize,
     },
     #[error("request {id}: a request with this id is already queued or running; use a fresh id")]
-    DuplicateId { id: u64 },
+    DuplicateId { id: SeqId },
     #[error("request {id}: asks for LoRA adapter {lora_id} but LoRA is disabled (max_loras is 0); start the server with --max-loras >= 1")]
-    LoraDisabled { id: u64, lora_id: u32 },
+    LoraDisabled { id: SeqId, lora_id: LoraId },
 }
 
 /// [`crate::Scheduler::update`] was given results that do not match the scheduler's state.
@@ -78,20 +80,20 @@ pub enum AddRequestError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpdateError {
     #[error("request {id}: a token was sampled but this step did not reach the end of its known tokens (sample=false); only sample sequences with `sample == true`")]
-    UnexpectedSample { id: u64 },
+    UnexpectedSample { id: SeqId },
     #[error("request {id}: this step ended its known tokens (sample=true) but no sampled token was given")]
-    MissingSample { id: u64 },
+    MissingSample { id: SeqId },
     #[error(
         "request {id}: {count} sampled tokens were given; give exactly one per sampling sequence"
     )]
-    DuplicateSample { id: u64, count: usize },
+    DuplicateSample { id: SeqId, count: usize },
     #[error(
         "request {id}: a token was sampled for a request that was not scheduled in this output"
     )]
-    NotScheduled { id: u64 },
+    NotScheduled { id: SeqId },
     #[error("request {id}: the output was scheduled at {scheduled} computed tokens but the request is at {current}; apply each SchedulerOutput exactly once, in order")]
     StaleOutput {
-        id: u64,
+        id: SeqId,
         scheduled: usize,
         current: usize,
     },

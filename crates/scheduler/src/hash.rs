@@ -1,5 +1,6 @@
 //! Chained prefix hashes of full KV blocks.
 
+use crate::ids::LoraId;
 use std::hash::{DefaultHasher, Hasher};
 
 /// The 128-bit identity of a full block's contents *and everything before it*: it chains the
@@ -23,8 +24,8 @@ impl BlockHash {
 /// Keys besides the tokens that decide whether two blocks' KV is interchangeable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheKeyExtra<'a> {
-    /// LoRA adapter id; 0 is the base model. Different adapters never share KV.
-    pub lora_id: u32,
+    /// LoRA adapter; `None` is the base model. Different adapters never share KV.
+    pub lora_id: Option<LoraId>,
     /// Optional per-request cache salt: only requests with the same salt share KV.
     pub cache_salt: Option<&'a str>,
 }
@@ -44,7 +45,8 @@ pub fn hash_block(
         let mut h = DefaultHasher::new();
         h.write_u64(tag);
         h.write_u128(parent);
-        h.write_u32(extra.lora_id);
+        // The base model hashes as adapter 0 (adapter ids start at 1).
+        h.write_u32(extra.lora_id.map_or(0, |l| l.0));
         match extra.cache_salt {
             None => h.write_u8(0),
             Some(s) => {
@@ -106,20 +108,20 @@ mod tests {
         assert_ne!(a, hash_block(None, &[1, 2], &base()));
         assert_ne!(a, hash_block(Some(a), &[1, 2, 3], &base()));
         let lora = CacheKeyExtra {
-            lora_id: 1,
+            lora_id: Some(LoraId(1)),
             cache_salt: None,
         };
         assert_ne!(a, hash_block(None, &[1, 2, 3], &lora));
         let salted = CacheKeyExtra {
-            lora_id: 0,
+            lora_id: None,
             cache_salt: Some("tenant-a"),
         };
         let salted_b = CacheKeyExtra {
-            lora_id: 0,
+            lora_id: None,
             cache_salt: Some("tenant-b"),
         };
         let empty_salt = CacheKeyExtra {
-            lora_id: 0,
+            lora_id: None,
             cache_salt: Some(""),
         };
         assert_ne!(a, hash_block(None, &[1, 2, 3], &salted));
@@ -158,7 +160,7 @@ mod tests {
         let mut b = Vec::new();
         extend_block_hashes(&mut a, &toks, 4, 2, &base());
         let lora = CacheKeyExtra {
-            lora_id: 3,
+            lora_id: Some(LoraId(3)),
             cache_salt: None,
         };
         extend_block_hashes(&mut b, &toks, 4, 2, &lora);

@@ -5,14 +5,16 @@ use std::collections::HashMap;
 use crate::block_pool::BlockPool;
 use crate::error::ConfigError;
 use crate::hash::{extend_block_hashes, BlockHash, CacheKeyExtra};
+use crate::ids::{BlockId, LoraId, SeqId};
 
 /// What the [`KvCacheManager`] needs to know about a sequence: its id, every token known so
 /// far (prompt followed by outputs) and the keys that separate its KV from other sequences'.
 #[derive(Debug, Clone, Copy)]
 pub struct KvSeq<'a> {
-    pub id: u64,
+    pub id: SeqId,
     pub token_ids: &'a [u32],
-    pub lora_id: u32,
+    /// `None` for the base model.
+    pub lora_id: Option<LoraId>,
     pub cache_salt: Option<&'a str>,
 }
 
@@ -29,7 +31,7 @@ impl KvSeq<'_> {
 /// number of tokens they hold (`blocks.len() * block_size`, always `<` the sequence length).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ComputedBlocks {
-    pub blocks: Vec<u32>,
+    pub blocks: Vec<BlockId>,
     pub num_cached_tokens: usize,
 }
 
@@ -44,7 +46,7 @@ pub struct PrefixCacheStats {
 #[derive(Debug, Clone, Default)]
 struct SeqBlocks {
     /// The block table: block `i` holds tokens `i*block_size .. (i+1)*block_size`.
-    blocks: Vec<u32>,
+    blocks: Vec<BlockId>,
     /// Blocks `0..num_cached_blocks` have been hashed and offered to the prefix cache.
     num_cached_blocks: usize,
     /// Chained hashes of the sequence's full blocks computed so far (a cache).
@@ -62,7 +64,7 @@ pub struct KvCacheManager {
     pool: BlockPool,
     block_size: usize,
     enable_prefix_caching: bool,
-    seqs: HashMap<u64, SeqBlocks>,
+    seqs: HashMap<SeqId, SeqBlocks>,
     stats: PrefixCacheStats,
 }
 
@@ -121,7 +123,7 @@ impl KvCacheManager {
     }
 
     /// The block table of sequence `id`, or `None` when the manager does not track it.
-    pub fn block_table(&self, id: u64) -> Option<&[u32]> {
+    pub fn block_table(&self, id: SeqId) -> Option<&[BlockId]> {
         self.seqs.get(&id).map(|s| s.blocks.as_slice())
     }
 
@@ -131,7 +133,7 @@ impl KvCacheManager {
     }
 
     /// Iterates over `(sequence id, block table)` for every tracked sequence.
-    pub fn block_tables(&self) -> impl Iterator<Item = (u64, &[u32])> + '_ {
+    pub fn block_tables(&self) -> impl Iterator<Item = (SeqId, &[BlockId])> + '_ {
         self.seqs.iter().map(|(&id, s)| (id, s.blocks.as_slice()))
     }
 
@@ -158,7 +160,7 @@ impl KvCacheManager {
             &extra,
         );
         let max_blocks = (seq.token_ids.len() - 1) / bs;
-        let blocks: Vec<u32> = entry
+        let blocks: Vec<BlockId> = entry
             .hashes
             .iter()
             .take(max_blocks)
@@ -184,12 +186,12 @@ impl KvCacheManager {
         num_computed_tokens: usize,
         num_new_tokens: usize,
         computed: &ComputedBlocks,
-    ) -> Option<Vec<u32>> {
+    ) -> Option<Vec<BlockId>> {
         let required = self.blocks_for_tokens(num_computed_tokens + num_new_tokens);
         let enable_prefix_caching = self.enable_prefix_caching;
         let entry = self.seqs.entry(seq.id).or_default();
         let fresh = entry.blocks.is_empty();
-        let hits: &[u32] = if fresh && enable_prefix_caching {
+        let hits: &[BlockId] = if fresh && enable_prefix_caching {
             &computed.blocks
         } else {
             &[]
@@ -259,7 +261,7 @@ impl KvCacheManager {
     /// Returns every block of sequence `id` to the pool, tail first (so the tail is evicted
     /// before the more shareable head), and forgets the sequence. Returns `false` when the
     /// manager did not track it.
-    pub fn free(&mut self, id: u64) -> bool {
+    pub fn free(&mut self, id: SeqId) -> bool {
         let Some(mut entry) = self.seqs.remove(&id) else {
             return false;
         };
@@ -278,9 +280,9 @@ mod tests {
 
     fn seq(id: u64, toks: &[u32]) -> KvSeq<'_> {
         KvSeq {
-            id,
+            id: SeqId(id),
             token_ids: toks,
-            lora_id: 0,
+            lora_id: None,
             cache_salt: None,
         }
     }
@@ -304,8 +306,8 @@ mod tests {
         b.extend([100, 101, 102]);
         let c = run_prefill(&mut m, 2, &b);
         assert_eq!(c.num_cached_tokens, 8);
-        let ta = m.block_table(1).unwrap().to_vec();
-        let tb = m.block_table(2).unwrap().to_vec();
+        let ta = m.block_table(SeqId(1)).unwrap().to_vec();
+        let tb = m.block_table(SeqId(2)).unwrap().to_vec();
         assert_eq!(&ta[..2], &tb[..2]);
         assert_ne!(ta[2], tb[2]);
         assert_eq!(m.pool().ref_count(ta[0]), 2);
@@ -323,7 +325,7 @@ mod tests {
         let mut m = KvCacheManager::new(16, 4, true).unwrap();
         let a: Vec<u32> = (0..8).collect(); // exactly two full blocks
         run_prefill(&mut m, 1, &a);
-        m.free(1);
+        m.free(SeqId(1));
         let c = m.get_computed_blocks(seq(2, &a));
         // Only the first block may hit: the last token must be recomputed.
         assert_eq!(c.num_cached_tokens, 4);
@@ -340,16 +342,16 @@ mod tests {
         let a: Vec<u32> = (0..9).collect();
         run_prefill(&mut m, 1, &a);
         let other_lora = KvSeq {
-            id: 2,
+            id: SeqId(2),
             token_ids: &a,
-            lora_id: 5,
+            lora_id: Some(LoraId(5)),
             cache_salt: None,
         };
         assert_eq!(m.get_computed_blocks(other_lora).num_cached_tokens, 0);
         let salted = KvSeq {
-            id: 3,
+            id: SeqId(3),
             token_ids: &a,
-            lora_id: 0,
+            lora_id: None,
             cache_salt: Some("s"),
         };
         assert_eq!(m.get_computed_blocks(salted).num_cached_tokens, 0);
@@ -373,7 +375,7 @@ mod tests {
         let none = ComputedBlocks::default();
         assert!(m.allocate_slots(seq(1, &a), 0, 17, &none).is_none());
         assert_eq!(m.num_free_blocks(), 4);
-        assert_eq!(m.block_table(1), Some(&[][..]));
+        assert_eq!(m.block_table(SeqId(1)), Some(&[][..]));
         let got = m.allocate_slots(seq(1, &a), 0, 16, &none).unwrap();
         assert_eq!(got.len(), 4);
         assert!(!got.contains(&NULL_BLOCK));
@@ -381,8 +383,8 @@ mod tests {
         assert_eq!(m.allocate_slots(seq(1, &a), 15, 1, &none).unwrap(), vec![]);
         assert!(m.allocate_slots(seq(1, &a), 16, 1, &none).is_none());
         assert_eq!(m.usage(), 1.0);
-        assert!(m.free(1));
-        assert!(!m.free(1));
+        assert!(m.free(SeqId(1)));
+        assert!(!m.free(SeqId(1)));
         assert_eq!(m.num_free_blocks(), 4);
     }
 
@@ -392,7 +394,7 @@ mod tests {
         let mut m = KvCacheManager::new(5, 2, true).unwrap();
         let a = [1, 2, 3, 4, 5];
         run_prefill(&mut m, 1, &a);
-        m.free(1);
+        m.free(SeqId(1));
         assert_eq!(m.num_free_blocks(), 4);
         let c = m.get_computed_blocks(seq(2, &a));
         assert_eq!(c.blocks.len(), 2);
@@ -413,8 +415,8 @@ mod tests {
         let mut m = KvCacheManager::new(8, 2, true).unwrap();
         let a = [1, 2, 3, 4, 5, 6, 7];
         run_prefill(&mut m, 1, &a);
-        let table = m.block_table(1).unwrap().to_vec();
-        m.free(1);
+        let table = m.block_table(SeqId(1)).unwrap().to_vec();
+        m.free(SeqId(1));
         let list = m.pool().free_list();
         // The sequence's blocks are at the tail of the free list, last block first.
         let mut rev = table.clone();

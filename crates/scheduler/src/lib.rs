@@ -18,22 +18,22 @@
 //! # Driving the scheduler (one engine step)
 //!
 //! ```
-//! use lantern_scheduler::{FinishReason, SchedRequest, Scheduler, SchedulerConfig};
+//! use lantern_scheduler::{FinishReason, SchedRequest, Scheduler, SchedulerConfig, SeqId};
 //!
 //! let mut sched = Scheduler::new(SchedulerConfig { num_blocks: 64, ..Default::default() })?;
 //! sched.add_request(SchedRequest {
-//!     id: 7,
+//!     id: SeqId(7),
 //!     prompt_token_ids: vec![1, 2, 3],
 //!     max_tokens: 2,
 //!     priority: 0,
-//!     lora_id: 0,
+//!     lora_id: None,
 //!     cache_salt: None,
 //! })?;
 //! while sched.has_unfinished() {
 //!     let out = sched.schedule();
 //!     // The runner feeds `seq.token_ids` at positions `seq.num_computed_tokens..`, writes
 //!     // their KV through `seq.block_table`, and samples where `seq.sample` is true.
-//!     let sampled: Vec<(u64, u32)> =
+//!     let sampled: Vec<(SeqId, u32)> =
 //!         out.seqs.iter().filter(|s| s.sample).map(|s| (s.id, 42)).collect();
 //!     let reached_max_tokens = sched.update(&out, &sampled)?;
 //!     // The engine checks EOS / stop strings on the sampled tokens, then:
@@ -49,6 +49,7 @@ mod block_pool;
 pub mod defaults;
 mod error;
 mod hash;
+mod ids;
 mod kv_cache_manager;
 mod lora_slots;
 mod request;
@@ -57,6 +58,7 @@ mod scheduler;
 pub use block_pool::{BlockPool, NULL_BLOCK};
 pub use error::{AddRequestError, BlockPoolError, ConfigError, UpdateError};
 pub use hash::{hash_block, BlockHash, CacheKeyExtra};
+pub use ids::{BlockId, LoraId, SeqId};
 pub use kv_cache_manager::{ComputedBlocks, KvCacheManager, KvSeq, PrefixCacheStats};
 pub use lora_slots::LoraLoad;
 pub use request::{FinishReason, RequestStatus, SchedRequest};

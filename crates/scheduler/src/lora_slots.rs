@@ -5,6 +5,7 @@
 //! uses it. Slots without users are reused least-recently-used first, so an adapter that
 //! keeps coming back stays resident.
 
+use crate::ids::LoraId;
 use std::collections::HashMap;
 
 /// An adapter the runner must copy into a slot before executing the step that scheduled it.
@@ -12,12 +13,12 @@ use std::collections::HashMap;
 pub struct LoraLoad {
     /// 0-based device slot.
     pub slot: u32,
-    pub lora_id: u32,
+    pub lora_id: LoraId,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
-    lora_id: u32,
+    lora_id: LoraId,
     /// Running requests using it.
     users: usize,
     /// Logical time of the last acquire (for LRU among unused slots).
@@ -38,7 +39,7 @@ pub(crate) enum SlotPlan {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LoraSlots {
     slots: Vec<Option<Slot>>,
-    by_lora: HashMap<u32, u32>,
+    by_lora: HashMap<LoraId, u32>,
     clock: u64,
     /// Loads decided since the last [`LoraSlots::take_loads`].
     pending: Vec<LoraLoad>,
@@ -58,7 +59,7 @@ impl LoraSlots {
     }
 
     /// Where `lora_id` would run, without changing anything.
-    pub(crate) fn plan(&self, lora_id: u32) -> SlotPlan {
+    pub(crate) fn plan(&self, lora_id: LoraId) -> SlotPlan {
         if let Some(&s) = self.by_lora.get(&lora_id) {
             return SlotPlan::Resident(s);
         }
@@ -75,7 +76,7 @@ impl LoraSlots {
 
     /// Commits a plan from [`LoraSlots::plan`] for one more running user of `lora_id`;
     /// returns the slot.
-    pub(crate) fn acquire(&mut self, lora_id: u32, plan: SlotPlan) -> Option<u32> {
+    pub(crate) fn acquire(&mut self, lora_id: LoraId, plan: SlotPlan) -> Option<u32> {
         self.clock += 1;
         let slot = match plan {
             SlotPlan::Full => return None,
@@ -107,7 +108,7 @@ impl LoraSlots {
 
     /// One running user of `lora_id` left (finished or preempted). The adapter stays
     /// resident until its slot is needed.
-    pub(crate) fn release(&mut self, lora_id: u32) {
+    pub(crate) fn release(&mut self, lora_id: LoraId) {
         if let Some(&s) = self.by_lora.get(&lora_id) {
             if let Some(Some(e)) = self.slots.get_mut(s as usize) {
                 e.users = e.users.saturating_sub(1);
@@ -116,12 +117,12 @@ impl LoraSlots {
     }
 
     /// The slot `lora_id` occupies, if resident.
-    pub(crate) fn slot_of(&self, lora_id: u32) -> Option<u32> {
+    pub(crate) fn slot_of(&self, lora_id: LoraId) -> Option<u32> {
         self.by_lora.get(&lora_id).copied()
     }
 
     /// Forgets an adapter (it was unloaded); its slot becomes free if nobody uses it.
-    pub(crate) fn evict(&mut self, lora_id: u32) -> bool {
+    pub(crate) fn evict(&mut self, lora_id: LoraId) -> bool {
         let Some(&s) = self.by_lora.get(&lora_id) else {
             return false;
         };
@@ -143,7 +144,7 @@ impl LoraSlots {
     }
 
     /// `(slot, lora_id, users)` of the occupied slots.
-    pub(crate) fn resident(&self) -> Vec<(u32, u32, usize)> {
+    pub(crate) fn resident(&self) -> Vec<(u32, LoraId, usize)> {
         self.slots
             .iter()
             .enumerate()
@@ -163,40 +164,40 @@ mod tests {
     #[test]
     fn fills_empty_slots_then_reuses_least_recently_used_unused_slot() {
         let mut s = LoraSlots::new(2);
-        assert_eq!(s.plan(7), SlotPlan::Load(0));
-        assert_eq!(s.acquire(7, s.plan(7)), Some(0));
-        assert_eq!(s.acquire(8, s.plan(8)), Some(1));
+        assert_eq!(s.plan(LoraId(7)), SlotPlan::Load(0));
+        assert_eq!(s.acquire(LoraId(7), s.plan(LoraId(7))), Some(0));
+        assert_eq!(s.acquire(LoraId(8), s.plan(LoraId(8))), Some(1));
         assert_eq!(
             s.take_loads(),
             vec![
                 LoraLoad {
                     slot: 0,
-                    lora_id: 7
+                    lora_id: LoraId(7)
                 },
                 LoraLoad {
                     slot: 1,
-                    lora_id: 8
+                    lora_id: LoraId(8)
                 }
             ]
         );
         // Both in use: a third adapter has to wait.
-        assert_eq!(s.plan(9), SlotPlan::Full);
-        assert_eq!(s.plan(7), SlotPlan::Resident(0));
-        s.release(8);
-        s.release(7);
+        assert_eq!(s.plan(LoraId(9)), SlotPlan::Full);
+        assert_eq!(s.plan(LoraId(7)), SlotPlan::Resident(0));
+        s.release(LoraId(8));
+        s.release(LoraId(7));
         // Both unused now; 7 was used less recently than 8? No: 8 was acquired later.
-        assert_eq!(s.plan(9), SlotPlan::Load(0));
-        assert_eq!(s.acquire(9, s.plan(9)), Some(0));
-        assert_eq!(s.slot_of(7), None);
-        assert_eq!(s.slot_of(8), Some(1));
+        assert_eq!(s.plan(LoraId(9)), SlotPlan::Load(0));
+        assert_eq!(s.acquire(LoraId(9), s.plan(LoraId(9))), Some(0));
+        assert_eq!(s.slot_of(LoraId(7)), None);
+        assert_eq!(s.slot_of(LoraId(8)), Some(1));
         assert_eq!(s.num_loads(), 3);
         // A resident adapter is reused without a load.
-        assert_eq!(s.acquire(8, s.plan(8)), Some(1));
+        assert_eq!(s.acquire(LoraId(8), s.plan(LoraId(8))), Some(1));
         assert_eq!(
             s.take_loads(),
             vec![LoraLoad {
                 slot: 0,
-                lora_id: 9
+                lora_id: LoraId(9)
             }]
         );
     }
@@ -204,11 +205,11 @@ mod tests {
     #[test]
     fn evict_only_frees_unused_slots() {
         let mut s = LoraSlots::new(1);
-        s.acquire(3, s.plan(3));
-        assert!(!s.evict(3), "in use");
-        s.release(3);
-        assert!(s.evict(3));
-        assert_eq!(s.plan(4), SlotPlan::Load(0));
+        s.acquire(LoraId(3), s.plan(LoraId(3)));
+        assert!(!s.evict(LoraId(3)), "in use");
+        s.release(LoraId(3));
+        assert!(s.evict(LoraId(3)));
+        assert_eq!(s.plan(LoraId(4)), SlotPlan::Load(0));
         assert!(s.resident().is_empty());
         assert!(s.take_loads().is_empty(), "evicted before the step ran");
     }

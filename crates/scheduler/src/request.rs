@@ -1,12 +1,13 @@
 //! Requests as submitted and as tracked by the scheduler.
 
+use crate::ids::{LoraId, SeqId};
 use crate::kv_cache_manager::KvSeq;
 
 /// A request as the engine submits it: already tokenized and validated for its own fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchedRequest {
     /// Unique among unfinished requests.
-    pub id: u64,
+    pub id: SeqId,
     pub prompt_token_ids: Vec<u32>,
     /// Upper bound on generated tokens (>= 1). The scheduler never schedules a request to
     /// sample beyond it.
@@ -14,8 +15,8 @@ pub struct SchedRequest {
     /// With [`crate::SchedulingPolicy::Priority`]: lower values are scheduled first (and
     /// preempted last), ties broken by arrival. Ignored by FCFS.
     pub priority: i32,
-    /// LoRA adapter id, 0 for the base model. Part of the prefix-cache key.
-    pub lora_id: u32,
+    /// LoRA adapter, `None` for the base model. Part of the prefix-cache key.
+    pub lora_id: Option<LoraId>,
     /// Optional cache salt: only requests with equal salts share cached KV.
     pub cache_salt: Option<String>,
 }
@@ -57,13 +58,13 @@ pub enum RequestStatus {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
-    pub(crate) id: u64,
+    pub(crate) id: SeqId,
     /// Prompt followed by the outputs sampled so far.
     pub(crate) token_ids: Vec<u32>,
     pub(crate) prompt_len: usize,
     pub(crate) max_tokens: usize,
     pub(crate) priority: i32,
-    pub(crate) lora_id: u32,
+    pub(crate) lora_id: Option<LoraId>,
     pub(crate) cache_salt: Option<String>,
     /// Submission order.
     pub(crate) arrival: u64,
@@ -78,7 +79,7 @@ pub(crate) struct Request {
 
 /// Waiting-queue order: smallest first. `(priority, order, id)`; FCFS uses priority 0, and a
 /// preempted request gets a negative `order` so that it goes to the front.
-pub(crate) type WaitKey = (i32, i64, u64);
+pub(crate) type WaitKey = (i32, i64, SeqId);
 
 impl Request {
     pub(crate) fn new(req: SchedRequest, arrival: u64) -> Self {

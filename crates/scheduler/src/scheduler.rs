@@ -5,6 +5,7 @@ use std::ops::Bound;
 
 use crate::defaults;
 use crate::error::{AddRequestError, ConfigError, UpdateError};
+use crate::ids::{BlockId, LoraId, SeqId};
 use crate::kv_cache_manager::{ComputedBlocks, KvCacheManager};
 use crate::lora_slots::{LoraLoad, LoraSlots, SlotPlan};
 use crate::request::{FinishReason, Request, RequestStatus, SchedRequest, WaitKey};
@@ -88,8 +89,9 @@ impl SchedulerConfig {
 /// One sequence's work in a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduledSeq {
-    pub id: u64,
-    pub lora_id: u32,
+    pub id: SeqId,
+    /// `None` for the base model.
+    pub lora_id: Option<LoraId>,
     /// The device slot holding this sequence's adapter (`None` for the base model).
     pub lora_slot: Option<u32>,
     /// Tokens already in the KV cache before this step: `token_ids[i]` sits at position
@@ -100,7 +102,7 @@ pub struct ScheduledSeq {
     pub token_ids: Vec<u32>,
     /// The whole block table; token at position `p` goes to block `block_table[p / block_size]`,
     /// slot `p % block_size`.
-    pub block_table: Vec<u32>,
+    pub block_table: Vec<BlockId>,
     /// This step reaches the end of all known tokens (prompt + outputs): sample one token
     /// from the last position's logits and pass it to [`Scheduler::update`].
     pub sample: bool,
@@ -113,7 +115,7 @@ pub struct ScheduledSeq {
 pub struct SchedulerOutput {
     pub seqs: Vec<ScheduledSeq>,
     /// Requests preempted during this schedule (their blocks were freed; they wait again).
-    pub preempted: Vec<u64>,
+    pub preempted: Vec<SeqId>,
     /// Sum of `token_ids.len()` over `seqs`; never above `max_num_batched_tokens`.
     pub num_batched_tokens: usize,
     /// Adapters to copy into their slots before running this step (the slot's previous
@@ -150,7 +152,7 @@ pub struct SchedulerStats {
 
 #[derive(Debug, Clone, Copy)]
 struct Planned {
-    id: u64,
+    id: SeqId,
     num_new: usize,
 }
 
@@ -162,10 +164,10 @@ struct Planned {
 pub struct Scheduler {
     config: SchedulerConfig,
     kv: KvCacheManager,
-    requests: HashMap<u64, Request>,
+    requests: HashMap<SeqId, Request>,
     waiting: BTreeSet<WaitKey>,
     /// Running requests in admission order.
-    running: Vec<u64>,
+    running: Vec<SeqId>,
     next_arrival: u64,
     /// Decreasing counter giving preempted requests a place at the front (FCFS).
     next_front: i64,
@@ -223,11 +225,8 @@ impl Scheduler {
         if req.max_tokens == 0 {
             return Err(AddRequestError::ZeroMaxTokens { id });
         }
-        if req.lora_id != 0 && self.lora.capacity() == 0 {
-            return Err(AddRequestError::LoraDisabled {
-                id,
-                lora_id: req.lora_id,
-            });
+        if let Some(lora_id) = req.lora_id.filter(|_| self.lora.capacity() == 0) {
+            return Err(AddRequestError::LoraDisabled { id, lora_id });
         }
         let total = prompt_len.saturating_add(req.max_tokens);
         if total > self.config.max_model_len {
@@ -281,7 +280,7 @@ impl Scheduler {
     pub fn schedule(&mut self) -> SchedulerOutput {
         let mut budget = self.config.max_num_batched_tokens;
         let mut planned: Vec<Planned> = Vec::new();
-        let mut preempted: Vec<u64> = Vec::new();
+        let mut preempted: Vec<SeqId> = Vec::new();
 
         // 1. Running requests.
         let mut i = 0;
@@ -362,18 +361,16 @@ impl Scheduler {
                     self.waiting.remove(&key);
                     continue;
                 };
-                let lora_plan = if req.lora_id == 0 {
-                    None
-                } else if lora_blocked {
-                    continue;
-                } else {
-                    match self.lora.plan(req.lora_id) {
+                let lora_plan = match req.lora_id {
+                    None => None,
+                    Some(_) if lora_blocked => continue,
+                    Some(lora_id) => match self.lora.plan(lora_id) {
                         SlotPlan::Full => {
                             lora_blocked = true;
                             continue;
                         }
-                        p => Some(p),
-                    }
+                        p => Some((lora_id, p)),
+                    },
                 };
                 let computed = self.kv.get_computed_blocks(req.kv_seq());
                 let num_cached = computed.num_cached_tokens;
@@ -388,8 +385,8 @@ impl Scheduler {
                 {
                     break;
                 }
-                if let Some(plan) = lora_plan {
-                    self.lora.acquire(req.lora_id, plan);
+                if let Some((lora_id, plan)) = lora_plan {
+                    self.lora.acquire(lora_id, plan);
                 }
                 self.waiting.remove(&key);
                 if let Some(req) = self.requests.get_mut(&id) {
@@ -417,11 +414,7 @@ impl Scheduler {
             seqs.push(ScheduledSeq {
                 id: p.id,
                 lora_id: req.lora_id,
-                lora_slot: if req.lora_id == 0 {
-                    None
-                } else {
-                    self.lora.slot_of(req.lora_id)
-                },
+                lora_slot: req.lora_id.and_then(|l| self.lora.slot_of(l)),
                 num_computed_tokens: start,
                 token_ids: req.token_ids[start..end].to_vec(),
                 block_table: self.kv.block_table(p.id).unwrap_or_default().to_vec(),
@@ -449,13 +442,14 @@ impl Scheduler {
     pub fn update(
         &mut self,
         output: &SchedulerOutput,
-        sampled: &[(u64, u32)],
-    ) -> Result<Vec<u64>, UpdateError> {
-        let mut sample_of: HashMap<u64, (u32, usize)> = HashMap::with_capacity(sampled.len());
+        sampled: &[(SeqId, u32)],
+    ) -> Result<Vec<SeqId>, UpdateError> {
+        let mut sample_of: HashMap<SeqId, (u32, usize)> = HashMap::with_capacity(sampled.len());
         for &(id, tok) in sampled {
             sample_of.entry(id).or_insert((tok, 0)).1 += 1;
         }
-        let mut scheduled: HashMap<u64, &ScheduledSeq> = HashMap::with_capacity(output.seqs.len());
+        let mut scheduled: HashMap<SeqId, &ScheduledSeq> =
+            HashMap::with_capacity(output.seqs.len());
         for seq in &output.seqs {
             scheduled.insert(seq.id, seq);
         }
@@ -508,7 +502,7 @@ impl Scheduler {
 
     /// Removes a request wherever it is and returns its blocks to the pool (exactly once).
     /// Returns `false`, changing nothing, for an unknown (or already finished) id.
-    pub fn finish_request(&mut self, id: u64, reason: FinishReason) -> bool {
+    pub fn finish_request(&mut self, id: SeqId, reason: FinishReason) -> bool {
         let Some(req) = self.requests.remove(&id) else {
             return false;
         };
@@ -519,8 +513,8 @@ impl Scheduler {
             if let Some(pos) = self.running.iter().position(|&r| r == id) {
                 self.running.remove(pos);
             }
-            if req.lora_id != 0 {
-                self.lora.release(req.lora_id);
+            if let Some(lora_id) = req.lora_id {
+                self.lora.release(lora_id);
             }
         }
         self.kv.free(id);
@@ -545,50 +539,50 @@ impl Scheduler {
     }
 
     /// Whether `id` is an unfinished request.
-    pub fn contains(&self, id: u64) -> bool {
+    pub fn contains(&self, id: SeqId) -> bool {
         self.requests.contains_key(&id)
     }
 
     /// Running request ids, in the order they are scheduled (and the reverse of FCFS
     /// preemption order).
-    pub fn running_ids(&self) -> &[u64] {
+    pub fn running_ids(&self) -> &[SeqId] {
         &self.running
     }
 
     /// Waiting request ids, next to be admitted first.
-    pub fn waiting_ids(&self) -> Vec<u64> {
+    pub fn waiting_ids(&self) -> Vec<SeqId> {
         self.waiting.iter().map(|k| k.2).collect()
     }
 
-    pub fn request_status(&self, id: u64) -> Option<RequestStatus> {
+    pub fn request_status(&self, id: SeqId) -> Option<RequestStatus> {
         self.requests.get(&id).map(|r| r.status)
     }
 
     /// Tokens sampled so far for `id` (kept across preemption).
-    pub fn output_tokens(&self, id: u64) -> Option<&[u32]> {
+    pub fn output_tokens(&self, id: SeqId) -> Option<&[u32]> {
         self.requests.get(&id).map(|r| r.output_tokens())
     }
 
     /// Prompt tokens served from the prefix cache at `id`'s first schedule (0 before it).
-    pub fn num_cached_tokens(&self, id: u64) -> Option<usize> {
+    pub fn num_cached_tokens(&self, id: SeqId) -> Option<usize> {
         self.requests
             .get(&id)
             .map(|r| r.num_cached_tokens.unwrap_or(0))
     }
 
     /// Tokens of `id` whose KV is currently in its blocks.
-    pub fn num_computed_tokens(&self, id: u64) -> Option<usize> {
+    pub fn num_computed_tokens(&self, id: SeqId) -> Option<usize> {
         self.requests.get(&id).map(|r| r.num_computed_tokens)
     }
 
     /// `(slot, lora_id, running users)` of the adapters resident in device slots.
-    pub fn lora_residency(&self) -> Vec<(u32, u32, usize)> {
+    pub fn lora_residency(&self) -> Vec<(u32, LoraId, usize)> {
         self.lora.resident()
     }
 
     /// Drops an unloaded adapter from its slot if no running request uses it (its slot is
     /// then the first to be reused). Returns whether it was resident and is now gone.
-    pub fn evict_lora(&mut self, lora_id: u32) -> bool {
+    pub fn evict_lora(&mut self, lora_id: LoraId) -> bool {
         self.lora.evict(lora_id)
     }
 
@@ -627,7 +621,7 @@ impl Scheduler {
 
     /// Index in `running` of the request to preempt next. Requests that reached `max_tokens`
     /// are skipped (resuming them would sample past it); `current` is always a candidate.
-    fn pick_victim(&self, current: u64) -> Option<usize> {
+    fn pick_victim(&self, current: SeqId) -> Option<usize> {
         let mut candidates = self.running.iter().enumerate().filter(|(_, id)| {
             **id == current || self.requests.get(id).is_some_and(|r| !r.is_capped())
         });
@@ -644,12 +638,12 @@ impl Scheduler {
     }
 
     /// Frees `id`'s blocks and queues it again; it will recompute prompt + outputs so far.
-    fn preempt(&mut self, id: u64) {
+    fn preempt(&mut self, id: SeqId) {
         self.kv.free(id);
         self.num_preemptions += 1;
         if let Some(r) = self.requests.get(&id) {
-            if r.lora_id != 0 && r.status == RequestStatus::Running {
-                self.lora.release(r.lora_id);
+            if let (Some(lora_id), RequestStatus::Running) = (r.lora_id, r.status) {
+                self.lora.release(lora_id);
             }
         }
         let key = match self.requests.get(&id) {

@@ -7,6 +7,7 @@ use lantern_scheduler::{
     AddRequestError, ConfigError, FinishReason, RequestStatus, SchedRequest, Scheduler,
     SchedulerConfig, SchedulerOutput, SchedulingPolicy, UpdateError, NULL_BLOCK,
 };
+use lantern_scheduler::{LoraId, SeqId};
 
 fn cfg() -> SchedulerConfig {
     SchedulerConfig {
@@ -25,11 +26,11 @@ fn cfg() -> SchedulerConfig {
 
 fn req(id: u64, prompt: Vec<u32>, max_tokens: usize) -> SchedRequest {
     SchedRequest {
-        id,
+        id: SeqId(id),
         prompt_token_ids: prompt,
         max_tokens,
         priority: 0,
-        lora_id: 0,
+        lora_id: None,
         cache_salt: None,
     }
 }
@@ -41,13 +42,13 @@ fn toks(n: usize) -> Vec<u32> {
 /// Samples token `id * 100 + output index` for every sampling sequence and applies it.
 fn step(s: &mut Scheduler) -> SchedulerOutput {
     let out = s.schedule();
-    let sampled: Vec<(u64, u32)> = out
+    let sampled: Vec<(SeqId, u32)> = out
         .seqs
         .iter()
         .filter(|q| q.sample)
         .map(|q| {
             let n = s.output_tokens(q.id).map_or(0, |o| o.len());
-            (q.id, (q.id * 100) as u32 + n as u32)
+            (q.id, (q.id.0 * 100) as u32 + n as u32)
         })
         .collect();
     let capped = s.update(&out, &sampled).unwrap();
@@ -86,7 +87,7 @@ fn config_is_validated() {
 fn single_request_prefill_then_decode() {
     let mut s = Scheduler::new(cfg()).unwrap();
     s.add_request(req(1, toks(10), 3)).unwrap();
-    assert_eq!(s.request_status(1), Some(RequestStatus::Waiting));
+    assert_eq!(s.request_status(SeqId(1)), Some(RequestStatus::Waiting));
     let out = step(&mut s);
     assert_eq!(out.seqs.len(), 1);
     let q = &out.seqs[0];
@@ -96,7 +97,7 @@ fn single_request_prefill_then_decode() {
     assert_eq!(q.block_table.len(), 3);
     assert!(!q.block_table.contains(&NULL_BLOCK));
     assert_eq!(out.num_batched_tokens, 10);
-    assert_eq!(s.output_tokens(1), Some(&[100][..]));
+    assert_eq!(s.output_tokens(SeqId(1)), Some(&[100][..]));
     let out = step(&mut s);
     assert_eq!(out.seqs[0].token_ids, vec![100]);
     assert_eq!(out.seqs[0].num_computed_tokens, 10);
@@ -125,7 +126,7 @@ fn chunked_prefill_respects_budget() {
         })
         .collect();
     assert_eq!(chunks, vec![(0, 8, false), (8, 8, false), (16, 4, true)]);
-    assert_eq!(s.output_tokens(1).unwrap().len(), 1);
+    assert_eq!(s.output_tokens(SeqId(1)).unwrap().len(), 1);
 }
 
 #[test]
@@ -142,17 +143,25 @@ fn long_prefill_threshold_caps_chunks_and_mixes_with_decode() {
     s.add_request(req(2, toks(12), 2)).unwrap();
     let out = step(&mut s);
     // Decode of 1 (1 token) and the first 5-token chunk of 2.
-    let lens: Vec<(u64, usize)> = out.seqs.iter().map(|q| (q.id, q.token_ids.len())).collect();
+    let lens: Vec<(u64, usize)> = out
+        .seqs
+        .iter()
+        .map(|q| (q.id.0, q.token_ids.len()))
+        .collect();
     assert_eq!(lens, vec![(1, 1), (2, 5)]);
     assert_eq!(out.num_batched_tokens, 6);
     let out = step(&mut s);
-    let lens: Vec<(u64, usize)> = out.seqs.iter().map(|q| (q.id, q.token_ids.len())).collect();
+    let lens: Vec<(u64, usize)> = out
+        .seqs
+        .iter()
+        .map(|q| (q.id.0, q.token_ids.len()))
+        .collect();
     assert_eq!(lens, vec![(1, 1), (2, 5)]);
     let out = step(&mut s);
     let lens: Vec<(u64, usize, bool)> = out
         .seqs
         .iter()
-        .map(|q| (q.id, q.token_ids.len(), q.sample))
+        .map(|q| (q.id.0, q.token_ids.len(), q.sample))
         .collect();
     assert_eq!(lens, vec![(1, 1, true), (2, 2, true)]);
 }
@@ -172,7 +181,7 @@ fn budget_stops_admission_and_max_num_seqs_caps_running() {
     assert_eq!(out.seqs.len(), 2);
     assert_eq!(s.num_running(), 2);
     assert_eq!(s.num_waiting(), 1);
-    assert_eq!(s.waiting_ids(), vec![3]);
+    assert_eq!(s.waiting_ids(), vec![SeqId(3)]);
 }
 
 #[test]
@@ -190,7 +199,7 @@ fn full_prompt_cached_backs_off_one_token() {
     assert_eq!(q.num_computed_tokens, 4);
     assert_eq!(q.token_ids, toks(8)[4..].to_vec());
     assert!(q.sample);
-    assert_eq!(s.num_cached_tokens(2), Some(4));
+    assert_eq!(s.num_cached_tokens(SeqId(2)), Some(4));
     let st = s.stats();
     assert_eq!((st.prefix_cache_queries, st.prefix_cache_hits), (16, 4));
 }
@@ -205,14 +214,14 @@ fn prefix_hit_shares_blocks_and_lora_or_salt_prevent_it() {
     s.add_request(req(1, toks(9), 4)).unwrap();
     let first = step(&mut s);
     let mut other_lora = req(2, toks(9), 4);
-    other_lora.lora_id = 3;
+    other_lora.lora_id = Some(LoraId(3));
     let mut salted = req(3, toks(9), 4);
     salted.cache_salt = Some("tenant".into());
     s.add_request(other_lora).unwrap();
     s.add_request(salted).unwrap();
     s.add_request(req(4, toks(9), 4)).unwrap();
     let out = s.schedule();
-    let by_id = |id| out.seqs.iter().find(|q| q.id == id).unwrap();
+    let by_id = |id| out.seqs.iter().find(|q| q.id == SeqId(id)).unwrap();
     assert_eq!(by_id(2).num_cached_tokens, 0);
     assert_eq!(by_id(3).num_cached_tokens, 0);
     assert_eq!(by_id(4).num_cached_tokens, 8);
@@ -222,7 +231,7 @@ fn prefix_hit_shares_blocks_and_lora_or_salt_prevent_it() {
         &first.seqs[0].block_table[..2],
         "shared physical blocks"
     );
-    assert_eq!(by_id(2).lora_id, 3);
+    assert_eq!(by_id(2).lora_id, Some(LoraId(3)));
 }
 
 #[test]
@@ -260,18 +269,22 @@ fn preemption_requeues_at_front_and_resumes_with_outputs() {
     assert_eq!(s.stats().num_blocks_free, 0);
     let out = step(&mut s);
     // Request 1 needs a third block: request 2 (latest) is preempted.
-    assert_eq!(out.preempted, vec![2]);
+    assert_eq!(out.preempted, vec![SeqId(2)]);
     assert_eq!(out.seqs.len(), 1);
-    assert_eq!(out.seqs[0].id, 1);
-    assert_eq!(s.request_status(2), Some(RequestStatus::Preempted));
-    assert_eq!(s.num_computed_tokens(2), Some(0));
-    assert_eq!(s.waiting_ids(), vec![2, 3], "preempted goes to the front");
-    assert_eq!(s.output_tokens(2), Some(&[200, 201][..]));
+    assert_eq!(out.seqs[0].id, SeqId(1));
+    assert_eq!(s.request_status(SeqId(2)), Some(RequestStatus::Preempted));
+    assert_eq!(s.num_computed_tokens(SeqId(2)), Some(0));
+    assert_eq!(
+        s.waiting_ids(),
+        vec![SeqId(2), SeqId(3)],
+        "preempted goes to the front"
+    );
+    assert_eq!(s.output_tokens(SeqId(2)), Some(&[200, 201][..]));
     assert_eq!(s.stats().num_preemptions, 1);
     // Run until request 2 is scheduled again: it recomputes prompt + outputs and samples.
     let resumed = loop {
         let out = step(&mut s);
-        if let Some(q) = out.seqs.iter().find(|q| q.id == 2) {
+        if let Some(q) = out.seqs.iter().find(|q| q.id == SeqId(2)) {
             break q.clone();
         }
     };
@@ -298,8 +311,8 @@ fn growing_request_preempts_the_latest_admitted() {
     step(&mut s);
     // Both need a third block now; request 1 preempts request 2 (FCFS: latest first).
     let out = s.schedule();
-    assert_eq!(out.preempted, vec![2]);
-    assert_eq!(out.seqs.iter().map(|q| q.id).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(out.preempted, vec![SeqId(2)]);
+    assert_eq!(out.seqs.iter().map(|q| q.id.0).collect::<Vec<_>>(), vec![1]);
 }
 
 #[test]
@@ -315,11 +328,14 @@ fn priority_policy_orders_admission_and_preemption() {
         r.priority = prio;
         s.add_request(r).unwrap();
     }
-    assert_eq!(s.waiting_ids(), vec![2, 4, 3, 1]);
+    assert_eq!(
+        s.waiting_ids(),
+        vec![SeqId(2), SeqId(4), SeqId(3), SeqId(1)]
+    );
     let mut order = Vec::new();
     while s.has_unfinished() {
         let out = step(&mut s);
-        order.extend(out.seqs.iter().map(|q| q.id));
+        order.extend(out.seqs.iter().map(|q| q.id.0));
     }
     assert_eq!(order, vec![2, 4, 3, 1]);
 
@@ -340,8 +356,8 @@ fn priority_policy_orders_admission_and_preemption() {
     s.add_request(high).unwrap();
     step(&mut s);
     let out = s.schedule();
-    assert_eq!(out.preempted, vec![1]);
-    assert_eq!(out.seqs.iter().map(|q| q.id).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(out.preempted, vec![SeqId(1)]);
+    assert_eq!(out.seqs.iter().map(|q| q.id.0).collect::<Vec<_>>(), vec![2]);
 }
 
 #[test]
@@ -362,15 +378,15 @@ fn preempting_an_already_scheduled_request_refunds_its_budget() {
     step(&mut s); // X prefill: 1 block
     s.add_request(y).unwrap();
     step(&mut s); // X decode (2nd block), Y prefill (2 blocks): pool full
-    assert_eq!(s.running_ids(), &[1, 2]);
+    assert_eq!(s.running_ids(), &[SeqId(1), SeqId(2)]);
     assert_eq!(s.stats().num_blocks_free, 0);
     // X (first in running order) fits its decode, then Y needs a block and the victim is X.
     let out = s.schedule();
-    assert_eq!(out.preempted, vec![1]);
-    assert_eq!(out.seqs.iter().map(|q| q.id).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(out.preempted, vec![SeqId(1)]);
+    assert_eq!(out.seqs.iter().map(|q| q.id.0).collect::<Vec<_>>(), vec![2]);
     assert_eq!(out.num_batched_tokens, 1);
-    assert_eq!(s.running_ids(), &[2]);
-    assert_eq!(s.waiting_ids(), vec![1]);
+    assert_eq!(s.running_ids(), &[SeqId(2)]);
+    assert_eq!(s.waiting_ids(), vec![SeqId(1)]);
 }
 
 #[test]
@@ -385,7 +401,7 @@ fn fcfs_admission_order() {
         r.priority = prio;
         s.add_request(r).unwrap();
     }
-    assert_eq!(s.waiting_ids(), vec![1, 2, 3]);
+    assert_eq!(s.waiting_ids(), vec![SeqId(1), SeqId(2), SeqId(3)]);
 }
 
 #[test]
@@ -398,10 +414,10 @@ fn rejections_give_the_numbers() {
     })
     .unwrap();
     let e = s.add_request(req(1, vec![], 5)).unwrap_err();
-    assert_eq!(e, AddRequestError::EmptyPrompt { id: 1 });
+    assert_eq!(e, AddRequestError::EmptyPrompt { id: SeqId(1) });
     assert!(e.to_string().contains("empty"));
     let e = s.add_request(req(1, toks(3), 0)).unwrap_err();
-    assert_eq!(e, AddRequestError::ZeroMaxTokens { id: 1 });
+    assert_eq!(e, AddRequestError::ZeroMaxTokens { id: SeqId(1) });
     let e = s.add_request(req(1, toks(90), 20)).unwrap_err();
     let msg = e.to_string();
     assert!(
@@ -425,13 +441,13 @@ fn rejections_give_the_numbers() {
     // Exactly the whole cache is fine.
     s.add_request(req(1, toks(30), 10)).unwrap();
     let e = s.add_request(req(1, toks(3), 1)).unwrap_err();
-    assert_eq!(e, AddRequestError::DuplicateId { id: 1 });
+    assert_eq!(e, AddRequestError::DuplicateId { id: SeqId(1) });
     s.add_request(req(2, toks(3), 1)).unwrap();
     let e = s.add_request(req(3, toks(3), 1)).unwrap_err();
     assert_eq!(
         e,
         AddRequestError::QueueFull {
-            id: 3,
+            id: SeqId(3),
             max_waiting_requests: 2
         }
     );
@@ -447,11 +463,11 @@ fn finish_request_frees_exactly_once() {
     s.add_request(req(3, toks(10), 5)).unwrap();
     s.schedule();
     assert!(s.stats().num_blocks_used > 0);
-    assert!(s.finish_request(1, FinishReason::Abort));
-    assert!(!s.finish_request(1, FinishReason::Abort));
-    assert!(!s.finish_request(99, FinishReason::Stop));
-    assert!(s.finish_request(2, FinishReason::Stop));
-    assert!(s.finish_request(3, FinishReason::Length));
+    assert!(s.finish_request(SeqId(1), FinishReason::Abort));
+    assert!(!s.finish_request(SeqId(1), FinishReason::Abort));
+    assert!(!s.finish_request(SeqId(99), FinishReason::Stop));
+    assert!(s.finish_request(SeqId(2), FinishReason::Stop));
+    assert!(s.finish_request(SeqId(3), FinishReason::Length));
     assert!(!s.has_unfinished());
     assert_eq!(s.num_running(), 0);
     assert_pool_full(&s);
@@ -459,7 +475,7 @@ fn finish_request_frees_exactly_once() {
     assert_eq!((st.num_finished, st.num_aborted), (3, 1));
     // A waiting request can be finished too.
     s.add_request(req(4, toks(3), 1)).unwrap();
-    assert!(s.finish_request(4, FinishReason::Abort));
+    assert!(s.finish_request(SeqId(4), FinishReason::Abort));
     assert_eq!(s.num_waiting(), 0);
     assert_pool_full(&s);
 }
@@ -470,10 +486,10 @@ fn finishing_between_schedule_and_update_is_fine() {
     s.add_request(req(1, toks(5), 5)).unwrap();
     s.add_request(req(2, toks(5), 5)).unwrap();
     let out = s.schedule();
-    assert!(s.finish_request(1, FinishReason::Abort));
-    s.update(&out, &[(1, 7), (2, 8)]).unwrap();
-    assert_eq!(s.output_tokens(2), Some(&[8][..]));
-    assert_eq!(s.output_tokens(1), None);
+    assert!(s.finish_request(SeqId(1), FinishReason::Abort));
+    s.update(&out, &[(SeqId(1), 7), (SeqId(2), 8)]).unwrap();
+    assert_eq!(s.output_tokens(SeqId(2)), Some(&[8][..]));
+    assert_eq!(s.output_tokens(SeqId(1)), None);
 }
 
 #[test]
@@ -481,11 +497,11 @@ fn capped_request_is_never_scheduled_again() {
     let mut s = Scheduler::new(cfg()).unwrap();
     s.add_request(req(1, toks(5), 1)).unwrap();
     let out = s.schedule();
-    let capped = s.update(&out, &[(1, 9)]).unwrap();
-    assert_eq!(capped, vec![1]);
+    let capped = s.update(&out, &[(SeqId(1), 9)]).unwrap();
+    assert_eq!(capped, vec![SeqId(1)]);
     // The engine "forgot" to finish it: it gets nothing more.
     assert!(s.schedule().is_empty());
-    assert_eq!(s.output_tokens(1).unwrap().len(), 1);
+    assert_eq!(s.output_tokens(SeqId(1)).unwrap().len(), 1);
 }
 
 #[test]
@@ -502,38 +518,41 @@ fn update_rejects_mismatched_results_without_changing_anything() {
     assert!(out.seqs[0].sample && !out.seqs[1].sample);
     assert_eq!(
         s.update(&out, &[]).unwrap_err(),
-        UpdateError::MissingSample { id: 1 }
+        UpdateError::MissingSample { id: SeqId(1) }
     );
     assert_eq!(
-        s.update(&out, &[(1, 5), (2, 5)]).unwrap_err(),
-        UpdateError::UnexpectedSample { id: 2 }
+        s.update(&out, &[(SeqId(1), 5), (SeqId(2), 5)]).unwrap_err(),
+        UpdateError::UnexpectedSample { id: SeqId(2) }
     );
     assert_eq!(
-        s.update(&out, &[(1, 5), (1, 6)]).unwrap_err(),
-        UpdateError::DuplicateSample { id: 1, count: 2 }
+        s.update(&out, &[(SeqId(1), 5), (SeqId(1), 6)]).unwrap_err(),
+        UpdateError::DuplicateSample {
+            id: SeqId(1),
+            count: 2
+        }
     );
     assert_eq!(
-        s.update(&out, &[(1, 5), (9, 6)]).unwrap_err(),
-        UpdateError::NotScheduled { id: 9 }
+        s.update(&out, &[(SeqId(1), 5), (SeqId(9), 6)]).unwrap_err(),
+        UpdateError::NotScheduled { id: SeqId(9) }
     );
-    assert_eq!(s.num_computed_tokens(1), Some(0));
-    s.update(&out, &[(1, 5)]).unwrap();
-    let e = s.update(&out, &[(1, 5)]).unwrap_err();
+    assert_eq!(s.num_computed_tokens(SeqId(1)), Some(0));
+    s.update(&out, &[(SeqId(1), 5)]).unwrap();
+    let e = s.update(&out, &[(SeqId(1), 5)]).unwrap_err();
     assert_eq!(
         e,
         UpdateError::StaleOutput {
-            id: 1,
+            id: SeqId(1),
             scheduled: 0,
             current: 3
         }
     );
-    assert_eq!(s.output_tokens(1), Some(&[5][..]));
-    assert_eq!(s.num_computed_tokens(2), Some(1));
+    assert_eq!(s.output_tokens(SeqId(1)), Some(&[5][..]));
+    assert_eq!(s.num_computed_tokens(SeqId(2)), Some(1));
 }
 
 fn lora_req(id: u64, prompt: Vec<u32>, max_tokens: usize, lora_id: u32) -> SchedRequest {
     SchedRequest {
-        lora_id,
+        lora_id: Some(LoraId(lora_id)),
         ..req(id, prompt, max_tokens)
     }
 }
@@ -542,21 +561,27 @@ fn lora_req(id: u64, prompt: Vec<u32>, max_tokens: usize, lora_id: u32) -> Sched
 fn lora_requests_are_refused_when_lora_is_disabled() {
     let mut s = Scheduler::new(cfg()).unwrap();
     let e = s.add_request(lora_req(1, toks(4), 2, 5)).unwrap_err();
-    assert_eq!(e, AddRequestError::LoraDisabled { id: 1, lora_id: 5 });
+    assert_eq!(
+        e,
+        AddRequestError::LoraDisabled {
+            id: SeqId(1),
+            lora_id: LoraId(5)
+        }
+    );
     assert!(e.to_string().contains("--max-loras"), "{e}");
 }
 
 /// Steps until everything finishes; checks every step against a fake slot table and
 /// returns, per request, the step at which it was first scheduled.
 fn run_with_slots(s: &mut Scheduler, max_loras: usize) -> (HashMap<u64, usize>, usize) {
-    let mut slots: Vec<Option<u32>> = vec![None; max_loras];
+    let mut slots: Vec<Option<LoraId>> = vec![None; max_loras];
     let mut first: HashMap<u64, usize> = HashMap::new();
     let mut loads = 0;
     let mut n = 0;
     while s.has_unfinished() {
         let out = step_checked(s, &mut slots, &mut loads);
         for q in &out.seqs {
-            first.entry(q.id).or_insert(n);
+            first.entry(q.id.0).or_insert(n);
         }
         n += 1;
         assert!(n < 1000, "did not finish");
@@ -568,7 +593,7 @@ fn run_with_slots(s: &mut Scheduler, max_loras: usize) -> (HashMap<u64, usize>, 
 
 fn step_checked(
     s: &mut Scheduler,
-    slots: &mut [Option<u32>],
+    slots: &mut [Option<LoraId>],
     loads: &mut usize,
 ) -> SchedulerOutput {
     let out = step(s);
@@ -578,17 +603,17 @@ fn step_checked(
     }
     let mut distinct = std::collections::HashSet::new();
     for q in &out.seqs {
-        if q.lora_id == 0 {
-            assert_eq!(q.lora_slot, None);
-        } else {
-            distinct.insert(q.lora_id);
+        if let Some(lora_id) = q.lora_id {
+            distinct.insert(lora_id);
             let slot = q.lora_slot.expect("adapter request without a slot") as usize;
             assert_eq!(
                 slots[slot],
-                Some(q.lora_id),
+                Some(lora_id),
                 "request {} in slot {slot}",
                 q.id
             );
+        } else {
+            assert_eq!(q.lora_slot, None);
         }
     }
     assert!(distinct.len() <= slots.len());
@@ -643,7 +668,7 @@ fn a_stream_for_the_resident_adapter_does_not_starve_another_adapter() {
     for n in 0..40u64 {
         s.add_request(lora_req(10 + n, toks(4), 4, 1)).unwrap_or(());
         let out = step_checked(&mut s, &mut slots, &mut loads);
-        if out.seqs.iter().any(|q| q.id == 1) {
+        if out.seqs.iter().any(|q| q.id == SeqId(1)) {
             started = Some(n);
             break;
         }
@@ -680,14 +705,14 @@ fn resident_adapters_are_reused_without_loading_and_slots_are_lru() {
     s.add_request(lora_req(3, toks(4), 1, 3)).unwrap();
     let out = step_checked(&mut s, &mut slots, &mut loads);
     assert_eq!(out.lora_loads.len(), 1);
-    let residency: Vec<u32> = s.lora_residency().iter().map(|r| r.1).collect();
+    let residency: Vec<u32> = s.lora_residency().iter().map(|r| r.1 .0).collect();
     assert!(
         residency.contains(&1) && residency.contains(&3),
         "{residency:?}"
     );
     // Unloading an idle adapter frees its slot for the next one.
-    assert!(s.evict_lora(3));
-    assert!(!s.evict_lora(3));
+    assert!(s.evict_lora(LoraId(3)));
+    assert!(!s.evict_lora(LoraId(3)));
     assert_pool_full(&s);
 }
 

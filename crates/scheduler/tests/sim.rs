@@ -8,6 +8,7 @@ use lantern_scheduler::{
     AddRequestError, FinishReason, RequestStatus, SchedRequest, Scheduler, SchedulerConfig,
     SchedulingPolicy, NULL_BLOCK,
 };
+use lantern_scheduler::{BlockId, LoraId, SeqId};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -16,7 +17,7 @@ struct Spec {
     prompt: Vec<u32>,
     max_tokens: usize,
     priority: i32,
-    lora_id: u32,
+    lora_id: Option<LoraId>,
     salt: Option<String>,
     /// Abort this many steps after arrival (`abort_mid_step`: between schedule and update).
     abort_after: Option<usize>,
@@ -54,7 +55,7 @@ fn spec() -> impl Strategy<Value = Spec> {
                     prompt,
                     max_tokens,
                     priority,
-                    lora_id,
+                    lora_id: (lora_id > 0).then_some(LoraId(lora_id)),
                     salt: match salt {
                         0 => None,
                         1 => Some("a".to_string()),
@@ -123,7 +124,7 @@ impl Live {
             .salt
             .as_deref()
             .map_or(0, |s| 1 + s.len() as u64 * 7 + s.as_bytes()[0] as u64);
-        let mut h = mix(u64::from(self.spec.lora_id) + 1, salt);
+        let mut h = mix(u64::from(self.spec.lora_id.map_or(0, |l| l.0)) + 1, salt);
         self.tokens
             .iter()
             .map(|&t| {
@@ -146,11 +147,16 @@ fn check_blocks(s: &Scheduler) -> Result<(), TestCaseError> {
         }
         for &b in table {
             prop_assert_ne!(b, NULL_BLOCK);
-            holders[b as usize] += 1;
+            holders[b.index()] += 1;
         }
     }
     for (b, &n) in holders.iter().enumerate() {
-        prop_assert_eq!(pool.ref_count(b as u32), n, "ref count of block {}", b);
+        prop_assert_eq!(
+            pool.ref_count(BlockId(b as u32)),
+            n,
+            "ref count of block {}",
+            b
+        );
     }
     let st = s.stats();
     prop_assert_eq!(st.num_blocks_used + st.num_blocks_free, st.num_blocks_total);
@@ -163,14 +169,14 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
     let usable = cfg.num_blocks - 1;
     // Fake KV memory: one fingerprint per slot.
     let mut kv_mem: Vec<Option<u64>> = vec![None; cfg.num_blocks * bs];
-    let mut pending: Vec<(usize, u64, Spec)> = specs
+    let mut pending: Vec<(usize, SeqId, Spec)> = specs
         .into_iter()
         .enumerate()
-        .map(|(i, sp)| (sp.arrival, i as u64, sp))
+        .map(|(i, sp)| (sp.arrival, SeqId(i as u64), sp))
         .collect();
-    let mut live: HashMap<u64, Live> = HashMap::new();
+    let mut live: HashMap<SeqId, Live> = HashMap::new();
     // Fake adapter slots: which adapter each device slot holds.
-    let mut lora_slots: Vec<Option<u32>> = vec![None; cfg.max_loras];
+    let mut lora_slots: Vec<Option<LoraId>> = vec![None; cfg.max_loras];
     let mut done = 0usize;
     let total = pending.len();
 
@@ -236,7 +242,7 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
             l.spec.abort_mid_step == mid
                 && l.spec.abort_after.is_some_and(|a| l.added_at + a == step)
         };
-        let ids: Vec<u64> = live.keys().copied().collect();
+        let ids: Vec<SeqId> = live.keys().copied().collect();
         for id in ids {
             if live.get(&id).is_some_and(|l| abort_now(l, false)) {
                 prop_assert!(s.finish_request(id, FinishReason::Abort));
@@ -247,7 +253,7 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
         }
         check_blocks(&s)?;
 
-        let running_before: Vec<u64> = s.running_ids().to_vec();
+        let running_before: Vec<SeqId> = s.running_ids().to_vec();
         let out = s.schedule();
         prop_assert!(out.num_batched_tokens <= cfg.max_num_batched_tokens);
         prop_assert_eq!(
@@ -283,7 +289,7 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
             {
                 if let (Some(o), Some(l)) = (old, live.get(&r)) {
                     prop_assert!(
-                        l.spec.lora_id != o || o == ld.lora_id,
+                        l.spec.lora_id != Some(o) || o == ld.lora_id,
                         "slot {} swapped from adapter {} under running request {}: loads {:?}",
                         slot,
                         o,
@@ -294,22 +300,18 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
             }
             lora_slots[slot] = Some(ld.lora_id);
         }
-        let distinct: std::collections::HashSet<u32> = out
-            .seqs
-            .iter()
-            .map(|q| q.lora_id)
-            .filter(|&l| l != 0)
-            .collect();
+        let distinct: std::collections::HashSet<LoraId> =
+            out.seqs.iter().filter_map(|q| q.lora_id).collect();
         prop_assert!(distinct.len() <= cfg.max_loras);
         for q in &out.seqs {
             let l = &live[&q.id];
             prop_assert_eq!(q.lora_id, l.spec.lora_id);
-            if q.lora_id == 0 {
-                prop_assert_eq!(q.lora_slot, None);
-            } else {
+            if let Some(lora_id) = q.lora_id {
                 let slot = q.lora_slot.map(|s| s as usize);
                 prop_assert!(slot.is_some(), "adapter request {} without a slot", q.id);
-                prop_assert_eq!(lora_slots[slot.unwrap_or(0)], Some(q.lora_id));
+                prop_assert_eq!(lora_slots[slot.unwrap_or(0)], Some(lora_id));
+            } else {
+                prop_assert_eq!(q.lora_slot, None);
             }
             let nc = q.num_computed_tokens;
             let end = nc + q.token_ids.len();
@@ -319,7 +321,7 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
             prop_assert!(q.block_table.len() * bs >= end);
             prop_assert!(!q.block_table.contains(&NULL_BLOCK));
             let fp = l.fingerprints();
-            let slot = |p: usize| q.block_table[p / bs] as usize * bs + p % bs;
+            let slot = |p: usize| q.block_table[p / bs].index() * bs + p % bs;
             for (p, &f) in fp.iter().enumerate().take(nc) {
                 prop_assert_eq!(kv_mem[slot(p)], Some(f), "request {} position {}", q.id, p);
             }
@@ -337,7 +339,7 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
         }
 
         // Aborts while the model ran.
-        let ids: Vec<u64> = live.keys().copied().collect();
+        let ids: Vec<SeqId> = live.keys().copied().collect();
         for id in ids {
             if live.get(&id).is_some_and(|l| abort_now(l, true)) {
                 prop_assert!(s.finish_request(id, FinishReason::Abort));
@@ -347,13 +349,13 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
         }
 
         // Fake sampler over a tiny vocabulary (so outputs also share prefixes).
-        let sampled: Vec<(u64, u32)> = out
+        let sampled: Vec<(SeqId, u32)> = out
             .seqs
             .iter()
             .filter(|q| q.sample)
             .map(|q| {
                 let n = live.get(&q.id).map_or(0, |l| l.tokens.len());
-                (q.id, ((q.id as usize * 3 + n) % 4) as u32)
+                (q.id, ((q.id.0 as usize * 3 + n) % 4) as u32)
             })
             .collect();
         let capped = s
@@ -365,7 +367,7 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
             }
         }
         // Engine stop checks.
-        let ids: Vec<u64> = live.keys().copied().collect();
+        let ids: Vec<SeqId> = live.keys().copied().collect();
         for id in ids {
             let Some(l) = live.get(&id) else { continue };
             let outputs = l.tokens.len() - l.spec.prompt.len();
@@ -434,7 +436,7 @@ proptest! {
         specs in prop::collection::vec(spec().prop_map(|mut sp| {
             // Mostly the base model without salt, so that prompts can share blocks.
             if sp.max_tokens % 4 != 0 {
-                sp.lora_id = 0;
+                sp.lora_id = None;
                 sp.salt = None;
             }
             sp

@@ -4,8 +4,8 @@
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 use lantern_engine::{
-    EngineHandle, EngineSnapshot, LoraError, LoraInfo, RequestEvent, RequestLimits, SubmitError,
-    ValidParams,
+    EngineHandle, EngineSnapshot, LoraError, LoraId, LoraInfo, RequestEvent, RequestLimits,
+    SubmitError, ValidParams,
 };
 use std::future::Future;
 use tokenizers::Tokenizer;
@@ -46,7 +46,7 @@ pub trait Generate: Clone + Send + Sync + 'static {
     }
 
     /// The id of a loaded LoRA adapter (for [`lantern_engine::GenerationParams::lora_id`]).
-    fn lora_id(&self, name: &str) -> Option<u32>;
+    fn lora_id(&self, name: &str) -> Option<LoraId>;
 
     /// Loaded adapters, by name.
     fn loras(&self) -> Vec<LoraInfo>;
@@ -92,7 +92,7 @@ impl Generate for EngineHandle {
         self.info().vocab_size
     }
 
-    fn lora_id(&self, name: &str) -> Option<u32> {
+    fn lora_id(&self, name: &str) -> Option<LoraId> {
         EngineHandle::lora_id(self, name)
     }
 

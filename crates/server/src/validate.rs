@@ -57,7 +57,7 @@ pub fn generation_params(
         n,
         prompt_logprobs: None,
         // Set from `model` by the route.
-        lora_id: 0,
+        lora_id: None,
     })
 }
 

@@ -28,8 +28,8 @@ use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
 use super::{axpy, contiguous_window, Elem};
-use simd::{dot, dot4, expand_chunk};
 use crate::lora::{LoraDims, LoraPlan, LORA_SGMV_MIN_TOKENS};
+use simd::{dot, dot4, expand_chunk};
 
 /// Tokens per SGMV task (one rayon task; processed four tokens at a time).
 const TILE_TOKENS: usize = 32;

@@ -31,7 +31,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use lantern_engine::EngineHandle;
+use lantern_engine::{EngineHandle, LoraId};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -181,13 +181,13 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     })
 }
 
-/// The LoRA adapter id a request's `model` selects: 0 for the base model's names, the
-/// adapter's id for a loaded adapter's name, 404 otherwise.
-fn check_model<G: Generate>(ready: &Ready<G>, model: &str) -> Result<u32, ApiError> {
+/// The LoRA adapter a request's `model` selects: `None` for the base model's names, the
+/// adapter for a loaded adapter's name, 404 otherwise.
+fn check_model<G: Generate>(ready: &Ready<G>, model: &str) -> Result<Option<LoraId>, ApiError> {
     if ready.served_names.iter().any(|n| n == model) {
-        return Ok(0);
+        return Ok(None);
     }
-    ready.engine.lora_id(model).ok_or_else(|| {
+    ready.engine.lora_id(model).map(Some).ok_or_else(|| {
         ApiError::not_found(
             format!("The model `{model}` does not exist."),
             Some("model"),

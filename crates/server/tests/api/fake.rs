@@ -4,7 +4,7 @@
 
 use futures_util::stream::{self, StreamExt};
 use lantern_engine::{
-    EngineSnapshot, FinishReason, GenerationParams, LoraError, LoraInfo, RequestEvent,
+    EngineSnapshot, FinishReason, GenerationParams, LoraError, LoraId, LoraInfo, RequestEvent,
     RequestTiming, StopReason, SubmitError, TokenDelta, TokenLogprob, Usage, ValidParams,
 };
 use lantern_server::generate::{EventStream, Generate};
@@ -171,7 +171,7 @@ impl Generate for FakeEngine {
         VOCAB
     }
 
-    fn lora_id(&self, name: &str) -> Option<u32> {
+    fn lora_id(&self, name: &str) -> Option<LoraId> {
         let loras = self.0.loras.lock().unwrap();
         loras.iter().find(|l| l.name == name).map(|l| l.id)
     }
@@ -186,7 +186,7 @@ impl Generate for FakeEngine {
             return Err(LoraError::AlreadyLoaded(name.to_string()));
         }
         let info = LoraInfo {
-            id: loras.len() as u32 + 1,
+            id: LoraId(loras.len() as u32 + 1),
             name: name.to_string(),
             source: source.to_string(),
             path: source.into(),

@@ -5,7 +5,7 @@
 use super::fake::{delta, finished, FakeEngine};
 use super::*;
 use lantern_engine::{
-    EngineSnapshot, FinishReason, RequestEvent, StepStats, StopReason, TokenLogprob,
+    EngineSnapshot, FinishReason, LoraId, RequestEvent, StepStats, StopReason, TokenLogprob,
 };
 
 fn tok(e: &FakeEngine, id: u32) -> String {
@@ -320,7 +320,7 @@ async fn models_and_lora_admin() {
     let mut body = completion_body(json!("Hi"), 2);
     body["model"] = json!("ada");
     post_ok(&s, "/v1/completions", &body).await;
-    assert_eq!(engine.submitted()[0].1.lora_id, 1);
+    assert_eq!(engine.submitted()[0].1.lora_id, Some(LoraId(1)));
     let r = post(&s, "/v1/unload_lora_adapter", &json!({"lora_name": "ada"})).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "Success: LoRA adapter 'ada' removed successfully.");
