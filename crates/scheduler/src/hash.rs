@@ -41,12 +41,13 @@ pub fn hash_block(
     extra: &CacheKeyExtra<'_>,
 ) -> BlockHash {
     let parent = parent.map_or(ROOT_SEED, |h| h.0);
+    // The base model hashes as adapter 0 (adapter ids start at 1).
+    let lora = extra.lora_id.map_or(0, |l| l.0);
     let lane = |tag: u64| {
         let mut h = DefaultHasher::new();
         h.write_u64(tag);
         h.write_u128(parent);
-        // The base model hashes as adapter 0 (adapter ids start at 1).
-        h.write_u32(extra.lora_id.map_or(0, |l| l.0));
+        h.write_u32(lora);
         match extra.cache_salt {
             None => h.write_u8(0),
             Some(s) => {
