@@ -25,6 +25,11 @@
 //! metadata tensors (slots, block tables, adapter slots) are not copied back to the host for
 //! validation: out-of-range indices are skipped by the kernels rather than reported.
 //!
+//! Why hand-written: candle has no paged KV cache ops, no varlen paged attention, no
+//! per-token multi-LoRA op and no on-device sampler; the crates that have some of them
+//! (`candle-flash-attn`, vLLM's kernels) fetch CUTLASS or need Python/PyTorch at build time,
+//! and none has a CPU version that the CUDA kernels can be tested against.
+//!
 //! [`reference`] holds slow, obviously-correct implementations built from plain `Vec<f32>`
 //! math. They are the test oracle for the CPU kernels, which are in turn the oracle of the
 //! CUDA kernels (`tests/gpu.rs`).
