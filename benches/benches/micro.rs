@@ -136,6 +136,7 @@ fn sampler_bench(c: &mut Criterion) {
                 params: p,
                 logit_bias: &[],
                 logprobs: None,
+                allowed: None,
                 seed: i as u64,
                 prompt_tokens: &[],
                 output_tokens: &out,

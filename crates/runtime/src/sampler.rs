@@ -22,6 +22,9 @@ pub struct SampleRow<'a> {
     pub logit_bias: &'a [(u32, f32)],
     /// Number of top alternatives to return with the token (None: no logprobs at all).
     pub logprobs: Option<usize>,
+    /// Structured outputs: the tokens the row may sample, as a bitmask (token `t` is allowed
+    /// when bit `t % 32` of word `t / 32` is set; `vocab.div_ceil(32)` words). `None`: all.
+    pub allowed: Option<&'a [u32]>,
     /// The request's seed (drawn at random on arrival when the client gave none).
     pub seed: u64,
     pub prompt_tokens: &'a [u32],
@@ -103,7 +106,11 @@ pub fn sample_on(
         return Ok(Vec::new());
     }
     let kernel_rows: Vec<SamplingRow<'_>> = rows.iter().map(SampleRow::kernel_row).collect();
-    let ids = sample_ids(logits, &kernel_rows)?;
+    let ids = if rows.iter().any(|r| r.allowed.is_some()) {
+        sample_ids(&apply_allowed(logits, rows)?, &kernel_rows)?
+    } else {
+        sample_ids(logits, &kernel_rows)?
+    };
     let mut out: Vec<SampledToken> = ids
         .into_iter()
         .map(|token| SampledToken {
@@ -145,6 +152,32 @@ fn sample_ids(logits: &Tensor, rows: &[SamplingRow<'_>]) -> Result<Vec<u32>> {
     let batch = SamplingBatch::from_host(rows, logits.device())
         .map_err(|e| RuntimeError::InvalidBatch(format!("sampling parameters: {e}")))?;
     Ok(sample_tokens(logits, &batch)?.to_vec1::<u32>()?)
+}
+
+/// `logits` with every token a row's `allowed` bitmask leaves out set to `-inf` (rows
+/// without a mask are unchanged). The bitmasks are expanded into one `(rows, vocab)` u8 mask
+/// on the host and applied with `where_cond` on the logits' device. Logprobs are still taken
+/// from the unmasked logits (the model's distribution, as vLLM reports them).
+fn apply_allowed(logits: &Tensor, rows: &[SampleRow<'_>]) -> Result<Tensor> {
+    let (s, vocab) = logits.dims2()?;
+    let words = vocab.div_ceil(32);
+    let mut mask = vec![1u8; s * vocab];
+    for (r, row) in rows.iter().enumerate() {
+        let Some(bits) = row.allowed else { continue };
+        if bits.len() < words {
+            return Err(RuntimeError::InvalidBatch(format!(
+                "row {r}: allowed-token bitmask has {} words, {vocab} tokens need {words}",
+                bits.len()
+            )));
+        }
+        for (t, m) in mask[r * vocab..(r + 1) * vocab].iter_mut().enumerate() {
+            *m = ((bits[t / 32] >> (t % 32)) & 1) as u8;
+        }
+    }
+    let mask = Tensor::from_vec(mask, (s, vocab), logits.device())?;
+    let neg =
+        Tensor::full(f32::NEG_INFINITY, (s, vocab), logits.device())?.to_dtype(logits.dtype())?;
+    Ok(mask.where_cond(logits, &neg)?)
 }
 
 /// Indices of the rows whose request asked for logprobs, in batch order.
@@ -235,6 +268,7 @@ mod tests {
             params: p,
             logit_bias: &[],
             logprobs: None,
+            allowed: None,
             seed,
             prompt_tokens: &[],
             output_tokens: out,
@@ -597,6 +631,55 @@ mod tests {
         assert_eq!(s[0].token, 1);
         let lp = log_softmax(&[0.0, 3.0, 1.0]);
         assert!((s[0].logprob - lp[1]).abs() < 1e-6);
+    }
+
+    #[test]
+    fn allowed_bitmask_restricts_every_sampling_mode_and_keeps_raw_logprobs() {
+        // Token 1 dominates; only tokens 2 and 4 are allowed in row 0; row 1 is free.
+        let raw = vec![0.0f32, 9.0, 1.0, 0.5, 0.8, 3.0];
+        let l =
+            Tensor::from_vec([raw.clone(), raw.clone()].concat(), (2, 6), &Device::Cpu).unwrap();
+        let mask = [(1u32 << 2) | (1 << 4)];
+        for p in [
+            SamplingParams::greedy(),
+            SamplingParams::default(),
+            SamplingParams {
+                top_k: 1,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                top_p: 0.5,
+                min_p: 0.1,
+                ..SamplingParams::default()
+            },
+        ] {
+            for seed in 0..50 {
+                let rows = [
+                    SampleRow {
+                        allowed: Some(&mask),
+                        logprobs: Some(1),
+                        logit_bias: &[(1, 5.0), (3, 50.0)],
+                        ..row(&p, seed, &[])
+                    },
+                    row(&p, seed, &[]),
+                ];
+                let s = sample(&l, &rows).unwrap();
+                assert!(s[0].token == 2 || s[0].token == 4, "{p:?}: {}", s[0].token);
+                let lp = log_softmax(&raw);
+                let t = s[0].token as usize;
+                assert!((s[0].logprob - lp[t]).abs() < 1e-6, "raw distribution");
+                if p.temperature == 0.0 {
+                    assert_eq!(s[0].token, 2, "greedy among the allowed (1.0 > 0.8)");
+                    assert_eq!(s[1].token, 1, "the unmasked row is untouched");
+                }
+            }
+        }
+        let g = SamplingParams::greedy();
+        let short = SampleRow {
+            allowed: Some(&[]),
+            ..row(&g, 0, &[])
+        };
+        assert!(sample(&logits(vec![1.0; 40]), &[short]).is_err());
     }
 
     #[test]
