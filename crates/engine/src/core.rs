@@ -15,6 +15,7 @@ use crate::params::{FinishReason, RequestEvent};
 use crate::requests::{seq_id, Requests, SeqState};
 use crate::stats::{EngineSnapshot, StepStats};
 use crate::stop::StopMatcher;
+use crate::structured::Grammar;
 use crate::validation::ValidParams;
 use lantern_models::ModelConfig;
 use lantern_runtime::{ModelRunner, SampleRow, SeqChunk};
@@ -95,11 +96,12 @@ impl EngineCore {
                 group,
                 prompt,
                 params,
+                grammar,
                 events,
                 reply,
                 arrival,
             } => {
-                let r = self.add(group, prompt, *params, events, arrival);
+                let r = self.add(group, prompt, *params, grammar, events, arrival);
                 let _ = reply.send(r);
             }
             Command::Abort(group) => self.abort_group(group),
@@ -163,6 +165,7 @@ impl EngineCore {
         group: RequestId,
         prompt: Vec<u32>,
         params: ValidParams,
+        grammar: Option<Box<Grammar>>,
         events: tmpsc::UnboundedSender<RequestEvent>,
         arrival: Instant,
     ) -> Result<(), SubmitError> {
@@ -222,6 +225,7 @@ impl EngineCore {
                 num_cached: 0,
                 prompt_lps: (index == 0 && params.prompt_logprobs.is_some()).then(|| vec![None]),
                 prompt_lps_sent: false,
+                constraint: grammar.as_deref().map(Grammar::constraint),
             };
             seqs.push((seq_id(group, index), state));
         }
@@ -346,17 +350,35 @@ impl EngineCore {
             .iter()
             .map(|&id| self.banned_tokens(id))
             .collect();
+        // Structured outputs: the allowed tokens of every constrained row.
+        let mut mask_failed: Vec<SeqId> = Vec::new();
+        let masks: Vec<Option<Vec<u32>>> = sampled_seqs
+            .iter()
+            .map(|&id| {
+                let c = self.reqs.get_mut(id)?.constraint.as_mut()?;
+                match c.allowed() {
+                    Ok(words) => Some(words),
+                    Err(e) => {
+                        tracing::warn!(seq = id.0, error = %e, "structured-output mask failed");
+                        mask_failed.push(id);
+                        None
+                    }
+                }
+            })
+            .collect();
         let empty: Vec<u32> = Vec::new();
         let default_params = lantern_runtime::SamplingParams::greedy();
         let rows: Vec<SampleRow> = sampled_seqs
             .iter()
             .zip(&banned_lists)
-            .map(|(&id, banned)| {
+            .zip(&masks)
+            .map(|((&id, banned), mask)| {
                 let s = self.reqs.get(id);
                 SampleRow {
                     params: s.map(|s| &s.params.sampling).unwrap_or(&default_params),
                     logit_bias: s.map(|s| s.params.logit_bias.as_slice()).unwrap_or(&[]),
                     logprobs: s.and_then(|s| s.params.logprobs),
+                    allowed: mask.as_deref(),
                     seed: s.map(|s| s.seed).unwrap_or(0),
                     prompt_tokens: s.map(|s| s.prompt.as_slice()).unwrap_or(&empty),
                     output_tokens: self.sched.output_tokens(id).unwrap_or(&empty),
@@ -386,6 +408,10 @@ impl EngineCore {
         };
         let now = Instant::now();
         for (id, tok) in sampled_seqs.iter().zip(ran.sampled) {
+            if mask_failed.contains(id) {
+                self.fail_seq(*id, EngineError::Constraint);
+                continue;
+            }
             let at_max = reached_max.contains(id);
             self.on_token(*id, tok, at_max, now);
         }

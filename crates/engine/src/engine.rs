@@ -7,6 +7,7 @@ use crate::handle::EngineHandle;
 use crate::lora::{HostLoras, LoraRegistry};
 use crate::requests::Requests;
 use crate::stats::EngineSnapshot;
+use crate::structured::GrammarCompiler;
 use lantern_models::{LoadedModel, ModelMeta};
 use lantern_runtime::{KvCacheSize, ModelBackend, ModelRunner, RunnerConfig};
 use lantern_scheduler::{Scheduler, SchedulerConfig};
@@ -150,6 +151,11 @@ impl Engine {
             base_seed,
             shutting_down: false,
         };
+        let grammars = Arc::new(GrammarCompiler::new(
+            tokenizer.clone(),
+            vocab_size,
+            info.eos_token_ids.clone(),
+        ));
         let thread = std::thread::Builder::new()
             .name("lantern-engine".into())
             .spawn(move || core.run())
@@ -163,6 +169,7 @@ impl Engine {
                 snapshot: snap_rx,
                 loras: Arc::new(RwLock::new(LoraRegistry::default())),
                 lora_cfg: cfg.lora,
+                grammars,
             },
             thread: Some(thread),
         })

@@ -35,6 +35,9 @@ pub enum EngineError {
     Stopped,
     #[error("the request's LoRA adapter could not be loaded")]
     AdapterLoad,
+    /// The structured-output matcher failed mid-generation (logged); only this request ends.
+    #[error("the request's output constraint failed")]
+    Constraint,
 }
 
 /// Why the engine could not start (`lantern serve` prints it and exits).

@@ -8,6 +8,7 @@ use crate::lora::{check_name, now_unix, LoraConfig, LoraError, LoraInfo, LoraReg
 use crate::params::RequestId;
 use crate::params::{GenerationParams, RequestEvent};
 use crate::stats::EngineSnapshot;
+use crate::structured::{Grammar, GrammarCompiler};
 use crate::validation::{check_prompt, RequestLimits, ValidParams, ValidationError};
 use lantern_models::LoraAdapter;
 use lantern_scheduler::LoraId;
@@ -24,6 +25,8 @@ pub(crate) enum Command {
         group: RequestId,
         prompt: Vec<u32>,
         params: Box<ValidParams>,
+        /// The compiled structured-output grammar, if the request has one.
+        grammar: Option<Box<Grammar>>,
         events: tmpsc::UnboundedSender<RequestEvent>,
         reply: oneshot::Sender<Result<(), SubmitError>>,
         arrival: Instant,
@@ -111,6 +114,7 @@ pub struct EngineHandle {
     pub(crate) snapshot: watch::Receiver<EngineSnapshot>,
     pub(crate) loras: Arc<RwLock<LoraRegistry>>,
     pub(crate) lora_cfg: Option<LoraConfig>,
+    pub(crate) grammars: Arc<GrammarCompiler>,
 }
 
 impl EngineHandle {
@@ -268,6 +272,12 @@ impl EngineHandle {
         params: ValidParams,
     ) -> Result<(RequestStream, oneshot::Receiver<Result<(), SubmitError>>), SubmitError> {
         check_prompt(&prompt, &params, &self.limits())?;
+        // Compiled here, on the caller's thread (never the engine's), within llguidance's
+        // limits; an invalid grammar is a 400 before anything is queued.
+        let grammar = match &params.structured {
+            Some(req) => Some(Box::new(self.grammars.compile(req)?)),
+            None => None,
+        };
         let group = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = tmpsc::unbounded_channel();
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -276,6 +286,7 @@ impl EngineHandle {
                 group,
                 prompt,
                 params: Box::new(params),
+                grammar,
                 events: tx,
                 reply: reply_tx,
                 arrival: Instant::now(),

@@ -20,6 +20,8 @@
 //!   boundaries, never leaked).
 //! - [`validation`]: the one validator of request parameters ([`GenerationParams`] ->
 //!   [`ValidParams`], the only type [`EngineHandle::submit`] takes) and its bounds.
+//! - [`structured`]: structured outputs (llguidance grammars compiled on the submitting
+//!   thread, one matcher per sequence, allowed-token bitmasks applied before sampling).
 //! - [`EngineSnapshot`] (a `watch` channel) publishes per-step stats for metrics.
 
 mod config;
@@ -36,6 +38,7 @@ mod requests;
 mod siblings;
 mod stats;
 pub mod stop;
+pub mod structured;
 pub mod validation;
 
 pub use config::{EngineConfig, ModelInfo};
@@ -51,4 +54,5 @@ pub use params::{
     TokenLogprob, Usage,
 };
 pub use stats::{EngineSnapshot, StepPhaseSeconds, StepStats};
+pub use structured::{StructuredOutput, StructuredRequest};
 pub use validation::{RequestLimits, ValidParams, ValidationError};

@@ -9,6 +9,7 @@ use crate::error::EngineError;
 use crate::params::{
     FinishReason, RequestEvent, RequestTiming, StopReason, TokenDelta, TokenLogprob, Usage,
 };
+use crate::structured::Progress;
 use lantern_runtime::{sampler, SampledToken};
 use lantern_scheduler::SeqId;
 use std::time::Instant;
@@ -69,6 +70,18 @@ impl EngineCore {
         } else {
             Vec::new()
         };
+        // Structured outputs: advance the grammar; a complete grammar ends the sequence.
+        let mut grammar_done = false;
+        if let Some(c) = s.constraint.as_mut() {
+            match c.consume(tok.token, eos_ids.contains(&tok.token)) {
+                Ok(p) => grammar_done = p == Progress::Done,
+                Err(e) => {
+                    tracing::warn!(seq = id.0, error = %e, "structured-output matcher failed");
+                    self.fail_seq(id, EngineError::Constraint);
+                    return;
+                }
+            }
+        }
         let past_min = s.num_output > s.params.min_tokens;
         let mut stop_reason = None;
         if past_min && !s.params.ignore_eos && eos_ids.contains(&tok.token) {
@@ -104,6 +117,8 @@ impl EngineCore {
         }));
         if let Some(r) = stop_reason {
             self.finish(id, FinishReason::Stop, Some(r));
+        } else if grammar_done {
+            self.finish(id, FinishReason::Stop, None);
         } else if at_max {
             self.finish(id, FinishReason::Length, None);
         }

@@ -1,5 +1,6 @@
 //! Per-request parameters and the events a request produces.
 
+use crate::structured::StructuredRequest;
 use lantern_runtime::SamplingParams;
 use lantern_scheduler::LoraId;
 use std::time::Instant;
@@ -36,6 +37,8 @@ pub struct GenerationParams {
     pub prompt_logprobs: Option<usize>,
     /// LoRA adapter from [`crate::EngineHandle::lora_id`]; `None` = the base model.
     pub lora_id: Option<LoraId>,
+    /// Structured outputs: what the output must match (compiled when submitted).
+    pub structured: Option<StructuredRequest>,
 }
 
 impl Default for GenerationParams {
@@ -57,6 +60,7 @@ impl Default for GenerationParams {
             n: 1,
             prompt_logprobs: None,
             lora_id: None,
+            structured: None,
         }
     }
 }

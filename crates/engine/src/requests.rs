@@ -9,6 +9,7 @@ use crate::detok::IncrementalDetokenizer;
 use crate::params::RequestId;
 use crate::params::{GenerationParams, RequestEvent, TokenLogprob};
 use crate::stop::StopMatcher;
+use crate::structured::Constraint;
 use lantern_scheduler::{LoraId, SchedRequest, SeqId};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub(crate) struct SeqState {
     /// Prompt logprobs collected so far (index = prompt position); `Some` when asked for.
     pub prompt_lps: Option<Vec<Option<TokenLogprob>>>,
     pub prompt_lps_sent: bool,
+    /// Structured outputs: this sequence's matcher.
+    pub constraint: Option<Constraint>,
 }
 
 impl SeqState {

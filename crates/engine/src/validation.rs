@@ -81,6 +81,11 @@ pub enum ValidationError {
     StopTokenId { token: u32, vocab_size: usize },
     #[error("`cache_salt` must not be empty")]
     EmptyCacheSalt,
+    /// A structured-output request (`response_format`, `structured_outputs`, `guided_*`)
+    /// that cannot be compiled: an invalid schema, regex or grammar, a JSON-schema feature
+    /// the grammar engine does not enforce, or one over its size limits.
+    #[error("`{field}`: {reason}")]
+    Grammar { field: &'static str, reason: String },
     #[error("the prompt is empty; send at least one token")]
     EmptyPrompt,
     #[error("token id {token} is out of the vocabulary (0..{vocab_size})")]
@@ -130,6 +135,7 @@ impl ValidationError {
             Self::StopCount(_) | Self::EmptyStop => "stop",
             Self::StopTokenId { .. } => "stop_token_ids",
             Self::EmptyCacheSalt => "cache_salt",
+            Self::Grammar { field, .. } => field,
             Self::EmptyPrompt | Self::TokenId { .. } | Self::TooLong { .. } => "prompt",
         }
     }
