@@ -104,3 +104,59 @@ fn chat_logprobs() {
     let r = post(&s.url("/v1/chat/completions"), &bad);
     assert_error(&r, 400, Some("top_logprobs"));
 }
+
+#[test]
+fn response_format_json_schema_constrains_the_reply_and_bad_schemas_are_400() {
+    let s = shared();
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 12},
+            "rainy": {"type": "boolean"}
+        },
+        "required": ["city", "rainy"],
+        "additionalProperties": false
+    });
+    let mut body = chat_body("What is the weather in Paris? Answer in JSON.", 120);
+    body["response_format"] = json!({
+        "type": "json_schema",
+        "json_schema": {"name": "weather", "schema": schema, "strict": true}
+    });
+    for stream in [false, true] {
+        let content = if stream {
+            let mut sbody = body.clone();
+            sbody["stream"] = json!(true);
+            let chunks = stream_chunks(&s.url("/v1/chat/completions"), &sbody);
+            let (content, finish, _) = check_chat_stream(&chunks, false);
+            assert_eq!(finish, "stop");
+            content
+        } else {
+            let v = post_ok(&s.url("/v1/chat/completions"), &body);
+            check_chat_shape(&v);
+            assert_eq!(v["choices"][0]["finish_reason"], "stop");
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let reply: Value =
+            serde_json::from_str(&content).unwrap_or_else(|e| panic!("{e}: {content}"));
+        assert!(
+            reply["city"].as_str().unwrap().chars().count() <= 12,
+            "{reply}"
+        );
+        assert!(reply["rainy"].is_boolean(), "{reply}");
+        assert_eq!(reply.as_object().unwrap().len(), 2, "{reply}");
+    }
+    // The completions endpoint takes vLLM's structured_outputs.
+    let mut cbody = completion_body(json!("The answer is"), 8);
+    cbody["structured_outputs"] = json!({"choice": ["yes", "no"]});
+    let v = post_ok(&s.url("/v1/completions"), &cbody);
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert!(text == "yes" || text == "no", "{text:?}");
+    // A schema the grammar engine cannot enforce is refused before queueing, naming the field.
+    body["response_format"]["json_schema"]["schema"] = json!({"type": "string", "format": "color"});
+    let r = post(&s.url("/v1/chat/completions"), &body);
+    let msg = assert_error(&r, 400, Some("response_format"));
+    assert!(msg.contains("color"), "{msg}");
+}

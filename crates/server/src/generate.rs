@@ -67,7 +67,16 @@ impl Generate for EngineHandle {
         prompt: Vec<u32>,
         params: ValidParams,
     ) -> Result<EventStream, SubmitError> {
-        let s = EngineHandle::submit(self, prompt, params).await?;
+        let s = if params.structured.is_some() {
+            // Compiling the grammar (and, the first time, the model's token trie) is CPU
+            // work: keep it off the async workers.
+            let h = self.clone();
+            tokio::task::spawn_blocking(move || h.submit_blocking(prompt, params))
+                .await
+                .map_err(|_| SubmitError::EngineStopped)??
+        } else {
+            EngineHandle::submit(self, prompt, params).await?
+        };
         // The stream owns the `RequestStream`, so dropping it still cancels the request.
         Ok(stream::unfold(s, |mut s| async move { s.next().await.map(|ev| (ev, s)) }).boxed())
     }

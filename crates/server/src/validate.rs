@@ -5,7 +5,10 @@
 use crate::error::ApiError;
 use crate::protocol::CommonParams;
 use lantern_engine::validation::{check_best_of, logit_bias_token, top_k_from_openai};
-use lantern_engine::{GenerationParams, SamplingParams, ValidationError};
+use lantern_engine::{
+    GenerationParams, SamplingParams, StructuredOutput, StructuredRequest, ValidationError,
+};
+use serde_json::Value;
 
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
@@ -58,7 +61,164 @@ pub fn generation_params(
         prompt_logprobs: None,
         // Set from `model` by the route.
         lora_id: None,
+        structured: structured_request(c)?,
     })
+}
+
+fn bad(field: &'static str, reason: impl Into<String>) -> ValidationError {
+    ValidationError::Grammar {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// The structured-output constraint of a request, with vLLM's precedence: `structured_outputs`
+/// wins over the older `guided_*` fields (which are then ignored), and `response_format`
+/// (`json_object` / `json_schema`) adds to it. More than one kind of constraint, or a field
+/// this server does not implement, is an error naming the field.
+pub fn structured_request(c: &CommonParams) -> Result<Option<StructuredRequest>, ValidationError> {
+    let mut found: Vec<StructuredRequest> = Vec::new();
+    let mut push = |field, spec| found.push(StructuredRequest { spec, field });
+    if let Some(so) = &c.structured_outputs {
+        let obj = so
+            .as_object()
+            .ok_or_else(|| bad("structured_outputs", "must be an object"))?;
+        for (k, v) in obj {
+            match k.as_str() {
+                "json" => push("structured_outputs", json_spec("structured_outputs", v)?),
+                "regex" => push(
+                    "structured_outputs",
+                    StructuredOutput::Regex(string_field("structured_outputs", "regex", v)?),
+                ),
+                "choice" => push(
+                    "structured_outputs",
+                    StructuredOutput::Choice(choices("structured_outputs", v)?),
+                ),
+                "grammar" => push(
+                    "structured_outputs",
+                    StructuredOutput::Lark(string_field("structured_outputs", "grammar", v)?),
+                ),
+                "json_object" => {
+                    if v.as_bool() == Some(true) {
+                        push("structured_outputs", StructuredOutput::JsonObject);
+                    }
+                }
+                // Accepted and meaningless here: there is one backend and no fallback.
+                "backend" | "disable_fallback" => {}
+                "disable_any_whitespace" => {
+                    if v.as_bool() == Some(false) {
+                        return Err(bad(
+                            "structured_outputs",
+                            "`disable_any_whitespace: false` is not supported: JSON output is always compact",
+                        ));
+                    }
+                }
+                other => {
+                    return Err(bad(
+                        "structured_outputs",
+                        format!("`{other}` is not supported (use json, regex, choice, grammar or json_object)"),
+                    ))
+                }
+            }
+        }
+    } else {
+        if let Some(v) = &c.guided_json {
+            push("guided_json", json_spec("guided_json", v)?);
+        }
+        if let Some(rx) = &c.guided_regex {
+            push("guided_regex", StructuredOutput::Regex(rx.clone()));
+        }
+        if let Some(ch) = &c.guided_choice {
+            if ch.is_empty() {
+                return Err(bad("guided_choice", "the list of choices is empty"));
+            }
+            push("guided_choice", StructuredOutput::Choice(ch.clone()));
+        }
+        if let Some(g) = &c.guided_grammar {
+            push("guided_grammar", StructuredOutput::Lark(g.clone()));
+        }
+        if c.guided_whitespace_pattern.is_some() {
+            return Err(bad(
+                "guided_whitespace_pattern",
+                "is not supported: JSON output is always compact",
+            ));
+        }
+    }
+    if let Some(b) = &c.guided_decoding_backend {
+        if !matches!(b.as_str(), "auto" | "guidance" | "llguidance") {
+            return Err(bad(
+                "guided_decoding_backend",
+                format!("`{b}` is not available; this server uses llguidance"),
+            ));
+        }
+    }
+    if let Some(rf) = &c.response_format {
+        let ty = rf.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        match ty {
+            "text" => {}
+            "json_object" => push("response_format", StructuredOutput::JsonObject),
+            "json_schema" => {
+                let schema = rf
+                    .get("json_schema")
+                    .and_then(|j| j.get("schema"))
+                    .ok_or_else(|| {
+                        bad(
+                            "response_format",
+                            "`json_schema.schema` is missing (send {\"type\": \"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": {...}}})",
+                        )
+                    })?;
+                push("response_format", json_spec("response_format", schema)?);
+            }
+            other => {
+                return Err(bad(
+                    "response_format",
+                    format!(
+                        "type `{other}` is not supported (use text, json_object or json_schema)"
+                    ),
+                ))
+            }
+        }
+    }
+    if found.len() > 1 {
+        let fields: Vec<&str> = found.iter().map(|f| f.field).collect();
+        return Err(bad(
+            found[0].field,
+            format!(
+                "only one kind of structured-output constraint can be used per request, got {} (from {})",
+                found.len(),
+                fields.join(", ")
+            ),
+        ));
+    }
+    Ok(found.pop())
+}
+
+/// A JSON schema given as an object (or a JSON string holding one, as vLLM accepts).
+fn json_spec(field: &'static str, v: &Value) -> Result<StructuredOutput, ValidationError> {
+    let schema = match v {
+        Value::String(s) => serde_json::from_str(s)
+            .map_err(|e| bad(field, format!("the JSON schema is not valid JSON: {e}")))?,
+        Value::Object(_) | Value::Bool(_) => v.clone(),
+        _ => return Err(bad(field, "the JSON schema must be an object")),
+    };
+    Ok(StructuredOutput::JsonSchema(schema))
+}
+
+fn string_field(field: &'static str, key: &str, v: &Value) -> Result<String, ValidationError> {
+    v.as_str()
+        .map(str::to_string)
+        .ok_or_else(|| bad(field, format!("`{key}` must be a string")))
+}
+
+fn choices(field: &'static str, v: &Value) -> Result<Vec<String>, ValidationError> {
+    let list: Vec<String> = v
+        .as_array()
+        .and_then(|a| a.iter().map(|c| c.as_str().map(str::to_string)).collect())
+        .ok_or_else(|| bad(field, "`choice` must be an array of strings"))?;
+    if list.is_empty() {
+        return Err(bad(field, "the list of choices is empty"));
+    }
+    Ok(list)
 }
 
 /// Checks chat messages and flattens text-part arrays; images/audio are refused.

@@ -52,6 +52,16 @@ pub struct CommonParams {
     pub priority: Option<i32>,
     pub cache_salt: Option<String>,
     pub best_of: Option<usize>,
+    // Structured outputs: OpenAI's `response_format`, vLLM's `structured_outputs` and the
+    // older `guided_*` fields (see `validate::structured_request`).
+    pub response_format: Option<serde_json::Value>,
+    pub structured_outputs: Option<serde_json::Value>,
+    pub guided_json: Option<serde_json::Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
+    pub guided_whitespace_pattern: Option<String>,
+    pub guided_decoding_backend: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,7 +74,6 @@ pub struct ChatRequest {
     pub top_logprobs: Option<usize>,
     pub tools: Option<Vec<serde_json::Value>>,
     pub tool_choice: Option<serde_json::Value>,
-    pub response_format: Option<serde_json::Value>,
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     pub add_generation_prompt: Option<bool>,
     #[serde(flatten)]

@@ -29,15 +29,6 @@ async fn chat_inner<G: Generate>(
     let ready = state.ready()?;
     let req: ChatRequest = parse_body(&body_bytes(body)?)?;
     let lora_id = check_model(ready, &req.model)?;
-    if let Some(rf) = &req.response_format {
-        let ty = rf.get("type").and_then(|t| t.as_str()).unwrap_or("");
-        if ty != "text" {
-            return Err(ApiError::bad_request(
-                format!("`response_format` type `{ty}` (structured output) is not supported yet; omit it or use `text`"),
-                Some("response_format"),
-            ));
-        }
-    }
     if let Some(tc) = &req.tool_choice {
         let ok = matches!(tc.as_str(), Some("none") | Some("auto"));
         if !ok {

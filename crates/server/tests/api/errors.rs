@@ -144,24 +144,119 @@ async fn error_images_in_chat() {
 }
 
 #[tokio::test]
-async fn error_response_format_json() {
+async fn structured_output_fields_map_to_one_constraint() {
+    use lantern_engine::StructuredOutput as S;
+    let engine = FakeEngine::new();
+    let s = app(engine.clone());
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+    let cases: Vec<(Value, Option<(S, &str)>)> = vec![
+        (json!({"response_format": {"type": "text"}}), None),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            Some((S::JsonObject, "response_format")),
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}),
+            Some((S::JsonSchema(schema.clone()), "response_format")),
+        ),
+        (
+            json!({"structured_outputs": {"choice": ["a", "b"]}}),
+            Some((
+                S::Choice(vec!["a".into(), "b".into()]),
+                "structured_outputs",
+            )),
+        ),
+        (
+            json!({"structured_outputs": {"json": schema.to_string()}}),
+            Some((S::JsonSchema(schema.clone()), "structured_outputs")),
+        ),
+        (
+            json!({"guided_regex": "[0-9]+", "guided_decoding_backend": "guidance"}),
+            Some((S::Regex("[0-9]+".into()), "guided_regex")),
+        ),
+        (
+            json!({"guided_grammar": "start: \"x\""}),
+            Some((S::Lark("start: \"x\"".into()), "guided_grammar")),
+        ),
+        // structured_outputs wins; the older guided_* fields are then ignored (vLLM).
+        (
+            json!({"structured_outputs": {"regex": "a+"}, "guided_json": schema}),
+            Some((S::Regex("a+".into()), "structured_outputs")),
+        ),
+    ];
+    for (i, (extra, want)) in cases.into_iter().enumerate() {
+        for path in ["/v1/chat/completions", "/v1/completions"] {
+            let mut body = if path.contains("chat") {
+                chat_body("Hello", 2)
+            } else {
+                completion_body(json!("Hello"), 2)
+            };
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            post_ok(&s, path, &body).await;
+            let got = engine.submitted().last().unwrap().1.structured.clone();
+            let got = got.map(|r| (r.spec, r.field));
+            assert_eq!(got, want.clone(), "case {i} on {path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_structured_output_requests_name_the_field() {
     let s = app(FakeEngine::new());
-    for rf in [
-        json!({"type": "json_object"}),
-        json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}),
-    ] {
+    let cases = [
+        (
+            json!({"response_format": {"type": "structural_tag"}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+            "response_format",
+        ),
+        (
+            json!({"structured_outputs": {"json": 3}}),
+            "structured_outputs",
+        ),
+        (
+            json!({"structured_outputs": {"choice": []}}),
+            "structured_outputs",
+        ),
+        (
+            json!({"structured_outputs": {"whitespace_pattern": " "}}),
+            "structured_outputs",
+        ),
+        (json!({"structured_outputs": "x"}), "structured_outputs"),
+        (
+            json!({"guided_whitespace_pattern": " *"}),
+            "guided_whitespace_pattern",
+        ),
+        (
+            json!({"guided_decoding_backend": "xgrammar"}),
+            "guided_decoding_backend",
+        ),
+        (json!({"guided_choice": []}), "guided_choice"),
+        (
+            json!({"structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}}),
+            "structured_outputs",
+        ),
+        (
+            json!({"guided_regex": "a", "guided_choice": ["b"]}),
+            "guided_regex",
+        ),
+    ];
+    for (extra, field) in cases {
         let mut body = chat_body("Hello", 4);
-        body["response_format"] = rf;
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
         let msg = assert_error(
             &post(&s, "/v1/chat/completions", &body).await,
             400,
-            Some("response_format"),
+            Some(field),
         );
-        assert!(msg.contains("response_format"), "{msg}");
+        assert!(msg.contains(field), "{extra}: {msg}");
     }
-    let mut body = chat_body("Hello", 2);
-    body["response_format"] = json!({"type": "text"});
-    post_ok(&s, "/v1/chat/completions", &body).await;
 }
 
 #[tokio::test]
