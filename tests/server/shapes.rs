@@ -116,6 +116,11 @@ pub fn check_chat_shape(v: &Value) {
         assert_eq!(c["index"], json!(i));
         assert_eq!(c["message"]["role"], "assistant");
         assert!(c["message"]["content"].is_string());
+        let refusal = c["message"].get("refusal");
+        assert!(
+            refusal.is_some_and(Value::is_null),
+            "refusal: null is required: {v}"
+        );
         assert!(matches!(
             c["finish_reason"].as_str(),
             Some("stop" | "length")

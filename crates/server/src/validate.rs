@@ -275,6 +275,10 @@ pub fn chat_messages(messages: &[serde_json::Value]) -> Result<Vec<serde_json::V
                                     Some("messages"),
                                 )
                             })?;
+                            // Parts are joined by newlines, as vLLM does.
+                            if j > 0 {
+                                text.push('\n');
+                            }
                             text.push_str(t);
                         }
                         "image_url" | "input_image" | "image" | "input_audio" | "audio" | "file" | "video_url" => {

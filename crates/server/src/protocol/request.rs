@@ -76,6 +76,8 @@ pub struct ChatRequest {
     pub tool_choice: Option<serde_json::Value>,
     pub chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     pub add_generation_prompt: Option<bool>,
+    /// Continue the final (assistant) message instead of starting a new one (vLLM).
+    pub continue_final_message: Option<bool>,
     #[serde(flatten)]
     pub common: CommonParams,
 }

@@ -110,6 +110,8 @@ pub struct ChatMessage {
     /// Always `"assistant"`.
     pub role: &'static str,
     pub content: String,
+    /// Always `null` (present because OpenAI's schema requires the key).
+    pub refusal: Option<String>,
     /// Tool calls are not parsed out of the output (yet): always empty.
     pub tool_calls: Vec<serde_json::Value>,
 }

@@ -59,13 +59,23 @@ async fn chat_inner<G: Generate>(
         Some("none") => None,
         _ => req.tools.as_deref(),
     };
-    let text = render_chat(
+    let continue_final = req.continue_final_message.unwrap_or(false);
+    if continue_final && req.add_generation_prompt == Some(true) {
+        return Err(ApiError::bad_request(
+            "`continue_final_message` and `add_generation_prompt` cannot both be true",
+            Some("continue_final_message"),
+        ));
+    }
+    let mut text = render_chat(
         ready,
         &req.messages,
         tools,
-        req.add_generation_prompt.unwrap_or(true),
+        req.add_generation_prompt.unwrap_or(!continue_final),
         req.chat_template_kwargs.as_ref(),
     )?;
+    if continue_final {
+        continue_final_message(&mut text, &req.messages)?;
+    }
     let ids = encode(ready, &text, false)?;
     let shape = Shape {
         kind: Kind::Chat,
@@ -119,4 +129,34 @@ pub(super) fn render_chat<G: Generate>(
             kwargs.unwrap_or(&empty),
         )
         .map_err(|e| ApiError::bad_request(format!("chat template error: {e}"), Some("messages")))
+}
+
+/// Cuts the rendered conversation right after the final message's text, dropping the
+/// template's end-of-turn markup, so generation continues that message (vLLM's and
+/// transformers' `continue_final_message`).
+fn continue_final_message(text: &mut String, messages: &[Value]) -> Result<(), ApiError> {
+    let bad = |m: &str| ApiError::bad_request(m.to_string(), Some("continue_final_message"));
+    let last = messages
+        .last()
+        .ok_or_else(|| bad("`continue_final_message` needs a final message to continue"))?;
+    if last.get("role").and_then(Value::as_str) != Some("assistant") {
+        return Err(bad(
+            "`continue_final_message` needs the final message to be from the assistant",
+        ));
+    }
+    let content = chat_messages(std::slice::from_ref(last))?
+        .first()
+        .and_then(|m| m.get("content").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default();
+    let content = content.trim();
+    if content.is_empty() {
+        return Err(bad(
+            "`continue_final_message` needs the final message to have content",
+        ));
+    }
+    let at = text.rfind(content).ok_or_else(|| {
+        bad("the chat template does not render the final message's text verbatim, so it cannot be continued")
+    })?;
+    text.truncate(at + content.len());
+    Ok(())
 }

@@ -283,6 +283,7 @@ async fn collect_response<G: Generate>(
                     message: ChatMessage {
                         role: "assistant",
                         content: c.text,
+                        refusal: None,
                         tool_calls: Vec::new(),
                     },
                     stop_reason: c.stop_reason,

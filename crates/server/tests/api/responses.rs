@@ -83,7 +83,7 @@ async fn chat_body_is_exact() {
         "id": "chatcmpl-X", "object": "chat.completion", "created": 0, "model": "tiny",
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": " ok", "tool_calls": []},
+            "message": {"role": "assistant", "content": " ok", "refusal": null, "tool_calls": []},
             "logprobs": {"content": [first]},
             "finish_reason": "stop",
             "stop_reason": "\n",
@@ -102,6 +102,43 @@ async fn chat_body_is_exact() {
     );
     assert_eq!(params.max_tokens, Some(5));
     assert_eq!(params.logprobs, Some(2));
+}
+
+#[tokio::test]
+async fn chat_prompts_join_text_parts_and_continue_the_final_message() {
+    let engine = FakeEngine::new();
+    let s = app(engine.clone());
+    let mut body = chat_body("x", 2);
+    body["messages"] = json!([{"role": "user", "content": [
+        {"type": "text", "text": "first"}, {"type": "text", "text": "second"}]}]);
+    post_ok(&s, "/v1/chat/completions", &body).await;
+    let text = engine_text(&engine, &engine.submitted()[0].0);
+    assert!(text.contains("first\nsecond"), "{text:?}");
+    // continue_final_message: no end-of-turn after the assistant's text, no new turn.
+    body["messages"] = json!([
+        {"role": "user", "content": "Tell a story"},
+        {"role": "assistant", "content": "Once upon a"}
+    ]);
+    body["continue_final_message"] = json!(true);
+    post_ok(&s, "/v1/chat/completions", &body).await;
+    let text = engine_text(&engine, &engine.submitted()[1].0);
+    assert!(
+        text.ends_with("<|im_start|>assistant\nOnce upon a"),
+        "{text:?}"
+    );
+    body["add_generation_prompt"] = json!(true);
+    assert_error(
+        &post(&s, "/v1/chat/completions", &body).await,
+        400,
+        Some("continue_final_message"),
+    );
+    body["add_generation_prompt"] = json!(false);
+    body["messages"] = json!([{"role": "user", "content": "Hi"}]);
+    assert_error(
+        &post(&s, "/v1/chat/completions", &body).await,
+        400,
+        Some("continue_final_message"),
+    );
 }
 
 fn engine_text(e: &FakeEngine, ids: &[u32]) -> String {
