@@ -15,7 +15,7 @@ use crate::params::{FinishReason, RequestEvent};
 use crate::requests::{seq_id, Requests, SeqState};
 use crate::stats::{EngineSnapshot, StepStats};
 use crate::stop::StopMatcher;
-use crate::structured::Grammar;
+use crate::structured::{Constraint, Grammar};
 use crate::validation::ValidParams;
 use lantern_models::ModelConfig;
 use lantern_runtime::{ModelRunner, SampleRow, SeqChunk};
@@ -350,22 +350,49 @@ impl EngineCore {
             .iter()
             .map(|&id| self.banned_tokens(id))
             .collect();
-        // Structured outputs: the allowed tokens of every constrained row.
-        let mut mask_failed: Vec<SeqId> = Vec::new();
-        let masks: Vec<Option<Vec<u32>>> = sampled_seqs
+        // Structured outputs: the allowed tokens of every constrained row are computed on a
+        // helper thread while the model runs (the matchers are lent to it and put back).
+        let mut lent: Vec<(usize, Constraint)> = sampled_seqs
             .iter()
-            .map(|&id| {
-                let c = self.reqs.get_mut(id)?.constraint.as_mut()?;
-                match c.allowed() {
-                    Ok(words) => Some(words),
-                    Err(e) => {
-                        tracing::warn!(seq = id.0, error = %e, "structured-output mask failed");
-                        mask_failed.push(id);
-                        None
-                    }
-                }
-            })
+            .enumerate()
+            .filter_map(|(i, &id)| Some((i, self.reqs.get_mut(id)?.constraint.take()?)))
             .collect();
+        let runner = &self.runner;
+        let (fwd, computed) = if lent.is_empty() {
+            (runner.forward_step(&chunks), Vec::new())
+        } else {
+            std::thread::scope(|scope| {
+                let masks = scope.spawn(|| {
+                    lent.iter_mut()
+                        .map(|(i, c)| (*i, c.allowed()))
+                        .collect::<Vec<_>>()
+                });
+                let fwd = runner.forward_step(&chunks);
+                (fwd, masks.join().unwrap_or_default())
+            })
+        };
+        let mut masks: Vec<Option<Vec<u32>>> = vec![None; sampled_seqs.len()];
+        let mut mask_failed: Vec<SeqId> = Vec::new();
+        // In `lent` order; empty if the helper thread panicked (then every row fails).
+        let mut results = computed.into_iter();
+        for (i, c) in lent {
+            let id = sampled_seqs[i];
+            match results.next().filter(|(j, _)| *j == i).map(|(_, r)| r) {
+                Some(Ok(words)) => masks[i] = Some(words),
+                Some(Err(e)) => {
+                    tracing::warn!(seq = id.0, error = %e, "structured-output mask failed");
+                    mask_failed.push(id);
+                }
+                None => mask_failed.push(id),
+            }
+            if let Some(s) = self.reqs.get_mut(id) {
+                s.constraint = Some(c);
+            }
+        }
+        let fwd = match fwd {
+            Ok(f) => f,
+            Err(e) => return self.fail_batch(&out, "the forward pass", &e),
+        };
         let empty: Vec<u32> = Vec::new();
         let default_params = lantern_runtime::SamplingParams::greedy();
         let rows: Vec<SampleRow> = sampled_seqs
@@ -386,9 +413,9 @@ impl EngineCore {
                 }
             })
             .collect();
-        let ran = match self.runner.step(&chunks, &rows) {
+        let ran = match self.runner.sample_step(fwd, &rows) {
             Ok(r) => r,
-            Err(e) => return self.fail_batch(&out, "the forward pass or sampling", &e),
+            Err(e) => return self.fail_batch(&out, "sampling", &e),
         };
         let t_exec = t_sched + Duration::from_secs_f64(ran.forward_seconds);
         for (i, rows) in &ran.all_logits {

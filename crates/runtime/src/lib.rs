@@ -25,5 +25,7 @@ pub use device::{DeviceMemory, DeviceSpec};
 pub use error::{Result, RuntimeError};
 pub use memory::GpuMemoryBudget;
 pub use null::{NullModel, NullSpec};
-pub use runner::{KvCacheSize, ModelBackend, ModelRunner, RunnerConfig, RunnerOutput, SeqChunk};
+pub use runner::{
+    ForwardOutput, KvCacheSize, ModelBackend, ModelRunner, RunnerConfig, RunnerOutput, SeqChunk,
+};
 pub use sampler::{SampleRow, SampledToken, SamplingParams};

@@ -62,6 +62,23 @@ pub struct RunnerOutput {
     pub sample_seconds: f64,
 }
 
+/// The result of [`ModelRunner::forward_step`]: the logits rows to sample (still on the
+/// device) and the host copies of the all-logits rows.
+#[derive(Debug)]
+pub struct ForwardOutput {
+    to_sample: Option<Tensor>,
+    num_sample_rows: usize,
+    all_logits: Vec<(usize, Vec<Vec<f32>>)>,
+    forward_seconds: f64,
+}
+
+impl ForwardOutput {
+    /// Wall time of batch preparation and the forward pass.
+    pub fn forward_seconds(&self) -> f64 {
+        self.forward_seconds
+    }
+}
+
 /// What computes the logits: the real decoder, or the null device's stand-in
 /// (`--null-device`, see [`crate::null`]), which has no KV cache tensors.
 #[derive(Debug)]
@@ -504,35 +521,58 @@ impl ModelRunner {
         }
     }
 
-    /// Runs one step and samples it: the engine's entry point. `rows` holds one
-    /// [`SampleRow`] per chunk with `sample`, in batch order. Everything that comes back is
-    /// host data: the sampled tokens (with logprobs when a row asked) and, for each chunk
-    /// with `all_logits`, the f32 logits of all its tokens (prompt logprobs).
+    /// Runs one step and samples it: [`ModelRunner::forward_step`] then
+    /// [`ModelRunner::sample_step`]. `rows` holds one [`SampleRow`] per chunk with `sample`,
+    /// in batch order. Everything that comes back is host data: the sampled tokens (with
+    /// logprobs when a row asked) and, for each chunk with `all_logits`, the f32 logits of
+    /// all its tokens (prompt logprobs).
     pub fn step(&self, seqs: &[SeqChunk<'_>], rows: &[SampleRow<'_>]) -> Result<RunnerOutput> {
-        let want_rows = seqs.iter().filter(|s| s.sample).count();
-        if want_rows != rows.len() {
-            return Err(RuntimeError::InvalidBatch(format!(
-                "{} sampling rows for {want_rows} chunks that sample",
-                rows.len()
-            )));
-        }
+        let fwd = self.forward_step(seqs)?;
+        self.sample_step(fwd, rows)
+    }
+
+    /// The forward half of [`ModelRunner::step`]: runs the model and keeps the logits rows
+    /// to sample on the device. The engine overlaps host work with it (structured-output
+    /// masks) and builds the sample rows afterwards.
+    pub fn forward_step(&self, seqs: &[SeqChunk<'_>]) -> Result<ForwardOutput> {
         let t0 = Instant::now();
         let logits = self.execute(seqs)?;
-        let t_forward = Instant::now();
-        let mut out = RunnerOutput::default();
+        let mut all_logits = Vec::new();
+        let mut to_sample = None;
         if let Some(logits) = logits {
-            let to_sample = if seqs.iter().any(|s| s.all_logits) {
-                self.split_all_logits(seqs, &logits, &mut out.all_logits)?
+            to_sample = if seqs.iter().any(|s| s.all_logits) {
+                self.split_all_logits(seqs, &logits, &mut all_logits)?
             } else {
                 Some(logits)
             };
-            if let Some(l) = to_sample {
-                out.sampled = sampler::sample(&l, rows)?;
-            }
         }
-        let t_end = Instant::now();
-        out.forward_seconds = t_forward.duration_since(t0).as_secs_f64();
-        out.sample_seconds = t_end.duration_since(t_forward).as_secs_f64();
+        Ok(ForwardOutput {
+            to_sample,
+            num_sample_rows: seqs.iter().filter(|s| s.sample).count(),
+            all_logits,
+            forward_seconds: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// The sampling half of [`ModelRunner::step`].
+    pub fn sample_step(&self, fwd: ForwardOutput, rows: &[SampleRow<'_>]) -> Result<RunnerOutput> {
+        if fwd.num_sample_rows != rows.len() {
+            return Err(RuntimeError::InvalidBatch(format!(
+                "{} sampling rows for {} chunks that sample",
+                rows.len(),
+                fwd.num_sample_rows
+            )));
+        }
+        let t0 = Instant::now();
+        let mut out = RunnerOutput {
+            all_logits: fwd.all_logits,
+            forward_seconds: fwd.forward_seconds,
+            ..RunnerOutput::default()
+        };
+        if let Some(l) = fwd.to_sample {
+            out.sampled = sampler::sample(&l, rows)?;
+        }
+        out.sample_seconds = t0.elapsed().as_secs_f64();
         Ok(out)
     }
 
