@@ -27,6 +27,21 @@ impl Endpoint {
     }
 }
 
+/// `--structured-output`: what every request's output is constrained to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StructuredPreset {
+    /// `response_format: json_schema` with --json-schema FILE, or a built-in schema (an
+    /// object with a long array of short strings, so outputs run to `--output-len`).
+    JsonSchema,
+    /// `response_format: {"type": "json_object"}`.
+    JsonObject,
+    /// vLLM's `structured_outputs: {"regex": ...}`: lines of lowercase words.
+    Regex,
+    /// vLLM's `structured_outputs: {"choice": [...]}`.
+    Choice,
+}
+
 /// Which workload to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -212,6 +227,15 @@ pub struct BenchArgs {
     /// Extra JSON object merged into every request body (e.g. '{"top_p":0.9}').
     #[arg(long, help_heading = "Target")]
     pub extra_body: Option<String>,
+
+    /// Constrain every request's output (structured outputs) and report the server's mask
+    /// time per token (read from Lantern's `/metrics` before and after the run).
+    #[arg(long, value_enum, help_heading = "Target")]
+    pub structured_output: Option<StructuredPreset>,
+
+    /// The JSON schema for `--structured-output json-schema` (default: a built-in one).
+    #[arg(long, help_heading = "Target", requires = "structured_output")]
+    pub json_schema: Option<PathBuf>,
 
     /// Sampling temperature sent with each request (omitted when not given).
     #[arg(long, help_heading = "Target")]

@@ -47,6 +47,7 @@ mod plot;
 mod report;
 mod runner;
 mod sse;
+mod structured;
 mod tokenizer;
 
 pub use args::{BenchArgs, DatasetKind, Endpoint, LoraDistribution, RequestRate, Slo};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::metrics::{Metrics, RequestRecord, Stats, Timeline};
+use crate::structured::StructuredStats;
 
 /// Everything one run produced; this is what `--result-json` writes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +35,9 @@ pub struct BenchResult {
     pub warmup_failed: usize,
     /// Every figure.
     pub metrics: Metrics,
+    /// `--structured-output`: the preset and the server's mask time per token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub structured: Option<StructuredStats>,
     /// Per-second series.
     pub timeline: Timeline,
     /// Every measured request.
@@ -192,6 +196,33 @@ pub fn render_table(r: &BenchResult, max_concurrency: Option<usize>, rate: &str)
                 s.tpot_ms_mean,
                 s.e2el_ms_mean
             );
+        }
+    }
+    if let Some(st) = &r.structured {
+        title(&mut out, "Structured Outputs", '-');
+        line(
+            &mut out,
+            "Constraint:",
+            serde_json::to_value(st.preset)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        );
+        match (st.masks, st.mask_ms_per_token) {
+            (Some(n), Some(ms)) => {
+                line(&mut out, "Masks computed (server):", n);
+                line(
+                    &mut out,
+                    "Mean mask time per token (ms):",
+                    format!("{ms:.4}"),
+                );
+            }
+            (Some(n), None) => line(&mut out, "Masks computed (server):", n),
+            _ => line(
+                &mut out,
+                "Mask time per token:",
+                "n/a (no Lantern /metrics)",
+            ),
         }
     }
     let _ = writeln!(out, "{}", "=".repeat(WIDTH));
@@ -360,6 +391,7 @@ mod tests {
             warmup_requests: 0,
             warmup_failed: 0,
             metrics,
+            structured: None,
             timeline: Timeline::default(),
             requests: vec![],
         }

@@ -21,6 +21,7 @@ use crate::http::{join_url, snippet, HttpClient};
 use crate::metrics::{self, tpot, RequestRecord};
 use crate::plot;
 use crate::report::{self, BenchResult};
+use crate::structured::{self, StructuredStats};
 use crate::tokenizer::TokenSource;
 
 const WARMUP_SEED_XOR: u64 = 0x5741_524D_5550_0000;
@@ -177,6 +178,18 @@ pub async fn execute(args: &BenchArgs) -> Result<BenchResult> {
         },
         None => None,
     };
+    let extra_body = match args.structured_output {
+        Some(preset) => {
+            let mut m = extra_body.unwrap_or_default();
+            m.extend(structured::request_fields(
+                preset,
+                args.json_schema.as_deref(),
+                args.output_len_or_default(),
+            )?);
+            Some(m)
+        }
+        None => extra_body,
+    };
     let model = match &args.model {
         Some(m) => m.clone(),
         None => first_model(&client, &args.base_url)
@@ -258,8 +271,12 @@ pub async fn execute(args: &BenchArgs) -> Result<BenchResult> {
         &mut arrival_rng,
     )?;
     let pb = progress_bar(reqs.len(), args.disable_progress, "bench");
+    let masks_before = match args.structured_output {
+        Some(_) => structured::scrape(&shared.client, &args.base_url).await,
+        None => None,
+    };
     let (records, duration_s) = dispatch(
-        shared,
+        shared.clone(),
         Arc::new(reqs),
         offsets,
         args.max_concurrency,
@@ -267,6 +284,15 @@ pub async fn execute(args: &BenchArgs) -> Result<BenchResult> {
     )
     .await?;
     pb.finish_and_clear();
+    let structured = match args.structured_output {
+        Some(preset) => {
+            // The engine publishes its stats after each step: give it a moment.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let after = structured::scrape(&shared.client, &args.base_url).await;
+            Some(StructuredStats::new(preset, masks_before, after))
+        }
+        None => None,
+    };
 
     let metrics = metrics::compute(&records, duration_s, &args.percentiles, args.slo.as_ref());
     let timeline = metrics::timeline(&records, duration_s);
@@ -282,6 +308,7 @@ pub async fn execute(args: &BenchArgs) -> Result<BenchResult> {
         warmup_requests,
         warmup_failed,
         metrics,
+        structured,
         timeline,
         requests: records,
     })

@@ -75,6 +75,7 @@ fn result(model: &str, recs: Vec<RequestRecord>, duration_s: f64) -> BenchResult
         warmup_requests: 0,
         warmup_failed: 0,
         metrics: m,
+        structured: None,
         timeline: timeline(&recs, duration_s),
         requests: recs,
     }

@@ -13,6 +13,7 @@ use crate::lora::{HostLoras, LoraConfig};
 use crate::params::RequestId;
 use crate::params::{FinishReason, RequestEvent};
 use crate::requests::{seq_id, Requests, SeqState};
+use crate::stats::MASK_SECONDS_BUCKETS;
 use crate::stats::{EngineSnapshot, StepStats};
 use crate::stop::StopMatcher;
 use crate::structured::{Constraint, Grammar};
@@ -225,7 +226,9 @@ impl EngineCore {
                 num_cached: 0,
                 prompt_lps: (index == 0 && params.prompt_logprobs.is_some()).then(|| vec![None]),
                 prompt_lps_sent: false,
-                constraint: grammar.as_deref().map(Grammar::constraint),
+                constraint: grammar.as_deref().map(|g| {
+                    g.constraint(params.structured.as_ref().and_then(|r| r.after.as_deref()))
+                }),
             };
             seqs.push((seq_id(group, index), state));
         }
@@ -364,7 +367,11 @@ impl EngineCore {
             std::thread::scope(|scope| {
                 let masks = scope.spawn(|| {
                     lent.iter_mut()
-                        .map(|(i, c)| (*i, c.allowed()))
+                        .map(|(i, c)| {
+                            let t = Instant::now();
+                            let r = c.allowed();
+                            (*i, r, t.elapsed().as_secs_f64())
+                        })
                         .collect::<Vec<_>>()
                 });
                 let fwd = runner.forward_step(&chunks);
@@ -377,9 +384,16 @@ impl EngineCore {
         let mut results = computed.into_iter();
         for (i, c) in lent {
             let id = sampled_seqs[i];
-            match results.next().filter(|(j, _)| *j == i).map(|(_, r)| r) {
-                Some(Ok(words)) => masks[i] = Some(words),
-                Some(Err(e)) => {
+            match results.next().filter(|(j, _, _)| *j == i) {
+                Some((_, Ok(words), secs)) => {
+                    if words.is_some() {
+                        self.snapshot
+                            .structured_mask_seconds
+                            .observe(&MASK_SECONDS_BUCKETS, secs);
+                    }
+                    masks[i] = words;
+                }
+                Some((_, Err(e), _)) => {
                     tracing::warn!(seq = id.0, error = %e, "structured-output mask failed");
                     mask_failed.push(id);
                 }

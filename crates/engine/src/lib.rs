@@ -53,6 +53,6 @@ pub use params::{
     FinishReason, GenerationParams, RequestEvent, RequestId, RequestTiming, StopReason, TokenDelta,
     TokenLogprob, Usage,
 };
-pub use stats::{EngineSnapshot, StepPhaseSeconds, StepStats};
+pub use stats::{EngineSnapshot, Histogram, StepPhaseSeconds, StepStats, MASK_SECONDS_BUCKETS};
 pub use structured::{StructuredOutput, StructuredRequest};
 pub use validation::{RequestLimits, ValidParams, ValidationError};

@@ -42,6 +42,76 @@ pub struct EngineSnapshot {
     /// Simulated device time of all steps (`--null-device`; 0 on a real device). The host
     /// path's share of a step is `step_seconds_total - simulated_device_seconds_total`.
     pub simulated_device_seconds_total: f64,
+    /// Structured outputs: the time to compute one sequence's token mask, once per
+    /// constrained token (buckets: [`MASK_SECONDS_BUCKETS`]).
+    pub structured_mask_seconds: Histogram,
+}
+
+/// Upper bounds (seconds) of the [`EngineSnapshot::structured_mask_seconds`] buckets.
+pub const MASK_SECONDS_BUCKETS: [f64; 12] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
+/// A histogram with fixed bucket bounds kept elsewhere: per-bucket counts (not
+/// cumulative; one more than the bounds, the last for larger values), their sum and count.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    pub counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    /// Records `v` against the upper bounds `bounds` (ascending).
+    pub fn observe(&mut self, bounds: &[f64], v: f64) {
+        if self.counts.len() != bounds.len() + 1 {
+            self.counts = vec![0; bounds.len() + 1];
+        }
+        let i = bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+
+    /// `(upper bound, cumulative count)` per bucket, ending with `+Inf` (the Prometheus form).
+    pub fn cumulative(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
+        let mut acc = 0;
+        bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .enumerate()
+            .map(|(i, b)| {
+                acc += self.counts.get(i).copied().unwrap_or(0);
+                (b, acc)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_upper_bounds_and_cumulate() {
+        let mut h = Histogram::default();
+        let b = [0.1, 1.0];
+        for v in [0.05, 0.1, 0.5, 3.0] {
+            h.observe(&b, v);
+        }
+        assert_eq!(h.counts, vec![2, 1, 1]);
+        assert_eq!(h.count, 4);
+        assert!((h.sum - 3.65).abs() < 1e-12);
+        assert_eq!(
+            h.cumulative(&b),
+            vec![(0.1, 2), (1.0, 3), (f64::INFINITY, 4)]
+        );
+        assert_eq!(
+            Histogram::default().cumulative(&b).last(),
+            Some(&(f64::INFINITY, 0))
+        );
+    }
 }
 
 /// Cumulative wall time of each phase of the engine steps.

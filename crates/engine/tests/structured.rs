@@ -33,6 +33,7 @@ fn structured(spec: StructuredOutput, sampling: SamplingParams, n: usize) -> Gen
         structured: Some(StructuredRequest {
             spec,
             field: "response_format",
+            after: None,
         }),
         ..GenerationParams::default()
     }
@@ -234,4 +235,61 @@ fn invalid_grammars_are_refused_with_the_field_and_reason() {
         ),
     );
     assert_eq!(outs[0], ("ok".to_string(), FinishReason::Stop));
+}
+
+#[test]
+fn a_constraint_after_the_reasoning_marker_leaves_the_thinking_free() {
+    let e = engine();
+    let h = e.handle();
+    // The marker token is pushed to the top by logit_bias, so it comes first; the
+    // grammar then applies (its mask overrides the bias from there on).
+    let marker = 100u32;
+    let mut p = structured(
+        StructuredOutput::Regex("[0-9]{3}".into()),
+        SamplingParams::greedy(),
+        1,
+    );
+    p.logit_bias = vec![(marker, 100.0)];
+    if let Some(r) = p.structured.as_mut() {
+        r.after = Some(vec![marker]);
+    }
+    let mut s = h
+        .submit_blocking(vec![1, 2, 3], h.validate(p).unwrap())
+        .unwrap();
+    let (mut ids, mut text, mut reason) = (Vec::new(), String::new(), None);
+    while let Some(ev) = s.blocking_next() {
+        match ev {
+            RequestEvent::Delta(d) => {
+                ids.extend(d.token_ids);
+                text.push_str(&d.text);
+            }
+            RequestEvent::Finished {
+                reason: r, text: t, ..
+            } => {
+                text.push_str(&t);
+                reason = Some(r);
+            }
+            RequestEvent::Error(e) => panic!("{e}"),
+            RequestEvent::PromptLogprobs(_) => {}
+        }
+    }
+    assert_eq!(reason, Some(FinishReason::Stop), "{ids:?} {text:?}");
+    assert_eq!(ids.first(), Some(&marker), "{ids:?}");
+    assert!(!ids[1..].contains(&marker), "{ids:?}");
+    let tail: String = text.chars().rev().take(3).collect();
+    assert!(tail.chars().all(|c| c.is_ascii_digit()), "{text:?}");
+    // Without the marker the bias is overridden from the first token.
+    let mut p = structured(
+        StructuredOutput::Regex("[0-9]{3}".into()),
+        SamplingParams::greedy(),
+        1,
+    );
+    p.logit_bias = vec![(marker, 100.0)];
+    let outs = run(&h, &[1, 2, 3], p);
+    assert_eq!(outs[0].1, FinishReason::Stop);
+    assert!(
+        outs[0].0.len() == 3 && outs[0].0.bytes().all(|b| b.is_ascii_digit()),
+        "{:?}",
+        outs[0].0
+    );
 }

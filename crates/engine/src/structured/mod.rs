@@ -47,6 +47,10 @@ pub struct StructuredRequest {
     /// The request field that asked for it (`response_format`, `structured_outputs`,
     /// `guided_json`, ...).
     pub field: &'static str,
+    /// Reasoning models: the constraint applies only after the output contains this token
+    /// sequence (the end of the thinking, e.g. `</think>`); the thinking itself is free.
+    /// `None`: the constraint applies from the first token.
+    pub after: Option<Vec<u32>>,
 }
 
 /// Why structured outputs cannot be used with this model at all.
@@ -109,12 +113,36 @@ impl std::fmt::Debug for Grammar {
 }
 
 impl Grammar {
-    /// A fresh matcher for one sequence.
-    pub(crate) fn constraint(&self) -> Constraint {
+    /// A fresh matcher for one sequence; it waits for `after` (if any) before it
+    /// constrains anything.
+    pub(crate) fn constraint(&self, after: Option<&[u32]>) -> Constraint {
         Constraint {
             matcher: self.matcher.deep_clone(),
             words: self.words,
+            gate: after.filter(|a| !a.is_empty()).map(|a| Gate {
+                marker: a.to_vec(),
+                recent: Vec::with_capacity(a.len()),
+            }),
         }
+    }
+}
+
+/// Holds a constraint back until the output contains `marker` (the end of the reasoning).
+#[derive(Debug, Clone)]
+struct Gate {
+    marker: Vec<u32>,
+    /// The last `marker.len()` tokens generated.
+    recent: Vec<u32>,
+}
+
+impl Gate {
+    /// Records a generated token; true once the output ends with the marker.
+    fn push(&mut self, token: u32) -> bool {
+        if self.recent.len() == self.marker.len() {
+            self.recent.remove(0);
+        }
+        self.recent.push(token);
+        self.recent == self.marker
     }
 }
 
@@ -196,22 +224,35 @@ pub(crate) enum Progress {
 pub(crate) struct Constraint {
     matcher: Matcher,
     words: usize,
+    /// Still waiting for the end of the reasoning: nothing is constrained yet.
+    gate: Option<Gate>,
 }
 
 impl Constraint {
-    /// The tokens allowed next, as a bitmask of `vocab.div_ceil(32)` words.
-    pub fn allowed(&mut self) -> Result<Vec<u32>, String> {
+    /// The tokens allowed next, as a bitmask of `vocab.div_ceil(32)` words; `None` while
+    /// the constraint waits for the end of the reasoning (every token allowed).
+    pub fn allowed(&mut self) -> Result<Option<Vec<u32>>, String> {
+        if self.gate.is_some() {
+            return Ok(None);
+        }
         let mask = self
             .matcher
             .compute_mask_or_eos()
             .map_err(|e| format!("{e:#}"))?;
         let mut words = mask.as_slice().to_vec();
         words.resize(self.words, 0);
-        Ok(words)
+        Ok(Some(words))
     }
 
     /// Advances the grammar over the sampled `token` (`is_eos`: it ends generation).
     pub fn consume(&mut self, token: u32, is_eos: bool) -> Result<Progress, String> {
+        if let Some(g) = self.gate.as_mut() {
+            // Reasoning: free text; the grammar starts after the marker's last token.
+            if g.push(token) {
+                self.gate = None;
+            }
+            return Ok(Progress::Continue);
+        }
         if is_eos && self.matcher.is_stopped() {
             // Complete already: EOS is the only token allowed, and is not fed to it.
             return Ok(Progress::Done);
@@ -238,5 +279,17 @@ mod tests {
         assert!(g.grammar().is_ok());
         assert!(StructuredOutput::Choice(vec![]).grammar().is_err());
         assert!(StructuredOutput::JsonSchema(json!(true)).grammar().is_err());
+    }
+
+    #[test]
+    fn the_gate_opens_right_after_the_whole_marker() {
+        let mut g = Gate {
+            marker: vec![7, 8],
+            recent: Vec::new(),
+        };
+        assert!(!g.push(8));
+        assert!(!g.push(7));
+        assert!(!g.push(7));
+        assert!(g.push(8));
     }
 }
