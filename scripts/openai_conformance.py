@@ -10,6 +10,7 @@ API key, then talks to it with the official `openai` Python package:
 Prints one line per check and a closing "N passed, N failed" line; exits 1 on failure.
 """
 import argparse
+import json
 import os
 import signal
 import socket
@@ -155,6 +156,102 @@ def main():
                 return
             raise AssertionError("no AuthenticationError")
 
+        weather = [{
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather in a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "city": {"type": "string", "maxLength": 20},
+                        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                    },
+                    "required": ["city", "unit"],
+                    "additionalProperties": False,
+                },
+            },
+        }, {
+            "type": "function",
+            "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+        }]
+        ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+        def check_weather_args(args):
+            a = json.loads(args)
+            assert set(a) == {"city", "unit"}, a
+            assert isinstance(a["city"], str) and len(a["city"]) <= 20, a
+            assert a["unit"] in ("celsius", "fahrenheit"), a
+
+        def forced_named_tool():
+            r = client.chat.completions.create(
+                model=MODEL, messages=ask, tools=weather, temperature=0, max_tokens=60,
+                tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            )
+            c = r.choices[0]
+            assert c.finish_reason == "stop", c
+            calls = c.message.tool_calls
+            assert calls and len(calls) == 1, c.message
+            assert calls[0].type == "function" and calls[0].id
+            assert calls[0].function.name == "get_weather"
+            check_weather_args(calls[0].function.arguments)
+
+        def forced_named_tool_stream():
+            stream = client.chat.completions.create(
+                model=MODEL, messages=ask, tools=weather, temperature=0, max_tokens=60, stream=True,
+                tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            )
+            name, args, content, finish = None, "", "", None
+            for chunk in stream:
+                for c in chunk.choices:
+                    for tc in c.delta.tool_calls or []:
+                        assert tc.index == 0, tc
+                        if tc.function.name:
+                            assert name is None and tc.id, tc
+                            name = tc.function.name
+                        args += tc.function.arguments or ""
+                    content += c.delta.content or ""
+                    finish = c.finish_reason or finish
+            assert name == "get_weather", name
+            assert content == "", content
+            assert finish == "stop", finish
+            check_weather_args(args)
+
+        def required_tools():
+            for stream in (False, True):
+                kw = dict(model=MODEL, messages=ask, tools=weather, temperature=0, max_tokens=120,
+                          tool_choice="required", parallel_tool_calls=False)
+                if not stream:
+                    c = client.chat.completions.create(**kw).choices[0]
+                    assert c.finish_reason == "tool_calls", c
+                    calls = [(t.function.name, t.function.arguments) for t in c.message.tool_calls]
+                else:
+                    calls, finish = {}, None
+                    for chunk in client.chat.completions.create(stream=True, **kw):
+                        for c in chunk.choices:
+                            for tc in c.delta.tool_calls or []:
+                                calls.setdefault(tc.index, ["", ""])
+                                calls[tc.index][0] += tc.function.name or ""
+                                calls[tc.index][1] += tc.function.arguments or ""
+                            finish = c.finish_reason or finish
+                    assert finish == "tool_calls", finish
+                    calls = [tuple(v) for _, v in sorted(calls.items())]
+                assert len(calls) == 1, calls
+                name, args = calls[0]
+                assert name in ("get_weather", "get_time"), calls
+                if name == "get_weather":
+                    check_weather_args(args)
+                else:
+                    assert json.loads(args) == {}, args
+
+        def auto_without_parser():
+            try:
+                client.chat.completions.create(model=MODEL, messages=ask, tools=weather)
+            except openai.BadRequestError as e:
+                assert "--enable-auto-tool-choice" in str(e), str(e)
+                return
+            raise AssertionError("no BadRequestError")
+
         check("models.list", models)
         check("chat: Paris", paris)
         check("chat: streaming with include_usage", chat_stream)
@@ -162,6 +259,10 @@ def main():
         check("errors: NotFoundError", not_found)
         check("errors: BadRequestError names the field", bad_request)
         check("errors: AuthenticationError", auth)
+        check("tools: forced named function", forced_named_tool)
+        check("tools: forced named function, streamed", forced_named_tool_stream)
+        check("tools: required, one call, stream and not", required_tools)
+        check("tools: auto without --tool-call-parser is a 400", auto_without_parser)
     except Exception as e:  # noqa: BLE001
         results.append(False)
         print(f"FAIL setup: {e}", flush=True)

@@ -5,7 +5,10 @@ use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use lantern_engine::Engine;
 use lantern_models::load_model;
+use lantern_parsers::reasoning::ReasoningParserKind;
+use lantern_parsers::tool::ToolParserKind;
 use lantern_server::chat_template::ChatTemplate;
+use lantern_server::tools::ToolConfig;
 use lantern_server::{AppState, Ready, ServerConfig};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +39,39 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub lora: LoraArgs,
     #[command(flatten)]
+    pub chat: ChatOutputArgs,
+    #[command(flatten)]
     pub null: NullDeviceArgs,
+}
+
+/// Tool calling and reasoning (vLLM's flags and parser names).
+#[derive(Debug, Clone, Args)]
+pub struct ChatOutputArgs {
+    /// Let the model decide to call tools (`tool_choice: "auto"`, the default when a
+    /// request has tools); needs --tool-call-parser.
+    #[arg(long = "enable-auto-tool-choice")]
+    pub enable_auto_tool_choice: bool,
+    /// How tool calls are found in the model's output: hermes (Qwen2.5, Qwen3, Hermes),
+    /// llama3_json (Llama 3.1-3.3), mistral, pythonic (Llama 3.2, Llama 4).
+    #[arg(long = "tool-call-parser", value_name = "NAME")]
+    pub tool_call_parser: Option<ToolParserKind>,
+    /// Split the model's thinking into `reasoning_content`: qwen3, deepseek_r1.
+    #[arg(long = "reasoning-parser", value_name = "NAME")]
+    pub reasoning_parser: Option<ReasoningParserKind>,
+}
+
+impl ChatOutputArgs {
+    pub fn tools(&self) -> Result<ToolConfig> {
+        if self.enable_auto_tool_choice && self.tool_call_parser.is_none() {
+            return Err(anyhow!(
+                "--enable-auto-tool-choice requires --tool-call-parser (hermes, llama3_json, mistral or pythonic)"
+            ));
+        }
+        Ok(ToolConfig {
+            auto: self.enable_auto_tool_choice,
+            parser: self.tool_call_parser,
+        })
+    }
 }
 
 /// Multi-LoRA flags (vLLM spellings accepted).
@@ -119,6 +154,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         max_body_bytes: args.max_body_bytes,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        tools: args.chat.tools()?,
+        reasoning_parser: args.chat.reasoning_parser,
     }));
     let addr = format!("{}:{}", args.host, args.port);
     let listener = tokio::net::TcpListener::bind(&addr)

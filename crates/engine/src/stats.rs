@@ -73,18 +73,14 @@ impl Histogram {
         self.count += 1;
     }
 
-    /// `(upper bound, cumulative count)` per bucket, ending with `+Inf` (the Prometheus form).
-    pub fn cumulative(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
-        let mut acc = 0;
+    /// `(upper bound, count)` per bucket (not cumulative), ending with `+Inf`.
+    pub fn buckets(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
         bounds
             .iter()
             .copied()
             .chain(std::iter::once(f64::INFINITY))
             .enumerate()
-            .map(|(i, b)| {
-                acc += self.counts.get(i).copied().unwrap_or(0);
-                (b, acc)
-            })
+            .map(|(i, b)| (b, self.counts.get(i).copied().unwrap_or(0)))
             .collect()
     }
 }
@@ -94,7 +90,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_upper_bounds_and_cumulate() {
+    fn histogram_buckets_are_upper_bounds() {
         let mut h = Histogram::default();
         let b = [0.1, 1.0];
         for v in [0.05, 0.1, 0.5, 3.0] {
@@ -103,12 +99,9 @@ mod tests {
         assert_eq!(h.counts, vec![2, 1, 1]);
         assert_eq!(h.count, 4);
         assert!((h.sum - 3.65).abs() < 1e-12);
+        assert_eq!(h.buckets(&b), vec![(0.1, 2), (1.0, 1), (f64::INFINITY, 1)]);
         assert_eq!(
-            h.cumulative(&b),
-            vec![(0.1, 2), (1.0, 3), (f64::INFINITY, 4)]
-        );
-        assert_eq!(
-            Histogram::default().cumulative(&b).last(),
+            Histogram::default().buckets(&b).last(),
             Some(&(f64::INFINITY, 0))
         );
     }

@@ -16,17 +16,22 @@
 //!   [`Ready`]); tests implement it with scripted events and drive the router in-process.
 //! - [`error::ApiError`] is the one error-to-HTTP mapping; only this crate knows JSON and
 //!   HTTP status codes.
+//! - [`tools`]: `tools` / `tool_choice` checked as vLLM checks them, and the JSON schema a
+//!   forced choice constrains the output to; [`assistant`]: the output split into reasoning,
+//!   content and tool calls (whole or streamed), with the parsers of `lantern-parsers`.
 //! - [`metrics`]: Prometheus exposition (`prometheus-client`); [`chat_template`]: the
 //!   model's Jinja chat template.
 //! - [`serve`] runs the server with graceful shutdown: stop accepting, let in-flight
 //!   requests finish up to a deadline, then abort them through the engine.
 
+pub mod assistant;
 pub mod chat_template;
 pub mod error;
 pub mod generate;
 pub mod metrics;
 pub mod protocol;
 pub mod routes;
+pub mod tools;
 pub mod validate;
 
 pub use generate::Generate;

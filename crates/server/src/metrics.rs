@@ -6,7 +6,7 @@
 //! histograms, constants for the rest), so the exposition keeps a fixed family order and
 //! labels every sample with the model name known at scrape time.
 
-use lantern_engine::EngineSnapshot;
+use lantern_engine::{EngineSnapshot, MASK_SECONDS_BUCKETS};
 use prometheus_client::encoding::prometheus_text::encode;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -66,6 +66,31 @@ impl<L: EncodeLabelSet, M: EncodeMetric> EncodeMetric for Series<L, M> {
 
     fn metric_type(&self) -> MetricType {
         self.ty
+    }
+}
+
+/// A histogram known at scrape time (the engine's, from its snapshot).
+#[derive(Debug)]
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    /// `(upper bound, count)` per bucket, not cumulative (the encoder accumulates), ending
+    /// with `+Inf`.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            self.count,
+            &self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
@@ -318,6 +343,17 @@ impl Metrics {
         ] {
             add(&mut r, name, help, h.clone());
         }
+        let mask = &snap.structured_mask_seconds;
+        add(
+            &mut r,
+            "lantern_structured_mask_seconds",
+            "Time to compute one sequence's structured-output token mask (once per constrained token)",
+            ConstHistogram {
+                sum: mask.sum,
+                count: mask.count,
+                buckets: mask.buckets(&MASK_SECONDS_BUCKETS),
+            },
+        );
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &r) {
             tracing::error!(error = %e, "cannot encode the metrics");
@@ -344,6 +380,39 @@ mod tests {
         assert!(s.contains(&format!("{x}_bucket{{model_name=\"m\",le=\"1\"}} 2\n")));
         assert!(s.contains(&format!("{x}_bucket{{model_name=\"m\",le=\"+Inf\"}} 2\n")));
         assert!(s.contains(&format!("{x}_count{{model_name=\"m\"}} 2\n")));
+    }
+
+    #[test]
+    fn the_engine_mask_histogram_is_exposed() {
+        let mut snap = EngineSnapshot::default();
+        snap.structured_mask_seconds
+            .observe(&MASK_SECONDS_BUCKETS, 0.0003);
+        snap.structured_mask_seconds
+            .observe(&MASK_SECONDS_BUCKETS, 0.2);
+        let s = Metrics::default().render(&snap, "m");
+        let x = "lantern_structured_mask_seconds";
+        assert!(
+            s.contains(&format!(
+                "{x}_bucket{{model_name=\"m\",le=\"0.00025\"}} 0\n"
+            )),
+            "{s}"
+        );
+        assert!(
+            s.contains(&format!("{x}_bucket{{model_name=\"m\",le=\"0.1\"}} 1\n")),
+            "{s}"
+        );
+        assert!(
+            s.contains(&format!("{x}_bucket{{model_name=\"m\",le=\"0.0005\"}} 1\n")),
+            "{s}"
+        );
+        assert!(
+            s.contains(&format!("{x}_bucket{{model_name=\"m\",le=\"+Inf\"}} 2\n")),
+            "{s}"
+        );
+        assert!(
+            s.contains(&format!("{x}_count{{model_name=\"m\"}} 2\n")),
+            "{s}"
+        );
     }
 
     /// The exposed families, their types and order (dashboards and alerts use the names).
@@ -383,6 +452,7 @@ mod tests {
             ("lantern_inter_token_latency_seconds", "histogram"),
             ("lantern_e2e_request_latency_seconds", "histogram"),
             ("lantern_request_queue_time_seconds", "histogram"),
+            ("lantern_structured_mask_seconds", "histogram"),
         ];
         assert_eq!(got, want);
         // Every family has its HELP line, ending with one period; no OpenMetrics `# EOF`.

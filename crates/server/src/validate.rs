@@ -78,11 +78,13 @@ fn bad(field: &'static str, reason: impl Into<String>) -> ValidationError {
 /// this server does not implement, is an error naming the field.
 pub fn structured_request(c: &CommonParams) -> Result<Option<StructuredRequest>, ValidationError> {
     let mut found: Vec<StructuredRequest> = Vec::new();
-    let mut push = |field, spec| found.push(StructuredRequest {
-        spec,
-        field,
-        after: None,
-    });
+    let mut push = |field, spec| {
+        found.push(StructuredRequest {
+            spec,
+            field,
+            after: None,
+        })
+    };
     if let Some(so) = &c.structured_outputs {
         let obj = so
             .as_object()

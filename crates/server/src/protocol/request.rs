@@ -78,6 +78,13 @@ pub struct ChatRequest {
     pub add_generation_prompt: Option<bool>,
     /// Continue the final (assistant) message instead of starting a new one (vLLM).
     pub continue_final_message: Option<bool>,
+    /// `false`: at most one tool call.
+    pub parallel_tool_calls: Option<bool>,
+    /// `false`: leave the reasoning out of the response (vLLM).
+    pub include_reasoning: Option<bool>,
+    /// Prepend the final message's content to the output when it is the assistant's
+    /// (vLLM's chat `echo`, with `continue_final_message`).
+    pub echo: Option<bool>,
     #[serde(flatten)]
     pub common: CommonParams,
 }
@@ -114,6 +121,10 @@ pub enum TokenizeRequest {
         add_generation_prompt: Option<bool>,
         add_special_tokens: Option<bool>,
         chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+        /// Rendered into the prompt like in a chat request, so counts match generation.
+        tools: Option<Vec<serde_json::Value>>,
+        tool_choice: Option<serde_json::Value>,
+        continue_final_message: Option<bool>,
         return_token_strs: Option<bool>,
     },
     Completion {

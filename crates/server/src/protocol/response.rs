@@ -109,11 +109,55 @@ pub struct ChatChoice {
 pub struct ChatMessage {
     /// Always `"assistant"`.
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the output was only tool calls (or only reasoning).
+    pub content: Option<String>,
     /// Always `null` (present because OpenAI's schema requires the key).
     pub refusal: Option<String>,
-    /// Tool calls are not parsed out of the output (yet): always empty.
-    pub tool_calls: Vec<serde_json::Value>,
+    /// The thinking of a reasoning model (`--reasoning-parser`), under vLLM's older name;
+    /// absent without reasoning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// The same, under vLLM's newer name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    pub tool_calls: Vec<ToolCallOut>,
+}
+
+/// One tool call of an assistant message.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallOut {
+    pub id: String,
+    /// Always `"function"`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// The arguments as a JSON text (an object).
+    pub arguments: String,
+}
+
+/// A piece of a streamed tool call: the first carries `id`, `type` and the name, later
+/// ones pieces of the arguments.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionCallDelta,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -155,14 +199,20 @@ pub struct ChatChunkChoice {
     pub stop_reason: Option<Option<StopReasonValue>>,
 }
 
-/// `{"role": "assistant", "content": ""}` first, then `{"content": ...}`, then `{}` with
-/// the finish reason.
+/// `{"role": "assistant", "content": ""}` first, then `{"content": ...}` (or reasoning,
+/// or tool-call pieces), then `{}` with the finish reason.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ChatDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallDelta>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -115,6 +115,7 @@ async fn completions_inner<G: Generate>(
         echo,
         prompt_lens: prompts.iter().map(Vec::len).collect(),
         echo_prompt_ids,
+        plan: None,
     };
     let streams = submit_all(ready, prompts, &params, "prompt").await?;
     respond_with(

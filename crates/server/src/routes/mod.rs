@@ -55,6 +55,10 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_timeout: std::time::Duration,
+    /// `--enable-auto-tool-choice`, `--tool-call-parser`.
+    pub tools: crate::tools::ToolConfig,
+    /// `--reasoning-parser`.
+    pub reasoning_parser: Option<lantern_parsers::reasoning::ReasoningParserKind>,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +67,8 @@ impl Default for ServerConfig {
             api_key: None,
             max_body_bytes: 8 << 20,
             shutdown_timeout: std::time::Duration::from_secs(30),
+            tools: crate::tools::ToolConfig::default(),
+            reasoning_parser: None,
         }
     }
 }

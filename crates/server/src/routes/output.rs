@@ -6,12 +6,13 @@
 use super::accumulator::{Accumulator, ChoiceAcc};
 use super::stream::stream_response;
 use super::{AppState, Ready};
+use crate::assistant::{OutputPlan, Parsed};
 use crate::error::ApiError;
 use crate::generate::{EventStream, Generate};
 use crate::protocol::{
     ChatChoice, ChatLogprobs, ChatMessage, ChatTokenLogprob, ChatTopLogprob, CompletionChoice,
-    CompletionLogprobs, CompletionResponse, PromptTokensDetails, StreamChunk, Timing, TopLogprobs,
-    UsageInfo,
+    CompletionLogprobs, CompletionResponse, FunctionCallOut, PromptTokensDetails, StreamChunk,
+    Timing, ToolCallOut, TopLogprobs, UsageInfo,
 };
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -44,6 +45,8 @@ pub(super) struct Shape {
     pub prompt_lens: Vec<usize>,
     /// `echo` with `logprobs`: the prompt tokens (their logprobs come from the engine).
     pub echo_prompt_ids: Option<Vec<Vec<u32>>>,
+    /// Chat: how the output splits into reasoning, content and tool calls.
+    pub plan: Option<OutputPlan>,
 }
 
 impl Shape {
@@ -274,19 +277,56 @@ async fn collect_response<G: Generate>(
             let choices = acc
                 .choices
                 .into_iter()
-                .map(|(i, c)| ChatChoice {
-                    index: i,
-                    logprobs: shape
-                        .logprobs
-                        .then(|| shape.chat_logprobs(engine, &c.logprobs)),
-                    finish_reason: finish(&c),
-                    message: ChatMessage {
-                        role: "assistant",
-                        content: c.text,
-                        refusal: None,
-                        tool_calls: Vec::new(),
-                    },
-                    stop_reason: c.stop_reason,
+                .map(|(i, c)| {
+                    let parsed = match &shape.plan {
+                        Some(p) if !p.is_plain() => p.message(&c.text),
+                        _ => Parsed {
+                            content: Some(c.text.clone()),
+                            ..Parsed::default()
+                        },
+                    };
+                    let content = match (shape.echo_text(i), parsed.content) {
+                        (Some(e), Some(t)) => Some(format!("{e}{t}")),
+                        (Some(e), None) => Some(e.clone()),
+                        (None, t) => t,
+                    };
+                    let tool_calls_finish = !parsed.tool_calls.is_empty()
+                        && c.finish == Some(FinishReason::Stop)
+                        && shape
+                            .plan
+                            .as_ref()
+                            .is_some_and(OutputPlan::reports_tool_calls);
+                    ChatChoice {
+                        index: i,
+                        logprobs: shape
+                            .logprobs
+                            .then(|| shape.chat_logprobs(engine, &c.logprobs)),
+                        finish_reason: if tool_calls_finish {
+                            Some("tool_calls")
+                        } else {
+                            finish(&c)
+                        },
+                        message: ChatMessage {
+                            role: "assistant",
+                            content,
+                            refusal: None,
+                            reasoning_content: parsed.reasoning.clone(),
+                            reasoning: parsed.reasoning,
+                            tool_calls: parsed
+                                .tool_calls
+                                .into_iter()
+                                .map(|t| ToolCallOut {
+                                    id: t.id,
+                                    kind: "function",
+                                    function: FunctionCallOut {
+                                        name: t.name,
+                                        arguments: t.arguments,
+                                    },
+                                })
+                                .collect(),
+                        },
+                        stop_reason: c.stop_reason,
+                    }
                 })
                 .collect();
             Json(CompletionResponse {

@@ -3,16 +3,20 @@
 use super::accumulator::{Accumulator, Added};
 use super::output::{merge, timing, Kind, Shape, Tagged};
 use super::AppState;
+use crate::assistant::{ChoiceStreamer, OutputPlan, Part};
 use crate::error::ApiError;
 use crate::generate::{EventStream, Generate};
-use crate::protocol::{ChatChunkChoice, ChatDelta, CompletionChunkChoice, StreamChunk};
+use crate::protocol::{
+    ChatChunkChoice, ChatDelta, CompletionChunkChoice, FunctionCallDelta, StreamChunk,
+    ToolCallDelta,
+};
 use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, BoxStream, SelectAll, StreamExt};
 use lantern_engine::{RequestEvent, TokenLogprob};
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -37,7 +41,48 @@ struct StreamState<G> {
     merged: SelectAll<BoxStream<'static, Tagged>>,
     pending: VecDeque<Event>,
     acc: Accumulator,
+    /// Chat with reasoning or tool parsing: each choice's incremental parser.
+    parsers: HashMap<usize, ChoiceStreamer>,
     done: bool,
+}
+
+/// A chat delta carrying one parsed part.
+fn part_delta(part: Part) -> ChatDelta {
+    match part {
+        Part::Content(c) => ChatDelta {
+            content: Some(c),
+            ..ChatDelta::default()
+        },
+        Part::Reasoning(r) => ChatDelta {
+            reasoning_content: Some(r.clone()),
+            reasoning: Some(r),
+            ..ChatDelta::default()
+        },
+        Part::CallStart { index, id, name } => ChatDelta {
+            tool_calls: vec![ToolCallDelta {
+                index,
+                id: Some(id),
+                kind: Some("function"),
+                function: FunctionCallDelta {
+                    name: Some(name),
+                    arguments: Some(String::new()),
+                },
+            }],
+            ..ChatDelta::default()
+        },
+        Part::CallArguments { index, text } => ChatDelta {
+            tool_calls: vec![ToolCallDelta {
+                index,
+                id: None,
+                kind: None,
+                function: FunctionCallDelta {
+                    name: None,
+                    arguments: Some(text),
+                },
+            }],
+            ..ChatDelta::default()
+        },
+    }
 }
 
 impl<G: Generate> StreamState<G> {
@@ -57,12 +102,23 @@ impl<G: Generate> StreamState<G> {
                         delta: ChatDelta {
                             role: Some("assistant"),
                             content: Some(String::new()),
+                            ..ChatDelta::default()
                         },
                         logprobs: None,
                         finish_reason: None,
                         stop_reason: None,
                     }]);
                     self.push(&chunk);
+                    if let Some(e) = self.shape.echo_text(i).cloned() {
+                        self.push_chat(
+                            i,
+                            ChatDelta {
+                                content: Some(e),
+                                ..ChatDelta::default()
+                            },
+                            None,
+                        );
+                    }
                 }
                 Kind::Completion => {
                     if self.shape.echo_prompt_ids.is_some() {
@@ -92,24 +148,54 @@ impl<G: Generate> StreamState<G> {
             .unwrap_or(0)
     }
 
+    fn push_chat(&mut self, i: usize, delta: ChatDelta, logprobs: Option<&[TokenLogprob]>) {
+        let logprobs = logprobs
+            .filter(|_| self.shape.logprobs)
+            .map(|lps| self.shape.chat_logprobs(&self.engine, lps));
+        let chunk = self.shape.chunk(vec![ChatChunkChoice {
+            index: i,
+            delta,
+            logprobs,
+            finish_reason: None,
+            stop_reason: None,
+        }]);
+        self.push(&chunk);
+    }
+
+    /// The parser of choice `i`, if this chat request parses its output.
+    fn parser(&mut self, i: usize) -> Option<&mut ChoiceStreamer> {
+        let plan = self.shape.plan.as_ref().filter(|p| !p.is_plain())?;
+        Some(self.parsers.entry(i).or_insert_with(|| plan.streamer()))
+    }
+
+    /// Parsed chat text: one chunk per part; the event's logprobs ride on the first one
+    /// (or on an empty delta when the parser held all the text back).
+    fn push_parsed(&mut self, i: usize, parts: Vec<Part>, lps: &[TokenLogprob]) {
+        let mut lps = Some(lps).filter(|l| !l.is_empty());
+        for part in parts {
+            self.push_chat(i, part_delta(part), lps.take());
+        }
+        if let Some(l) = lps {
+            self.push_chat(i, ChatDelta::default(), Some(l));
+        }
+    }
+
     fn push_content(&mut self, i: usize, text: String, lps: &[TokenLogprob], offset: usize) {
         match self.shape.kind {
             Kind::Chat => {
-                let logprobs = self
-                    .shape
-                    .logprobs
-                    .then(|| self.shape.chat_logprobs(&self.engine, lps));
-                let chunk = self.shape.chunk(vec![ChatChunkChoice {
-                    index: i,
-                    delta: ChatDelta {
-                        role: None,
+                if let Some(p) = self.parser(i) {
+                    let parts = p.push(&text);
+                    self.push_parsed(i, parts, lps);
+                    return;
+                }
+                self.push_chat(
+                    i,
+                    ChatDelta {
                         content: Some(text),
+                        ..ChatDelta::default()
                     },
-                    logprobs,
-                    finish_reason: None,
-                    stop_reason: None,
-                }]);
-                self.push(&chunk);
+                    Some(lps),
+                );
             }
             Kind::Completion => {
                 let logprobs = self
@@ -163,7 +249,20 @@ impl<G: Generate> StreamState<G> {
                         + self.acc.choices.get(&i).map(|c| c.token_chars).unwrap_or(0);
                     self.push_content(i, text, &[], offset);
                 }
-                let finish_reason = Some(reason.as_str());
+                let mut finish_reason = Some(reason.as_str());
+                if let Some(p) = self.parser(i) {
+                    let parts = p.finish();
+                    let called = p.called();
+                    self.push_parsed(i, parts, &[]);
+                    let reports = self
+                        .shape
+                        .plan
+                        .as_ref()
+                        .is_some_and(OutputPlan::reports_tool_calls);
+                    if called && reports && reason == lantern_engine::FinishReason::Stop {
+                        finish_reason = Some("tool_calls");
+                    }
+                }
                 match self.shape.kind {
                     Kind::Chat => {
                         let chunk = self.shape.chunk(vec![ChatChunkChoice {
@@ -246,6 +345,7 @@ pub(super) fn stream_response<G: Generate>(
         shape,
         merged: merge(streams),
         pending: VecDeque::new(),
+        parsers: HashMap::new(),
         done: false,
     };
     st.start();

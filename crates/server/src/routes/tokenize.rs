@@ -1,7 +1,7 @@
 //! vLLM's `POST /tokenize` (a prompt, or chat messages through the chat template) and
 //! `POST /detokenize`.
 
-use super::chat::render_chat;
+use super::chat::prompt_text;
 use super::{body_bytes, check_model, encode, AppState};
 use crate::error::ApiError;
 use crate::generate::Generate;
@@ -27,13 +27,19 @@ pub async fn tokenize<G: Generate>(
             add_generation_prompt,
             add_special_tokens,
             chat_template_kwargs,
+            tools,
+            tool_choice,
+            continue_final_message,
             return_token_strs,
         } => {
-            let text = render_chat(
+            // Tools are rendered as a chat request renders them (not with "none").
+            let tools = tools.filter(|_| tool_choice.as_ref().is_none_or(|c| c != "none"));
+            let text = prompt_text(
                 ready,
                 &messages,
-                None,
-                add_generation_prompt.unwrap_or(true),
+                tools.as_deref().filter(|t| !t.is_empty()),
+                add_generation_prompt,
+                continue_final_message.unwrap_or(false),
                 chat_template_kwargs.as_ref(),
             )?;
             (

@@ -8,6 +8,7 @@
 mod errors;
 mod fake;
 mod responses;
+mod tools;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
