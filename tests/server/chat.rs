@@ -160,3 +160,88 @@ fn response_format_json_schema_constrains_the_reply_and_bad_schemas_are_400() {
     let msg = assert_error(&r, 400, Some("response_format"));
     assert!(msg.contains("color"), "{msg}");
 }
+
+/// A Qwen3-style chat template (tools listed, `enable_thinking: false` closes the thinking
+/// block in the prompt), short enough for the tiny model's 512-token context; written to a
+/// file for `--chat-template`.
+fn qwen3_style_template_file() -> std::path::PathBuf {
+    let src = "{%- if tools %}<|im_start|>system\ntools:{% for t in tools %} {{ t.function.name }}{% endfor %}<|im_end|>\n{%- endif %}\n\
+{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\n\
+{%- if add_generation_prompt %}<|im_start|>assistant\n\
+{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}\n\
+{%- endif %}";
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("qwen3-style-template-{}.jinja", std::process::id()));
+    std::fs::write(&path, src).unwrap();
+    path
+}
+
+#[test]
+fn tool_and_reasoning_flags_serve_forced_calls_and_bad_flags_stop_start_up() {
+    let template = qwen3_style_template_file();
+    let s = start(&[
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "hermes",
+        "--reasoning-parser",
+        "qwen3",
+        "--chat-template",
+        template.to_str().unwrap(),
+    ]);
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 10}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["city", "days"],
+        "additionalProperties": false
+    }}}]);
+    let mut body = chat_body("Weather in Paris for three days?", 80);
+    body["tools"] = tools;
+    body["tool_choice"] = json!({"type": "function", "function": {"name": "get_weather"}});
+    // Thinking off: the template closes the thinking block, so the call is constrained
+    // from the first token.
+    body["chat_template_kwargs"] = json!({"enable_thinking": false});
+    for stream in [false, true] {
+        let args = if stream {
+            let mut sbody = body.clone();
+            sbody["stream"] = json!(true);
+            let mut args = String::new();
+            let mut finish = None;
+            for c in stream_chunks(&s.url("/v1/chat/completions"), &sbody) {
+                let ch = &c["choices"][0];
+                if let Some(f) = ch["finish_reason"].as_str() {
+                    finish = Some(f.to_string());
+                }
+                for tc in ch["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                    args.push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
+                }
+            }
+            assert_eq!(finish.as_deref(), Some("stop"));
+            args
+        } else {
+            let v = post_ok(&s.url("/v1/chat/completions"), &body);
+            let c = &v["choices"][0];
+            assert_eq!(c["finish_reason"], "stop", "{v}");
+            assert!(c["message"]["content"].is_null(), "{v}");
+            let calls = c["message"]["tool_calls"].as_array().unwrap();
+            assert_eq!(calls.len(), 1, "{v}");
+            assert_eq!(calls[0]["function"]["name"], "get_weather");
+            calls[0]["function"]["arguments"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let a: Value = serde_json::from_str(&args).unwrap_or_else(|e| panic!("{e}: {args}"));
+        assert!(a["city"].as_str().unwrap().chars().count() <= 10, "{a}");
+        assert!((1..=7).contains(&a["days"].as_i64().unwrap()), "{a}");
+    }
+    drop(s);
+    let _ = std::fs::remove_file(&template);
+    for (flags, needle) in [
+        (&["--tool-call-parser", "nope"][..], "hermes"),
+        (&["--reasoning-parser", "nope"][..], "deepseek_r1"),
+        (&["--enable-auto-tool-choice"][..], "--tool-call-parser"),
+    ] {
+        let e = try_start(flags).err().expect("start-up must fail");
+        assert!(e.contains(needle), "{flags:?}: {e}");
+    }
+}
