@@ -47,3 +47,34 @@ impl fmt::Display for UnknownParser {
 }
 
 impl std::error::Error for UnknownParser {}
+
+/// The kind among `all` whose `name` is `s`: the `FromStr` of the parser kinds; `what` names
+/// the kind of parser in the error.
+fn kind_from_name<K: Copy>(
+    what: &'static str,
+    all: &[K],
+    name: fn(&K) -> &'static str,
+    s: &str,
+) -> Result<K, UnknownParser> {
+    all.iter()
+        .copied()
+        .find(|k| name(k) == s)
+        .ok_or_else(|| UnknownParser {
+            what,
+            name: s.to_owned(),
+            valid: all.iter().map(name).collect(),
+        })
+}
+
+/// The server keeps parsers in its response streams, which move between threads.
+#[cfg(test)]
+mod send {
+    fn send<T: Send + 'static>() {}
+
+    #[test]
+    fn stream_parsers_are_send() {
+        send::<crate::tool::ToolStreamParser>();
+        send::<crate::tool::RequiredStreamParser>();
+        send::<crate::reasoning::ReasoningStreamParser>();
+    }
+}

@@ -18,7 +18,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::scan::{scan, Scan};
+use crate::scan::cut;
 
 /// A `--reasoning-parser` format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,14 +63,7 @@ impl FromStr for ReasoningParserKind {
     type Err = crate::UnknownParser;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| crate::UnknownParser {
-                what: "reasoning",
-                name: s.to_owned(),
-                valid: Self::ALL.iter().map(|k| k.name()).collect(),
-            })
+        crate::kind_from_name("reasoning", &Self::ALL, Self::name, s)
     }
 }
 
@@ -188,34 +181,26 @@ impl ReasoningStreamParser {
 
     fn run(&mut self, eof: bool) {
         let (start, end) = (self.kind.start_marker(), self.kind.end_marker());
-        let mut buf = std::mem::take(&mut self.buf);
+        let buf = std::mem::take(&mut self.buf);
         let mut pos = 0;
         loop {
-            let rest = &buf[pos..];
-            let reasoning = self.st == St::Thinking;
-            let found = match self.st {
-                St::After => Scan::Partial { safe: rest.len() },
-                St::Before => scan(rest, &[start]),
-                St::Thinking => scan(rest, &[start, end]),
+            let markers: &[&str] = match self.st {
+                St::After => &[],
+                St::Before => &[start],
+                St::Thinking => &[start, end],
             };
-            match found {
-                Scan::Found { at, which } => {
-                    self.emit(reasoning, &rest[..at]);
-                    let marker = if which == 1 { end } else { start };
-                    // `<think>` opens the reasoning (or, inside it, is dropped); `</think>`
-                    // closes it for good.
-                    self.st = if which == 1 { St::After } else { St::Thinking };
-                    pos += at + marker.len();
-                }
-                Scan::Partial { safe } => {
-                    let upto = if eof { rest.len() } else { safe };
-                    self.emit(reasoning, &rest[..upto]);
-                    pos += upto;
-                    break;
-                }
+            let cut = cut(&buf[pos..], markers, eof);
+            self.emit(self.st == St::Thinking, cut.text);
+            pos += cut.used;
+            // `<think>` opens the reasoning (or, inside it, is dropped); `</think>` closes it
+            // for good.
+            match cut.marker.map(|which| markers[which]) {
+                Some(marker) if marker == end => self.st = St::After,
+                Some(_) => self.st = St::Thinking,
+                None => break,
             }
         }
-        buf.drain(..pos);
         self.buf = buf;
+        self.buf.drain(..pos);
     }
 }

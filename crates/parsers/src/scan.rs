@@ -39,6 +39,38 @@ pub(crate) fn scan(buf: &str, markers: &[&str]) -> Scan {
     Scan::Partial { safe: buf.len() }
 }
 
+/// `buf` split at its earliest complete marker: see [`cut`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cut<'a> {
+    /// The text before the marker or, with no complete marker, the text that cannot be the
+    /// start of one (all of `buf` at the end of output).
+    pub(crate) text: &'a str,
+    /// The marker that ends `text` (index into the marker list), if any.
+    pub(crate) marker: Option<usize>,
+    /// Bytes of `buf` used up: `text` and the marker.
+    pub(crate) used: usize,
+}
+
+/// Splits `buf` at its earliest complete marker, or else releases what cannot start one (at
+/// `eof`, everything). Same marker rules as [`scan`].
+pub(crate) fn cut<'a>(buf: &'a str, markers: &[&str], eof: bool) -> Cut<'a> {
+    match scan(buf, markers) {
+        Scan::Found { at, which } => Cut {
+            text: &buf[..at],
+            marker: Some(which),
+            used: at + markers[which].len(),
+        },
+        Scan::Partial { safe } => {
+            let upto = if eof { buf.len() } else { safe };
+            Cut {
+                text: &buf[..upto],
+                marker: None,
+                used: upto,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +94,18 @@ mod tests {
         assert_eq!(scan("a<b", &m), Scan::Partial { safe: 3 });
         assert_eq!(scan("é<tool_cal", &m), Scan::Partial { safe: 2 });
         assert_eq!(scan("", &m), Scan::Partial { safe: 0 });
+    }
+
+    #[test]
+    fn cut_releases_text_and_marker() {
+        let m = ["<a>", "<bb>"];
+        let c = cut("x<bb>y<a>", &m, false);
+        assert_eq!((c.text, c.marker, c.used), ("x", Some(1), 5));
+        let c = cut("xy<b", &m, false);
+        assert_eq!((c.text, c.marker, c.used), ("xy", None, 2));
+        let c = cut("xy<b", &m, true);
+        assert_eq!((c.text, c.marker, c.used), ("xy<b", None, 4));
+        let c = cut("x<", &[], false);
+        assert_eq!((c.text, c.marker, c.used), ("x<", None, 2));
     }
 }

@@ -158,23 +158,149 @@ pub(crate) fn escape_into(out: &mut String, c: char) {
     }
 }
 
+/// The character that the escape `\` `c` stands for, for the letters JSON and Python share
+/// (`b`, `f`, `n`, `r`, `t`).
+pub(crate) fn control_escape(c: char) -> Option<char> {
+    Some(match c {
+        'b' => '\u{8}',
+        'f' => '\u{c}',
+        'n' => '\n',
+        'r' => '\r',
+        't' => '\t',
+        _ => return None,
+    })
+}
+
 /// JSON whitespace (serde_json accepts exactly these four).
 pub(crate) fn is_json_ws(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 
+/// Where a literal reader (a [`JsonValue`], or the pythonic reader) stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum St {
+pub(crate) enum Pos {
+    /// A value is expected.
     Value,
+    /// A value or the end of the array is expected.
     ValueOrClose,
+    /// A key or the end of the object is expected.
     KeyOrClose,
+    /// A key is expected.
     Key,
+    /// The `:` after a key is expected.
     Colon,
+    /// A member has ended: a comma or the end of its container is expected.
     After,
+    /// Inside a string (a key, or a value).
     Str,
+    /// Inside a number.
     Num,
-    Lit,
+    /// Inside a bare word (a JSON literal; a Python constant).
+    Word,
+    /// The value is complete.
     Done,
+}
+
+/// The position and open containers of a literal reader, and the steps over them that JSON
+/// and Python literals share; the reader writes to a [`Canon`] that it passes in.
+#[derive(Debug)]
+pub(crate) struct Nest {
+    pub(crate) pos: Pos,
+    /// Open containers, `true` for objects.
+    stack: Vec<bool>,
+    /// The key being read, when the string being read is an object key.
+    pub(crate) key: Option<String>,
+}
+
+impl Nest {
+    pub(crate) fn new() -> Self {
+        Self {
+            pos: Pos::Value,
+            stack: Vec::new(),
+            key: None,
+        }
+    }
+
+    /// At the top level (no container open).
+    pub(crate) fn top(&self) -> bool {
+        self.stack.is_empty()
+    }
+
+    /// A value has ended: `Step::Done` if it was the top-level one.
+    pub(crate) fn value_done(&mut self) -> Step {
+        if self.stack.is_empty() {
+            self.pos = Pos::Done;
+            Step::Done
+        } else {
+            self.pos = Pos::After;
+            Step::More
+        }
+    }
+
+    /// Opens an object (`true`) or array.
+    pub(crate) fn open(&mut self, object: bool, canon: &mut Canon) -> Result<(), Invalid> {
+        canon.open(object)?;
+        self.stack.push(object);
+        self.pos = if object {
+            Pos::KeyOrClose
+        } else {
+            Pos::ValueOrClose
+        };
+        Ok(())
+    }
+
+    /// Closes the innermost container.
+    pub(crate) fn close(&mut self, canon: &mut Canon) -> Step {
+        self.stack.pop();
+        canon.close();
+        self.value_done()
+    }
+
+    /// A key's string starts.
+    pub(crate) fn key_begin(&mut self) {
+        self.key = Some(String::new());
+        self.pos = Pos::Str;
+    }
+
+    /// The closing quote of a string: writes the key (then `:` follows) or ends the value.
+    pub(crate) fn str_end(&mut self, canon: &mut Canon) -> Result<Step, Invalid> {
+        match self.key.take() {
+            Some(key) => {
+                canon.key(&key)?;
+                self.pos = Pos::Colon;
+                Ok(Step::More)
+            }
+            None => {
+                canon.str_end();
+                Ok(self.value_done())
+            }
+        }
+    }
+
+    /// A non-whitespace character after a member: a comma, after which (`trailing`) the
+    /// container may also close, or the container's closing bracket.
+    pub(crate) fn after(
+        &mut self,
+        c: char,
+        canon: &mut Canon,
+        trailing: bool,
+    ) -> Result<Step, Invalid> {
+        let object = self.stack.last().copied().unwrap_or(false);
+        match c {
+            ',' => {
+                self.pos = match (object, trailing) {
+                    (true, false) => Pos::Key,
+                    (false, false) => Pos::Value,
+                    (true, true) => Pos::KeyOrClose,
+                    (false, true) => Pos::ValueOrClose,
+                };
+                Ok(Step::More)
+            }
+            '}' if object => Ok(self.close(canon)),
+            ']' if !object => Ok(self.close(canon)),
+            _ => Err(Invalid),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,10 +315,7 @@ enum Esc {
 pub(crate) struct JsonValue {
     /// Canonical form of what has been read.
     pub(crate) canon: Canon,
-    st: St,
-    /// Open containers, `true` for objects.
-    stack: Vec<bool>,
-    key: Option<String>,
+    nest: Nest,
     esc: Esc,
     high: Option<u32>,
     num: String,
@@ -207,9 +330,7 @@ impl JsonValue {
     pub(crate) fn new(object_only: bool) -> Self {
         Self {
             canon: Canon::default(),
-            st: St::Value,
-            stack: Vec::new(),
-            key: None,
+            nest: Nest::new(),
             esc: Esc::No,
             high: None,
             num: String::new(),
@@ -225,24 +346,8 @@ impl JsonValue {
         self.top_str.as_deref()
     }
 
-    fn value_done(&mut self) -> Step {
-        if self.stack.is_empty() {
-            self.st = St::Done;
-            Step::Done
-        } else {
-            self.st = St::After;
-            Step::More
-        }
-    }
-
-    fn close(&mut self) -> Step {
-        self.stack.pop();
-        self.canon.close();
-        self.value_done()
-    }
-
     fn str_push(&mut self, c: char) {
-        if let Some(k) = self.key.as_mut() {
+        if let Some(k) = self.nest.key.as_mut() {
             k.push(c);
         } else {
             self.canon.str_char(c);
@@ -254,39 +359,30 @@ impl JsonValue {
 
     /// Reads one character.
     pub(crate) fn feed(&mut self, c: char) -> Result<Step, Invalid> {
-        match self.st {
-            St::Done => Ok(Step::DoneBefore),
-            St::Value | St::ValueOrClose => {
+        match self.nest.pos {
+            Pos::Done => Ok(Step::DoneBefore),
+            Pos::Value | Pos::ValueOrClose => {
                 if is_json_ws(c) {
                     return Ok(Step::More);
                 }
-                if self.st == St::ValueOrClose && c == ']' {
-                    return Ok(self.close());
+                if self.nest.pos == Pos::ValueOrClose && c == ']' {
+                    return Ok(self.nest.close(&mut self.canon));
                 }
-                if self.object_only && self.stack.is_empty() && c != '{' {
+                if self.object_only && self.nest.top() && c != '{' {
                     return Err(Invalid);
                 }
                 match c {
-                    '{' | '[' => {
-                        let object = c == '{';
-                        self.canon.open(object)?;
-                        self.stack.push(object);
-                        self.st = if object {
-                            St::KeyOrClose
-                        } else {
-                            St::ValueOrClose
-                        };
-                    }
+                    '{' | '[' => self.nest.open(c == '{', &mut self.canon)?,
                     '"' => {
                         self.canon.str_begin();
-                        if self.stack.is_empty() {
+                        if self.nest.top() {
                             self.top_str = Some(String::new());
                         }
-                        self.st = St::Str;
+                        self.nest.pos = Pos::Str;
                     }
                     '-' | '0'..='9' => {
                         self.num.push(c);
-                        self.st = St::Num;
+                        self.nest.pos = Pos::Num;
                     }
                     't' | 'f' | 'n' => {
                         self.lit = match c {
@@ -295,62 +391,50 @@ impl JsonValue {
                             _ => "null",
                         };
                         self.lit_pos = 1;
-                        self.st = St::Lit;
+                        self.nest.pos = Pos::Word;
                     }
                     _ => return Err(Invalid),
                 }
                 Ok(Step::More)
             }
-            St::KeyOrClose | St::Key => {
+            Pos::KeyOrClose | Pos::Key => {
                 if is_json_ws(c) {
                     Ok(Step::More)
                 } else if c == '"' {
-                    self.key = Some(String::new());
-                    self.st = St::Str;
+                    self.nest.key_begin();
                     Ok(Step::More)
-                } else if c == '}' && self.st == St::KeyOrClose {
-                    Ok(self.close())
+                } else if c == '}' && self.nest.pos == Pos::KeyOrClose {
+                    Ok(self.nest.close(&mut self.canon))
                 } else {
                     Err(Invalid)
                 }
             }
-            St::Colon => {
+            Pos::Colon => {
                 if is_json_ws(c) {
                     Ok(Step::More)
                 } else if c == ':' {
-                    self.st = St::Value;
+                    self.nest.pos = Pos::Value;
                     Ok(Step::More)
                 } else {
                     Err(Invalid)
                 }
             }
-            St::After => {
-                let object = self.stack.last().copied().unwrap_or(false);
-                match c {
-                    c if is_json_ws(c) => Ok(Step::More),
-                    ',' => {
-                        self.st = if object { St::Key } else { St::Value };
-                        Ok(Step::More)
-                    }
-                    '}' if object => Ok(self.close()),
-                    ']' if !object => Ok(self.close()),
-                    _ => Err(Invalid),
-                }
-            }
-            St::Str => self.feed_str(c),
-            St::Num => {
+            Pos::After if is_json_ws(c) => Ok(Step::More),
+            Pos::After => self.nest.after(c, &mut self.canon, false),
+            Pos::Str => self.feed_str(c),
+            Pos::Num => {
                 if matches!(c, '0'..='9' | '.' | 'e' | 'E' | '+' | '-') {
                     self.num.push(c);
                     return Ok(Step::More);
                 }
                 let num = std::mem::take(&mut self.num);
                 self.canon.number(&num)?;
-                match self.value_done() {
+                match self.nest.value_done() {
                     Step::Done => Ok(Step::DoneBefore),
                     _ => self.feed(c),
                 }
             }
-            St::Lit => {
+            Pos::Word => {
                 if !self
                     .lit
                     .get(self.lit_pos..)
@@ -361,7 +445,7 @@ impl JsonValue {
                 self.lit_pos += 1;
                 if self.lit_pos == self.lit.len() {
                     self.canon.literal(self.lit);
-                    Ok(self.value_done())
+                    Ok(self.nest.value_done())
                 } else {
                     Ok(Step::More)
                 }
@@ -376,16 +460,7 @@ impl JsonValue {
                     return Err(Invalid);
                 }
                 match c {
-                    '"' => {
-                        if let Some(key) = self.key.take() {
-                            self.canon.key(&key)?;
-                            self.st = St::Colon;
-                            Ok(Step::More)
-                        } else {
-                            self.canon.str_end();
-                            Ok(self.value_done())
-                        }
-                    }
+                    '"' => self.nest.str_end(&mut self.canon),
                     '\\' => {
                         self.esc = Esc::Slash;
                         Ok(Step::More)
@@ -404,16 +479,11 @@ impl JsonValue {
                 self.esc = Esc::No;
                 let decoded = match c {
                     '"' | '\\' | '/' => c,
-                    'b' => '\u{8}',
-                    'f' => '\u{c}',
-                    'n' => '\n',
-                    'r' => '\r',
-                    't' => '\t',
                     'u' => {
                         self.esc = Esc::Hex(0, 0);
                         return Ok(Step::More);
                     }
-                    _ => return Err(Invalid),
+                    c => control_escape(c).ok_or(Invalid)?,
                 };
                 self.str_push(decoded);
                 Ok(Step::More)

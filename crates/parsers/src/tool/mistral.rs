@@ -5,8 +5,7 @@
 use super::call::CallArray;
 use super::json::{is_json_ws, Invalid, JsonValue, Step};
 use super::out::Out;
-use super::{fail, feed_chars, Fed, Mode, Raw};
-use crate::scan::{scan, Scan};
+use super::{Core, Format, Go};
 
 const MARKER: &str = "[TOOL_CALLS]";
 const ARGS_TAG: &str = "[ARGS]";
@@ -17,7 +16,7 @@ fn is_name_char(c: char) -> bool {
 }
 
 #[derive(Debug)]
-enum Block {
+pub(crate) enum Block {
     /// Right after `[TOOL_CALLS]`.
     Begin,
     /// `[` read: a JSON array of call objects.
@@ -79,73 +78,27 @@ impl Block {
     }
 }
 
-#[derive(Debug)]
-enum St {
-    Text,
-    Block(Block),
-    Over(Mode),
-}
-
 /// The `mistral` machine.
 ///
 /// Beyond vLLM: text after the calls is kept as content (vLLM keeps only the text before
 /// `[TOOL_CALLS]`), and the text before `[TOOL_CALLS]` loses its trailing whitespace.
 #[derive(Debug)]
-pub(crate) struct Mistral {
-    st: St,
-    raw: Raw,
+pub(crate) enum Mistral {
+    /// Ordinary text, looking for `[TOOL_CALLS]`.
+    Text,
+    /// Inside a call block.
+    Block(Block),
 }
 
-impl Mistral {
-    pub(crate) fn new() -> Self {
-        Self {
-            st: St::Text,
-            raw: Raw::default(),
-        }
-    }
-
-    pub(crate) fn run(&mut self, input: &str, eof: bool, out: &mut Out) -> usize {
-        let mut pos = 0;
-        loop {
-            let rest = &input[pos..];
-            match &mut self.st {
-                St::Text => match scan(rest, &[MARKER]) {
-                    Scan::Found { at, .. } => {
-                        out.content(&rest[..at]);
-                        pos += at + MARKER.len();
-                        self.raw.begin(out, MARKER);
-                        self.st = St::Block(Block::Begin);
-                    }
-                    Scan::Partial { safe } => {
-                        let upto = if eof { rest.len() } else { safe };
-                        out.content(&rest[..upto]);
-                        return pos + upto;
-                    }
-                },
-                St::Block(block) => match feed_chars(rest, &mut self.raw, |c| block.feed(c, out)) {
-                    Fed::Exhausted => {
-                        if eof {
-                            self.st = St::Over(fail(out, &mut self.raw));
-                        }
-                        return input.len();
-                    }
-                    Fed::Done(n) => {
-                        pos += n;
-                        self.raw.text.clear();
-                        self.st = St::Text;
-                    }
-                    Fed::Failed(n) => {
-                        pos += n;
-                        self.st = St::Over(fail(out, &mut self.raw));
-                    }
-                },
-                St::Over(mode) => {
-                    if *mode == Mode::Pass {
-                        out.content(rest);
-                    }
-                    return input.len();
-                }
-            }
+impl Format for Mistral {
+    fn step(&mut self, core: &mut Core, rest: &str, eof: bool, out: &mut Out) -> Go {
+        match self {
+            Mistral::Text => core
+                .until(rest, MARKER, eof, out)
+                .moving(self, Mistral::Block(Block::Begin)),
+            Mistral::Block(block) => core
+                .read(rest, eof, out, |c, out| block.feed(c, out))
+                .moving(self, Mistral::Text),
         }
     }
 }

@@ -43,6 +43,7 @@ use serde::Serialize;
 
 pub use required::{extract_required, RequiredStreamParser};
 
+use crate::scan::cut;
 use json::{Invalid, Step};
 use out::Out;
 
@@ -96,14 +97,7 @@ impl FromStr for ToolParserKind {
     type Err = crate::UnknownParser;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.name() == s)
-            .ok_or_else(|| crate::UnknownParser {
-                what: "tool call",
-                name: s.to_owned(),
-                valid: Self::ALL.iter().map(|k| k.name()).collect(),
-            })
+        crate::kind_from_name("tool call", &Self::ALL, Self::name, s)
     }
 }
 
@@ -183,12 +177,42 @@ pub fn extract(kind: ToolParserKind, text: &str) -> Extracted {
     Extracted::from_deltas(&deltas)
 }
 
-#[derive(Debug)]
-enum Machine {
-    Hermes(hermes::Hermes),
-    Llama(llama::Llama),
-    Mistral(mistral::Mistral),
-    Pythonic(pythonic::Pythonic),
+/// One format's state machine over the text of a stream.
+trait Format: fmt::Debug + Send {
+    /// Reads from the start of `rest` (the text not used yet) in the current state; `eof`: no
+    /// more text will come. Shared work is done through `core`.
+    fn step(&mut self, core: &mut Core, rest: &str, eof: bool, out: &mut Out) -> Go;
+}
+
+/// How far a [`Format::step`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Go {
+    /// Used this many bytes; the machine goes on from there.
+    On(usize),
+    /// Used this many bytes; the machine waits for more text, or has stopped reading calls
+    /// (see [`Core::rest`]).
+    Stop(usize),
+}
+
+impl Go {
+    /// Moves `st` to `next` if the step goes on.
+    fn moving<S>(self, st: &mut S, next: S) -> Go {
+        if let Go::On(_) = self {
+            *st = next;
+        }
+        self
+    }
+}
+
+/// Runs `format` over `input` until it stops; returns the bytes used.
+fn drive(format: &mut dyn Format, core: &mut Core, input: &str, eof: bool, out: &mut Out) -> usize {
+    let mut pos = 0;
+    loop {
+        match format.step(core, &input[pos..], eof, out) {
+            Go::On(n) => pos += n,
+            Go::Stop(n) => return pos + n,
+        }
+    }
 }
 
 /// Incremental tool-call parser over text as it is generated.
@@ -199,60 +223,44 @@ enum Machine {
 /// [`extract`] on the whole output (malformed markup aside, see the [module docs](self)).
 #[derive(Debug)]
 pub struct ToolStreamParser {
-    machine: Machine,
+    format: Box<dyn Format>,
+    core: Core,
     buf: String,
     out: Out,
-    finished: bool,
 }
 
 impl ToolStreamParser {
     /// A parser for `kind`.
     pub fn new(kind: ToolParserKind) -> Self {
-        let machine = match kind {
-            ToolParserKind::Hermes => Machine::Hermes(hermes::Hermes::new()),
-            ToolParserKind::Llama3Json => Machine::Llama(llama::Llama::new()),
-            ToolParserKind::Mistral => Machine::Mistral(mistral::Mistral::new()),
-            ToolParserKind::Pythonic => Machine::Pythonic(pythonic::Pythonic::new()),
+        let format: Box<dyn Format> = match kind {
+            ToolParserKind::Hermes => Box::new(hermes::Hermes::Text),
+            ToolParserKind::Llama3Json => Box::new(llama::Llama::Lead),
+            ToolParserKind::Mistral => Box::new(mistral::Mistral::Text),
+            ToolParserKind::Pythonic => Box::new(pythonic::Pythonic::Lead),
         };
         Self {
-            machine,
+            format,
+            core: Core::default(),
             buf: String::new(),
             out: Out::default(),
-            finished: false,
         }
-    }
-
-    fn run(&mut self, eof: bool) {
-        let used = match &mut self.machine {
-            Machine::Hermes(m) => m.run(&self.buf, eof, &mut self.out),
-            Machine::Llama(m) => m.run(&self.buf, eof, &mut self.out),
-            Machine::Mistral(m) => m.run(&self.buf, eof, &mut self.out),
-            Machine::Pythonic(m) => m.run(&self.buf, eof, &mut self.out),
-        };
-        self.buf.drain(..used.min(self.buf.len()));
     }
 
     /// Takes the next piece of output. After [`finish`](Self::finish) it does nothing.
     pub fn push(&mut self, delta: &str) -> Vec<ToolDelta> {
-        if self.finished {
-            return Vec::new();
-        }
-        self.buf.push_str(delta);
-        self.run(false);
-        std::mem::take(&mut self.out.deltas)
+        self.out.push_with(|out| {
+            self.buf.push_str(delta);
+            self.core.run(&mut *self.format, &mut self.buf, false, out);
+        })
     }
 
     /// End of output: releases held-back text and completes (or fails) an open call. Calling
     /// it again returns nothing.
     pub fn finish(&mut self) -> Vec<ToolDelta> {
-        if self.finished {
-            return Vec::new();
-        }
-        self.finished = true;
-        self.run(true);
-        self.buf.clear();
-        self.out.finish();
-        std::mem::take(&mut self.out.deltas)
+        self.out.finish_with(|out| {
+            self.core.run(&mut *self.format, &mut self.buf, true, out);
+            self.buf.clear();
+        })
     }
 
     /// At least one call has started.
@@ -266,10 +274,10 @@ impl ToolStreamParser {
     }
 }
 
-/// What happens to the output after malformed markup.
+/// What happens to the rest of the output once a machine stops reading calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// Everything is content.
+    /// Everything is content (after ordinary text, or malformed markup in no started call).
     Pass,
     /// Everything is dropped (the malformed call had started).
     Dead,
@@ -293,50 +301,129 @@ impl Raw {
     }
 }
 
-/// Records malformed markup: its raw text becomes content unless a call in it had started.
-fn fail(out: &mut Out, raw: &mut Raw) -> Mode {
-    out.failed = true;
-    let mode = if out.call_count() > raw.base {
-        Mode::Dead
-    } else {
-        out.content(&raw.text);
-        Mode::Pass
-    };
-    raw.text.clear();
-    mode
+/// The state every format shares, and the steps they share.
+#[derive(Debug, Default)]
+struct Core {
+    raw: Raw,
+    /// Set once the machine has stopped reading calls: what becomes of all later text.
+    rest: Option<Mode>,
 }
 
-/// Outcome of [`feed_chars`].
-enum Fed {
-    /// Every character was read; the reader wants more.
-    Exhausted,
-    /// The reader finished after this many bytes.
-    Done(usize),
-    /// The reader failed on the character ending at this many bytes.
-    Failed(usize),
-}
-
-/// Feeds `rest` a character at a time to `reader`, appending consumed characters to `raw`.
-fn feed_chars(
-    rest: &str,
-    raw: &mut Raw,
-    mut reader: impl FnMut(char) -> Result<Step, Invalid>,
-) -> Fed {
-    for (i, c) in rest.char_indices() {
-        match reader(c) {
-            Ok(Step::More) => raw.text.push(c),
-            Ok(Step::Done) => {
-                raw.text.push(c);
-                return Fed::Done(i + c.len_utf8());
+impl Core {
+    /// Runs `format` over `buf` (unless it has stopped), then applies [`rest`](Self::rest);
+    /// drops the text used from `buf`.
+    fn run(&mut self, format: &mut dyn Format, buf: &mut String, eof: bool, out: &mut Out) {
+        let mut used = 0;
+        if self.rest.is_none() {
+            used = drive(format, self, buf, eof, out);
+        }
+        match self.rest {
+            Some(Mode::Pass) => {
+                out.content(&buf[used.min(buf.len())..]);
+                used = buf.len();
             }
-            Ok(Step::DoneBefore) => return Fed::Done(i),
-            Err(Invalid) => {
-                raw.text.push(c);
-                return Fed::Failed(i + c.len_utf8());
+            Some(Mode::Dead) => used = buf.len(),
+            None => {}
+        }
+        buf.drain(..used.min(buf.len()));
+    }
+
+    /// Ordinary text up to `marker`: emits it as content, holding back what may be the start
+    /// of the marker (unless `eof`). Goes on past the marker, which begins the raw markup.
+    fn until(&mut self, rest: &str, marker: &str, eof: bool, out: &mut Out) -> Go {
+        let cut = cut(rest, &[marker], eof);
+        out.content(cut.text);
+        if cut.marker.is_none() {
+            return Go::Stop(cut.used);
+        }
+        self.raw.begin(out, marker);
+        Go::On(cut.used)
+    }
+
+    /// The start of an output that is either calls or content (see [`lead`]): goes on to the
+    /// opening character `open` of the calls; stops while undecided, or for good (the output
+    /// is content) when it is not calls.
+    fn lead(&mut self, rest: &str, tag: &str, open: char, eof: bool, out: &mut Out) -> Go {
+        match lead(rest, tag, open) {
+            Lead::Calls(at) => {
+                self.raw.begin(out, &rest[..at]);
+                Go::On(at)
+            }
+            Lead::Undecided if !eof => Go::Stop(0),
+            Lead::Undecided | Lead::Text => {
+                self.rest = Some(Mode::Pass);
+                Go::Stop(0)
             }
         }
     }
-    Fed::Exhausted
+
+    /// Feeds `rest` a character at a time to `reader`, keeping the characters it takes in the
+    /// raw markup. Goes on once the reader is done; stops when it wants more text, or (failed,
+    /// or still wanting more at `eof`) after recording malformed markup.
+    fn read(
+        &mut self,
+        rest: &str,
+        eof: bool,
+        out: &mut Out,
+        mut reader: impl FnMut(char, &mut Out) -> Result<Step, Invalid>,
+    ) -> Go {
+        for (i, c) in rest.char_indices() {
+            let step = reader(c, out);
+            if step != Ok(Step::DoneBefore) {
+                self.raw.text.push(c);
+            }
+            match step {
+                Ok(Step::More) => {}
+                Ok(Step::Done) => return Go::On(i + c.len_utf8()),
+                Ok(Step::DoneBefore) => return Go::On(i),
+                Err(Invalid) => {
+                    self.fail(out);
+                    return Go::Stop(i + c.len_utf8());
+                }
+            }
+        }
+        if eof {
+            self.fail(out);
+        }
+        Go::Stop(rest.len())
+    }
+
+    /// Records malformed markup: its raw text becomes content, and so does the rest of the
+    /// output, unless a call in it had started (then the rest is dropped).
+    fn fail(&mut self, out: &mut Out) {
+        out.failed = true;
+        self.rest = Some(if out.call_count() > self.raw.base {
+            Mode::Dead
+        } else {
+            out.content(&self.raw.text);
+            Mode::Pass
+        });
+        self.raw.text.clear();
+    }
+}
+
+/// Whitespace and then a closing marker, at the start of a text: see [`closing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// Whitespace and the marker: this many bytes.
+    Read(usize),
+    /// This many bytes of whitespace, then (so far) at most the start of the marker.
+    Partial(usize),
+    /// This many bytes of whitespace, then something else.
+    Absent(usize),
+}
+
+/// Decides whether `text` is whitespace followed by `marker`.
+fn closing(text: &str, marker: &str) -> Closing {
+    let t = text.trim_start();
+    let skipped = text.len() - t.len();
+    if t.starts_with(marker) {
+        Closing::Read(skipped + marker.len())
+    } else if marker.starts_with(t) {
+        Closing::Partial(skipped)
+    } else {
+        Closing::Absent(skipped)
+    }
 }
 
 /// How an output that may start with calls begins.

@@ -16,9 +16,31 @@ pub(crate) struct Out {
     current: Option<usize>,
     /// Some call markup turned out malformed.
     pub(crate) failed: bool,
+    /// The end of output has been handled.
+    finished: bool,
 }
 
 impl Out {
+    /// A parser's `push`: runs `read` over the new text unless the output has finished, and
+    /// returns the deltas.
+    pub(crate) fn push_with(&mut self, read: impl FnOnce(&mut Out)) -> Vec<ToolDelta> {
+        if !self.finished {
+            read(self);
+        }
+        std::mem::take(&mut self.deltas)
+    }
+
+    /// A parser's `finish`: the first time, runs `end` and then [`finish`](Self::finish);
+    /// returns the deltas.
+    pub(crate) fn finish_with(&mut self, end: impl FnOnce(&mut Out)) -> Vec<ToolDelta> {
+        if !self.finished {
+            self.finished = true;
+            end(self);
+            self.finish();
+        }
+        std::mem::take(&mut self.deltas)
+    }
+
     /// Text outside calls. Trailing whitespace is held back: it is emitted only when more
     /// non-whitespace content follows, or at the end when there was no call. Leading
     /// whitespace after a call, before any content, is dropped.
@@ -79,7 +101,7 @@ impl Out {
     }
 
     /// End of output: held whitespace is content only if there was no call.
-    pub(crate) fn finish(&mut self) {
+    fn finish(&mut self) {
         let ws = std::mem::take(&mut self.pending_ws);
         if !self.called() && !ws.is_empty() {
             self.push(ToolDelta::Content(ws));

@@ -5,9 +5,9 @@
 //! and floats (a leading `-` allowed), `True`/`False`/`None`, lists and dicts with string keys,
 //! nested; trailing commas are accepted. They become the JSON arguments object.
 
-use super::json::{Canon, Invalid, Step};
+use super::json::{control_escape, Canon, Invalid, Nest, Pos, Step};
 use super::out::Out;
-use super::{fail, feed_chars, lead, Fed, Lead, Mode, Raw};
+use super::{closing, Closing, Core, Format, Go, Mode};
 
 const START: &str = "<|python_start|>";
 const END: &str = "<|python_end|>";
@@ -26,19 +26,6 @@ fn is_py_ws(c: char) -> bool {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum V {
-    Value,
-    ValueOrClose,
-    KeyOrClose,
-    Colon,
-    After,
-    Str,
-    Num,
-    Word,
-    Done,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Esc {
     No,
     Slash,
@@ -49,93 +36,58 @@ enum Esc {
 /// Reads one Python literal a character at a time, writing its JSON form to a [`Canon`].
 #[derive(Debug)]
 struct PyValue {
-    st: V,
-    /// Open containers, `true` for dicts.
-    stack: Vec<bool>,
+    nest: Nest,
     quote: char,
     esc: Esc,
-    key: Option<String>,
     word: String,
 }
 
 impl PyValue {
     fn new() -> Self {
         Self {
-            st: V::Value,
-            stack: Vec::new(),
+            nest: Nest::new(),
             quote: '\'',
             esc: Esc::No,
-            key: None,
             word: String::new(),
         }
     }
 
-    fn value_done(&mut self) -> Step {
-        if self.stack.is_empty() {
-            self.st = V::Done;
-            Step::Done
-        } else {
-            self.st = V::After;
-            Step::More
-        }
-    }
-
-    fn close(&mut self, canon: &mut Canon) -> Step {
-        self.stack.pop();
-        canon.close();
-        self.value_done()
-    }
-
     fn feed(&mut self, c: char, canon: &mut Canon) -> Result<Step, Invalid> {
         let ws = is_py_ws(c);
-        match self.st {
-            V::Done => return Ok(Step::DoneBefore),
-            V::Value | V::ValueOrClose if ws => {}
-            V::ValueOrClose if c == ']' => return Ok(self.close(canon)),
-            V::Value | V::ValueOrClose => match c {
+        match self.nest.pos {
+            Pos::Done => return Ok(Step::DoneBefore),
+            Pos::Value | Pos::ValueOrClose if ws => {}
+            Pos::ValueOrClose if c == ']' => return Ok(self.nest.close(canon)),
+            Pos::Value | Pos::ValueOrClose => match c {
                 '\'' | '"' => {
                     canon.str_begin();
                     self.quote = c;
-                    self.st = V::Str;
+                    self.nest.pos = Pos::Str;
                 }
                 '-' | '.' | '0'..='9' => {
                     self.word.push(c);
-                    self.st = V::Num;
+                    self.nest.pos = Pos::Num;
                 }
-                '[' | '{' => {
-                    let dict = c == '{';
-                    canon.open(dict)?;
-                    self.stack.push(dict);
-                    self.st = if dict { V::KeyOrClose } else { V::ValueOrClose };
-                }
+                '[' | '{' => self.nest.open(c == '{', canon)?,
                 c if is_ident_start(c) => {
                     self.word.push(c);
-                    self.st = V::Word;
+                    self.nest.pos = Pos::Word;
                 }
                 _ => return Err(Invalid),
             },
-            V::KeyOrClose if ws => {}
-            V::KeyOrClose if c == '}' => return Ok(self.close(canon)),
-            V::KeyOrClose if c == '\'' || c == '"' => {
-                self.key = Some(String::new());
+            Pos::KeyOrClose if ws => {}
+            Pos::KeyOrClose if c == '}' => return Ok(self.nest.close(canon)),
+            Pos::KeyOrClose if c == '\'' || c == '"' => {
+                self.nest.key_begin();
                 self.quote = c;
-                self.st = V::Str;
             }
-            V::Colon if ws => {}
-            V::Colon if c == ':' => self.st = V::Value,
-            V::After if ws => {}
-            V::After => {
-                let dict = self.stack.last().copied().unwrap_or(false);
-                match c {
-                    ',' => self.st = if dict { V::KeyOrClose } else { V::ValueOrClose },
-                    '}' if dict => return Ok(self.close(canon)),
-                    ']' if !dict => return Ok(self.close(canon)),
-                    _ => return Err(Invalid),
-                }
-            }
-            V::Str => return self.feed_str(c, canon),
-            V::Num | V::Word => {
-                let num = self.st == V::Num;
+            Pos::Colon if ws => {}
+            Pos::Colon if c == ':' => self.nest.pos = Pos::Value,
+            Pos::After if ws => {}
+            Pos::After => return self.nest.after(c, canon, true),
+            Pos::Str => return self.feed_str(c, canon),
+            Pos::Num | Pos::Word => {
+                let num = self.nest.pos == Pos::Num;
                 let exp_sign = (c == '+' || c == '-') && self.word.ends_with(['e', 'E']);
                 if is_ident(c) || (num && (c == '.' || exp_sign)) {
                     self.word.push(c);
@@ -152,7 +104,7 @@ impl PyValue {
                         _ => return Err(Invalid),
                     });
                 }
-                return match self.value_done() {
+                return match self.nest.value_done() {
                     Step::Done => Ok(Step::DoneBefore),
                     _ => self.feed(c, canon),
                 };
@@ -163,7 +115,7 @@ impl PyValue {
     }
 
     fn push_char(&mut self, c: char, canon: &mut Canon) {
-        match self.key.as_mut() {
+        match self.nest.key.as_mut() {
             Some(key) => key.push(c),
             None => canon.str_char(c),
         }
@@ -174,19 +126,7 @@ impl PyValue {
             Esc::No => match c {
                 '\\' => self.esc = Esc::Slash,
                 '\n' | '\r' => return Err(Invalid),
-                c if c == self.quote => {
-                    return match self.key.take() {
-                        Some(key) => {
-                            canon.key(&key)?;
-                            self.st = V::Colon;
-                            Ok(Step::More)
-                        }
-                        None => {
-                            canon.str_end();
-                            Ok(self.value_done())
-                        }
-                    };
-                }
+                c if c == self.quote => return self.nest.str_end(canon),
                 c => self.push_char(c, canon),
             },
             Esc::Slash => {
@@ -194,11 +134,6 @@ impl PyValue {
                 let decoded = match c {
                     '\n' => return Ok(Step::More),
                     '\\' | '\'' | '"' => c,
-                    'n' => '\n',
-                    't' => '\t',
-                    'r' => '\r',
-                    'b' => '\u{8}',
-                    'f' => '\u{c}',
                     'v' => '\u{b}',
                     'a' => '\u{7}',
                     'x' => {
@@ -218,11 +153,14 @@ impl PyValue {
                         return Ok(Step::More);
                     }
                     'N' => return Err(Invalid),
-                    other => {
-                        // Python keeps unknown escapes as written.
-                        self.push_char('\\', canon);
-                        other
-                    }
+                    other => match control_escape(other) {
+                        Some(decoded) => decoded,
+                        None => {
+                            // Python keeps unknown escapes as written.
+                            self.push_char('\\', canon);
+                            other
+                        }
+                    },
                 };
                 self.push_char(decoded, canon);
             }
@@ -286,6 +224,7 @@ fn json_number(word: &str) -> Option<String> {
 
 #[derive(Debug)]
 enum C {
+    Bracket,
     ListOpen,
     ListNext,
     Name(String),
@@ -298,11 +237,10 @@ enum C {
     AfterCall,
 }
 
-/// Reads `f(a=1), g()]` (the opening bracket already read); `Step::Done` at the closing
-/// bracket. A call starts (`Start` is sent) at its first `name=` or at `)` when it has no
-/// arguments, so `[see(below)]`-like text never starts a call.
+/// Reads `[f(a=1), g()]`; `Step::Done` at the closing bracket. A call starts (`Start` is
+/// sent) at its first `name=` or at `)` when it has no arguments, so `[see(below)]`-like text never starts a call.
 #[derive(Debug)]
-struct PyCalls {
+pub(crate) struct PyCalls {
     st: C,
     canon: Canon,
     name: String,
@@ -312,7 +250,7 @@ struct PyCalls {
 impl PyCalls {
     fn new() -> Self {
         Self {
-            st: C::ListOpen,
+            st: C::Bracket,
             canon: Canon::default(),
             name: String::new(),
             started: false,
@@ -332,6 +270,7 @@ impl PyCalls {
         match &mut self.st {
             C::ListOpen | C::ListNext | C::ArgsOpen | C::ArgsNext | C::AfterArg | C::AfterCall
                 if ws => {}
+            C::Bracket if c == '[' => self.st = C::ListOpen,
             C::ListNext | C::AfterCall if c == ']' => return Ok(Step::Done),
             C::ListOpen | C::ListNext if is_ident_start(c) => self.st = C::Name(c.to_string()),
             C::Name(name) if is_ident(c) => name.push(c),
@@ -377,90 +316,41 @@ impl PyCalls {
     }
 }
 
-#[derive(Debug)]
-enum St {
-    Lead,
-    List(PyCalls),
-    Tail,
-    Text,
-    Over(Mode),
-}
-
 /// The `pythonic` machine.
 ///
 /// Beyond vLLM: leading whitespace and negative numbers are accepted, and text after the list
 /// (and after `<|python_end|>`) is kept as content rather than making the whole output content.
 #[derive(Debug)]
-pub(crate) struct Pythonic {
-    st: St,
-    raw: Raw,
+pub(crate) enum Pythonic {
+    /// Start of output: whitespace and the optional start tag, until the first other character.
+    Lead,
+    /// Inside the list of calls.
+    List(PyCalls),
+    /// After the list: whitespace and the optional end tag; the rest is content.
+    Tail,
 }
 
-impl Pythonic {
-    pub(crate) fn new() -> Self {
-        Self {
-            st: St::Lead,
-            raw: Raw::default(),
-        }
-    }
-
-    pub(crate) fn run(&mut self, input: &str, eof: bool, out: &mut Out) -> usize {
-        let mut pos = 0;
-        loop {
-            let rest = &input[pos..];
-            match &mut self.st {
-                St::Lead => match lead(rest, START, '[') {
-                    Lead::Calls(at) => {
-                        self.raw.begin(out, &rest[..=at]);
-                        pos += at + 1;
-                        self.st = St::List(PyCalls::new());
-                    }
-                    Lead::Undecided if !eof => return pos,
-                    Lead::Undecided | Lead::Text => {
-                        out.content(rest);
-                        self.st = St::Over(Mode::Pass);
-                        return input.len();
-                    }
-                },
-                St::List(calls) => match feed_chars(rest, &mut self.raw, |c| calls.feed(c, out)) {
-                    Fed::Exhausted => {
-                        if eof {
-                            self.st = St::Over(fail(out, &mut self.raw));
-                        }
-                        return input.len();
-                    }
-                    Fed::Done(n) => {
-                        pos += n;
-                        self.st = St::Tail;
-                    }
-                    Fed::Failed(n) => {
-                        pos += n;
-                        self.st = St::Over(fail(out, &mut self.raw));
-                    }
-                },
-                St::Tail => {
-                    let t = rest.trim_start();
-                    let skipped = rest.len() - t.len();
-                    if t.starts_with(END) {
-                        pos += skipped + END.len();
-                        self.st = St::Text;
-                    } else if END.starts_with(t) {
-                        return if eof { input.len() } else { pos + skipped };
-                    } else {
-                        self.st = St::Text;
-                    }
+impl Format for Pythonic {
+    fn step(&mut self, core: &mut Core, rest: &str, eof: bool, out: &mut Out) -> Go {
+        match self {
+            Pythonic::Lead => core
+                .lead(rest, START, '[', eof, out)
+                .moving(self, Pythonic::List(PyCalls::new())),
+            Pythonic::List(calls) => core
+                .read(rest, eof, out, |c, out| calls.feed(c, out))
+                .moving(self, Pythonic::Tail),
+            Pythonic::Tail => match closing(rest, END) {
+                Closing::Read(n) => {
+                    core.rest = Some(Mode::Pass);
+                    Go::Stop(n)
                 }
-                St::Text => {
-                    out.content(rest);
-                    return input.len();
+                Closing::Partial(_) if eof => Go::Stop(rest.len()),
+                Closing::Partial(skipped) => Go::Stop(skipped),
+                Closing::Absent(_) => {
+                    core.rest = Some(Mode::Pass);
+                    Go::Stop(0)
                 }
-                St::Over(mode) => {
-                    if *mode == Mode::Pass {
-                        out.content(rest);
-                    }
-                    return input.len();
-                }
-            }
+            },
         }
     }
 }

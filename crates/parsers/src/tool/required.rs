@@ -14,6 +14,33 @@ enum St {
     Dead,
 }
 
+impl St {
+    fn feed(&mut self, c: char, out: &mut Out) {
+        let ws = is_json_ws(c);
+        let ok = match self {
+            St::Lead | St::Tail if ws => true,
+            St::Lead if c == '[' => {
+                *self = St::Array(CallArray::new(&["parameters", "arguments"]));
+                true
+            }
+            St::Array(array) => match array.feed(c, out) {
+                Ok(Step::Done) => {
+                    *self = St::Tail;
+                    true
+                }
+                Ok(_) => true,
+                Err(_) => false,
+            },
+            St::Dead => true,
+            _ => false,
+        };
+        if !ok {
+            out.failed = true;
+            *self = St::Dead;
+        }
+    }
+}
+
 /// Incremental parser for `tool_choice: "required"` output: the same `push`/`finish` API as
 /// [`ToolStreamParser`](super::ToolStreamParser), never emitting [`ToolDelta::Content`].
 ///
@@ -24,7 +51,6 @@ enum St {
 pub struct RequiredStreamParser {
     st: St,
     out: Out,
-    finished: bool,
 }
 
 impl Default for RequiredStreamParser {
@@ -39,54 +65,23 @@ impl RequiredStreamParser {
         Self {
             st: St::Lead,
             out: Out::default(),
-            finished: false,
-        }
-    }
-
-    fn feed(&mut self, c: char) {
-        let ws = is_json_ws(c);
-        let ok = match &mut self.st {
-            St::Lead | St::Tail if ws => true,
-            St::Lead if c == '[' => {
-                self.st = St::Array(CallArray::new(&["parameters", "arguments"]));
-                true
-            }
-            St::Array(array) => match array.feed(c, &mut self.out) {
-                Ok(Step::Done) => {
-                    self.st = St::Tail;
-                    true
-                }
-                Ok(_) => true,
-                Err(_) => false,
-            },
-            St::Dead => true,
-            _ => false,
-        };
-        if !ok {
-            self.out.failed = true;
-            self.st = St::Dead;
         }
     }
 
     /// Takes the next piece of output. After [`finish`](Self::finish) it does nothing.
     pub fn push(&mut self, delta: &str) -> Vec<ToolDelta> {
-        if !self.finished {
-            delta.chars().for_each(|c| self.feed(c));
-        }
-        std::mem::take(&mut self.out.deltas)
+        self.out
+            .push_with(|out| delta.chars().for_each(|c| self.st.feed(c, out)))
     }
 
     /// End of output. Output ending before the array closed is malformed.
     pub fn finish(&mut self) -> Vec<ToolDelta> {
-        if !self.finished {
-            self.finished = true;
+        self.out.finish_with(|out| {
             if !matches!(self.st, St::Tail | St::Dead) {
-                self.out.failed = true;
+                out.failed = true;
                 self.st = St::Dead;
             }
-            self.out.finish();
-        }
-        std::mem::take(&mut self.out.deltas)
+        })
     }
 
     /// At least one call has started.
