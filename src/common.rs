@@ -167,7 +167,7 @@ pub struct EngineArgs {
     pub block_size: usize,
     /// KV cache size in bytes (suffixes K, M, G, KiB, MiB, GiB). Default: 1GiB on CPU, on
     /// CUDA sized from --gpu-memory-utilization.
-    #[arg(long = "kv-cache-memory", value_parser = parse_bytes)]
+    #[arg(long = "kv-cache-memory", visible_alias = "kv-cache-memory-bytes", value_parser = parse_bytes)]
     pub kv_cache_memory: Option<u64>,
     /// Fraction of GPU memory to use for weights, activations and KV cache (CUDA; the KV
     /// cache gets what is left after loading). --kv-cache-memory overrides it.

@@ -6,6 +6,7 @@ mod generate;
 mod serve;
 mod throughput;
 
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -34,8 +35,37 @@ enum Command {
     ExportTokenizer(Box<export::ExportTokenizerArgs>),
 }
 
+/// `vllm serve`'s flags (vLLM 0.34), for a clear message when one is not implemented.
+const VLLM_SERVE_FLAGS: &str = include_str!("vllm_serve_flags.txt");
+
+/// The flag of an unknown-argument error, when it is one of `vllm serve`'s.
+fn unsupported_vllm_flag(e: &clap::Error) -> Option<String> {
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let ContextValue::String(arg) = e.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    let flag = arg.split('=').next().unwrap_or(arg);
+    VLLM_SERVE_FLAGS
+        .lines()
+        .any(|l| !l.starts_with('#') && l.trim() == flag)
+        .then(|| flag.to_string())
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(flag) = unsupported_vllm_flag(&e) {
+                eprintln!(
+                    "error: `{flag}` is a `vllm serve` flag that Lantern does not support yet; remove it (README: \"vLLM flags\" lists what is supported)"
+                );
+                std::process::exit(2);
+            }
+            e.exit()
+        }
+    };
     let default_level = match cli.command {
         Command::Serve(_) => "info",
         Command::Generate(_)
@@ -60,5 +90,35 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vllm_flags_we_lack_get_a_clear_error() {
+        let e = Cli::try_parse_from(["lantern", "serve", "--speculative-config", "{}"]).err();
+        assert_eq!(
+            e.as_ref().and_then(unsupported_vllm_flag).as_deref(),
+            Some("--speculative-config")
+        );
+        let e = Cli::try_parse_from(["lantern", "serve", "--no-such-flag"]).err();
+        assert_eq!(e.as_ref().and_then(unsupported_vllm_flag), None);
+        // Flags Lantern has parse, with vLLM's spellings too.
+        assert!(Cli::try_parse_from(["lantern", "serve", "--max-num-seqs", "4"]).is_ok());
+        assert!(Cli::try_parse_from([
+            "lantern",
+            "serve",
+            "Qwen/Qwen2.5-0.5B-Instruct",
+            "--kv-cache-memory-bytes",
+            "1073741824",
+            "--generation-config",
+            "vllm",
+        ])
+        .is_ok());
+        // The model positionally or with --model, not both.
+        assert!(Cli::try_parse_from(["lantern", "serve", "a", "--model", "b"]).is_err());
     }
 }

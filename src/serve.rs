@@ -8,6 +8,7 @@ use lantern_models::load_model;
 use lantern_parsers::reasoning::ReasoningParserKind;
 use lantern_parsers::tool::ToolParserKind;
 use lantern_server::chat_template::ChatTemplate;
+use lantern_server::defaults::SamplingDefaults;
 use lantern_server::tools::ToolConfig;
 use lantern_server::{AppState, Ready, ServerConfig};
 use std::sync::Arc;
@@ -15,6 +16,9 @@ use std::time::Duration;
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// The model, as `vllm serve MODEL` takes it (the same as --model).
+    #[arg(value_name = "MODEL", conflicts_with = "model")]
+    pub model_tag: Option<String>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -27,9 +31,19 @@ pub struct ServeArgs {
     /// Name(s) clients use in `model` (default: the --model argument).
     #[arg(long = "served-model-name", num_args = 1..)]
     pub served_model_name: Vec<String>,
-    /// Require `Authorization: Bearer KEY` on /v1/*.
+    /// Require `Authorization: Bearer KEY` on /v1/* (also read from LANTERN_API_KEY, then
+    /// VLLM_API_KEY).
     #[arg(long = "api-key", env = "LANTERN_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Request defaults: `auto` reads the model's generation_config.json (temperature,
+    /// top_p, top_k, min_p, repetition_penalty, max_new_tokens) for fields a request leaves
+    /// unset, as vLLM does; `vllm` ignores it; a directory reads its generation_config.json.
+    #[arg(
+        long = "generation-config",
+        default_value = "auto",
+        value_name = "auto|vllm|DIR"
+    )]
+    pub generation_config: String,
     /// Largest accepted request body in bytes.
     #[arg(long = "max-request-body-bytes", default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
@@ -41,7 +55,160 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub chat: ChatOutputArgs,
     #[command(flatten)]
+    pub vllm: VllmCompatArgs,
+    #[command(flatten)]
     pub null: NullDeviceArgs,
+}
+
+/// `vllm serve` flags Lantern accepts with vLLM's spelling, for the values it supports;
+/// other values stop start-up with a message saying what is not supported yet.
+#[derive(Debug, Clone, Args)]
+pub struct VllmCompatArgs {
+    /// GPUs one replica shards the model over: only 1 (run one replica per GPU).
+    #[arg(
+        long = "tensor-parallel-size",
+        value_name = "N",
+        help_heading = "vLLM compatibility"
+    )]
+    pub tensor_parallel_size: Option<usize>,
+    /// Pipeline stages: only 1.
+    #[arg(
+        long = "pipeline-parallel-size",
+        value_name = "N",
+        help_heading = "vLLM compatibility"
+    )]
+    pub pipeline_parallel_size: Option<usize>,
+    /// Data-parallel engines in one server: only 1 (run replicas behind a router).
+    #[arg(
+        long = "data-parallel-size",
+        value_name = "N",
+        help_heading = "vLLM compatibility"
+    )]
+    pub data_parallel_size: Option<usize>,
+    /// vLLM's quantization methods (awq, gptq, fp8, ...) are not supported yet; quantized
+    /// GGUF files load as they are.
+    #[arg(
+        long = "quantization",
+        value_name = "METHOD",
+        help_heading = "vLLM compatibility"
+    )]
+    pub quantization: Option<String>,
+    /// KV cache dtype: only `auto` (the model's dtype).
+    #[arg(
+        long = "kv-cache-dtype",
+        value_name = "DTYPE",
+        help_heading = "vLLM compatibility"
+    )]
+    pub kv_cache_dtype: Option<String>,
+    /// Accepted and without effect: Lantern never runs code from a model repository.
+    #[arg(long = "trust-remote-code", help_heading = "vLLM compatibility")]
+    pub trust_remote_code: bool,
+    /// Accepted: prefill is always chunked (--max-num-batched-tokens per step).
+    #[arg(long = "enable-chunked-prefill", help_heading = "vLLM compatibility")]
+    pub enable_chunked_prefill: bool,
+    /// Not supported: prefill is always chunked.
+    #[arg(
+        long = "no-enable-chunked-prefill",
+        help_heading = "vLLM compatibility"
+    )]
+    pub no_enable_chunked_prefill: bool,
+    /// CPU offload of weights: only 0.
+    #[arg(
+        long = "cpu-offload-gb",
+        value_name = "GB",
+        help_heading = "vLLM compatibility"
+    )]
+    pub cpu_offload_gb: Option<f64>,
+    /// Accepted: Lantern's per-request log lines are at info level (RUST_LOG sets levels).
+    #[arg(
+        long = "disable-log-requests",
+        visible_alias = "enable-log-requests",
+        help_heading = "vLLM compatibility"
+    )]
+    pub log_requests: bool,
+    /// Accepted: Lantern logs no periodic stats (scrape /metrics).
+    #[arg(long = "disable-log-stats", help_heading = "vLLM compatibility")]
+    pub disable_log_stats: bool,
+}
+
+impl VllmCompatArgs {
+    /// Fails on a value Lantern does not support yet.
+    pub fn check(&self) -> Result<()> {
+        let one = |flag: &str, v: Option<usize>, what: &str| -> Result<()> {
+            match v {
+                Some(n) if n != 1 => Err(anyhow!("`{flag} {n}` is not supported yet: {what}")),
+                _ => Ok(()),
+            }
+        };
+        one(
+            "--tensor-parallel-size",
+            self.tensor_parallel_size,
+            "a Lantern server runs on one GPU; run one replica per GPU behind a router",
+        )?;
+        one(
+            "--pipeline-parallel-size",
+            self.pipeline_parallel_size,
+            "a Lantern server runs on one GPU",
+        )?;
+        one(
+            "--data-parallel-size",
+            self.data_parallel_size,
+            "run one Lantern replica per GPU behind a router",
+        )?;
+        if let Some(q) = &self.quantization {
+            return Err(anyhow!(
+                "`--quantization {q}` is not supported yet: Lantern loads safetensors in their own dtype, or a quantized GGUF file as it is"
+            ));
+        }
+        if let Some(d) = self.kv_cache_dtype.as_deref().filter(|d| *d != "auto") {
+            return Err(anyhow!(
+                "`--kv-cache-dtype {d}` is not supported yet: the KV cache uses the model's dtype (`auto`)"
+            ));
+        }
+        if self.no_enable_chunked_prefill {
+            return Err(anyhow!(
+                "`--no-enable-chunked-prefill` is not supported: Lantern always chunks prefill (set --max-num-batched-tokens)"
+            ));
+        }
+        if let Some(gb) = self.cpu_offload_gb.filter(|g| *g != 0.0) {
+            return Err(anyhow!(
+                "`--cpu-offload-gb {gb}` is not supported yet: the weights must fit the device"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The request defaults `--generation-config` asks for, read from the model at `model_path`
+/// (a directory, or a file whose directory holds the model).
+fn sampling_defaults(setting: &str, model_path: &std::path::Path) -> Result<SamplingDefaults> {
+    let dir = match setting {
+        "vllm" => return Ok(SamplingDefaults::default()),
+        "auto" => {
+            if model_path.is_dir() {
+                model_path.to_path_buf()
+            } else {
+                // A GGUF file carries no generation config.
+                return Ok(SamplingDefaults::default());
+            }
+        }
+        path => std::path::PathBuf::from(path),
+    };
+    let file = dir.join("generation_config.json");
+    if !file.exists() {
+        if setting == "auto" {
+            return Ok(SamplingDefaults::default());
+        }
+        return Err(anyhow!(
+            "--generation-config {setting}: {} does not exist",
+            file.display()
+        ));
+    }
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    Ok(SamplingDefaults::from_generation_config(&v))
 }
 
 /// Tool calling and reasoning (vLLM's flags and parser names).
@@ -140,7 +307,14 @@ fn parse_lora_module(m: &str) -> Result<(String, String)> {
     }
 }
 
-pub fn run(args: ServeArgs) -> Result<()> {
+pub fn run(mut args: ServeArgs) -> Result<()> {
+    args.vllm.check()?;
+    if let Some(m) = args.model_tag.take() {
+        args.model.model = Some(m);
+    }
+    if args.api_key.is_none() {
+        args.api_key = std::env::var("VLLM_API_KEY").ok();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
@@ -200,6 +374,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
             ),
             None => None,
         };
+        let sampling_defaults = if null {
+            SamplingDefaults::default()
+        } else {
+            sampling_defaults(&load_args.generation_config, &loaded.meta.path)?
+        };
+        if !sampling_defaults.is_empty() {
+            tracing::info!(
+                defaults = ?sampling_defaults,
+                "request defaults from the model's generation_config.json (--generation-config vllm ignores them)"
+            );
+        }
         let cfg = loaded.meta.config.clone();
         let engine = Engine::start_with(loaded.backend, loaded.tokenizer, loaded.meta, engine_cfg)
             .map_err(|e| anyhow!(e))?;
@@ -246,6 +431,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 template,
                 served_names: names,
                 root,
+                sampling_defaults,
             })
             .map_err(|_| anyhow!("model loaded twice"))?;
         Ok(engine)

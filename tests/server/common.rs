@@ -112,6 +112,13 @@ pub fn free_port() -> u16 {
 
 /// Starts `lantern serve` on the tiny model with `extra` flags and waits for `/health`.
 pub fn try_start(extra: &[&str]) -> Result<Server, String> {
+    let dir = model_dir();
+    try_start_model(&["--model", dir.to_str().unwrap_or_default()], extra)
+}
+
+/// Like [`try_start`], naming the model with `model_args` (e.g. positionally, as
+/// `vllm serve MODEL`).
+pub fn try_start_model(model_args: &[&str], extra: &[&str]) -> Result<Server, String> {
     let mut last_err = String::new();
     for attempt in 0..5 {
         let port = free_port();
@@ -121,8 +128,7 @@ pub fn try_start(extra: &[&str]) -> Result<Server, String> {
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lantern"));
         cmd.arg("serve")
-            .arg("--model")
-            .arg(model_dir())
+            .args(model_args)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--kv-cache-memory", "64MiB", "--served-model-name", NAME])
             .args(extra)

@@ -1,6 +1,7 @@
 //! Basic endpoints: models, health, version.
 
 use super::common::*;
+use super::shapes::*;
 use serde_json::json;
 
 #[test]
@@ -38,4 +39,58 @@ fn health_and_version() {
     assert_eq!(r.status, 200);
     let v = r.json();
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn vllm_spellings_positional_model_ping_render_and_generation_config() {
+    // `--generation-config DIR`: the defaults of DIR/generation_config.json.
+    let gen_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("gen-config-{}", std::process::id()));
+    std::fs::create_dir_all(&gen_dir).unwrap();
+    std::fs::write(
+        gen_dir.join("generation_config.json"),
+        r#"{"temperature": 0.6, "top_k": 7, "top_p": 0.9, "eos_token_id": 2}"#,
+    )
+    .unwrap();
+    let model = model_dir();
+    let s = try_start_model(
+        &[model.to_str().unwrap()],
+        &[
+            "--generation-config",
+            gen_dir.to_str().unwrap(),
+            "--tensor-parallel-size",
+            "1",
+            "--trust-remote-code",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(get(&s.url("/ping")).unwrap().status, 200);
+    let mut body = chat_body("Hello", 5);
+    body.as_object_mut().unwrap().remove("temperature");
+    let r = post_ok(&s.url("/v1/chat/completions/render"), &body);
+    let sp = &r["sampling_params"];
+    assert!(
+        (sp["temperature"].as_f64().unwrap() - 0.6).abs() < 1e-6,
+        "{r}"
+    );
+    assert_eq!(sp["top_k"], 7);
+    assert_eq!(sp["max_tokens"], 5);
+    // The rendered ids are what /tokenize gives for the same messages.
+    let t = post_ok(
+        &s.url("/tokenize"),
+        &json!({"messages": body["messages"], "add_generation_prompt": true}),
+    );
+    assert_eq!(r["token_ids"], t["tokens"]);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&gen_dir);
+    // vLLM flags with values Lantern does not support stop start-up with a clear message.
+    for (flags, needle) in [
+        (&["--tensor-parallel-size", "2"][..], "not supported yet"),
+        (&["--quantization", "awq"][..], "not supported yet"),
+        (&["--speculative-config", "{}"][..], "does not support yet"),
+        (&["--kv-cache-dtype", "fp8"][..], "not supported yet"),
+    ] {
+        let e = try_start(flags).err().expect("start-up must fail");
+        assert!(e.contains(needle), "{flags:?}: {e}");
+    }
 }

@@ -26,6 +26,7 @@
 
 pub mod assistant;
 pub mod chat_template;
+pub mod defaults;
 pub mod error;
 pub mod generate;
 pub mod metrics;

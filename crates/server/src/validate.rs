@@ -2,6 +2,7 @@
 //! range check is the engine's one validator ([`lantern_engine::validation`]), whose
 //! [`ValidationError`]s name the field and the bound.
 
+use crate::defaults::SamplingDefaults;
 use crate::error::ApiError;
 use crate::protocol::CommonParams;
 use lantern_engine::validation::{check_best_of, logit_bias_token, top_k_from_openai};
@@ -24,6 +25,7 @@ pub fn generation_params(
     c: &CommonParams,
     max_tokens: Option<usize>,
     logprobs: Option<usize>,
+    defaults: &SamplingDefaults,
 ) -> Result<GenerationParams, ValidationError> {
     let d = SamplingParams::default();
     let n = c.n.unwrap_or(1);
@@ -37,18 +39,24 @@ pub fn generation_params(
     }
     Ok(GenerationParams {
         sampling: SamplingParams {
-            temperature: c.temperature.unwrap_or(d.temperature),
-            top_k: top_k_from_openai(c.top_k.unwrap_or(0))?,
-            top_p: c.top_p.unwrap_or(d.top_p),
-            min_p: c.min_p.unwrap_or(d.min_p),
-            repetition_penalty: c.repetition_penalty.unwrap_or(d.repetition_penalty),
+            temperature: c
+                .temperature
+                .or(defaults.temperature)
+                .unwrap_or(d.temperature),
+            top_k: top_k_from_openai(c.top_k.or(defaults.top_k).unwrap_or(0))?,
+            top_p: c.top_p.or(defaults.top_p).unwrap_or(d.top_p),
+            min_p: c.min_p.or(defaults.min_p).unwrap_or(d.min_p),
+            repetition_penalty: c
+                .repetition_penalty
+                .or(defaults.repetition_penalty)
+                .unwrap_or(d.repetition_penalty),
             presence_penalty: c.presence_penalty.unwrap_or(d.presence_penalty),
             frequency_penalty: c.frequency_penalty.unwrap_or(d.frequency_penalty),
         },
         logit_bias,
         logprobs,
         seed: c.seed.map(|s| s as u64),
-        max_tokens,
+        max_tokens: max_tokens.or(defaults.max_tokens),
         min_tokens: c.min_tokens.unwrap_or(0),
         stop: c.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
         stop_token_ids: c.stop_token_ids.clone().unwrap_or_default(),

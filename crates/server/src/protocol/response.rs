@@ -80,6 +80,49 @@ pub struct DetokenizeResponse {
     pub prompt: String,
 }
 
+/// `POST /v1/chat/completions/render` (one) and `POST /v1/completions/render` (one per
+/// prompt): what the engine would generate from, in vLLM's `GenerateRequest` shape, so a
+/// router tokenizes exactly as the engine does.
+#[derive(Debug, Clone, Serialize)]
+pub struct RenderedRequest {
+    pub request_id: String,
+    pub token_ids: Vec<u32>,
+    pub sampling_params: RenderedSampling,
+    pub model: String,
+    pub stream: bool,
+    pub cache_salt: Option<String>,
+    pub priority: i32,
+}
+
+/// The request's sampling parameters under vLLM's `SamplingParams` names (defaults filled
+/// in; `max_tokens` resolved against the context length).
+#[derive(Debug, Clone, Serialize)]
+pub struct RenderedSampling {
+    pub n: usize,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub repetition_penalty: f32,
+    pub temperature: f32,
+    pub top_p: f32,
+    /// 0: no top-k filter.
+    pub top_k: usize,
+    pub min_p: f32,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    pub max_tokens: usize,
+    pub min_tokens: usize,
+    pub logprobs: Option<usize>,
+    pub prompt_logprobs: Option<usize>,
+    pub skip_special_tokens: bool,
+    pub include_stop_str_in_output: bool,
+    /// Token id (as a string key, as JSON requires) -> bias; `null` when none.
+    pub logit_bias: Option<std::collections::BTreeMap<u32, f32>>,
+    /// vLLM's `structured_outputs` (`json`, `regex`, `choice`, `grammar`, `json_object`).
+    pub structured_outputs: Option<serde_json::Value>,
+}
+
 /// A non-streamed chat completion (`C` = [`ChatChoice`]) or text completion
 /// (`C` = [`CompletionChoice`]).
 #[derive(Debug, Clone, Serialize)]

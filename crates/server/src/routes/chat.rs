@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::Response;
-use lantern_engine::{StructuredOutput, StructuredRequest};
+use lantern_engine::{StructuredOutput, StructuredRequest, ValidParams};
 use lantern_parsers::reasoning::ReasoningParserKind;
 use lantern_parsers::tool::ToolParserKind;
 use serde_json::Value;
@@ -33,6 +33,25 @@ async fn chat_inner<G: Generate>(
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
     let req: ChatRequest = parse_body(&body_bytes(body)?)?;
+    let (ids, params, shape) = prepare(state, ready, &req)?;
+    let streams = submit_all(ready, vec![ids], &params, "messages").await?;
+    respond_with(
+        state,
+        ready,
+        shape,
+        streams,
+        req.common.stream.unwrap_or(false),
+    )
+    .await
+}
+
+/// Everything up to submitting: the prompt's token ids, the validated parameters and the
+/// response's shape (shared with `/v1/chat/completions/render`).
+pub(super) fn prepare<G: Generate>(
+    state: &AppState<G>,
+    ready: &Ready<G>,
+    req: &ChatRequest,
+) -> Result<(Vec<u32>, ValidParams, Shape), ApiError> {
     let lora_id = check_model(ready, &req.model)?;
     let logprobs = match (req.logprobs.unwrap_or(false), req.top_logprobs) {
         (true, t) => Some(t.unwrap_or(0)),
@@ -54,6 +73,7 @@ async fn chat_inner<G: Generate>(
         &req.common,
         req.max_completion_tokens.or(req.max_tokens),
         logprobs,
+        &ready.sampling_defaults,
     )?;
     params.lora_id = lora_id;
     if tools.mode == ToolMode::Auto(ToolParserKind::Mistral) {
@@ -128,15 +148,7 @@ async fn chat_inner<G: Generate>(
         echo_prompt_ids: None,
         plan: Some(plan),
     };
-    let streams = submit_all(ready, vec![ids], &params, "messages").await?;
-    respond_with(
-        state,
-        ready,
-        shape,
-        streams,
-        req.common.stream.unwrap_or(false),
-    )
-    .await
+    Ok((ids, params, shape))
 }
 
 /// Whether the prompt ends inside a thinking block (the template opened it).

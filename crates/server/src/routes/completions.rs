@@ -2,7 +2,7 @@
 //! then the shared generation path ([`output`](super::output)).
 
 use super::output::{respond_with, submit_all, Kind, Shape};
-use super::{body_bytes, check_model, encode, random_id, respond, unix_now, AppState};
+use super::{body_bytes, check_model, encode, random_id, respond, unix_now, AppState, Ready};
 use crate::error::ApiError;
 use crate::generate::Generate;
 use crate::protocol::{parse_body, CompletionRequest, PromptField};
@@ -12,6 +12,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::Response;
 use lantern_engine::validation::{check_prompt, MAX_N};
+use lantern_engine::ValidParams;
 use std::sync::Arc;
 
 pub async fn completions<G: Generate>(
@@ -28,6 +29,18 @@ async fn completions_inner<G: Generate>(
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
     let req: CompletionRequest = parse_body(&body_bytes(body)?)?;
+    let stream = req.common.stream.unwrap_or(false);
+    let (prompts, params, shape) = prepare(ready, req)?;
+    let streams = submit_all(ready, prompts, &params, "prompt").await?;
+    respond_with(state, ready, shape, streams, stream).await
+}
+
+/// Everything up to submitting: each prompt's token ids, the validated parameters and the
+/// response's shape (shared with `/v1/completions/render`).
+pub(super) fn prepare<G: Generate>(
+    ready: &Ready<G>,
+    req: CompletionRequest,
+) -> Result<(Vec<Vec<u32>>, ValidParams, Shape), ApiError> {
     let lora_id = check_model(ready, &req.model)?;
     if req.suffix.is_some() {
         return Err(ApiError::bad_request(
@@ -41,6 +54,7 @@ async fn completions_inner<G: Generate>(
         &req.common,
         Some(req.max_tokens.unwrap_or(16)),
         req.logprobs,
+        &ready.sampling_defaults,
     )?;
     params.lora_id = lora_id;
     if echo_requested {
@@ -117,13 +131,5 @@ async fn completions_inner<G: Generate>(
         echo_prompt_ids,
         plan: None,
     };
-    let streams = submit_all(ready, prompts, &params, "prompt").await?;
-    respond_with(
-        state,
-        ready,
-        shape,
-        streams,
-        req.common.stream.unwrap_or(false),
-    )
-    .await
+    Ok((prompts, params, shape))
 }

@@ -4,9 +4,12 @@
 //! - `output`, `accumulator`, `stream`: what both share: submitting the prompts and
 //!   merging their event streams (`output`), one per-choice accumulator of the events
 //!   (`accumulator`), rendered as one JSON body (`output`) or as SSE chunks (`stream`);
-//! - [`tokenize`]: `POST /tokenize`, `POST /detokenize`;
+//! - [`tokenize`]: `POST /tokenize`, `POST /detokenize`; [`render`]: vLLM's
+//!   `/v1/chat/completions/render` and `/v1/completions/render` (token ids and resolved
+//!   sampling parameters, nothing generated);
 //! - [`admin`]: `GET /v1/models`, `POST /v1/load_lora_adapter`, `POST /v1/unload_lora_adapter`;
-//! - [`health`]: `GET /health`, `GET /version`, `GET /metrics`.
+//! - [`health`]: `GET /health` (and vLLM's `/ping`, GET or POST), `GET /version`,
+//!   `GET /metrics`.
 //!
 //! This module holds the router, the shared state, `--api-key` auth and small helpers.
 
@@ -16,6 +19,7 @@ pub mod chat;
 pub mod completions;
 pub mod health;
 mod output;
+pub mod render;
 mod stream;
 pub mod tokenize;
 
@@ -46,6 +50,8 @@ pub struct Ready<G = EngineHandle> {
     pub served_names: Vec<String>,
     /// Where the model came from (hub id or path), reported as `root`.
     pub root: String,
+    /// `--generation-config`: the model's defaults for fields a request leaves unset.
+    pub sampling_defaults: crate::defaults::SamplingDefaults,
 }
 
 /// Server settings.
@@ -122,6 +128,14 @@ pub fn router<G: Generate>(state: Arc<AppState<G>>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat::<G>))
         .route("/v1/completions", post(completions::completions::<G>))
+        .route(
+            "/v1/chat/completions/render",
+            post(render::chat_render::<G>),
+        )
+        .route(
+            "/v1/completions/render",
+            post(render::completions_render::<G>),
+        )
         .route("/v1/models", get(admin::models::<G>))
         .route("/v1/load_lora_adapter", post(admin::load_lora_adapter::<G>))
         .route(
@@ -129,6 +143,7 @@ pub fn router<G: Generate>(state: Arc<AppState<G>>) -> Router {
             post(admin::unload_lora_adapter::<G>),
         )
         .route("/health", get(health::health::<G>))
+        .route("/ping", get(health::health::<G>).post(health::health::<G>))
         .route("/metrics", get(health::metrics::<G>))
         .route("/tokenize", post(tokenize::tokenize::<G>))
         .route("/detokenize", post(tokenize::detokenize::<G>))

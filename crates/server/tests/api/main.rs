@@ -9,6 +9,7 @@ mod errors;
 mod fake;
 mod responses;
 mod tools;
+mod vllm;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
@@ -37,6 +38,7 @@ fn app_with(engine: FakeEngine, config: ServerConfig) -> Arc<AppState<FakeEngine
             template: Some(template),
             served_names: vec![NAME.to_string()],
             root: "/models/tiny".to_string(),
+            sampling_defaults: Default::default(),
         })
         .unwrap();
     state

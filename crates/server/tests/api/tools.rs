@@ -31,6 +31,7 @@ fn qwen3_app(e: FakeEngine, config: ServerConfig) -> Arc<AppState<FakeEngine>> {
             template: Some(template),
             served_names: vec![NAME.to_string()],
             root: "/models/qwen3".to_string(),
+            sampling_defaults: Default::default(),
         })
         .unwrap();
     state
