@@ -24,3 +24,4 @@ python3 scripts/openai_conformance.py --bin target/debug/lantern
 python3 -c "import jsonschema, rfc3339_validator" 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-structured.txt
 python3 scripts/structured_outputs_check.py --bin target/debug/lantern
+bash scripts/check-deploy.sh   # deploy/: Dockerfile and Kubernetes manifests, offline
