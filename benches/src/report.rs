@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::metrics::{Metrics, RequestRecord, Stats, Timeline};
 use crate::structured::StructuredStats;
@@ -44,10 +44,155 @@ pub struct BenchResult {
     pub requests: Vec<RequestRecord>,
 }
 
+/// `YYYYMMDD-HHMMSS` (UTC) of a Unix time: the form of `vllm bench serve`'s `date`.
+fn chrono_free_date(unix_s: u64) -> String {
+    let days = (unix_s / 86_400) as i64;
+    let secs = unix_s % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// `p99` for 99, `p99.9` for 99.9 (how `vllm bench serve` names its percentile keys).
+fn p_word(p: f64) -> String {
+    if p.fract() == 0.0 {
+        format!("p{}", p as i64)
+    } else {
+        format!("p{p}")
+    }
+}
+
 impl BenchResult {
-    /// Writes the document as pretty JSON.
+    /// The keys of `vllm bench serve`'s result file (vLLM 0.34, `vllm/benchmarks/serve.py`),
+    /// so dashboards and comparison scripts built for vLLM read ours unchanged: run facts,
+    /// totals and throughputs, per-request lists (seconds, as vLLM writes them) and
+    /// `{mean,median,std,pNN}_{ttft,tpot,itl,e2el}_ms`.
+    pub fn vllm_keys(&self) -> serde_json::Map<String, Value> {
+        let m = &self.metrics;
+        let c = &self.config;
+        let mut o = serde_json::Map::new();
+        let date = chrono_free_date(self.started_unix_s);
+        let backend = match c.get("endpoint").and_then(Value::as_str) {
+            Some("chat") => "openai-chat",
+            _ => "openai",
+        };
+        let ok: Vec<&RequestRecord> = self.requests.iter().collect();
+        let entries: Vec<(&str, Value)> = vec![
+            ("date", json!(date)),
+            ("backend", json!(backend)),
+            ("model_id", json!(self.model)),
+            ("tokenizer_id", json!(self.tokenizer)),
+            (
+                "num_prompts",
+                c.get("num_prompts").cloned().unwrap_or(Value::Null),
+            ),
+            (
+                "request_rate",
+                c.get("request_rate").cloned().unwrap_or(Value::Null),
+            ),
+            (
+                "burstiness",
+                c.get("burstiness").cloned().unwrap_or(Value::Null),
+            ),
+            (
+                "max_concurrency",
+                c.get("max_concurrency").cloned().unwrap_or(Value::Null),
+            ),
+            ("duration", json!(m.duration_s)),
+            ("completed", json!(m.completed)),
+            ("failed", json!(m.failed)),
+            ("total_input_tokens", json!(m.total_input_tokens)),
+            ("total_output_tokens", json!(m.total_output_tokens)),
+            ("request_throughput", json!(m.request_throughput)),
+            ("request_goodput", json!(m.request_goodput)),
+            ("output_throughput", json!(m.output_throughput)),
+            ("total_token_throughput", json!(m.total_token_throughput)),
+            ("max_output_tokens_per_s", json!(m.peak_output_throughput)),
+            ("max_concurrent_requests", json!(m.peak_concurrent_requests)),
+            (
+                "input_lens",
+                json!(ok.iter().map(|r| r.prompt_len).collect::<Vec<_>>()),
+            ),
+            (
+                "output_lens",
+                json!(ok
+                    .iter()
+                    .map(|r| if r.success { r.output_tokens } else { 0 })
+                    .collect::<Vec<_>>()),
+            ),
+            (
+                "ttfts",
+                json!(ok
+                    .iter()
+                    .map(|r| r.ttft_s.unwrap_or(0.0))
+                    .collect::<Vec<_>>()),
+            ),
+            (
+                "itls",
+                json!(ok.iter().map(|r| r.itl_s.clone()).collect::<Vec<_>>()),
+            ),
+            (
+                "latencies",
+                json!(ok.iter().map(|r| r.e2el_s).collect::<Vec<_>>()),
+            ),
+            (
+                "start_times",
+                json!(ok.iter().map(|r| r.start_s).collect::<Vec<_>>()),
+            ),
+            (
+                "queue_times",
+                json!(ok.iter().map(|r| r.client_queue_s).collect::<Vec<_>>()),
+            ),
+            (
+                "errors",
+                json!(ok
+                    .iter()
+                    .map(|r| r.error.clone().unwrap_or_default())
+                    .collect::<Vec<_>>()),
+            ),
+        ];
+        for (k, v) in entries {
+            o.insert(k.to_string(), v);
+        }
+        for (name, st) in [
+            ("ttft", &m.ttft_ms),
+            ("tpot", &m.tpot_ms),
+            ("itl", &m.itl_ms),
+            ("e2el", &m.e2el_ms),
+        ] {
+            o.insert(format!("mean_{name}_ms"), json!(st.mean));
+            o.insert(format!("median_{name}_ms"), json!(st.median));
+            o.insert(format!("std_{name}_ms"), json!(st.std));
+            for (p, v) in &st.percentiles {
+                o.insert(format!("{}_{name}_ms", p_word(*p)), json!(v));
+            }
+        }
+        o
+    }
+
+    /// Writes the document as pretty JSON: Lantern's own keys, then `vllm bench serve`'s
+    /// ([`Self::vllm_keys`]).
     pub fn write_json(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).context("serializing the result")?;
+        let mut doc = serde_json::to_value(self).context("serializing the result")?;
+        if let Value::Object(o) = &mut doc {
+            for (k, v) in self.vllm_keys() {
+                o.entry(k).or_insert(v);
+            }
+        }
+        let text = serde_json::to_string_pretty(&doc).context("serializing the result")?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("--result-json: cannot create {}", dir.display()))?;
@@ -395,6 +540,41 @@ mod tests {
             timeline: Timeline::default(),
             requests: vec![],
         }
+    }
+
+    #[test]
+    fn vllm_bench_keys_are_written_beside_ours() {
+        let recs = vec![
+            record(0.0, 0.1, &[0.02, 0.03], 3),
+            record(0.1, 0.2, &[0.05], 2),
+        ];
+        let mut r = result(compute(&recs, 1.0, &[50.0, 99.0, 99.9], None));
+        r.requests = recs;
+        r.started_unix_s = 1_764_938_096; // 2025-12-05 12:34:56 UTC
+        r.config = json!({"endpoint": "chat", "num_prompts": 2, "max_concurrency": 4});
+        let k = r.vllm_keys();
+        assert_eq!(k["date"], "20251205-123456");
+        assert_eq!(k["backend"], "openai-chat");
+        assert_eq!(k["completed"], 2);
+        assert_eq!(k["num_prompts"], 2);
+        for key in [
+            "median_ttft_ms",
+            "p99_itl_ms",
+            "p99.9_e2el_ms",
+            "mean_tpot_ms",
+            "std_ttft_ms",
+        ] {
+            assert!(k[key].is_number(), "{key}: {k:?}");
+        }
+        assert_eq!(k["output_throughput"], json!(r.metrics.output_throughput));
+        assert_eq!(k["ttfts"], json!([0.1, 0.2]));
+        assert_eq!(k["input_lens"].as_array().unwrap().len(), 2);
+        let dir = std::env::temp_dir().join(format!("lantern-vllm-keys-{}", std::process::id()));
+        let path = dir.join("r.json");
+        r.write_json(&path).unwrap();
+        let back: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(back["median_ttft_ms"].is_number() && back["metrics"].is_object());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
