@@ -175,9 +175,11 @@ impl EngineCore {
             return Err(SubmitError::EngineStopped);
         }
         let n = params.n;
-        let waiting = self.sched.num_waiting();
+        // Every sequence of the request must fit: held-back siblings of earlier requests
+        // count as waiting (they enter the scheduler later, never to be refused then).
+        let waiting = self.sched.num_waiting() + self.reqs.num_held_back();
         let max_waiting = self.sched.config().max_waiting_requests;
-        if waiting + n > max_waiting {
+        if waiting.saturating_add(n) > max_waiting {
             return Err(SubmitError::Overloaded(format!(
                 "{waiting} requests are waiting (limit {max_waiting}); retry later"
             )));

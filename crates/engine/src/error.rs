@@ -38,6 +38,10 @@ pub enum EngineError {
     /// The structured-output matcher failed mid-generation (logged); only this request ends.
     #[error("the request's output constraint failed")]
     Constraint,
+    /// The server had no room to schedule part of an accepted request (a bug: admission
+    /// reserves room for every sequence).
+    #[error("the server could not schedule this request's completions")]
+    Capacity,
 }
 
 /// Why the engine could not start (`lantern serve` prints it and exits).

@@ -34,8 +34,10 @@ impl EngineCore {
                     continue;
                 }
                 if let Err(e) = self.schedule_seq(id) {
-                    tracing::warn!(error = %e, "cannot schedule an n>1 sibling");
-                    self.fail_seq(id, EngineError::Execution);
+                    // Admission reserved room for every sibling, so this is a bug; it is
+                    // still not the model's fault.
+                    tracing::error!(error = %e, "cannot schedule an n>1 sibling");
+                    self.fail_seq(id, EngineError::Capacity);
                 }
             }
         }

@@ -508,6 +508,47 @@ fn queue_full_is_overload() {
     }
 }
 
+/// Issue 14, defect 1: six concurrent `n: 8` requests with room for 16 waiting sequences.
+/// Each is refused up front (429) or completes all eight completions; none fails after it
+/// was accepted (held-back siblings used to overflow the queue later: 500s).
+#[test]
+fn n_greater_than_one_is_admitted_only_with_room_for_every_sibling() {
+    let e = engine(
+        "tiny-llama",
+        EngineConfig {
+            max_waiting_requests: 16,
+            max_num_seqs: 4,
+            ..EngineConfig::default()
+        },
+    );
+    let h = e.handle();
+    let mut streams = Vec::new();
+    let mut overloaded = 0;
+    for i in 0..6u32 {
+        let p = GenerationParams {
+            n: 8,
+            seed: Some(1),
+            ..greedy(20)
+        };
+        match h.submit_params(vec![1, 2, 3 + i, 4, 5, 6, 7, 8], p) {
+            Ok(s) => streams.push(s),
+            Err(SubmitError::Overloaded(_)) => overloaded += 1,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(overloaded > 0, "16 waiting sequences cannot hold 48");
+    assert!(!streams.is_empty());
+    for s in streams {
+        let outs = collect(s);
+        assert_eq!(outs.len(), 8);
+        assert!(
+            outs.iter().all(|o| o.tokens.len() == 20),
+            "{:?}",
+            outs.iter().map(|o| o.tokens.len()).collect::<Vec<_>>()
+        );
+    }
+}
+
 #[test]
 fn prompt_logprobs_match_reference_and_skip_the_cache() {
     let (prompts, _) = reference("tiny-qwen3");
