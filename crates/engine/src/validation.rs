@@ -103,7 +103,7 @@ fn too_long_message(max_len: usize, prompt: usize, max_tokens: Option<usize>) ->
     match max_tokens {
         Some(m) => format!(
             "this model's maximum context length is {max_len} tokens, but the request has {prompt} prompt tokens and max_tokens {m} ({} in total); shorten the prompt or lower max_tokens",
-            prompt + m
+            prompt.saturating_add(m)
         ),
         None => format!(
             "this model's maximum context length is {max_len} tokens, but the prompt has {prompt} tokens; shorten the prompt"
@@ -189,7 +189,8 @@ pub fn check_prompt(
     }
     check_token_ids(prompt, limits.vocab_size)?;
     let max_tokens = params.max_tokens;
-    if prompt.len() + max_tokens.unwrap_or(1) > limits.max_model_len {
+    // Saturating: `max_tokens` is the client's number (2^64 - 1 must not wrap to a small one).
+    if prompt.len().saturating_add(max_tokens.unwrap_or(1)) > limits.max_model_len {
         return Err(ValidationError::TooLong {
             max_model_len: limits.max_model_len,
             prompt_tokens: prompt.len(),
@@ -432,5 +433,16 @@ mod tests {
         let e = check_prompt(&[1; 60], &p, &LIMITS).unwrap_err();
         let m = e.to_string();
         assert!(m.contains("64") && m.contains("70"), "{m}");
+        // Issue 14, defect 8: a client's huge max_tokens must not wrap around.
+        let huge = GenerationParams {
+            max_tokens: Some(usize::MAX),
+            sampling: SamplingParams::greedy(),
+            ..GenerationParams::default()
+        }
+        .validate(&LIMITS)
+        .unwrap();
+        let e = check_prompt(&[1, 2], &huge, &LIMITS).unwrap_err();
+        assert!(matches!(e, ValidationError::TooLong { .. }), "{e:?}");
+        assert!(e.to_string().contains(&usize::MAX.to_string()), "{e}");
     }
 }
