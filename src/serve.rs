@@ -307,6 +307,14 @@ fn parse_lora_module(m: &str) -> Result<(String, String)> {
     }
 }
 
+/// Whether `host` (an address or a name) only reaches this machine.
+fn is_loopback(host: &str) -> bool {
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 pub fn run(mut args: ServeArgs) -> Result<()> {
     args.vllm.check()?;
     if let Some(m) = args.model_tag.take() {
@@ -338,6 +346,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
     tracing::info!(
         "listening on http://{addr} (GET /health answers 503 until the model is loaded)"
     );
+    if state.config.api_key.is_none() && !is_loopback(&args.host) {
+        tracing::warn!(
+            "listening on {} without --api-key: anyone who can reach this address can use the model; set --api-key (or LANTERN_API_KEY / VLLM_API_KEY), or bind 127.0.0.1",
+            args.host
+        );
+    }
     let st = state.clone();
     let load_args = args.clone();
     let loader = tokio::task::spawn_blocking(move || -> Result<Engine> {

@@ -220,3 +220,37 @@ fn graceful_shutdown_finishes_in_flight_streams() {
         "the stream finished before SIGTERM:\n{log}"
     );
 }
+
+/// Issue 14, defect 11: binding a non-loopback address without `--api-key` warns.
+#[test]
+fn binding_all_interfaces_without_a_key_warns() {
+    let port = free_port();
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "lantern-open-bind-{}-{port}.log",
+        std::process::id()
+    ));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lantern"))
+        .args(["serve", "--model"])
+        .arg(model_dir())
+        .args(["--host", "0.0.0.0", "--port", &port.to_string()])
+        .args(["--kv-cache-memory", "32MiB"])
+        .env_remove("LANTERN_API_KEY")
+        .env_remove("VLLM_API_KEY")
+        .env("HF_HUB_OFFLINE", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let url = format!("http://127.0.0.1:{port}/health");
+    while get(&url).map(|r| r.status).ok() != Some(200) {
+        assert!(t0.elapsed() < HEALTH_TIMEOUT, "{}", log_tail(&log));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("without --api-key"), "{text}");
+    let _ = std::fs::remove_file(&log);
+}

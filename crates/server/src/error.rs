@@ -76,6 +76,7 @@ impl ApiError {
         match self.status {
             StatusCode::BAD_REQUEST
             | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::METHOD_NOT_ALLOWED
             | StatusCode::UNPROCESSABLE_ENTITY => "invalid_request_error",
             StatusCode::NOT_FOUND => "not_found_error",
             StatusCode::UNAUTHORIZED => "authentication_error",

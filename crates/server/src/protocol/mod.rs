@@ -14,11 +14,13 @@ use serde::de::DeserializeOwned;
 /// Parses a JSON body; errors name the offending field.
 pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
             ApiError::bad_request(format!("malformed JSON body: {inner}"), None)
+        } else if let Some(field) = missing_field(&inner) {
+            ApiError::bad_request(format!("`{field}` is required"), Some(&field))
         } else if path.is_empty() || path == "." {
             // `#[serde(flatten)]` loses the path of errors inside `CommonParams`
             // (`"temperature": "hot"`): parse those fields on their own to name the field.
@@ -28,7 +30,22 @@ pub fn parse_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         } else {
             field_error(&path, &inner)
         }
-    })
+    })?;
+    // Strict: nothing but whitespace may follow the JSON document.
+    de.end().map_err(|e| {
+        ApiError::bad_request(
+            format!("malformed JSON body: unexpected data after the JSON document ({e})"),
+            None,
+        )
+    })?;
+    Ok(value)
+}
+
+/// The field a "missing field `x`" error names.
+fn missing_field(e: &serde_json::Error) -> Option<String> {
+    let msg = e.to_string();
+    let rest = msg.strip_prefix("missing field `")?;
+    Some(rest.split('`').next()?.to_string())
 }
 
 fn field_error(path: &str, inner: &serde_json::Error) -> ApiError {

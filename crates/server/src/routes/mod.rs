@@ -149,6 +149,7 @@ pub fn router<G: Generate>(state: Arc<AppState<G>>) -> Router {
         .route("/detokenize", post(tokenize::detokenize::<G>))
         .route("/version", get(health::version))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::<G>,
@@ -161,14 +162,52 @@ async fn not_found() -> ApiError {
     ApiError::not_found("no such route", None)
 }
 
-/// `--api-key`: `/v1/*` requires `Authorization: Bearer KEY` (constant-time compare).
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("method {method} is not allowed on this route"),
+        param: None,
+        retry_after: None,
+    }
+}
+
+/// Paths open without `--api-key`, as in vLLM: health checks and metrics.
+const OPEN_PATHS: [&str; 4] = ["/health", "/ping", "/metrics", "/version"];
+
+/// The `endpoint` label of a path: the route itself for known routes (a fixed set), one
+/// shared label for anything else (made-up paths must not grow or break `/metrics`).
+fn endpoint_label(path: &str) -> &'static str {
+    const ROUTES: [&str; 13] = [
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/chat/completions/render",
+        "/v1/completions/render",
+        "/v1/models",
+        "/v1/load_lora_adapter",
+        "/v1/unload_lora_adapter",
+        "/health",
+        "/ping",
+        "/metrics",
+        "/tokenize",
+        "/detokenize",
+        "/version",
+    ];
+    ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// `--api-key`: every route but health checks and metrics requires
+/// `Authorization: Bearer KEY` (constant-time compare).
 async fn auth<G: Generate>(
     State(state): State<Arc<AppState<G>>>,
     req: Request,
     next: Next,
 ) -> Response {
     if let Some(key) = &state.config.api_key {
-        if req.uri().path().starts_with("/v1/") {
+        if !OPEN_PATHS.contains(&req.uri().path()) {
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -178,7 +217,9 @@ async fn auth<G: Generate>(
             use subtle::ConstantTimeEq;
             let ok: bool = given.as_bytes().ct_eq(key.as_bytes()).into();
             if !ok {
-                state.metrics.count_request(req.uri().path(), 401);
+                state
+                    .metrics
+                    .count_request(endpoint_label(req.uri().path()), 401);
                 return ApiError::unauthorized().into_response();
             }
         }

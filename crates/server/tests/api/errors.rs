@@ -49,7 +49,7 @@ async fn error_wrong_type_names_the_field() {
     .await;
     assert_error(&r, 400, Some("stop"));
     let r = post_raw(&s, "/v1/completions", r#"{"model": "tiny"}"#).await;
-    let msg = assert_error(&r, 400, None);
+    let msg = assert_error(&r, 400, Some("prompt"));
     assert!(msg.contains("prompt"), "{msg}");
 }
 

@@ -7,6 +7,7 @@
 
 mod errors;
 mod fake;
+mod hardening;
 mod responses;
 mod tools;
 mod vllm;
@@ -175,7 +176,7 @@ fn assert_error(r: &Resp, status: u16, param: Option<&str>) -> String {
         None => assert!(e["param"].is_null(), "{v}"),
     }
     let want_ty = match status {
-        400 | 413 => "invalid_request_error",
+        400 | 405 | 413 => "invalid_request_error",
         401 => "authentication_error",
         404 => "not_found_error",
         429 => "rate_limit_error",
