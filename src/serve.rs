@@ -47,9 +47,20 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long = "max-request-body-bytes", default_value_t = 8 << 20)]
     pub max_body_bytes: usize,
-    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
+    /// Seconds in-flight requests get to finish after SIGINT/SIGTERM; then they are aborted
+    /// and open connections closed (a hard deadline). A second signal exits at once.
     #[arg(long = "shutdown-timeout", default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Seconds a request's headers may take to arrive (also how long an idle keep-alive
+    /// connection stays open).
+    #[arg(long = "header-read-timeout", default_value_t = 30)]
+    pub header_read_timeout: u64,
+    /// Seconds a request's body may take to arrive (408 after it).
+    #[arg(long = "body-read-timeout", default_value_t = 60)]
+    pub body_read_timeout: u64,
+    /// Open connections at most; more are closed when accepted.
+    #[arg(long = "max-connections", default_value_t = 4096)]
+    pub max_connections: usize,
     #[command(flatten)]
     pub lora: LoraArgs,
     #[command(flatten)]
@@ -336,6 +347,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         max_body_bytes: args.max_body_bytes,
         shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+        header_read_timeout: Duration::from_secs(args.header_read_timeout.max(1)),
+        body_read_timeout: Duration::from_secs(args.body_read_timeout.max(1)),
+        max_connections: args.max_connections,
         tools: args.chat.tools()?,
         reasoning_parser: args.chat.reasoning_parser,
     }));

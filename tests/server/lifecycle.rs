@@ -254,3 +254,74 @@ fn binding_all_interfaces_without_a_key_warns() {
     assert!(text.contains("without --api-key"), "{text}");
     let _ = std::fs::remove_file(&log);
 }
+
+/// Issue 14, defects 2 and 3: a client that sends half a request keeps neither a
+/// connection (header read timeout) nor the process (hard shutdown deadline) alive, and a
+/// second SIGTERM exits at once.
+#[test]
+fn stalled_clients_cannot_hold_the_server_and_shutdown_is_a_hard_deadline() {
+    use std::io::{Read, Write};
+    let mut s = start(&["--shutdown-timeout", "2", "--header-read-timeout", "2"]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // Slowloris: a request line and one header, then nothing. The server closes it.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 512];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    let closed_after = t0.elapsed();
+    assert!(
+        closed_after < Duration::from_secs(8),
+        "a half-sent request held its connection for {closed_after:?}"
+    );
+    let _ = n;
+    // Another stalled client, then SIGTERM: the process still ends by the deadline.
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    stalled
+        .write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let t_term = Instant::now();
+    assert_eq!(unsafe { libc::kill(s.pid(), libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t_term.elapsed() < Duration::from_secs(10),
+            "still running after the 2 s shutdown deadline:\n{}",
+            s.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status}:\n{}", s.log_tail());
+    drop(stalled);
+
+    // A second signal exits at once, even with a long deadline and a stream in flight.
+    let mut s = start(&["--shutdown-timeout", "60"]);
+    let body = json!({
+        "model": NAME, "prompt": text_prompt(), "max_tokens": 400, "ignore_eos": true,
+        "stream": true,
+    });
+    let mut sse = stream(&s.url("/v1/completions"), &body);
+    sse.next_data().expect("a chunk");
+    assert_eq!(unsafe { libc::kill(s.pid(), libc::SIGTERM) }, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let t_second = Instant::now();
+    assert_eq!(unsafe { libc::kill(s.pid(), libc::SIGTERM) }, 0);
+    loop {
+        if s.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            t_second.elapsed() < Duration::from_secs(5),
+            "a second SIGTERM did not end the process:\n{}",
+            s.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(sse);
+}

@@ -43,44 +43,100 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Serves until `shutdown` resolves, then drains: in-flight requests get
-/// `config.shutdown_timeout` to finish before the engine aborts them.
+/// `config.shutdown_timeout` to finish, then the engine aborts them and, a moment later,
+/// connections still open (a client that stopped mid-request) are closed: the deadline is
+/// hard. A second SIGINT/SIGTERM while draining returns at once.
+///
+/// Connections: at most `config.max_connections` at a time (more are closed on accept);
+/// a request's headers must arrive within `config.header_read_timeout` (this also closes
+/// idle keep-alive connections), its body within `config.body_read_timeout`.
 pub async fn serve<G: Generate>(
     listener: tokio::net::TcpListener,
     state: Arc<AppState<G>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
     let app = router(state.clone());
+    let cfg = state.config.clone();
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections.max(1)));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (tcp, _) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(
+                        max = cfg.max_connections,
+                        "connection limit reached (--max-connections): closing a new connection"
+                    );
+                    continue;
+                };
+                // Token streams are many small writes: disable Nagle so a chunk is not held
+                // back waiting for the client's delayed ACK on kept-alive connections.
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                let mut http = hyper::server::conn::http1::Builder::new();
+                http.timer(TokioTimer::new())
+                    .header_read_timeout(cfg.header_read_timeout);
+                let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(slot);
+                });
+            }
+        }
+    }
+    tracing::info!("shutting down: no new requests; draining in-flight ones");
+    state.shutting_down.store(true, Ordering::Relaxed);
+    drop(listener);
+    let deadline = cfg.shutdown_timeout;
     let st = state.clone();
-    let signal = async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new requests; draining in-flight ones");
-        st.shutting_down.store(true, Ordering::Relaxed);
-        let deadline = st.config.shutdown_timeout;
-        let st2 = st.clone();
-        tokio::spawn(async move {
+    let drained = tokio::select! {
+        () = graceful.shutdown() => true,
+        () = async {
             tokio::time::sleep(deadline).await;
-            if let Some(r) = st2.ready.get() {
+            if let Some(r) = st.ready.get() {
                 tracing::warn!("shutdown deadline reached: aborting in-flight requests");
                 r.engine.shutdown();
             }
-        });
-    };
-    use axum::serve::ListenerExt;
-    // Token streams are many small writes: disable Nagle so a chunk is not held back
-    // waiting for the client's delayed ACK on kept-alive connections.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            // Aborted streams end at once; what is still open now is a client that stopped
+            // sending (or reading): it does not get to keep the process alive.
+            tokio::time::sleep(ABORT_GRACE).await;
+        } => false,
+        () = shutdown_signal() => {
+            tracing::warn!("second shutdown signal: exiting now");
+            false
         }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await?;
+    };
+    if !drained {
+        tracing::warn!("closing the connections still open");
+    }
     if let Some(r) = state.ready.get() {
         r.engine.shutdown();
     }
     Ok(())
 }
+
+/// After the shutdown deadline aborted the requests: how long their connections get to
+/// send the end of the response before they are dropped.
+const ABORT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.
 pub async fn shutdown_signal() {

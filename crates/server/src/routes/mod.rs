@@ -59,8 +59,14 @@ pub struct Ready<G = EngineHandle> {
 pub struct ServerConfig {
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
-    /// How long in-flight requests may run after a shutdown signal.
+    /// How long in-flight requests may run after a shutdown signal (a hard deadline).
     pub shutdown_timeout: std::time::Duration,
+    /// A request's headers must arrive within this (also the idle keep-alive limit).
+    pub header_read_timeout: std::time::Duration,
+    /// A request's body must arrive within this (408 otherwise).
+    pub body_read_timeout: std::time::Duration,
+    /// Open connections at most; more are closed when accepted.
+    pub max_connections: usize,
     /// `--enable-auto-tool-choice`, `--tool-call-parser`.
     pub tools: crate::tools::ToolConfig,
     /// `--reasoning-parser`.
@@ -73,6 +79,9 @@ impl Default for ServerConfig {
             api_key: None,
             max_body_bytes: 8 << 20,
             shutdown_timeout: std::time::Duration::from_secs(30),
+            header_read_timeout: std::time::Duration::from_secs(30),
+            body_read_timeout: std::time::Duration::from_secs(60),
+            max_connections: 4096,
             tools: crate::tools::ToolConfig::default(),
             reasoning_parser: None,
         }
@@ -152,6 +161,10 @@ pub fn router<G: Generate>(state: Arc<AppState<G>>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            read_body::<G>,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             auth::<G>,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
@@ -197,6 +210,48 @@ fn endpoint_label(path: &str) -> &'static str {
         .find(|r| **r == path)
         .copied()
         .unwrap_or("other")
+}
+
+/// Reads the whole request body within `--body-read-timeout` (408 after it; 413 over
+/// `--max-request-body-bytes`), so a client trickling its body cannot hold a handler.
+async fn read_body<G: Generate>(
+    State(state): State<Arc<AppState<G>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = state.config.max_body_bytes;
+    let read = tokio::time::timeout(
+        state.config.body_read_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                message: "request body too large".to_string(),
+                param: None,
+                retry_after: None,
+            }
+            .into_response()
+        }
+        Err(_) => {
+            return ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                message: format!(
+                    "the request body did not arrive within {} s",
+                    state.config.body_read_timeout.as_secs_f64()
+                ),
+                param: None,
+                retry_after: None,
+            }
+            .into_response()
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 /// `--api-key`: every route but health checks and metrics requires
