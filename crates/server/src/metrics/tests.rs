@@ -50,8 +50,11 @@ fn started() -> EngineSnapshot {
     }
 }
 
+/// A sample line: name, labels, value.
+type Line<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
 /// Splits a sample line into (name, labels, value); labels must not contain `,` or `"`.
-fn parse_line(line: &str) -> Option<(&str, Vec<(&str, &str)>, f64)> {
+fn parse_line(line: &str) -> Option<Line<'_>> {
     if line.starts_with('#') || line.is_empty() {
         return None;
     }
