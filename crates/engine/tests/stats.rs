@@ -5,8 +5,8 @@
 
 use candle_core::{DType, Device};
 use lantern_engine::{
-    Engine, EngineConfig, GenerationParams, KvCacheSize, RequestEvent, RequestStream,
-    RequestTiming, SamplingParams, Usage,
+    Engine, EngineConfig, GenerationParams, KvCacheSize, LoraConfig, LoraRequests, RequestEvent,
+    RequestStream, RequestTiming, SamplingParams, Usage,
 };
 use std::path::PathBuf;
 
@@ -153,4 +153,64 @@ fn preemptions_are_counted_per_request() {
         snap.prefilled_prompt_tokens,
         (0..16).map(|i| 10 + i).sum::<u64>()
     );
+}
+
+/// Per adapter: running sequences (in the running batch) and waiting ones (queued, held
+/// back); adapters without a live sequence are not listed.
+#[test]
+fn lora_requests_are_listed_by_adapter_and_state() {
+    let e = engine(
+        "tiny-llama",
+        EngineConfig {
+            max_num_seqs: 2,
+            lora: Some(LoraConfig {
+                max_loras: 2,
+                max_lora_rank: 8,
+                max_cpu_loras: 2,
+            }),
+            ..EngineConfig::default()
+        },
+    );
+    let h = e.handle();
+    for (name, dir) in [("ada", "lora-a"), ("bob", "lora-b")] {
+        h.load_lora_blocking(
+            name,
+            fixture(&format!("tiny-llama/{dir}")).to_str().unwrap(),
+        )
+        .unwrap();
+    }
+    let with = |name: &str, n: usize, max_tokens: usize| GenerationParams {
+        lora_id: Some(h.lora_id(name).unwrap()),
+        ..params(n, max_tokens)
+    };
+    let snap = h.fresh_snapshot_blocking().unwrap();
+    assert!(snap.lora_requests.is_empty());
+    assert_eq!(snap.config.max_loras, Some(2));
+    // ada and a base request fill the batch; bob (n = 2) waits: its leader queued, its
+    // sibling held back.
+    let mut ada = submit(&e, prompt(20), with("ada", 1, 480));
+    let mut base = submit(&e, prompt(21), params(1, 480));
+    for s in [&mut ada, &mut base] {
+        assert!(matches!(s.blocking_next(), Some(RequestEvent::Delta(_))));
+    }
+    let bob = submit(&e, prompt(22), with("bob", 2, 4));
+    let snap = h.fresh_snapshot_blocking().unwrap();
+    let entry = |name: &str, waiting, running| LoraRequests {
+        name: name.into(),
+        waiting,
+        running,
+    };
+    assert_eq!(
+        snap.lora_requests,
+        vec![entry("ada", 0, 1), entry("bob", 2, 0)]
+    );
+    assert!(snap.lora_requests_unix > 1.0e9);
+    drop(ada);
+    drop(base);
+    assert_eq!(finished(bob).len(), 2);
+    assert!(h
+        .fresh_snapshot_blocking()
+        .unwrap()
+        .lora_requests
+        .is_empty());
 }
