@@ -380,11 +380,43 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// Parses Prometheus text exposition (`prometheus-parse`); panics on any line that is not
-/// a HELP, TYPE or sample line, or whose value is not a float. Histograms come back as
-/// their `_bucket` samples (with `le`), `_sum` and `_count`, in order.
+/// Stands for `:` in metric names while `prometheus-parse` reads them: its name pattern is
+/// `\w+`, so it cannot read vLLM's `vllm:` names (colons are legal in Prometheus names).
+const COLON: &str = "__COLON__";
+
+/// Whether `name` is a legal Prometheus metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
+fn legal_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// `line` with the colons of its metric name (HELP, TYPE or sample) replaced by [`COLON`];
+/// panics on an illegal name.
+fn escape_name(line: &str) -> String {
+    let (head, rest) = match ["# HELP ", "# TYPE "]
+        .iter()
+        .find(|p| line.starts_with(**p))
+    {
+        Some(p) => (*p, &line[p.len()..]),
+        None if line.starts_with('#') || line.trim().is_empty() => return line.to_string(),
+        None => ("", line),
+    };
+    let end = rest.find(['{', ' ']).unwrap_or(rest.len());
+    let name = &rest[..end];
+    assert!(legal_name(name), "illegal metric name {name:?} in {line:?}");
+    format!("{head}{}{}", name.replace(':', COLON), &rest[end..])
+}
+
+/// Parses Prometheus text exposition (`prometheus-parse`, metric names escaped around it,
+/// see [`COLON`]); panics on any line that is not a HELP, TYPE or sample line, or whose
+/// value is not a float. Histograms come back as their `_bucket` samples (with `le`),
+/// `_sum` and `_count`, in order.
 pub fn parse_prometheus(text: &str) -> Vec<Sample> {
-    for line in text.lines() {
+    let escaped: Vec<String> = text.lines().map(escape_name).collect();
+    for line in &escaped {
         match LineInfo::parse(line) {
             LineInfo::Ignored => panic!("malformed metrics line: {line:?}"),
             LineInfo::Sample { value, .. } => {
@@ -395,9 +427,10 @@ pub fn parse_prometheus(text: &str) -> Vec<Sample> {
             _ => {}
         }
     }
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("metrics text");
+    let scrape = Scrape::parse(escaped.into_iter().map(Ok)).expect("metrics text");
     let mut out = Vec::new();
-    for smp in scrape.samples {
+    for mut smp in scrape.samples {
+        smp.metric = smp.metric.replace(COLON, ":");
         let labels: Vec<(String, String)> = smp
             .labels
             .iter()
@@ -452,13 +485,15 @@ pub fn metric(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> Option<f
         .map(|s| s.value)
 }
 
-/// Polls `/metrics` until no request runs or waits and no KV block is in use.
+/// Polls `/metrics` until no request runs or waits (held-back ones included) and no KV
+/// block is in use.
 pub fn wait_idle(server: &Server, within: Duration) -> Vec<Sample> {
     let t0 = Instant::now();
     loop {
         let m = scrape(server);
         let running = metric(&m, "lantern_num_requests_running", &[]).unwrap();
-        let waiting = metric(&m, "lantern_num_requests_waiting", &[]).unwrap();
+        // vLLM's count also has the sequences not in the scheduler yet.
+        let waiting = metric(&m, "vllm:num_requests_waiting", &[]).unwrap();
         let kv = metric(&m, "lantern_kv_cache_usage_perc", &[]).unwrap();
         if running == 0.0 && waiting == 0.0 && kv == 0.0 {
             return m;

@@ -154,10 +154,29 @@ fn lora_one_slot_three_adapters_interleaved_all_match() {
             })
         })
         .collect();
+    // vLLM's LoRA info while they run: one slot, so at most one adapter running at a time.
+    let mut running_seen = BTreeSet::new();
+    let mut waiting_seen = BTreeSet::new();
+    while handles.iter().any(|h| !h.is_finished()) {
+        let (running, waiting) = lora_info(&s, "1");
+        assert!(
+            running.len() <= 1,
+            "running {running:?}, waiting {waiting:?}"
+        );
+        waiting_seen.extend(waiting);
+        running_seen.extend(running);
+        std::thread::sleep(Duration::from_millis(2));
+    }
     for h in handles {
         h.join().unwrap();
     }
+    let names = ["a1", "b", "a2"];
+    assert!(running_seen
+        .iter()
+        .chain(&waiting_seen)
+        .all(|a| names.contains(&a.as_str())));
     let m = wait_idle(&s, Duration::from_secs(30));
+    assert_eq!(lora_info(&s, "1"), (vec![], vec![]));
     let slot_loads = metric(&m, "lantern_lora_slot_loads_total", &[]).unwrap();
     let disk_loads = metric(&m, "lantern_lora_disk_loads_total", &[]).unwrap();
     assert!(slot_loads >= 3.0, "slot loads {slot_loads}");
@@ -354,4 +373,32 @@ fn lora_endpoints_explain_that_lora_is_disabled() {
     );
     assert_eq!(r.status, 400, "{}", r.body);
     assert!(r.body.contains("--enable-lora"), "{}", r.body);
+}
+
+/// `vllm:lora_requests_info`'s running and waiting adapters (its `max_lora` must be
+/// `max_lora`). Read from the raw line: `prometheus-parse` splits label values on commas.
+fn lora_info(s: &Server, max_lora: &str) -> (Vec<String>, Vec<String>) {
+    let body = get(&s.url("/metrics")).unwrap().body;
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("vllm:lora_requests_info{"))
+        .expect("vllm:lora_requests_info");
+    let label = |k: &str| {
+        let start = line
+            .find(&format!("{k}=\""))
+            .unwrap_or_else(|| panic!("{k} in {line}"));
+        let rest = &line[start + k.len() + 2..];
+        rest[..rest.find('"').unwrap()].to_string()
+    };
+    assert_eq!(label("max_lora"), max_lora, "{line}");
+    assert_eq!(label("engine"), "0", "{line}");
+    assert_eq!(label("model_name"), NAME, "{line}");
+    let list = |k: &str| {
+        let v = label(k);
+        v.split(',')
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    (list("running_lora_adapters"), list("waiting_lora_adapters"))
 }

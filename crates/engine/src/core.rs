@@ -13,15 +13,16 @@ use crate::lora::{HostLoras, LoraConfig};
 use crate::params::RequestId;
 use crate::params::{FinishReason, RequestEvent};
 use crate::requests::{seq_id, Requests, SeqState};
-use crate::stats::MASK_SECONDS_BUCKETS;
-use crate::stats::{EngineSnapshot, StepStats};
+use crate::stats::{EngineSnapshot, LoraRequests, StepStats};
+use crate::stats::{ITERATION_TOKENS_BUCKETS, MASK_SECONDS_BUCKETS};
 use crate::stop::StopMatcher;
 use crate::structured::{Constraint, Grammar};
 use crate::validation::ValidParams;
 use lantern_models::ModelConfig;
 use lantern_runtime::{ModelRunner, SampleRow, SeqChunk};
 use lantern_scheduler::{AddRequestError, SchedRequest, Scheduler, SchedulerOutput};
-use lantern_scheduler::{BlockId, SeqId};
+use lantern_scheduler::{BlockId, LoraId, RequestStatus, SeqId};
+use std::collections::BTreeMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,12 +114,13 @@ impl EngineCore {
             Command::Shutdown => self.shutting_down = true,
             Command::AddLora {
                 id,
+                name,
                 dir,
                 adapter,
                 seconds,
                 reply,
             } => {
-                self.host_loras.insert(id, dir, adapter);
+                self.host_loras.insert(id, name, dir, adapter);
                 self.snapshot.lora_disk_loads += 1;
                 self.snapshot.lora_disk_load_seconds += seconds;
                 let _ = reply.send(());
@@ -224,6 +226,8 @@ impl EngineCore {
                 arrival,
                 first_scheduled: None,
                 first_token: None,
+                last_token: None,
+                num_preemptions: 0,
                 num_output: 0,
                 num_cached: 0,
                 prompt_lps: (index == 0 && params.prompt_logprobs.is_some()).then(|| vec![None]),
@@ -320,6 +324,11 @@ impl EngineCore {
             return true;
         }
         let t_sched = Instant::now();
+        for id in &out.preempted {
+            if let Some(s) = self.reqs.get_mut(*id) {
+                s.num_preemptions += 1;
+            }
+        }
         let mut prefill_tokens = 0;
         let mut decode_tokens = 0;
         for seq in &out.seqs {
@@ -450,13 +459,25 @@ impl EngineCore {
             Err(e) => return self.fail_batch(&out, "the scheduler update", &e),
         };
         let now = Instant::now();
+        // vLLM's tokens of an iteration: the sampled ones, plus the computed prompt tokens
+        // of the sequences whose prefill ended with this step.
+        let mut iteration_tokens = 0;
         for (id, tok) in sampled_seqs.iter().zip(ran.sampled) {
             if mask_failed.contains(id) {
                 self.fail_seq(*id, EngineError::Constraint);
                 continue;
             }
+            iteration_tokens += 1;
+            if let Some(s) = self.reqs.get(*id).filter(|s| s.first_token.is_none()) {
+                iteration_tokens += s.prompt.len().saturating_sub(s.num_cached);
+            }
             let at_max = reached_max.contains(id);
             self.on_token(*id, tok, at_max, now);
+        }
+        if iteration_tokens > 0 {
+            self.snapshot
+                .iteration_tokens
+                .observe(&ITERATION_TOKENS_BUCKETS, iteration_tokens as f64);
         }
         for id in reached_max {
             if self.reqs.contains(id) {
@@ -509,11 +530,47 @@ impl EngineCore {
         let st = self.sched.stats();
         self.snapshot.prefix_cache_queries_tokens = st.prefix_cache_queries;
         self.snapshot.prefix_cache_hits_tokens = st.prefix_cache_hits;
+        self.snapshot.prefix_cache_resumed_queries_tokens = st.resumed_prefix_cache_queries;
+        self.snapshot.prefix_cache_resumed_hits_tokens = st.resumed_prefix_cache_hits;
         self.snapshot.num_preemptions = st.num_preemptions;
         self.snapshot.last_step.num_running = st.num_running;
         self.snapshot.last_step.num_waiting = st.num_waiting;
+        self.snapshot.last_step.num_held = self.reqs.num_held();
         self.snapshot.last_step.kv_blocks_used = st.num_blocks_used;
         self.snapshot.last_step.kv_blocks_free = st.num_blocks_free;
         self.snapshot.loras_in_host_memory = self.host_loras.num_resident();
+        if self.lora_cfg.is_some() {
+            self.snapshot.lora_requests = self.lora_requests();
+            self.snapshot.lora_requests_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+        }
+    }
+
+    /// Per adapter with a live sequence: its waiting and running sequences, by name.
+    fn lora_requests(&self) -> Vec<LoraRequests> {
+        let mut by_id: BTreeMap<LoraId, (usize, usize)> = BTreeMap::new();
+        for (id, s) in self.reqs.iter() {
+            let Some(lora_id) = s.lora_id else { continue };
+            let e = by_id.entry(lora_id).or_default();
+            if self.sched.request_status(id) == Some(RequestStatus::Running) {
+                e.1 += 1;
+            } else {
+                e.0 += 1;
+            }
+        }
+        let mut out: Vec<LoraRequests> = by_id
+            .into_iter()
+            .map(|(id, (waiting, running))| LoraRequests {
+                name: self
+                    .host_loras
+                    .get(id)
+                    .map_or_else(|| format!("lora-{}", id.0), |e| e.name.clone()),
+                waiting,
+                running,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 }

@@ -6,7 +6,7 @@ use crate::error::EngineStartError;
 use crate::handle::EngineHandle;
 use crate::lora::{HostLoras, LoraRegistry};
 use crate::requests::Requests;
-use crate::stats::EngineSnapshot;
+use crate::stats::{EngineFacts, EngineSnapshot};
 use crate::structured::GrammarCompiler;
 use lantern_models::{LoadedModel, ModelMeta};
 use lantern_runtime::{KvCacheSize, ModelBackend, ModelRunner, RunnerConfig};
@@ -127,10 +127,25 @@ impl Engine {
         });
         let tokenizer = Arc::new(tokenizer);
         let (cmd_tx, cmd_rx) = mpsc::channel();
-        let (snap_tx, snap_rx) = watch::channel(EngineSnapshot {
+        let first_snapshot = EngineSnapshot {
             kv_blocks_total: usable,
+            config: EngineFacts {
+                block_size: cfg.block_size,
+                enable_prefix_caching: cfg.enable_prefix_caching,
+                max_model_len,
+                gpu_memory_utilization: match &cfg.kv_cache {
+                    KvCacheSize::GpuMemory(b) => Some(b.utilization),
+                    _ => None,
+                },
+                kv_cache_memory_bytes: match cfg.kv_cache {
+                    KvCacheSize::Bytes(b) => Some(b),
+                    _ => None,
+                },
+                max_loras: cfg.lora.map(|l| l.max_loras),
+            },
             ..EngineSnapshot::default()
-        });
+        };
+        let (snap_tx, snap_rx) = watch::channel(first_snapshot.clone());
         let base_seed = cfg.seed.unwrap_or_else(rand::random);
         let core = EngineCore {
             runner,
@@ -141,10 +156,7 @@ impl Engine {
             lora_cfg: cfg.lora,
             model_config,
             snap_tx,
-            snapshot: EngineSnapshot {
-                kv_blocks_total: usable,
-                ..EngineSnapshot::default()
-            },
+            snapshot: first_snapshot,
             reqs: Requests::default(),
             tokenizer: tokenizer.clone(),
             info: info.clone(),

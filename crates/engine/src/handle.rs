@@ -37,6 +37,7 @@ pub(crate) enum Command {
     /// A validated adapter (read by the caller's thread) joins the host cache.
     AddLora {
         id: LoraId,
+        name: String,
         dir: PathBuf,
         adapter: Arc<LoraAdapter>,
         seconds: f64,
@@ -175,6 +176,7 @@ impl EngineHandle {
         let (tx, rx) = oneshot::channel();
         let sent = self.cmd.send(Command::AddLora {
             id,
+            name: name.to_string(),
             dir,
             adapter: Arc::new(adapter),
             seconds,

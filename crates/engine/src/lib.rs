@@ -53,6 +53,9 @@ pub use params::{
     FinishReason, GenerationParams, RequestEvent, RequestId, RequestTiming, StopReason, TokenDelta,
     TokenLogprob, Usage,
 };
-pub use stats::{EngineSnapshot, Histogram, StepPhaseSeconds, StepStats, MASK_SECONDS_BUCKETS};
+pub use stats::{
+    EngineFacts, EngineSnapshot, Histogram, LoraRequests, StepPhaseSeconds, StepStats,
+    ITERATION_TOKENS_BUCKETS, ITL_SECONDS_BUCKETS, MASK_SECONDS_BUCKETS, TTFT_SECONDS_BUCKETS,
+};
 pub use structured::{StructuredOutput, StructuredRequest};
 pub use validation::{RequestLimits, ValidParams, ValidationError};

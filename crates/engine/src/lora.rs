@@ -200,6 +200,8 @@ pub(crate) fn check_name(name: &str) -> Result<(), LoraError> {
 
 #[derive(Debug)]
 pub(crate) struct HostEntry {
+    /// The name it was loaded under (it stays here after an unload, while requests finish).
+    pub(crate) name: String,
     pub(crate) dir: PathBuf,
     pub(crate) host: Option<Arc<LoraAdapter>>,
     /// Sequences (waiting for the load, in the scheduler, or deferred) using it.
@@ -269,7 +271,13 @@ impl HostLoras {
 
     /// A freshly loaded (and validated) adapter; its weights stay in host memory if there
     /// is room.
-    pub(crate) fn insert(&mut self, id: LoraId, dir: PathBuf, adapter: Arc<LoraAdapter>) {
+    pub(crate) fn insert(
+        &mut self,
+        id: LoraId,
+        name: String,
+        dir: PathBuf,
+        adapter: Arc<LoraAdapter>,
+    ) {
         let host = if self.make_room() {
             Some(adapter)
         } else {
@@ -279,6 +287,7 @@ impl HostLoras {
         self.entries.insert(
             id,
             HostEntry {
+                name,
                 dir,
                 host,
                 pins: 0,
@@ -423,11 +432,11 @@ mod tests {
     #[test]
     fn host_cache_keeps_pinned_adapters_and_evicts_lru_unused_ones() {
         let mut h = HostLoras::new(2);
-        h.insert(LoraId(1), PathBuf::from("1"), adapter());
-        h.insert(LoraId(2), PathBuf::from("2"), adapter());
+        h.insert(LoraId(1), "a1".into(), PathBuf::from("1"), adapter());
+        h.insert(LoraId(2), "a2".into(), PathBuf::from("2"), adapter());
         h.pin(LoraId(1), 1);
         // Third adapter: 2 is unused, so it loses its host copy.
-        h.insert(LoraId(3), PathBuf::from("3"), adapter());
+        h.insert(LoraId(3), "a3".into(), PathBuf::from("3"), adapter());
         assert!(h.get(LoraId(1)).unwrap().host.is_some());
         assert!(h.get(LoraId(2)).unwrap().host.is_none());
         assert!(h.get(LoraId(3)).unwrap().host.is_some());
@@ -447,14 +456,14 @@ mod tests {
     #[test]
     fn unloaded_adapters_live_until_their_last_user_finishes() {
         let mut h = HostLoras::new(1);
-        h.insert(LoraId(1), PathBuf::from("1"), adapter());
+        h.insert(LoraId(1), "a1".into(), PathBuf::from("1"), adapter());
         h.pin(LoraId(1), 2);
         assert!(!h.remove(LoraId(1)));
         assert!(!h.is_live(LoraId(1)));
         assert!(!h.unpin(LoraId(1)));
         assert!(h.unpin(LoraId(1)));
         assert!(h.get(LoraId(1)).is_none());
-        h.insert(LoraId(2), PathBuf::from("2"), adapter());
+        h.insert(LoraId(2), "a2".into(), PathBuf::from("2"), adapter());
         assert!(h.remove(LoraId(2)), "unused: dropped at once");
     }
 

@@ -9,6 +9,7 @@ use crate::error::EngineError;
 use crate::params::{
     FinishReason, RequestEvent, RequestTiming, StopReason, TokenDelta, TokenLogprob, Usage,
 };
+use crate::stats::{ITL_SECONDS_BUCKETS, TTFT_SECONDS_BUCKETS};
 use crate::structured::Progress;
 use lantern_runtime::{sampler, SampledToken};
 use lantern_scheduler::SeqId;
@@ -58,9 +59,26 @@ impl EngineCore {
         }
         s.num_output += 1;
         self.snapshot.generation_tokens_total += 1;
+        match s.last_token {
+            None => {
+                let ttft = now.saturating_duration_since(s.arrival).as_secs_f64();
+                self.snapshot
+                    .time_to_first_token
+                    .observe(&TTFT_SECONDS_BUCKETS, ttft);
+                self.snapshot.prefilled_prompt_tokens += s.prompt.len() as u64;
+                self.snapshot.prefilled_cached_tokens += s.num_cached as u64;
+            }
+            Some(last) => {
+                let itl = now.saturating_duration_since(last).as_secs_f64();
+                self.snapshot
+                    .inter_token_latency
+                    .observe(&ITL_SECONDS_BUCKETS, itl);
+            }
+        }
         if s.first_token.is_none() {
             s.first_token = Some(now);
         }
+        s.last_token = Some(now);
         let logprobs = if s.params.logprobs.is_some() {
             vec![TokenLogprob {
                 token_id: tok.token,
@@ -156,7 +174,9 @@ impl EngineCore {
             arrival: s.arrival,
             first_scheduled: s.first_scheduled,
             first_token: s.first_token,
+            last_token: s.last_token,
             finished: Instant::now(),
+            num_preemptions: s.num_preemptions,
         };
         let _ = s.events.send(RequestEvent::Finished {
             index: s.index,

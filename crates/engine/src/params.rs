@@ -117,13 +117,17 @@ pub struct Usage {
     pub cached_tokens: usize,
 }
 
-/// Server-side timings of one request.
+/// Server-side timings of one request (one sequence), and how often it was preempted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RequestTiming {
     pub arrival: Instant,
     pub first_scheduled: Option<Instant>,
     pub first_token: Option<Instant>,
+    /// When its latest token was sampled.
+    pub last_token: Option<Instant>,
     pub finished: Instant,
+    /// Times it lost its KV blocks to preemption and waited again.
+    pub num_preemptions: u32,
 }
 
 impl RequestTiming {
@@ -145,6 +149,20 @@ impl RequestTiming {
         self.first_token
             .map(|f| self.finished.duration_since(f).as_secs_f64())
             .unwrap_or(0.0)
+    }
+    /// Seconds from the first token to the last one (0 without tokens).
+    pub fn first_to_last_token_s(&self) -> f64 {
+        match (self.first_token, self.last_token) {
+            (Some(f), Some(l)) => l.saturating_duration_since(f).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+    /// Seconds from the first schedule to the last token (0 without tokens).
+    pub fn scheduled_to_last_token_s(&self) -> f64 {
+        match (self.first_scheduled, self.last_token) {
+            (Some(s), Some(l)) => l.saturating_duration_since(s).as_secs_f64(),
+            _ => 0.0,
+        }
     }
 }
 

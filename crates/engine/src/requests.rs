@@ -37,6 +37,9 @@ pub(crate) struct SeqState {
     pub arrival: Instant,
     pub first_scheduled: Option<Instant>,
     pub first_token: Option<Instant>,
+    pub last_token: Option<Instant>,
+    /// Times the scheduler preempted it.
+    pub num_preemptions: u32,
     pub num_output: usize,
     pub num_cached: usize,
     /// Prompt logprobs collected so far (index = prompt position); `Some` when asked for.
@@ -104,6 +107,30 @@ impl Requests {
 
     pub fn contains(&self, id: SeqId) -> bool {
         self.seqs.contains_key(&id)
+    }
+
+    /// Every live sequence.
+    pub fn iter(&self) -> impl Iterator<Item = (SeqId, &SeqState)> {
+        self.seqs.iter().map(|(&id, s)| (id, s))
+    }
+
+    /// Live sequences the scheduler does not have yet: every sequence of a group waiting
+    /// for its adapter's weights, and the held back siblings of the other groups.
+    pub fn num_held(&self) -> usize {
+        let live = |ids: &[SeqId]| ids.iter().filter(|id| self.seqs.contains_key(id)).count();
+        let pending: usize = self
+            .pending
+            .iter()
+            .filter_map(|g| self.groups.get(g))
+            .map(|ids| live(ids))
+            .sum();
+        let deferred: usize = self
+            .deferred
+            .iter()
+            .filter(|(g, _)| !self.pending.contains(g))
+            .map(|(_, d)| live(&d.children))
+            .sum();
+        pending + deferred
     }
 
     /// Adds a whole group: its sequences (leader first), held back siblings when `n > 1`,

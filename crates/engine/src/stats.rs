@@ -2,8 +2,14 @@
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepStats {
+    /// Sequences in the scheduler's running list (holding KV blocks).
     pub num_running: usize,
+    /// Sequences in the scheduler's waiting queue, preempted ones included.
     pub num_waiting: usize,
+    /// Sequences accepted but not in the scheduler yet: `n > 1` siblings held back until
+    /// their leader's prompt is cached, and requests waiting for their adapter's weights.
+    /// vLLM would have them in its waiting queue.
+    pub num_held: usize,
     pub num_batched_tokens: usize,
     pub num_prefill_tokens: usize,
     pub num_decode_tokens: usize,
@@ -20,9 +26,19 @@ pub struct EngineSnapshot {
     pub kv_blocks_total: usize,
     pub prompt_tokens_total: u64,
     pub generation_tokens_total: u64,
+    /// Prefix-cache lookups at admission, in tokens (a resumed, preempted sequence counts
+    /// again), and the tokens served from the cache.
     pub prefix_cache_queries_tokens: u64,
     pub prefix_cache_hits_tokens: u64,
+    /// Of those, the lookups of resumed (preempted) sequences.
+    pub prefix_cache_resumed_queries_tokens: u64,
+    pub prefix_cache_resumed_hits_tokens: u64,
     pub num_preemptions: u64,
+    /// Sequences that produced their first token: their prompt tokens, and of those the
+    /// tokens served from the prefix cache (vLLM counts prompt tokens when the prefill
+    /// ends, once per sequence).
+    pub prefilled_prompt_tokens: u64,
+    pub prefilled_cached_tokens: u64,
     pub finished_stop: u64,
     pub finished_length: u64,
     pub finished_abort: u64,
@@ -45,11 +61,72 @@ pub struct EngineSnapshot {
     /// Structured outputs: the time to compute one sequence's token mask, once per
     /// constrained token (buckets: [`MASK_SECONDS_BUCKETS`]).
     pub structured_mask_seconds: Histogram,
+    /// Arrival to first token, once per sequence, observed when the token is sampled
+    /// (buckets: [`TTFT_SECONDS_BUCKETS`]).
+    pub time_to_first_token: Histogram,
+    /// Time between two consecutive tokens of a sequence, once per token after the first
+    /// (buckets: [`ITL_SECONDS_BUCKETS`]).
+    pub inter_token_latency: Histogram,
+    /// Per step that sampled tokens: the prompt tokens computed for the sequences that got
+    /// their first token in it (prompt minus prefix-cache hits) plus the tokens sampled, as
+    /// vLLM counts an iteration (buckets: [`ITERATION_TOKENS_BUCKETS`]).
+    pub iteration_tokens: Histogram,
+    /// LoRA only: per adapter with a live request, its waiting and running sequences,
+    /// sorted by name.
+    pub lora_requests: Vec<LoraRequests>,
+    /// LoRA only: Unix time (seconds) at which `lora_requests` was taken.
+    pub lora_requests_unix: f64,
+    /// Fixed at start-up.
+    pub config: EngineFacts,
+}
+
+/// One adapter's live sequences: running (in the scheduler's running list) and waiting
+/// (everything else: queued, preempted, held-back siblings, waiting for the weights).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoraRequests {
+    pub name: String,
+    pub waiting: usize,
+    pub running: usize,
+}
+
+/// Engine settings fixed at start-up that the metrics describe.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineFacts {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    pub enable_prefix_caching: bool,
+    pub max_model_len: usize,
+    /// `--gpu-memory-utilization` when the KV cache was sized from free device memory.
+    pub gpu_memory_utilization: Option<f64>,
+    /// `--kv-cache-memory` when the KV cache was given in bytes.
+    pub kv_cache_memory_bytes: Option<usize>,
+    /// Device adapter slots (`--max-loras`); `None` when LoRA is off.
+    pub max_loras: Option<usize>,
 }
 
 /// Upper bounds (seconds) of the [`EngineSnapshot::structured_mask_seconds`] buckets.
 pub const MASK_SECONDS_BUCKETS: [f64; 12] = [
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
+/// Upper bounds (seconds) of [`EngineSnapshot::time_to_first_token`]: vLLM's
+/// `TIME_TO_FIRST_TOKEN_BUCKETS` (`vllm/v1/metrics/buckets.py`, vLLM 0.34).
+pub const TTFT_SECONDS_BUCKETS: [f64; 22] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+
+/// Upper bounds (seconds) of [`EngineSnapshot::inter_token_latency`]: vLLM's
+/// `INTER_TOKEN_LATENCY_BUCKETS` (`vllm/v1/metrics/buckets.py`, vLLM 0.34).
+pub const ITL_SECONDS_BUCKETS: [f64; 19] = [
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+
+/// Upper bounds (tokens) of [`EngineSnapshot::iteration_tokens`]: vLLM's
+/// `ITERATION_TOKENS_BUCKETS` (`vllm/v1/metrics/buckets.py`, vLLM 0.34).
+pub const ITERATION_TOKENS_BUCKETS: [f64; 13] = [
+    1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
 ];
 
 /// A histogram with fixed bucket bounds kept elsewhere: per-bucket counts (not

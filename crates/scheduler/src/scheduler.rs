@@ -141,6 +141,11 @@ pub struct SchedulerStats {
     pub prefix_cache_queries: u64,
     /// Tokens of those served from the cache.
     pub prefix_cache_hits: u64,
+    /// Of `prefix_cache_queries` and `prefix_cache_hits`, the tokens of preempted requests
+    /// looked up again when they resumed (vLLM leaves these out of its prefix-cache
+    /// counters).
+    pub resumed_prefix_cache_queries: u64,
+    pub resumed_prefix_cache_hits: u64,
     pub num_preemptions: u64,
     /// Requests that left through `finish_request`, all reasons.
     pub num_finished: u64,
@@ -174,6 +179,8 @@ pub struct Scheduler {
     num_preemptions: u64,
     num_finished: u64,
     num_aborted: u64,
+    /// Prefix-cache lookups of resumed (preempted) requests, in tokens: `(queries, hits)`.
+    resumed_prefix: (u64, u64),
     lora: LoraSlots,
 }
 
@@ -197,6 +204,7 @@ impl Scheduler {
             num_preemptions: 0,
             num_finished: 0,
             num_aborted: 0,
+            resumed_prefix: (0, 0),
             lora,
         })
     }
@@ -372,6 +380,8 @@ impl Scheduler {
                         p => Some((lora_id, p)),
                     },
                 };
+                let resumed = req.status == RequestStatus::Preempted;
+                let num_tokens = req.num_tokens();
                 let computed = self.kv.get_computed_blocks(req.kv_seq());
                 let num_cached = computed.num_cached_tokens;
                 let num_new = self.num_new_tokens(req, num_cached, budget);
@@ -387,6 +397,10 @@ impl Scheduler {
                 }
                 if let Some((lora_id, plan)) = lora_plan {
                     self.lora.acquire(lora_id, plan);
+                }
+                if resumed && self.kv.prefix_caching_enabled() {
+                    self.resumed_prefix.0 += num_tokens as u64;
+                    self.resumed_prefix.1 += num_cached as u64;
                 }
                 self.waiting.remove(&key);
                 if let Some(req) = self.requests.get_mut(&id) {
@@ -598,6 +612,8 @@ impl Scheduler {
             num_blocks_total: total,
             prefix_cache_queries: prefix.queries,
             prefix_cache_hits: prefix.hits,
+            resumed_prefix_cache_queries: self.resumed_prefix.0,
+            resumed_prefix_cache_hits: self.resumed_prefix.1,
             num_preemptions: self.num_preemptions,
             num_finished: self.num_finished,
             num_aborted: self.num_aborted,

@@ -57,7 +57,8 @@ pub(super) enum Added {
 
 /// The per-choice accumulator of one request, shared by collected and streamed responses:
 /// maps engine events to choices, accumulates text, finish and stop reasons, sums usage,
-/// records latency metrics and logs each finished sequence. A collecting accumulator also
+/// records latency metrics (and what vLLM records per finished request) and logs each
+/// finished sequence. A collecting accumulator also
 /// keeps the logprobs for the final body; a streaming one hands them on.
 #[derive(Debug)]
 pub(super) struct Accumulator {
@@ -74,6 +75,8 @@ pub(super) struct Accumulator {
     pub(super) timing: Option<RequestTiming>,
     /// The engine failed the request.
     pub(super) error: bool,
+    /// By prompt: its choices that ended so far, and the most tokens one of them generated.
+    ended: HashMap<usize, (usize, usize)>,
 }
 
 impl Accumulator {
@@ -86,6 +89,18 @@ impl Accumulator {
             usage: Usage::default(),
             timing: None,
             error: false,
+            ended: HashMap::new(),
+        }
+    }
+
+    /// One more choice of prompt `p` ended (`generated` tokens); once all `n` did, the
+    /// request is recorded as vLLM records a finished parent request.
+    fn choice_ended(&mut self, p: usize, generated: usize, metrics: &Metrics) {
+        let e = self.ended.entry(p).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(generated);
+        if e.0 == self.n {
+            metrics.vllm.request_finished(self.n, e.1);
         }
     }
 
@@ -142,8 +157,10 @@ impl Accumulator {
                 }
                 self.usage.completion_tokens += usage.completion_tokens;
                 observe_finish(metrics, &timing);
+                metrics.vllm.finished(reason, &usage, &timing);
                 log_finish(id, choice, &usage, &timing, reason);
                 self.timing.get_or_insert(timing);
+                self.choice_ended(p, usage.completion_tokens, metrics);
                 Added::Finished {
                     choice,
                     text,
@@ -165,6 +182,8 @@ impl Accumulator {
             }
             RequestEvent::Error(e) => {
                 tracing::error!(error = %e, "request failed in the engine");
+                metrics.vllm.failed();
+                self.choice_ended(p, 0, metrics);
                 self.error = true;
                 Added::Failed
             }

@@ -107,7 +107,9 @@ pub fn finished(
             arrival,
             first_scheduled: Some(arrival + Duration::from_millis(1)),
             first_token: Some(arrival + Duration::from_millis(3)),
+            last_token: Some(arrival + Duration::from_millis(9)),
             finished: arrival + Duration::from_millis(10),
+            num_preemptions: 0,
         },
     }
 }
