@@ -45,6 +45,8 @@ pub struct EngineSnapshot {
     /// Structured outputs: the time to compute one sequence's token mask, once per
     /// constrained token (buckets: [`MASK_SECONDS_BUCKETS`]).
     pub structured_mask_seconds: Histogram,
+    /// KV-cache events dropped instead of published (the publisher's queue was full).
+    pub kv_events_dropped: u64,
 }
 
 /// Upper bounds (seconds) of the [`EngineSnapshot::structured_mask_seconds`] buckets.

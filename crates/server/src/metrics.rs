@@ -274,6 +274,12 @@ impl Metrics {
         );
         counter(
             &mut r,
+            "lantern_kv_events_dropped",
+            "KV-cache events dropped because the publisher's queue was full",
+            snap.kv_events_dropped,
+        );
+        counter(
+            &mut r,
             "lantern_lora_slot_loads",
             "LoRA adapter copies from host memory into a device slot",
             snap.lora_slot_loads,
@@ -442,6 +448,7 @@ mod tests {
             ("lantern_prefix_cache_hits_total", "counter"),
             ("lantern_prefix_cache_hit_rate", "gauge"),
             ("lantern_num_preemptions_total", "counter"),
+            ("lantern_kv_events_dropped_total", "counter"),
             ("lantern_lora_slot_loads_total", "counter"),
             ("lantern_lora_slot_load_seconds_total", "gauge"),
             ("lantern_lora_disk_loads_total", "counter"),

@@ -6,7 +6,9 @@
 //!   (`accumulator`), rendered as one JSON body (`output`) or as SSE chunks (`stream`);
 //! - [`tokenize`]: `POST /tokenize`, `POST /detokenize`;
 //! - [`admin`]: `GET /v1/models`, `POST /v1/load_lora_adapter`, `POST /v1/unload_lora_adapter`;
-//! - [`health`]: `GET /health`, `GET /version`, `GET /metrics`.
+//! - [`health`]: `GET /health`, `GET /version`, `GET /metrics`;
+//! - [`debug`] (only with `--enable-debug-endpoints`): `GET /debug/kv_cache_blocks`,
+//!   `POST /reset_prefix_cache`.
 //!
 //! This module holds the router, the shared state, `--api-key` auth and small helpers.
 
@@ -14,6 +16,7 @@ mod accumulator;
 pub mod admin;
 pub mod chat;
 pub mod completions;
+pub mod debug;
 pub mod health;
 mod output;
 mod stream;
@@ -59,6 +62,8 @@ pub struct ServerConfig {
     pub tools: crate::tools::ToolConfig,
     /// `--reasoning-parser`.
     pub reasoning_parser: Option<lantern_parsers::reasoning::ReasoningParserKind>,
+    /// `--enable-debug-endpoints`: serve the [`debug`] routes.
+    pub debug_endpoints: bool,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +74,7 @@ impl Default for ServerConfig {
             shutdown_timeout: std::time::Duration::from_secs(30),
             tools: crate::tools::ToolConfig::default(),
             reasoning_parser: None,
+            debug_endpoints: false,
         }
     }
 }
@@ -119,7 +125,13 @@ fn random_id(prefix: &str) -> String {
 /// Builds the router.
 pub fn router<G: Generate>(state: Arc<AppState<G>>) -> Router {
     let max_body = state.config.max_body_bytes;
-    Router::new()
+    let mut router = Router::new();
+    if state.config.debug_endpoints {
+        router = router
+            .route("/debug/kv_cache_blocks", get(debug::kv_cache_blocks::<G>))
+            .route("/reset_prefix_cache", post(debug::reset_prefix_cache::<G>));
+    }
+    router
         .route("/v1/chat/completions", post(chat::chat::<G>))
         .route("/v1/completions", post(completions::completions::<G>))
         .route("/v1/models", get(admin::models::<G>))
