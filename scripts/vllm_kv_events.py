@@ -112,7 +112,7 @@ def array_layout(kv):
     union = classes["BlockStored"] | classes["BlockRemoved"] | classes["AllBlocksCleared"]
     batch = msgspec.defstruct(
         "KVEventBatch",
-        [(f.name, union if f.name == "events" else f.type)
+        [(f.name, list[union] if f.name == "events" else f.type)
          if f.required else (f.name, f.type, f.default)
          for f in msgspec.structs.fields(kv.KVEventBatch)],
         array_like=True, omit_defaults=True, gc=False,
