@@ -25,6 +25,8 @@ variants of vLLM's classes (the pre-#42892 layout); `--layout both` (the default
 
     python3 -m pip install pyzmq msgspec      # once
     python3 scripts/kv_events_check.py [--bin target/debug/lantern] [--layout map|array|both]
+        [--dump-payloads FILE]   # every payload received, one "LAYOUT HEX" line each, to feed
+                                 # other decoders
 
 The first run downloads the vLLM wheel (no dependencies) once to take kv_events.py from it
 (~/.cache/lantern/vllm-kv-events/). Prints one line per check and a closing
@@ -90,6 +92,7 @@ class Subscriber:
         self.decoder = decoder
         self.lock = threading.Lock()
         self.batches = []  # (seq, KVEventBatch)
+        self.payloads = []  # raw third frames
         self.errors = []
         self.running = True
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -112,6 +115,7 @@ class Subscriber:
                 batch = self.decoder.decode(payload)
                 with self.lock:
                     self.batches.append((int.from_bytes(seq, "big"), batch))
+                    self.payloads.append(payload)
             except Exception as e:  # noqa: BLE001 (recorded, reported by the checks)
                 with self.lock:
                     self.errors.append(repr(e))
@@ -253,7 +257,7 @@ def compare(name, base, sub, mirror, consumed):
     return consumed
 
 
-def run(binary, layout, log):
+def run(binary, layout, log, dump=None):
     kv = vllm_kv_events.load()
     if layout == "map":
         decoder = msgspec.msgpack.Decoder(kv.KVEventBatch)
@@ -351,6 +355,10 @@ def run(binary, layout, log):
     finally:
         if sub is not None:
             sub.close()
+            if dump is not None:
+                with open(dump, "a") as f:
+                    for p in sub.payloads:
+                        f.write(f"{layout} {p.hex()}\n")
         stop(proc)
 
 
@@ -358,11 +366,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin", default=os.path.join(ROOT, "target", "debug", "lantern"))
     ap.add_argument("--layout", choices=["map", "array", "both"], default="both")
+    ap.add_argument("--dump-payloads", metavar="FILE", help="append every payload received to FILE")
     args = ap.parse_args()
+    if args.dump_payloads:
+        open(args.dump_payloads, "w").close()
     layouts = ["map", "array"] if args.layout == "both" else [args.layout]
     for layout in layouts:
         try:
-            run(args.bin, layout, f"/tmp/lantern-kv-events-{layout}.log")
+            run(args.bin, layout, f"/tmp/lantern-kv-events-{layout}.log", args.dump_payloads)
         except Exception as e:  # noqa: BLE001
             check(f"[{layout}] run", False, repr(e))
     failed = results.count(False)
