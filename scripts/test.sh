@@ -6,7 +6,10 @@
 # 2. cargo test --workspace (unit, parity, engine, server end-to-end tests);
 # 3. the OpenAI SDK conformance script against the real server (installs `openai` from PyPI);
 # 4. the structured-outputs check: 60 real-world JSON schemas through the real server, each
-#    answer validated with the `jsonschema` package (installs it from PyPI).
+#    answer validated with the `jsonschema` package (installs it from PyPI);
+# 5. the KV-cache events check: a pyzmq subscriber decodes the events with vLLM's own classes
+#    and checks them against the engine's block pool (installs pyzmq and msgspec from PyPI,
+#    and downloads the vLLM wheel once, without dependencies, for its kv_events.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,3 +28,6 @@ python3 -c "import jsonschema, rfc3339_validator" 2>/dev/null \
     || python3 -m pip install --quiet --disable-pip-version-check -r scripts/requirements-structured.txt
 python3 scripts/structured_outputs_check.py --bin target/debug/lantern
 bash scripts/check-deploy.sh   # deploy/: Dockerfile and Kubernetes manifests, offline
+
+python3 -c "import zmq, msgspec" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check pyzmq msgspec
+python3 scripts/kv_events_check.py --bin "${CARGO_TARGET_DIR:-target}/debug/lantern"

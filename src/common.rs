@@ -313,6 +313,8 @@ impl EngineArgs {
             // Set by `serve` from its --enable-lora / --lora flags.
             lora: None,
             cuda_graphs,
+            // Set by `serve` from --kv-events-config.
+            kv_events: None,
         })
     }
 }

@@ -4,6 +4,7 @@ use crate::common::{EngineArgs, EngineModel, ModelArgs, NullDeviceArgs};
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use lantern_engine::Engine;
+use lantern_kv_events::{KvEventsConfig, Layout, PublisherSettings};
 use lantern_models::load_model;
 use lantern_parsers::reasoning::ReasoningParserKind;
 use lantern_parsers::tool::ToolParserKind;
@@ -69,6 +70,56 @@ pub struct ServeArgs {
     pub vllm: VllmCompatArgs,
     #[command(flatten)]
     pub null: NullDeviceArgs,
+    #[command(flatten)]
+    pub kv_events: KvEventsArgs,
+    /// Serve debugging endpoints (not behind --api-key; trusted networks only):
+    /// GET /debug/kv_cache_blocks (the prefix cache's blocks by their KV-event ids) and
+    /// POST /reset_prefix_cache.
+    #[arg(long = "enable-debug-endpoints")]
+    pub enable_debug_endpoints: bool,
+}
+
+/// KV-cache events for KV-aware routers (llm-d, NVIDIA Dynamo), as vLLM publishes them.
+#[derive(Debug, Clone, Args)]
+pub struct KvEventsArgs {
+    /// Publish KV-cache events over ZeroMQ, configured as vLLM's --kv-events-config: a JSON
+    /// object with enable_kv_cache_events (false), publisher ("zmq" | "null"), endpoint
+    /// ("tcp://*:5557"), replay_endpoint (null), buffer_steps (10000), hwm (100000),
+    /// max_queue_size (100000), topic (""). E.g.
+    /// '{"enable_kv_cache_events":true,"endpoint":"tcp://*:5557","topic":"kv@pod-0@model"}'.
+    #[arg(long = "kv-events-config", value_name = "JSON")]
+    pub kv_events_config: Option<String>,
+    /// How each event is encoded: map (named fields, what vLLM sends since mid-2026; vLLM
+    /// 0.34) or array (positional, what older vLLM sent; for llm-d-kv-cache up to v0.8).
+    #[arg(long = "kv-events-layout", value_enum, default_value_t = KvEventsLayout::Map)]
+    pub kv_events_layout: KvEventsLayout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KvEventsLayout {
+    Map,
+    Array,
+}
+
+impl KvEventsArgs {
+    /// The publisher's settings, `None` when events are off; bad JSON or values fail here.
+    pub fn settings(&self) -> Result<Option<PublisherSettings>> {
+        let Some(json) = &self.kv_events_config else {
+            return Ok(None);
+        };
+        let layout = match self.kv_events_layout {
+            KvEventsLayout::Map => Layout::Map,
+            KvEventsLayout::Array => Layout::Array,
+        };
+        let cfg = KvEventsConfig::from_json(json)?;
+        let settings = cfg.resolve(layout)?;
+        if settings.is_none() {
+            tracing::info!(
+                "--kv-events-config: events are off (enable_kv_cache_events is false or publisher is \"null\")"
+            );
+        }
+        Ok(settings)
+    }
 }
 
 /// `vllm serve` flags Lantern accepts with vLLM's spelling, for the values it supports;
@@ -343,6 +394,13 @@ pub fn run(mut args: ServeArgs) -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    // Checked before anything loads: a bad --kv-events-config stops start-up at once.
+    let kv_events = args.kv_events.settings()?;
+    if kv_events.is_some() && args.engine.no_enable_prefix_caching {
+        return Err(anyhow!(
+            "--kv-events-config needs prefix caching: KV-cache events describe the prefix cache (drop --no-enable-prefix-caching)"
+        ));
+    }
     let state = Arc::new(AppState::new(ServerConfig {
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
         max_body_bytes: args.max_body_bytes,
@@ -352,6 +410,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         max_connections: args.max_connections,
         tools: args.chat.tools()?,
         reasoning_parser: args.chat.reasoning_parser,
+        debug_endpoints: args.enable_debug_endpoints,
     }));
     let addr = format!("{}:{}", args.host, args.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -390,6 +449,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .engine
             .engine_config(loaded.backend.device(), null)?;
         engine_cfg.lora = load_args.lora.config()?;
+        engine_cfg.kv_events = kv_events;
         let modules = load_args.lora.modules()?;
         let template = match &loaded.meta.chat_template {
             Some(src) => Some(

@@ -2,6 +2,7 @@
 
 use crate::lora::LoraConfig;
 use crate::validation::RequestLimits;
+use lantern_kv_events::PublisherSettings;
 use lantern_models::ModelMeta;
 use lantern_runtime::KvCacheSize;
 use lantern_scheduler::{defaults, SchedulingPolicy};
@@ -26,6 +27,8 @@ pub struct EngineConfig {
     /// Replay decode-only steps through captured CUDA graphs (CUDA only; the CLI turns this on
     /// for CUDA devices unless `--enforce-eager`).
     pub cuda_graphs: bool,
+    /// Publish KV-cache events (`--kv-events-config`); `None` = off. Needs prefix caching.
+    pub kv_events: Option<PublisherSettings>,
 }
 
 impl Default for EngineConfig {
@@ -43,6 +46,7 @@ impl Default for EngineConfig {
             seed: None,
             lora: None,
             cuda_graphs: false,
+            kv_events: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::config::ModelInfo;
 use crate::detok::IncrementalDetokenizer;
 use crate::error::{EngineError, SubmitError};
 use crate::handle::Command;
+use crate::kv_events::{external_hash, KvCacheBlocks, KvEvents};
 use crate::lora::{HostLoras, LoraConfig};
 use crate::params::RequestId;
 use crate::params::{FinishReason, RequestEvent};
@@ -45,6 +46,8 @@ pub(crate) struct EngineCore {
     pub info: Arc<ModelInfo>,
     pub base_seed: u64,
     pub shutting_down: bool,
+    /// KV-cache event publishing (`None` when off).
+    pub kv_events: Option<KvEvents>,
 }
 
 impl EngineCore {
@@ -71,6 +74,8 @@ impl EngineCore {
                     }
                 }
             }
+            // Commands may have changed the prefix cache (a reset): publish that now.
+            self.flush_kv_events();
             if self.shutting_down {
                 self.abort_all();
                 break;
@@ -111,6 +116,20 @@ impl EngineCore {
                 self.refresh_snapshot();
                 let _ = reply.send(self.snapshot.clone());
             }
+            Command::KvCacheBlocks(reply) => {
+                self.flush_kv_events();
+                let _ = reply.send(self.kv_cache_blocks());
+            }
+            Command::ResetPrefixCache(reply) => {
+                let done = self.sched.reset_prefix_cache();
+                if done {
+                    tracing::info!("prefix cache reset");
+                } else {
+                    tracing::warn!("prefix cache not reset: some requests still hold blocks");
+                }
+                self.flush_kv_events();
+                let _ = reply.send(done);
+            }
             Command::Shutdown => self.shutting_down = true,
             Command::AddLora {
                 id,
@@ -120,6 +139,9 @@ impl EngineCore {
                 seconds,
                 reply,
             } => {
+                if let Some(k) = &mut self.kv_events {
+                    k.add_lora_name(id, name.clone());
+                }
                 self.host_loras.insert(id, name, dir, adapter);
                 self.snapshot.lora_disk_loads += 1;
                 self.snapshot.lora_disk_load_seconds += seconds;
@@ -179,7 +201,7 @@ impl EngineCore {
         let n = params.n;
         // Every sequence of the request must fit: held-back siblings of earlier requests
         // count as waiting (they enter the scheduler later, never to be refused then).
-        let waiting = self.sched.num_waiting() + self.reqs.num_held_back();
+        let waiting = self.sched.num_waiting() + self.reqs.num_held();
         let max_waiting = self.sched.config().max_waiting_requests;
         if waiting.saturating_add(n) > max_waiting {
             return Err(SubmitError::Overloaded(format!(
@@ -485,6 +507,7 @@ impl EngineCore {
             }
         }
         self.release_deferred();
+        self.flush_kv_events();
         let t_end = Instant::now();
         let secs = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64();
         let duration_s = secs(t0, t_end);
@@ -525,6 +548,32 @@ impl EngineCore {
         banned
     }
 
+    /// Hands the prefix-cache events recorded since the last call to the publisher, as one
+    /// batch (a no-op without `--kv-events-config`).
+    fn flush_kv_events(&mut self) {
+        if let Some(k) = &mut self.kv_events {
+            k.publish(self.sched.take_kv_events());
+        }
+    }
+
+    fn kv_cache_blocks(&self) -> KvCacheBlocks {
+        let mut block_hashes: Vec<u64> = self
+            .sched
+            .kv_cache_manager()
+            .pool()
+            .cached_hashes()
+            .map(external_hash)
+            .collect();
+        block_hashes.sort_unstable();
+        KvCacheBlocks {
+            block_hashes,
+            block_size: self.info.block_size,
+            events_enabled: self.kv_events.is_some(),
+            last_event_seq: self.kv_events.as_ref().and_then(KvEvents::last_seq),
+            events_dropped: self.kv_events.as_ref().map_or(0, KvEvents::dropped),
+        }
+    }
+
     /// Copies the scheduler's current counters into the snapshot.
     pub fn refresh_snapshot(&mut self) {
         let st = self.sched.stats();
@@ -539,6 +588,7 @@ impl EngineCore {
         self.snapshot.last_step.kv_blocks_used = st.num_blocks_used;
         self.snapshot.last_step.kv_blocks_free = st.num_blocks_free;
         self.snapshot.loras_in_host_memory = self.host_loras.num_resident();
+        self.snapshot.kv_events_dropped = self.kv_events.as_ref().map_or(0, KvEvents::dropped);
         if self.lora_cfg.is_some() {
             self.snapshot.lora_requests = self.lora_requests();
             self.snapshot.lora_requests_unix = std::time::SystemTime::now()

@@ -4,6 +4,7 @@ use crate::config::{EngineConfig, ModelInfo};
 use crate::core::EngineCore;
 use crate::error::EngineStartError;
 use crate::handle::EngineHandle;
+use crate::kv_events::KvEvents;
 use crate::lora::{HostLoras, LoraRegistry};
 use crate::requests::Requests;
 use crate::stats::{EngineFacts, EngineSnapshot};
@@ -66,6 +67,9 @@ impl Engine {
         if let Some(l) = &cfg.lora {
             l.validate()?;
         }
+        if cfg.kv_events.is_some() && !cfg.enable_prefix_caching {
+            return Err(EngineStartError::KvEventsWithoutPrefixCaching);
+        }
         let model_config = meta.config.clone();
         let mut kv_cache = cfg.kv_cache;
         if let (KvCacheSize::GpuMemory(budget), Some(l)) = (&mut kv_cache, &cfg.lora) {
@@ -107,7 +111,24 @@ impl Engine {
             long_prefill_token_threshold: cfg.long_prefill_token_threshold,
             policy: cfg.policy,
             max_loras: cfg.lora.map_or(0, |l| l.max_loras),
+            enable_kv_cache_events: cfg.kv_events.is_some(),
         })?;
+        // Bound (or connected) before the engine starts, so a busy port fails start-up.
+        let kv_events = match &cfg.kv_events {
+            Some(s) => {
+                let p = lantern_kv_events::KvEventPublisher::start(s)?;
+                tracing::info!(
+                    "KV-cache events: publishing on {} (topic {:?}, {:?} layout, queue {} batches, hwm {})",
+                    p.endpoint(),
+                    s.topic,
+                    s.layout,
+                    s.max_queue_size,
+                    s.hwm
+                );
+                Some(KvEvents::new(p))
+            }
+            None => None,
+        };
         let usable = num_blocks - 1;
         let tokens = usable * cfg.block_size;
         tracing::info!(
@@ -162,6 +183,7 @@ impl Engine {
             info: info.clone(),
             base_seed,
             shutting_down: false,
+            kv_events,
         };
         let grammars = Arc::new(GrammarCompiler::new(
             tokenizer.clone(),

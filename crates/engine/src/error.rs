@@ -58,4 +58,11 @@ pub enum EngineStartError {
     Scheduler(#[from] lantern_scheduler::ConfigError),
     #[error("cannot spawn the engine thread: {0}")]
     Spawn(std::io::Error),
+    /// The KV-events sockets could not be bound or connected.
+    #[error(transparent)]
+    KvEvents(#[from] lantern_kv_events::PublisherError),
+    #[error(
+        "--kv-events-config needs prefix caching: KV-cache events describe the prefix cache (drop --no-enable-prefix-caching)"
+    )]
+    KvEventsWithoutPrefixCaching,
 }

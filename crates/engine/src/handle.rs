@@ -4,6 +4,7 @@
 
 use crate::config::ModelInfo;
 use crate::error::SubmitError;
+use crate::kv_events::KvCacheBlocks;
 use crate::lora::{check_name, now_unix, LoraConfig, LoraError, LoraInfo, LoraRegistry};
 use crate::params::RequestId;
 use crate::params::{GenerationParams, RequestEvent};
@@ -33,10 +34,15 @@ pub(crate) enum Command {
     },
     Abort(RequestId),
     Snapshot(oneshot::Sender<EngineSnapshot>),
+    /// The blocks in the prefix cache (debug endpoint); pending events are published first.
+    KvCacheBlocks(oneshot::Sender<KvCacheBlocks>),
+    /// Empty the prefix cache if no request holds blocks; answers whether it did.
+    ResetPrefixCache(oneshot::Sender<bool>),
     Shutdown,
     /// A validated adapter (read by the caller's thread) joins the host cache.
     AddLora {
         id: LoraId,
+        /// The name it is registered under (KV-cache events carry it).
         name: String,
         dir: PathBuf,
         adapter: Arc<LoraAdapter>,
@@ -322,6 +328,26 @@ impl EngineHandle {
             .send(Command::Snapshot(tx))
             .map_err(|_| SubmitError::EngineStopped)?;
         rx.blocking_recv().map_err(|_| SubmitError::EngineStopped)
+    }
+
+    /// The blocks in the prefix cache, by the ids KV-cache events use, after publishing every
+    /// pending event (`GET /debug/kv_cache_blocks`).
+    pub async fn kv_cache_blocks(&self) -> Result<KvCacheBlocks, SubmitError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::KvCacheBlocks(tx))
+            .map_err(|_| SubmitError::EngineStopped)?;
+        rx.await.map_err(|_| SubmitError::EngineStopped)
+    }
+
+    /// Empties the prefix cache (vLLM's `reset_prefix_cache`; subscribers get
+    /// `AllBlocksCleared`). `Ok(false)` while some request still holds blocks.
+    pub async fn reset_prefix_cache(&self) -> Result<bool, SubmitError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::ResetPrefixCache(tx))
+            .map_err(|_| SubmitError::EngineStopped)?;
+        rx.await.map_err(|_| SubmitError::EngineStopped)
     }
 
     /// Asks the engine to stop: running requests are aborted, the thread exits.

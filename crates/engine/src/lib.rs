@@ -22,6 +22,9 @@
 //!   [`ValidParams`], the only type [`EngineHandle::submit`] takes) and its bounds.
 //! - [`structured`]: structured outputs (llguidance grammars compiled on the submitting
 //!   thread, one matcher per sequence, allowed-token bitmasks applied before sampling).
+//! - `kv_events`: the scheduler's prefix-cache events turned into vLLM's KV-cache events once
+//!   per step and handed to the publisher thread (`lantern-kv-events`); [`KvCacheBlocks`]
+//!   is the debug view of the cached blocks.
 //! - [`EngineSnapshot`] (a `watch` channel) publishes per-step stats for metrics.
 
 mod config;
@@ -30,6 +33,7 @@ pub mod detok;
 mod engine;
 mod error;
 mod handle;
+mod kv_events;
 mod lora;
 mod lora_loads;
 mod output;
@@ -45,6 +49,7 @@ pub use config::{EngineConfig, ModelInfo};
 pub use engine::Engine;
 pub use error::{EngineError, EngineStartError, SubmitError};
 pub use handle::{EngineHandle, RequestStream};
+pub use kv_events::{external_hash, KvCacheBlocks};
 pub use lantern_runtime::{KvCacheSize, ModelBackend, SamplingParams};
 pub use lantern_scheduler::SchedulingPolicy;
 pub use lantern_scheduler::{LoraId, SeqId};

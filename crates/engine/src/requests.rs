@@ -193,29 +193,6 @@ impl Requests {
     }
 
     /// Drops the held back siblings of a group (they stay in the table).
-    /// Accepted sequences that are not in the scheduler yet (held-back `n > 1` siblings, and
-    /// the leaders of groups waiting for their adapter): they count against the bound on
-    /// waiting requests, so admitting a request never overflows the queue later.
-    pub fn num_held_back(&self) -> usize {
-        let alive = |id: &SeqId| self.seqs.contains_key(id);
-        let siblings: usize = self
-            .deferred
-            .values()
-            .map(|d| d.children.iter().filter(|c| alive(c)).count())
-            .sum();
-        let leaders = self
-            .pending
-            .iter()
-            .filter(|g| {
-                self.groups
-                    .get(g)
-                    .and_then(|v| v.first())
-                    .is_some_and(alive)
-            })
-            .count();
-        siblings + leaders
-    }
-
     pub fn drop_deferred(&mut self, group: RequestId) -> Option<Deferred> {
         self.deferred.remove(&group)
     }

@@ -78,6 +78,8 @@ pub struct EngineSnapshot {
     pub lora_requests_unix: f64,
     /// Fixed at start-up.
     pub config: EngineFacts,
+    /// KV-cache events dropped instead of published (the publisher's queue was full).
+    pub kv_events_dropped: u64,
 }
 
 /// One adapter's live sequences: running (in the scheduler's running list) and waiting

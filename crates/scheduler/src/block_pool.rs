@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use crate::error::BlockPoolError;
 use crate::hash::BlockHash;
-use crate::ids::BlockId;
+use crate::ids::{BlockId, LoraId};
 
 /// Block 0 is reserved as the null block (a placeholder the runner may point padding at). It
 /// is never handed out, never freed and never cached.
@@ -18,7 +18,10 @@ pub const NULL_BLOCK: BlockId = BlockId(0);
 ///   neighbour ids), so taking a block out of the middle on a cache hit is O(1);
 /// * a full block whose contents are known can be registered under its [`BlockHash`]. It keeps
 ///   that hash while it sits on the free list (it can still be hit) and loses it only when it
-///   is handed out again (evicted).
+///   is handed out again (evicted);
+/// * with event recording on ([`BlockPool::enable_events`]), every change to the set of
+///   cached hashes is recorded as a [`KvCacheEvent`] (vLLM's KV-cache events), in order,
+///   until [`BlockPool::take_events`] collects them.
 #[derive(Debug, Clone)]
 pub struct BlockPool {
     ref_cnt: Vec<u32>,
@@ -28,6 +31,50 @@ pub struct BlockPool {
     next: Vec<u32>,
     num_free: usize,
     cached: HashMap<BlockHash, BlockId>,
+    /// Recorded changes to the prefix cache; `None` when event recording is off.
+    events: Option<Vec<KvCacheEvent>>,
+}
+
+/// A change to the set of blocks in the prefix cache, as vLLM's KV-cache events describe it
+/// (`BlockStored`, `BlockRemoved`, `AllBlocksCleared`). Recorded by the [`BlockPool`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvCacheEvent {
+    /// Full blocks were registered in the prefix cache. They form a chain: `block_hashes[0]`
+    /// continues `parent_block_hash` (`None` for the first block of a sequence) and block
+    /// `i` holds `token_ids[i * block_size..(i + 1) * block_size]`.
+    BlockStored {
+        block_hashes: Vec<BlockHash>,
+        parent_block_hash: Option<BlockHash>,
+        token_ids: Vec<u32>,
+        block_size: usize,
+        /// The adapter of the sequence that computed the blocks (`None`: the base model).
+        lora_id: Option<LoraId>,
+        /// The sequence's cache salt, only when the first stored block is the sequence's
+        /// first block (the salt enters the hash chain there, as in vLLM).
+        cache_salt: Option<String>,
+    },
+    /// A cached block was evicted: its hash no longer hits.
+    BlockRemoved { block_hashes: Vec<BlockHash> },
+    /// Every hash was dropped ([`BlockPool::reset_prefix_cache`]).
+    AllBlocksCleared,
+}
+
+/// What [`BlockPool::cache_full_blocks`] registers: consecutive full blocks of one sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct FullBlocks<'a> {
+    /// The blocks, in sequence order.
+    pub blocks: &'a [BlockId],
+    /// Their chained hashes (same length as `blocks`).
+    pub hashes: &'a [BlockHash],
+    /// The hash of the block before `blocks[0]` (`None` when `blocks[0]` is the first).
+    pub parent: Option<BlockHash>,
+    /// The tokens `blocks` hold (`blocks.len() * block_size` of them).
+    pub token_ids: &'a [u32],
+    pub block_size: usize,
+    /// Index of `blocks[0]` in the sequence's block table.
+    pub first_index: usize,
+    pub lora_id: Option<LoraId>,
+    pub cache_salt: Option<&'a str>,
 }
 
 impl BlockPool {
@@ -58,7 +105,43 @@ impl BlockPool {
             next,
             num_free: num_blocks - 1,
             cached: HashMap::new(),
+            events: None,
         })
+    }
+
+    /// Starts recording [`KvCacheEvent`]s (off by default: no cost when nobody listens).
+    pub fn enable_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    /// Whether events are recorded.
+    pub fn events_enabled(&self) -> bool {
+        self.events.is_some()
+    }
+
+    /// The events recorded since the last call, oldest first (empty when recording is off).
+    pub fn take_events(&mut self) -> Vec<KvCacheEvent> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Hashes of every block in the prefix-cache map (in no particular order).
+    pub fn cached_hashes(&self) -> impl Iterator<Item = BlockHash> + '_ {
+        self.cached.keys().copied()
+    }
+
+    /// Drops every hash (vLLM's `reset_prefix_cache`): nothing hits afterwards. Only done
+    /// when no block is in use, since a running sequence's blocks must stay registered;
+    /// returns `false`, changing nothing, otherwise. Records `AllBlocksCleared`.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        if self.num_free != self.num_usable_blocks() {
+            return false;
+        }
+        self.hash.iter_mut().for_each(|h| *h = None);
+        self.cached.clear();
+        if let Some(ev) = &mut self.events {
+            ev.push(KvCacheEvent::AllBlocksCleared);
+        }
+        true
     }
 
     /// Total number of blocks, the null block included.
@@ -175,6 +258,57 @@ impl BlockPool {
         Ok(true)
     }
 
+    /// Registers consecutive full blocks of one sequence ([`BlockPool::cache_block`] each)
+    /// and records one `BlockStored` per run of blocks that got registered, so that every
+    /// event's chain starts from its true parent. Returns how many were registered.
+    pub fn cache_full_blocks(&mut self, full: FullBlocks<'_>) -> Result<usize, BlockPoolError> {
+        let n = full.blocks.len().min(full.hashes.len());
+        let mut registered = 0;
+        // Start (index into `full.blocks`) of the current run of registered blocks.
+        let mut run_start: Option<usize> = None;
+        for i in 0..n {
+            if self.cache_block(full.blocks[i], full.hashes[i])? {
+                registered += 1;
+                run_start.get_or_insert(i);
+            } else if let Some(start) = run_start.take() {
+                self.record_stored(&full, start, i);
+            }
+        }
+        if let Some(start) = run_start {
+            self.record_stored(&full, start, n);
+        }
+        Ok(registered)
+    }
+
+    fn record_stored(&mut self, full: &FullBlocks<'_>, start: usize, end: usize) {
+        let Some(events) = &mut self.events else {
+            return;
+        };
+        let bs = full.block_size;
+        let parent = if start == 0 {
+            full.parent
+        } else {
+            Some(full.hashes[start - 1])
+        };
+        let tokens = full
+            .token_ids
+            .get(start * bs..end * bs)
+            .unwrap_or_default()
+            .to_vec();
+        events.push(KvCacheEvent::BlockStored {
+            block_hashes: full.hashes[start..end].to_vec(),
+            parent_block_hash: parent,
+            token_ids: tokens,
+            block_size: bs,
+            lora_id: full.lora_id,
+            cache_salt: if full.first_index + start == 0 {
+                full.cache_salt.map(str::to_string)
+            } else {
+                None
+            },
+        });
+    }
+
     /// Free-list contents from head (next to be evicted) to tail.
     pub fn free_list(&self) -> Vec<BlockId> {
         let sentinel = self.sentinel();
@@ -263,6 +397,11 @@ impl BlockPool {
         if let Some(h) = self.hash[b as usize].take() {
             if self.cached.get(&h) == Some(&BlockId(b)) {
                 self.cached.remove(&h);
+                if let Some(ev) = &mut self.events {
+                    ev.push(KvCacheEvent::BlockRemoved {
+                        block_hashes: vec![h],
+                    });
+                }
             }
         }
     }
@@ -410,6 +549,106 @@ mod tests {
         assert!(!p.cache_block(b[0], h(2)).unwrap());
         assert_eq!(p.get_cached_block(h(1)), Some(b[0]));
         assert_eq!(p.num_cached_blocks(), 1);
+        p.check_consistency().unwrap();
+    }
+
+    fn full<'a>(
+        blocks: &'a [BlockId],
+        hashes: &'a [BlockHash],
+        tokens: &'a [u32],
+    ) -> FullBlocks<'a> {
+        FullBlocks {
+            blocks,
+            hashes,
+            parent: None,
+            token_ids: tokens,
+            block_size: 1,
+            first_index: 0,
+            lora_id: None,
+            cache_salt: Some("s"),
+        }
+    }
+
+    #[test]
+    fn events_are_off_by_default() {
+        let mut p = BlockPool::new(4).unwrap();
+        let b = p.allocate(2).unwrap();
+        let hs = [h(1), h(2)];
+        assert_eq!(p.cache_full_blocks(full(&b, &hs, &[1, 2])).unwrap(), 2);
+        p.free(&b).unwrap();
+        p.allocate(3).unwrap();
+        assert!(!p.events_enabled());
+        assert!(p.take_events().is_empty());
+    }
+
+    #[test]
+    fn stored_runs_keep_their_parents_and_evictions_are_reported() {
+        let mut p = BlockPool::new(8).unwrap();
+        p.enable_events();
+        let b = p.allocate(4).unwrap();
+        // Another block already holds h(2): b[1] stays private, so two runs are reported.
+        let other = p.allocate(1).unwrap();
+        assert!(p.cache_block(other[0], h(2)).unwrap());
+        let hs = [h(1), h(2), h(3), h(4)];
+        assert_eq!(
+            p.cache_full_blocks(full(&b, &hs, &[10, 20, 30, 40]))
+                .unwrap(),
+            3
+        );
+        let ev = p.take_events();
+        assert_eq!(
+            ev,
+            vec![
+                KvCacheEvent::BlockStored {
+                    block_hashes: vec![h(1)],
+                    parent_block_hash: None,
+                    token_ids: vec![10],
+                    block_size: 1,
+                    lora_id: None,
+                    cache_salt: Some("s".into()),
+                },
+                KvCacheEvent::BlockStored {
+                    block_hashes: vec![h(3), h(4)],
+                    parent_block_hash: Some(h(2)),
+                    token_ids: vec![30, 40],
+                    block_size: 1,
+                    lora_id: None,
+                    cache_salt: None,
+                },
+            ]
+        );
+        assert!(p.take_events().is_empty(), "taking empties the queue");
+        // Freed blocks keep their hashes; handing them out again evicts, in LRU order.
+        p.free(&[b[2], b[0]]).unwrap();
+        assert_eq!(p.allocate(2).unwrap(), ids([6, 7]));
+        assert!(
+            p.take_events().is_empty(),
+            "blocks 6 and 7 were never cached"
+        );
+        assert_eq!(p.allocate(1).unwrap(), ids([3]));
+        assert_eq!(
+            p.take_events(),
+            vec![KvCacheEvent::BlockRemoved {
+                block_hashes: vec![h(3)]
+            }]
+        );
+        p.check_consistency().unwrap();
+    }
+
+    #[test]
+    fn reset_needs_every_block_free() {
+        let mut p = BlockPool::new(4).unwrap();
+        p.enable_events();
+        let b = p.allocate(2).unwrap();
+        p.cache_block(b[0], h(1)).unwrap();
+        assert!(!p.reset_prefix_cache());
+        assert_eq!(p.get_cached_block(h(1)), Some(b[0]));
+        p.free(&b).unwrap();
+        assert!(p.reset_prefix_cache());
+        assert_eq!(p.num_cached_blocks(), 0);
+        assert_eq!(p.block_hash(b[0]), None);
+        assert_eq!(p.cached_hashes().count(), 0);
+        assert_eq!(p.take_events(), vec![KvCacheEvent::AllBlocksCleared]);
         p.check_consistency().unwrap();
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::block_pool::BlockPool;
+use crate::block_pool::{BlockPool, FullBlocks, KvCacheEvent};
 use crate::error::ConfigError;
 use crate::hash::{extend_block_hashes, BlockHash, CacheKeyExtra};
 use crate::ids::{BlockId, LoraId, SeqId};
@@ -251,11 +251,36 @@ impl KvCacheManager {
         }
         let extra = seq.extra();
         extend_block_hashes(&mut entry.hashes, seq.token_ids, bs, num_full, &extra);
-        for i in entry.num_cached_blocks..num_full {
-            // `false` (already cached elsewhere) just leaves this copy private.
-            let _ = self.pool.cache_block(entry.blocks[i], entry.hashes[i]);
-        }
+        let first = entry.num_cached_blocks;
+        // A block already cached elsewhere just stays private (and is not reported).
+        let res = self.pool.cache_full_blocks(FullBlocks {
+            blocks: &entry.blocks[first..num_full],
+            hashes: &entry.hashes[first..num_full],
+            parent: first.checked_sub(1).map(|p| entry.hashes[p]),
+            token_ids: &seq.token_ids[first * bs..num_full * bs],
+            block_size: bs,
+            first_index: first,
+            lora_id: seq.lora_id,
+            cache_salt: seq.cache_salt,
+        });
+        debug_assert!(res.is_ok(), "caching blocks of {}: {res:?}", seq.id);
         entry.num_cached_blocks = num_full;
+    }
+
+    /// Records every change to the prefix cache as a [`KvCacheEvent`] from now on.
+    pub fn enable_events(&mut self) {
+        self.pool.enable_events();
+    }
+
+    /// The prefix-cache events recorded since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<KvCacheEvent> {
+        self.pool.take_events()
+    }
+
+    /// Drops every cached hash when no block is in use (see
+    /// [`BlockPool::reset_prefix_cache`]); `false` when some sequence still holds blocks.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        self.pool.reset_prefix_cache()
     }
 
     /// Returns every block of sequence `id` to the pool, tail first (so the tail is evicted

@@ -4,7 +4,9 @@
 //!
 //! * [`BlockPool`] — `num_blocks` KV blocks (block 0 is the reserved null block), per-block
 //!   ref counts, an O(1) LRU free list, and the hash → block map of cached full blocks. A
-//!   freed block keeps its hash (it can still be hit) until it is handed out again.
+//!   freed block keeps its hash (it can still be hit) until it is handed out again. On
+//!   request it records every change to the cached set as a [`KvCacheEvent`] (stored,
+//!   removed, all cleared), which the engine publishes as vLLM's KV-cache events.
 //! * [`BlockHash`] / [`hash_block`] — 128-bit chained prefix hashes of full blocks, keyed by
 //!   the parent hash, the block's tokens, the LoRA adapter id and the optional cache salt.
 //! * [`KvCacheManager`] — per-request block tables over the pool: prefix lookup
@@ -55,7 +57,7 @@ mod lora_slots;
 mod request;
 mod scheduler;
 
-pub use block_pool::{BlockPool, NULL_BLOCK};
+pub use block_pool::{BlockPool, FullBlocks, KvCacheEvent, NULL_BLOCK};
 pub use error::{AddRequestError, BlockPoolError, ConfigError, UpdateError};
 pub use hash::{hash_block, BlockHash, CacheKeyExtra};
 pub use ids::{BlockId, LoraId, SeqId};

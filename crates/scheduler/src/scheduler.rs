@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 
+use crate::block_pool::KvCacheEvent;
 use crate::defaults;
 use crate::error::{AddRequestError, ConfigError, UpdateError};
 use crate::ids::{BlockId, LoraId, SeqId};
@@ -44,6 +45,8 @@ pub struct SchedulerConfig {
     /// LoRA adapter slots on the device (distinct adapters in flight at once); 0 = LoRA
     /// disabled, and requests with a `lora_id` are refused.
     pub max_loras: usize,
+    /// Record [`KvCacheEvent`]s (collected with [`Scheduler::take_kv_events`]).
+    pub enable_kv_cache_events: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -61,6 +64,7 @@ impl Default for SchedulerConfig {
             long_prefill_token_threshold: defaults::LONG_PREFILL_TOKEN_THRESHOLD,
             policy: SchedulingPolicy::Fcfs,
             max_loras: 0,
+            enable_kv_cache_events: false,
         }
     }
 }
@@ -187,11 +191,14 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        let kv = KvCacheManager::new(
+        let mut kv = KvCacheManager::new(
             config.num_blocks,
             config.block_size,
             config.enable_prefix_caching,
         )?;
+        if config.enable_kv_cache_events {
+            kv.enable_events();
+        }
         let lora = LoraSlots::new(config.max_loras);
         Ok(Self {
             config,
@@ -216,6 +223,18 @@ impl Scheduler {
     /// Read-only view of the KV cache manager (block tables, pool), for metrics and tests.
     pub fn kv_cache_manager(&self) -> &KvCacheManager {
         &self.kv
+    }
+
+    /// The prefix-cache events recorded since the last call, oldest first (always empty
+    /// unless `enable_kv_cache_events`). The engine collects them once per step.
+    pub fn take_kv_events(&mut self) -> Vec<KvCacheEvent> {
+        self.kv.take_events()
+    }
+
+    /// Empties the prefix cache (vLLM's `reset_prefix_cache`) when no request holds blocks;
+    /// `false`, changing nothing, otherwise.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        self.kv.reset_prefix_cache()
     }
 
     /// Queues a request. Rejects what could never run (empty prompt, `max_tokens` 0, longer

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use lantern_scheduler::{
-    AddRequestError, ConfigError, FinishReason, RequestStatus, SchedRequest, Scheduler,
-    SchedulerConfig, SchedulerOutput, SchedulingPolicy, UpdateError, NULL_BLOCK,
+    AddRequestError, ConfigError, FinishReason, KvCacheEvent, RequestStatus, SchedRequest,
+    Scheduler, SchedulerConfig, SchedulerOutput, SchedulingPolicy, UpdateError, NULL_BLOCK,
 };
 use lantern_scheduler::{LoraId, SeqId};
 
@@ -21,6 +21,7 @@ fn cfg() -> SchedulerConfig {
         long_prefill_token_threshold: 0,
         policy: SchedulingPolicy::Fcfs,
         max_loras: 0,
+        enable_kv_cache_events: false,
     }
 }
 
@@ -736,4 +737,70 @@ fn preempted_adapter_requests_give_their_slot_back() {
         "the test should force preemption"
     );
     assert!(s.lora_residency().iter().all(|r| r.2 == 0), "no users left");
+}
+
+#[test]
+fn kv_events_follow_the_prefix_cache() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        enable_kv_cache_events: true,
+        ..cfg()
+    })
+    .unwrap();
+    // 10 prompt tokens, block size 4: two full blocks once the prompt is computed.
+    let mut a = req(1, toks(10), 1);
+    a.cache_salt = Some("tenant".into());
+    s.add_request(a).unwrap();
+    step(&mut s);
+    let ev = s.take_kv_events();
+    let [KvCacheEvent::BlockStored {
+        block_hashes,
+        parent_block_hash: None,
+        token_ids,
+        block_size: 4,
+        lora_id: None,
+        cache_salt: Some(salt),
+    }] = ev.as_slice()
+    else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(salt, "tenant");
+    assert_eq!(block_hashes.len(), 2);
+    assert_eq!(token_ids, &toks(8));
+    let chain = block_hashes.clone();
+    assert!(s.take_kv_events().is_empty());
+    // Same salt and prefix, longer prompt: the two blocks hit; only the third is stored,
+    // chained to the second, without the salt (it is not a sequence's first block).
+    let mut b = req(2, toks(14), 1);
+    b.cache_salt = Some("tenant".into());
+    s.add_request(b).unwrap();
+    step(&mut s);
+    let ev = s.take_kv_events();
+    let [KvCacheEvent::BlockStored {
+        block_hashes,
+        parent_block_hash: Some(parent),
+        token_ids,
+        cache_salt: None,
+        ..
+    }] = ev.as_slice()
+    else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(*parent, chain[1]);
+    assert_eq!(block_hashes.len(), 1);
+    assert_eq!(token_ids, &toks(12)[8..]);
+    assert_pool_full(&s);
+    // A reset now empties the cache; subscribers are told so.
+    assert!(s.reset_prefix_cache());
+    assert_eq!(s.take_kv_events(), vec![KvCacheEvent::AllBlocksCleared]);
+    assert_eq!(s.kv_cache_manager().pool().num_cached_blocks(), 0);
+}
+
+#[test]
+fn no_kv_events_unless_asked() {
+    let mut s = Scheduler::new(cfg()).unwrap();
+    s.add_request(req(1, toks(10), 1)).unwrap();
+    step(&mut s);
+    assert!(s.take_kv_events().is_empty());
+    assert!(s.reset_prefix_cache());
+    assert!(s.take_kv_events().is_empty());
 }

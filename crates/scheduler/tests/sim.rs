@@ -2,11 +2,11 @@
 //! the bookkeeping invariants after every step, including the contents of a fake KV cache.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use lantern_scheduler::{
-    AddRequestError, FinishReason, RequestStatus, SchedRequest, Scheduler, SchedulerConfig,
-    SchedulingPolicy, NULL_BLOCK,
+    hash_block, AddRequestError, BlockHash, CacheKeyExtra, FinishReason, KvCacheEvent,
+    RequestStatus, SchedRequest, Scheduler, SchedulerConfig, SchedulingPolicy, NULL_BLOCK,
 };
 use lantern_scheduler::{BlockId, LoraId, SeqId};
 use proptest::prelude::*;
@@ -86,6 +86,7 @@ fn config() -> impl Strategy<Value = SchedulerConfig> {
                 (enable_prefix_caching, priority, max_loras),
             )| SchedulerConfig {
                 max_loras,
+                enable_kv_cache_events: true,
                 max_num_seqs,
                 max_num_batched_tokens,
                 block_size,
@@ -163,8 +164,58 @@ fn check_blocks(s: &Scheduler) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Replays the recorded KV-cache events onto `mirror` (what a subscriber would know) and
+/// checks it equals the pool's prefix-cache map.
+fn check_events(s: &mut Scheduler, mirror: &mut HashSet<BlockHash>) -> Result<(), TestCaseError> {
+    let bs = s.config().block_size;
+    for ev in s.take_kv_events() {
+        match ev {
+            KvCacheEvent::BlockStored {
+                block_hashes,
+                parent_block_hash,
+                token_ids,
+                block_size,
+                lora_id,
+                cache_salt,
+            } => {
+                prop_assert_eq!(block_size, bs);
+                prop_assert!(!block_hashes.is_empty());
+                prop_assert_eq!(token_ids.len(), block_hashes.len() * bs);
+                if parent_block_hash.is_none() {
+                    // A chain from the root: every hash is recomputable from the event.
+                    let extra = CacheKeyExtra {
+                        lora_id,
+                        cache_salt: cache_salt.as_deref(),
+                    };
+                    let mut parent = None;
+                    for (h, toks) in block_hashes.iter().zip(token_ids.chunks(bs)) {
+                        let want = hash_block(parent, toks, &extra);
+                        prop_assert_eq!(*h, want, "stored hash does not chain");
+                        parent = Some(want);
+                    }
+                } else {
+                    prop_assert!(cache_salt.is_none(), "salt outside the first block");
+                }
+                for h in block_hashes {
+                    prop_assert!(mirror.insert(h), "hash stored twice");
+                }
+            }
+            KvCacheEvent::BlockRemoved { block_hashes } => {
+                for h in block_hashes {
+                    prop_assert!(mirror.remove(&h), "removed a hash never stored");
+                }
+            }
+            KvCacheEvent::AllBlocksCleared => mirror.clear(),
+        }
+    }
+    let pool: HashSet<BlockHash> = s.kv_cache_manager().pool().cached_hashes().collect();
+    prop_assert_eq!(&pool, mirror, "events disagree with the prefix cache");
+    Ok(())
+}
+
 fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError> {
     let mut s = Scheduler::new(cfg.clone()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let mut mirror = HashSet::new();
     let bs = cfg.block_size;
     let usable = cfg.num_blocks - 1;
     // Fake KV memory: one fingerprint per slot.
@@ -252,6 +303,7 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
             }
         }
         check_blocks(&s)?;
+        check_events(&mut s, &mut mirror)?;
 
         let running_before: Vec<SeqId> = s.running_ids().to_vec();
         let out = s.schedule();
@@ -275,6 +327,7 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
             prop_assert!(!out.seqs.is_empty(), "no progress at step {}", step);
         }
         check_blocks(&s)?;
+        check_events(&mut s, &mut mirror)?;
 
         // Fake runner: load adapters, then every sequence must find its own in its slot.
         for ld in &out.lora_loads {
@@ -391,6 +444,7 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
             }
         }
         check_blocks(&s)?;
+        check_events(&mut s, &mut mirror)?;
     }
 
     prop_assert!(
@@ -402,6 +456,10 @@ fn simulate(cfg: SchedulerConfig, specs: Vec<Spec>) -> Result<(), TestCaseError>
     let st = s.stats();
     prop_assert_eq!(st.num_blocks_free, st.num_blocks_total);
     prop_assert_eq!(s.kv_cache_manager().num_tracked_seqs(), 0);
+    // Everything is free: the prefix cache can be reset, and subscribers learn it.
+    prop_assert!(s.reset_prefix_cache());
+    check_events(&mut s, &mut mirror)?;
+    prop_assert!(mirror.is_empty());
     s.kv_cache_manager()
         .pool()
         .check_consistency()

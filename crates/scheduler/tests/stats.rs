@@ -18,6 +18,7 @@ fn cfg() -> SchedulerConfig {
         enable_prefix_caching: true,
         long_prefill_token_threshold: 0,
         policy: SchedulingPolicy::Fcfs,
+        enable_kv_cache_events: false,
         max_loras: 0,
     }
 }

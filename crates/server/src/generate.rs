@@ -4,8 +4,8 @@
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 use lantern_engine::{
-    EngineHandle, EngineSnapshot, LoraError, LoraId, LoraInfo, RequestEvent, RequestLimits,
-    SubmitError, ValidParams,
+    EngineHandle, EngineSnapshot, KvCacheBlocks, LoraError, LoraId, LoraInfo, RequestEvent,
+    RequestLimits, SubmitError, ValidParams,
 };
 use std::future::Future;
 use tokenizers::Tokenizer;
@@ -59,6 +59,16 @@ pub trait Generate: Clone + Send + Sync + 'static {
 
     /// Aborts in-flight requests and stops the engine.
     fn shutdown(&self);
+
+    /// The blocks in the prefix cache (`GET /debug/kv_cache_blocks`).
+    fn kv_cache_blocks(&self) -> impl Future<Output = Result<KvCacheBlocks, SubmitError>> + Send {
+        async { Err(SubmitError::EngineStopped) }
+    }
+
+    /// Empties the prefix cache if no request holds blocks (`POST /reset_prefix_cache`).
+    fn reset_prefix_cache(&self) -> impl Future<Output = Result<bool, SubmitError>> + Send {
+        async { Err(SubmitError::EngineStopped) }
+    }
 }
 
 impl Generate for EngineHandle {
@@ -119,5 +129,13 @@ impl Generate for EngineHandle {
 
     fn shutdown(&self) {
         EngineHandle::shutdown(self)
+    }
+
+    fn kv_cache_blocks(&self) -> impl Future<Output = Result<KvCacheBlocks, SubmitError>> + Send {
+        EngineHandle::kv_cache_blocks(self)
+    }
+
+    fn reset_prefix_cache(&self) -> impl Future<Output = Result<bool, SubmitError>> + Send {
+        EngineHandle::reset_prefix_cache(self)
     }
 }

@@ -153,6 +153,12 @@ pub(super) fn registry(m: &Metrics, snap: &EngineSnapshot, model: &str) -> Regis
     );
     counter(
         &mut r,
+        "lantern_kv_events_dropped",
+        "KV-cache events dropped because the publisher's queue was full",
+        snap.kv_events_dropped,
+    );
+    counter(
+        &mut r,
         "lantern_lora_slot_loads",
         "LoRA adapter copies from host memory into a device slot",
         snap.lora_slot_loads,

@@ -165,6 +165,7 @@ fn lantern_families_keep_their_names_and_types() {
         ("lantern_prefix_cache_hits_total", "counter"),
         ("lantern_prefix_cache_hit_rate", "gauge"),
         ("lantern_num_preemptions_total", "counter"),
+        ("lantern_kv_events_dropped_total", "counter"),
         ("lantern_lora_slot_loads_total", "counter"),
         ("lantern_lora_slot_load_seconds_total", "gauge"),
         ("lantern_lora_disk_loads_total", "counter"),

@@ -35,6 +35,26 @@ pub struct HealthResponse {
     pub status: &'static str,
 }
 
+/// `GET /debug/kv_cache_blocks` (`--enable-debug-endpoints`): the blocks in the prefix
+/// cache, by the 64-bit ids KV-cache events publish.
+#[derive(Debug, Clone, Serialize)]
+pub struct KvCacheBlocksResponse {
+    pub block_size: usize,
+    pub num_blocks: usize,
+    /// Ascending.
+    pub block_hashes: Vec<u64>,
+    pub kv_events_enabled: bool,
+    /// Sequence number of the last KV-event batch sent before this answer (`null`: none).
+    pub last_event_seq: Option<u64>,
+    pub kv_events_dropped: u64,
+}
+
+/// `POST /reset_prefix_cache` (`--enable-debug-endpoints`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ResetPrefixCacheResponse {
+    pub reset: bool,
+}
+
 /// `GET /version`.
 #[derive(Debug, Clone, Serialize)]
 pub struct VersionResponse {

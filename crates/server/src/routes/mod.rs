@@ -9,7 +9,9 @@
 //!   sampling parameters, nothing generated);
 //! - [`admin`]: `GET /v1/models`, `POST /v1/load_lora_adapter`, `POST /v1/unload_lora_adapter`;
 //! - [`health`]: `GET /health` (and vLLM's `/ping`, GET or POST), `GET /version`,
-//!   `GET /metrics`.
+//!   `GET /metrics`;
+//! - [`debug`] (only with `--enable-debug-endpoints`): `GET /debug/kv_cache_blocks`,
+//!   `POST /reset_prefix_cache`.
 //!
 //! This module holds the router, the shared state, `--api-key` auth and small helpers.
 
@@ -17,6 +19,7 @@ mod accumulator;
 pub mod admin;
 pub mod chat;
 pub mod completions;
+pub mod debug;
 pub mod health;
 mod output;
 pub mod render;
@@ -71,6 +74,8 @@ pub struct ServerConfig {
     pub tools: crate::tools::ToolConfig,
     /// `--reasoning-parser`.
     pub reasoning_parser: Option<lantern_parsers::reasoning::ReasoningParserKind>,
+    /// `--enable-debug-endpoints`: serve the [`debug`] routes.
+    pub debug_endpoints: bool,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +89,7 @@ impl Default for ServerConfig {
             max_connections: 4096,
             tools: crate::tools::ToolConfig::default(),
             reasoning_parser: None,
+            debug_endpoints: false,
         }
     }
 }
@@ -134,7 +140,13 @@ fn random_id(prefix: &str) -> String {
 /// Builds the router.
 pub fn router<G: Generate>(state: Arc<AppState<G>>) -> Router {
     let max_body = state.config.max_body_bytes;
-    Router::new()
+    let mut router = Router::new();
+    if state.config.debug_endpoints {
+        router = router
+            .route("/debug/kv_cache_blocks", get(debug::kv_cache_blocks::<G>))
+            .route("/reset_prefix_cache", post(debug::reset_prefix_cache::<G>));
+    }
+    router
         .route("/v1/chat/completions", post(chat::chat::<G>))
         .route("/v1/completions", post(completions::completions::<G>))
         .route(
