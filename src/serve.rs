@@ -325,6 +325,12 @@ pub struct LoraArgs {
     /// when a request needs them.
     #[arg(long = "max-cpu-loras")]
     pub max_cpu_loras: Option<usize>,
+    /// A directory POST /v1/load_lora_adapter may load adapters from (repeatable): a
+    /// `lora_path` must lie under one of them (absolute, or relative to a root). Without
+    /// it, adapters load at run time from the Hugging Face hub only. --lora at start-up is
+    /// not confined.
+    #[arg(long = "lora-root", value_name = "DIR")]
+    pub lora_root: Vec<std::path::PathBuf>,
 }
 
 impl LoraArgs {
@@ -344,6 +350,22 @@ impl LoraArgs {
         };
         c.validate().map_err(|e| anyhow!(e))?;
         Ok(Some(c))
+    }
+
+    /// The --lora-root directories, resolved (symlinks followed) so that containment
+    /// checks compare real paths.
+    pub fn roots(&self) -> Result<Vec<std::path::PathBuf>> {
+        self.lora_root
+            .iter()
+            .map(|r| {
+                let c = std::fs::canonicalize(r)
+                    .with_context(|| format!("--lora-root {}: cannot open it", r.display()))?;
+                if !c.is_dir() {
+                    return Err(anyhow!("--lora-root {}: not a directory", r.display()));
+                }
+                Ok(c)
+            })
+            .collect()
     }
 }
 
@@ -411,6 +433,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
         tools: args.chat.tools()?,
         reasoning_parser: args.chat.reasoning_parser,
         debug_endpoints: args.enable_debug_endpoints,
+        lora_roots: args.lora.roots()?,
+        ..ServerConfig::default()
     }));
     let addr = format!("{}:{}", args.host, args.port);
     let listener = tokio::net::TcpListener::bind(&addr)
@@ -520,6 +544,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 served_names: names,
                 root,
                 sampling_defaults,
+                prompt_byte_cap: Default::default(),
             })
             .map_err(|_| anyhow!("model loaded twice"))?;
         Ok(engine)

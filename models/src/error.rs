@@ -48,5 +48,47 @@ impl ModelError {
     }
 }
 
+/// What a client is told when an adapter source resolves to nothing it may load (the
+/// same words whatever the reason, so they reveal nothing about the server's disk).
+pub const ADAPTER_NOT_FOUND: &str = "the adapter was not found: `lora_path` must be a directory under one of the server's --lora-root directories, or a Hugging Face hub id (owner/name)";
+
+impl ModelError {
+    /// What a remote client may be told: no server paths, no OS error text, no Rust
+    /// internals. The full error ([`std::fmt::Display`]) is for the server's log.
+    pub fn client_message(&self) -> String {
+        fn file_name(p: &std::path::Path) -> String {
+            p.file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "a required file".into())
+        }
+        match self {
+            // `field` is a path-bearing label for adapter errors (`LoRA adapter DIR`).
+            Self::Config { field, message } if field.starts_with("LoRA adapter ") => {
+                message.clone()
+            }
+            Self::Config { field, message } => format!("`{field}`: {message}"),
+            Self::Io { path, source } => {
+                let why = match source.kind() {
+                    std::io::ErrorKind::NotFound => "it is missing",
+                    std::io::ErrorKind::PermissionDenied => "the server may not read it",
+                    _ => "it could not be read",
+                };
+                format!("cannot read `{}`: {why}", file_name(path))
+            }
+            Self::Json { path, source } => format!(
+                "`{}` is not valid JSON (line {}, column {})",
+                file_name(path),
+                source.line(),
+                source.column()
+            ),
+            Self::Source { .. } => ADAPTER_NOT_FOUND.into(),
+            Self::Tokenizer(_) => "the tokenizer could not be read".into(),
+            Self::Candle(_) => {
+                "the adapter's tensors could not be read or do not fit the base model".into()
+            }
+        }
+    }
+}
+
 /// Result alias for this crate.
 pub type Result<T> = std::result::Result<T, ModelError>;

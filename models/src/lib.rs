@@ -21,7 +21,7 @@ mod rope;
 mod transformer;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
-pub use error::{ModelError, Result};
+pub use error::{ModelError, Result, ADAPTER_NOT_FOUND};
 pub use linear::{Linear, LinearPart, Proj, WeightLayout};
 pub use loader::{
     load_gguf, load_hf_dir, load_model, DTypeChoice, LoadOptions, LoadedModel, ModelMeta,

@@ -74,6 +74,18 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
+    /// `owner/name`: what [`LoraAdapter::resolve_source`] downloads from the hub when no
+    /// such local directory exists.
+    pub fn looks_like_hub_id(source: &str) -> bool {
+        source.split('/').count() == 2
+            && !source.starts_with('.')
+            && !source.starts_with('/')
+            && !source.contains('\\')
+            && source
+                .split('/')
+                .all(|part| !part.is_empty() && part != "..")
+    }
+
     /// Where an adapter source lives on disk: an existing local directory as is, otherwise
     /// a hub id (`owner/name[@revision]`) downloaded with hf-hub.
     pub fn resolve_source(source: &str) -> Result<PathBuf> {
@@ -81,11 +93,7 @@ impl LoraAdapter {
         if p.is_dir() {
             return Ok(p.to_path_buf());
         }
-        let looks_like_hub_id = source.split('/').count() == 2
-            && !source.starts_with('.')
-            && !source.starts_with('/')
-            && !source.contains('\\');
-        if looks_like_hub_id {
+        if Self::looks_like_hub_id(source) {
             return crate::hub::download_adapter(source, false);
         }
         Err(ModelError::Source {

@@ -187,7 +187,16 @@ fn lora_one_slot_three_adapters_interleaved_all_match() {
 
 #[test]
 fn lora_load_and_unload_over_http() {
-    let s = start(&["--enable-lora", "--max-lora-rank", "8", "--max-loras", "2"]);
+    let root = model_dir().display().to_string();
+    let s = start(&[
+        "--enable-lora",
+        "--max-lora-rank",
+        "8",
+        "--max-loras",
+        "2",
+        "--lora-root",
+        &root,
+    ]);
     let load = |name: &str, path: &str| {
         post(
             &s.url("/v1/load_lora_adapter"),
@@ -233,9 +242,48 @@ fn lora_load_and_unload_over_http() {
     assert_eq!(ada["root"], json!(path_a));
     assert_eq!(greedy_ids(&s, "ada", &prompt, want.len()), want);
 
-    // Refused adapters name the problem.
-    let r = load("x", "/nonexistent/adapter/dir");
+    // A path relative to the root works too.
+    let r = load("ada-rel", "lora-a");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(unload("ada-rel").status, 200);
+
+    // Paths outside the roots get one answer whether they exist or not (issue 14,
+    // defect 7): no server paths, no OS error text.
+    let outside = std::env::temp_dir().display().to_string();
+    let escape = format!("{root}/../..");
+    let mut answers = Vec::new();
+    for p in [
+        "/nonexistent/adapter/dir",
+        outside.as_str(),
+        escape.as_str(),
+        "../x",
+    ] {
+        let r = load("x", p);
+        assert_eq!(r.status, 400, "{p}: {}", r.body);
+        assert_eq!(r.json()["error"]["param"], "lora_path", "{}", r.body);
+        answers.push(r.json()["error"]["message"].clone());
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "{answers:?}");
+    let msg = answers[0].as_str().unwrap();
+    assert!(msg.contains("--lora-root"), "{msg}");
+    assert!(
+        !msg.contains("os error") && !msg.contains('/') || msg.contains("owner/name"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("nonexistent") && !msg.contains(&outside),
+        "{msg}"
+    );
+    // Inside the root, a broken adapter is named by its file, not the server's path.
+    let r = load("noconf", &format!("{root}/lora-a/.."));
     assert_eq!(r.status, 400, "{}", r.body);
+    let m = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        m.contains("adapter_config.json") && !m.contains(&root) && !m.contains("os error"),
+        "{m}"
+    );
+
+    // Refused adapters name the problem.
     let r = load(
         "dora",
         &adapter_dir("lora-unsupported-dora").display().to_string(),

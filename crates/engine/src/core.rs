@@ -163,14 +163,15 @@ impl EngineCore {
 
     /// Puts a scheduler request into the scheduler, mapping its refusal to a submit error.
     pub fn schedule_request(&mut self, req: SchedRequest) -> Result<(), SubmitError> {
+        // Clients get the reason without the engine's internal request id.
         self.sched.add_request(req).map_err(|e| match e {
-            AddRequestError::QueueFull { .. } => SubmitError::Overloaded(e.to_string()),
+            AddRequestError::QueueFull { .. } => SubmitError::Overloaded(e.reason()),
             AddRequestError::TooLong { .. } | AddRequestError::ExceedsKvCache { .. } => {
-                SubmitError::TooLong(e.to_string())
+                SubmitError::TooLong(e.reason())
             }
             other => SubmitError::InvalidParam {
                 field: "prompt".into(),
-                message: other.to_string(),
+                message: other.reason(),
             },
         })
     }

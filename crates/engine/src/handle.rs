@@ -164,9 +164,12 @@ impl EngineHandle {
             Ok(x) => x,
             Err(e) => {
                 self.registry_mut().cancel(name);
+                // The log gets the whole error; the caller (maybe a remote client) no
+                // server paths or OS error text.
+                tracing::warn!(adapter = name, source, error = %e, "cannot load LoRA adapter");
                 return Err(LoraError::Invalid {
                     name: name.to_string(),
-                    message: e.to_string(),
+                    message: e.client_message(),
                 });
             }
         };

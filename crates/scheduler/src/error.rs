@@ -75,6 +75,31 @@ pub enum AddRequestError {
     LoraDisabled { id: SeqId, lora_id: LoraId },
 }
 
+impl AddRequestError {
+    /// The request this refuses.
+    pub fn id(&self) -> SeqId {
+        match self {
+            Self::EmptyPrompt { id }
+            | Self::ZeroMaxTokens { id }
+            | Self::TooLong { id, .. }
+            | Self::ExceedsKvCache { id, .. }
+            | Self::QueueFull { id, .. }
+            | Self::DuplicateId { id }
+            | Self::LoraDisabled { id, .. } => *id,
+        }
+    }
+
+    /// The message without the internal request id, for the client.
+    pub fn reason(&self) -> String {
+        let full = self.to_string();
+        let prefix = format!("request {}: ", self.id());
+        match full.strip_prefix(&prefix) {
+            Some(rest) => rest.to_string(),
+            None => full,
+        }
+    }
+}
+
 /// [`crate::Scheduler::update`] was given results that do not match the scheduler's state.
 /// Nothing is applied when this is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,4 +122,23 @@ pub enum UpdateError {
         scheduled: usize,
         current: usize,
     },
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_reason_has_no_internal_id() {
+        let e = AddRequestError::QueueFull {
+            id: SeqId(41),
+            max_waiting_requests: 8,
+        };
+        assert!(e.to_string().contains("41"), "{e}");
+        assert_eq!(
+            e.reason(),
+            "the waiting queue is full (8 requests); retry later"
+        );
+    }
 }

@@ -57,6 +57,11 @@ pub trait Generate: Clone + Send + Sync + 'static {
 
     fn unload_lora(&self, name: &str) -> Result<(), LoraError>;
 
+    /// Whether adapters can be served at all (`--enable-lora`).
+    fn lora_enabled(&self) -> bool {
+        true
+    }
+
     /// Aborts in-flight requests and stops the engine.
     fn shutdown(&self);
 
@@ -125,6 +130,10 @@ impl Generate for EngineHandle {
 
     fn unload_lora(&self, name: &str) -> Result<(), LoraError> {
         EngineHandle::unload_lora(self, name)
+    }
+
+    fn lora_enabled(&self) -> bool {
+        self.lora_config().is_some()
     }
 
     fn shutdown(&self) {

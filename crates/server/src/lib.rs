@@ -30,6 +30,7 @@ pub mod defaults;
 pub mod error;
 pub mod generate;
 pub mod metrics;
+pub mod prompt_cap;
 pub mod protocol;
 pub mod routes;
 pub mod tools;

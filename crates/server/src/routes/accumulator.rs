@@ -104,6 +104,19 @@ impl Accumulator {
         }
     }
 
+    /// The `(prompt, index)` of every choice of `prompts` prompts that has not finished:
+    /// after the engine's events ended, those were cut off (the engine stopped without
+    /// finishing them). Nothing when the engine reported an error.
+    pub(super) fn unfinished(&self, prompts: usize) -> Vec<(usize, usize)> {
+        if self.error {
+            return Vec::new();
+        }
+        (0..prompts * self.n)
+            .filter(|c| self.choices.get(c).is_none_or(|c| c.finish.is_none()))
+            .map(|c| (c / self.n, c % self.n))
+            .collect()
+    }
+
     /// Records event `ev` of prompt `p`; returns what it added.
     pub(super) fn record(
         &mut self,
@@ -214,4 +227,25 @@ fn log_finish(id: &str, index: usize, usage: &Usage, timing: &RequestTiming, rea
         finish_reason = reason.as_str(),
         "request finished"
     );
+}
+
+/// The event that ends choice `index` whose events stopped without an end: `abort`, as
+/// the engine reports a request it cut off.
+pub(super) fn cut_off(index: usize) -> RequestEvent {
+    let now = std::time::Instant::now();
+    RequestEvent::Finished {
+        index,
+        reason: FinishReason::Abort,
+        stop_reason: None,
+        text: String::new(),
+        usage: Usage::default(),
+        timing: RequestTiming {
+            arrival: now,
+            first_scheduled: None,
+            first_token: None,
+            last_token: None,
+            finished: now,
+            num_preemptions: 0,
+        },
+    }
 }

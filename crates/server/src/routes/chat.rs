@@ -32,8 +32,14 @@ async fn chat_inner<G: Generate>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
-    let req: ChatRequest = parse_body(&body_bytes(body)?)?;
-    let (ids, params, shape) = prepare(state, ready, &req)?;
+    let body = body_bytes(body)?;
+    let (req, (ids, params, shape)) = state
+        .prepare_blocking(move |state, ready| {
+            let req: ChatRequest = parse_body(&body)?;
+            let prepared = prepare(state, ready, &req)?;
+            Ok((req, prepared))
+        })
+        .await?;
     let streams = submit_all(ready, vec![ids], &params, "messages").await?;
     respond_with(
         state,
@@ -113,11 +119,11 @@ pub(super) fn prepare<G: Generate>(
         // The constraint starts after the thinking, unless the prompt already closed it
         // (e.g. Qwen3 with `enable_thinking: false`).
         if !reasoning_closed(&text, kind) {
-            s.after = Some(encode(ready, kind.end_marker(), false)?);
+            s.after = Some(encode(ready, kind.end_marker(), false, "messages")?);
         }
     }
     let params = params.validate(&ready.engine.limits())?;
-    let ids = encode(ready, &text, false)?;
+    let ids = encode(ready, &text, false, "messages")?;
     let echo = if req.echo.unwrap_or(false) {
         final_assistant_text(&req.messages)?
     } else {

@@ -28,9 +28,14 @@ async fn completions_inner<G: Generate>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let ready = state.ready()?;
-    let req: CompletionRequest = parse_body(&body_bytes(body)?)?;
-    let stream = req.common.stream.unwrap_or(false);
-    let (prompts, params, shape) = prepare(ready, req)?;
+    let body = body_bytes(body)?;
+    let (stream, (prompts, params, shape)) = state
+        .prepare_blocking(move |_, ready| {
+            let req: CompletionRequest = parse_body(&body)?;
+            let stream = req.common.stream.unwrap_or(false);
+            Ok((stream, prepare(ready, req)?))
+        })
+        .await?;
     let streams = submit_all(ready, prompts, &params, "prompt").await?;
     respond_with(state, ready, shape, streams, stream).await
 }
@@ -62,10 +67,10 @@ pub(super) fn prepare<G: Generate>(
     }
     let params = params.validate(&limits)?;
     let prompts: Vec<Vec<u32>> = match req.prompt {
-        PromptField::Text(t) => vec![encode(ready, &t, true)?],
+        PromptField::Text(t) => vec![encode(ready, &t, true, "prompt")?],
         PromptField::Texts(ts) => ts
             .iter()
-            .map(|t| encode(ready, t, true))
+            .map(|t| encode(ready, t, true, "prompt"))
             .collect::<Result<_, _>>()?,
         PromptField::Ids(ids) => vec![ids],
         PromptField::IdLists(l) => l,

@@ -55,6 +55,9 @@ pub struct Ready<G = EngineHandle> {
     pub root: String,
     /// `--generation-config`: the model's defaults for fields a request leaves unset.
     pub sampling_defaults: crate::defaults::SamplingDefaults,
+    /// The longest prompt in bytes that can fit the context ([`crate::prompt_cap`]),
+    /// computed on first use; leave it `Default::default()`.
+    pub prompt_byte_cap: OnceLock<Option<usize>>,
 }
 
 /// Server settings.
@@ -76,6 +79,12 @@ pub struct ServerConfig {
     pub reasoning_parser: Option<lantern_parsers::reasoning::ReasoningParserKind>,
     /// `--enable-debug-endpoints`: serve the [`debug`] routes.
     pub debug_endpoints: bool,
+    /// `--lora-root`: where `POST /v1/load_lora_adapter` may read adapters (canonical
+    /// paths). Empty: hub ids only.
+    pub lora_roots: Vec<std::path::PathBuf>,
+    /// Request preparations (JSON, chat template, tokenization) running at once on the
+    /// blocking pool; more wait their turn.
+    pub max_concurrent_preparations: usize,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +99,11 @@ impl Default for ServerConfig {
             tools: crate::tools::ToolConfig::default(),
             reasoning_parser: None,
             debug_endpoints: false,
+            lora_roots: Vec::new(),
+            max_concurrent_preparations: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .max(2),
         }
     }
 }
@@ -102,6 +116,9 @@ pub struct AppState<G = EngineHandle> {
     pub metrics: Metrics,
     pub config: ServerConfig,
     pub created: u64,
+    /// Permits for request preparation on the blocking pool
+    /// ([`AppState::prepare_blocking`]).
+    prep: Arc<tokio::sync::Semaphore>,
 }
 
 impl<G: Generate> AppState<G> {
@@ -110,9 +127,39 @@ impl<G: Generate> AppState<G> {
             ready: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
             metrics: Metrics::default(),
+            prep: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_preparations.max(1),
+            )),
             config,
             created: unix_now(),
         }
+    }
+
+    /// Runs `f`, a request's CPU-heavy preparation (parsing the JSON body, rendering the
+    /// chat template, tokenizing), on tokio's blocking pool, at most
+    /// `config.max_concurrent_preparations` at a time: the async workers stay free for
+    /// `/health`, streams and new connections however large the bodies are, and the
+    /// memory tokenization takes is bounded. A preparation waits for a permit; a client
+    /// that goes away meanwhile frees its place.
+    pub async fn prepare_blocking<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Self, &Ready<G>) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let permit = Arc::clone(&self.prep)
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+        let state = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let ready = state.ready()?;
+            f(&state, ready)
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "request preparation panicked");
+            ApiError::internal()
+        })?
     }
 
     fn ready(&self) -> Result<&Ready<G>, ApiError> {
@@ -324,11 +371,27 @@ fn check_model<G: Generate>(ready: &Ready<G>, model: &str) -> Result<Option<Lora
     })
 }
 
+/// Tokenizes `text` (the request field `param`), refusing text too long to fit the
+/// context before paying for its tokenization.
 fn encode<G: Generate>(
     ready: &Ready<G>,
     text: &str,
     add_special: bool,
+    param: &str,
 ) -> Result<Vec<u32>, ApiError> {
+    let max_model_len = ready.engine.max_model_len();
+    let cap = *ready.prompt_byte_cap.get_or_init(|| {
+        crate::prompt_cap::prompt_byte_cap(ready.engine.tokenizer(), max_model_len)
+    });
+    if let Some(cap) = cap.filter(|&c| text.len() > c) {
+        return Err(ApiError::bad_request(
+            format!(
+                "the prompt is {} bytes, but this model's maximum context length is {max_model_len} tokens and no text longer than {cap} bytes fits it; shorten the prompt",
+                text.len()
+            ),
+            Some(param),
+        ));
+    }
     ready
         .engine
         .tokenizer()
@@ -336,7 +399,7 @@ fn encode<G: Generate>(
         .map(|e| e.get_ids().to_vec())
         .map_err(|e| {
             tracing::warn!(error = %e, "tokenization failed");
-            ApiError::bad_request("the prompt could not be tokenized", Some("prompt"))
+            ApiError::bad_request("the prompt could not be tokenized", Some(param))
         })
 }
 

@@ -3,7 +3,7 @@
 //! request is then either collected into one JSON body (here) or streamed
 //! ([`stream`](super::stream)); both feed the same [`Accumulator`].
 
-use super::accumulator::{Accumulator, ChoiceAcc};
+use super::accumulator::{cut_off, Accumulator, ChoiceAcc};
 use super::stream::stream_response;
 use super::{AppState, Ready};
 use crate::assistant::{OutputPlan, Parsed};
@@ -265,6 +265,9 @@ async fn collect_response<G: Generate>(
     let mut acc = Accumulator::new(shape.n, true);
     while let Some((p, ev)) = merged.next().await {
         acc.record(p, ev, &state.metrics, &shape.id);
+    }
+    for (p, index) in acc.unfinished(shape.prompt_lens.len()) {
+        acc.record(p, cut_off(index), &state.metrics, &shape.id);
     }
     if acc.error {
         return Err(ApiError::internal());

@@ -74,20 +74,26 @@ pub async fn chat_render<G: Generate>(
     State(state): State<Arc<AppState<G>>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let r = (|| {
-        let ready = state.ready()?;
-        let req: ChatRequest = parse_body(&body_bytes(body)?)?;
-        let (ids, params, shape) = chat::prepare(&state, ready, &req)?;
-        let out = rendered(
-            shape.id,
-            ids,
-            &params,
-            &req.model,
-            req.common.stream.unwrap_or(false),
-            ready.engine.max_model_len(),
-        );
-        Ok::<_, ApiError>(Json(out).into_response())
-    })();
+    let r = match body_bytes(body) {
+        Err(e) => Err(e),
+        Ok(body) => {
+            state
+                .prepare_blocking(move |state, ready| {
+                    let req: ChatRequest = parse_body(&body)?;
+                    let (ids, params, shape) = chat::prepare(state, ready, &req)?;
+                    let out = rendered(
+                        shape.id,
+                        ids,
+                        &params,
+                        &req.model,
+                        req.common.stream.unwrap_or(false),
+                        ready.engine.max_model_len(),
+                    );
+                    Ok::<_, ApiError>(Json(out).into_response())
+                })
+                .await
+        }
+    };
     respond(&state, "/v1/chat/completions/render", r)
 }
 
@@ -95,33 +101,39 @@ pub async fn completions_render<G: Generate>(
     State(state): State<Arc<AppState<G>>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let r = (|| {
-        let ready = state.ready()?;
-        let req: CompletionRequest = parse_body(&body_bytes(body)?)?;
-        let model = req.model.clone();
-        let stream = req.common.stream.unwrap_or(false);
-        let (prompts, params, shape) = completions::prepare(ready, req)?;
-        let many = prompts.len() > 1;
-        let out: Vec<RenderedRequest> = prompts
-            .into_iter()
-            .enumerate()
-            .map(|(i, ids)| {
-                let id = if many {
-                    format!("{}-{i}", shape.id)
-                } else {
-                    shape.id.clone()
-                };
-                rendered(
-                    id,
-                    ids,
-                    &params,
-                    &model,
-                    stream,
-                    ready.engine.max_model_len(),
-                )
-            })
-            .collect();
-        Ok::<_, ApiError>(Json(out).into_response())
-    })();
+    let r = match body_bytes(body) {
+        Err(e) => Err(e),
+        Ok(body) => {
+            state
+                .prepare_blocking(move |_, ready| {
+                    let req: CompletionRequest = parse_body(&body)?;
+                    let model = req.model.clone();
+                    let stream = req.common.stream.unwrap_or(false);
+                    let (prompts, params, shape) = completions::prepare(ready, req)?;
+                    let many = prompts.len() > 1;
+                    let out: Vec<RenderedRequest> = prompts
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, ids)| {
+                            let id = if many {
+                                format!("{}-{i}", shape.id)
+                            } else {
+                                shape.id.clone()
+                            };
+                            rendered(
+                                id,
+                                ids,
+                                &params,
+                                &model,
+                                stream,
+                                ready.engine.max_model_len(),
+                            )
+                        })
+                        .collect();
+                    Ok::<_, ApiError>(Json(out).into_response())
+                })
+                .await
+        }
+    };
     respond(&state, "/v1/completions/render", r)
 }

@@ -1,6 +1,6 @@
 //! Streamed responses: engine events into SSE chunks (`data: {...}`, then `data: [DONE]`).
 
-use super::accumulator::{Accumulator, Added};
+use super::accumulator::{cut_off, Accumulator, Added};
 use super::output::{merge, timing, Kind, Shape, Tagged};
 use super::AppState;
 use crate::assistant::{ChoiceStreamer, OutputPlan, Part};
@@ -322,6 +322,9 @@ impl<G: Generate> StreamState<G> {
 
     /// The usage chunk (with `include_usage`, unless the request failed), then `[DONE]`.
     fn end(&mut self) {
+        for (p, index) in self.acc.unfinished(self.shape.prompt_lens.len()) {
+            self.handle(p, cut_off(index));
+        }
         if self.shape.include_usage && !self.acc.error {
             let mut chunk = self.shape.chunk(Vec::<CompletionChunkChoice>::new());
             chunk.usage = Some(Some(self.shape.usage(&self.acc.usage)));

@@ -2,7 +2,7 @@
 //! `POST /detokenize`.
 
 use super::chat::prompt_text;
-use super::{body_bytes, check_model, encode, AppState};
+use super::{body_bytes, check_model, encode, AppState, Ready};
 use crate::error::ApiError;
 use crate::generate::Generate;
 use crate::protocol::{
@@ -18,8 +18,16 @@ pub async fn tokenize<G: Generate>(
     State(state): State<Arc<AppState<G>>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
-    let ready = state.ready()?;
-    let req: TokenizeRequest = parse_body(&body_bytes(body)?)?;
+    state.ready()?;
+    let body = body_bytes(body)?;
+    state
+        .prepare_blocking(move |_, ready| tokenize_body(ready, &body))
+        .await
+        .map(Json)
+}
+
+fn tokenize_body<G: Generate>(ready: &Ready<G>, body: &[u8]) -> Result<TokenizeResponse, ApiError> {
+    let req: TokenizeRequest = parse_body(body)?;
     let (model, ids, strs) = match req {
         TokenizeRequest::Chat {
             model,
@@ -44,7 +52,12 @@ pub async fn tokenize<G: Generate>(
             )?;
             (
                 model,
-                encode(ready, &text, add_special_tokens.unwrap_or(false))?,
+                encode(
+                    ready,
+                    &text,
+                    add_special_tokens.unwrap_or(false),
+                    "messages",
+                )?,
                 return_token_strs.unwrap_or(false),
             )
         }
@@ -55,7 +68,7 @@ pub async fn tokenize<G: Generate>(
             return_token_strs,
         } => (
             model,
-            encode(ready, &prompt, add_special_tokens.unwrap_or(true))?,
+            encode(ready, &prompt, add_special_tokens.unwrap_or(true), "prompt")?,
             return_token_strs.unwrap_or(false),
         ),
     };
@@ -66,29 +79,36 @@ pub async fn tokenize<G: Generate>(
         let tok = ready.engine.tokenizer();
         ids.iter().map(|&i| tok.id_to_token(i)).collect()
     });
-    Ok(Json(TokenizeResponse {
+    Ok(TokenizeResponse {
         count: ids.len(),
         max_model_len: ready.engine.max_model_len(),
         tokens: ids,
         token_strs,
-    }))
+    })
 }
 
 pub async fn detokenize<G: Generate>(
     State(state): State<Arc<AppState<G>>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<DetokenizeResponse>, ApiError> {
-    let ready = state.ready()?;
-    let req: DetokenizeRequest = parse_body(&body_bytes(body)?)?;
-    if let Some(m) = &req.model {
-        check_model(ready, m)?;
-    }
-    lantern_engine::validation::check_token_ids(&req.tokens, ready.engine.vocab_size())
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))?;
-    let text = ready
-        .engine
-        .tokenizer()
-        .decode(&req.tokens, false)
-        .map_err(|_| ApiError::bad_request("these tokens cannot be decoded", Some("tokens")))?;
-    Ok(Json(DetokenizeResponse { prompt: text }))
+    state.ready()?;
+    let body = body_bytes(body)?;
+    state
+        .prepare_blocking(move |_, ready| {
+            let req: DetokenizeRequest = parse_body(&body)?;
+            if let Some(m) = &req.model {
+                check_model(ready, m)?;
+            }
+            lantern_engine::validation::check_token_ids(&req.tokens, ready.engine.vocab_size())
+                .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))?;
+            let text = ready
+                .engine
+                .tokenizer()
+                .decode(&req.tokens, false)
+                .map_err(|_| {
+                    ApiError::bad_request("these tokens cannot be decoded", Some("tokens"))
+                })?;
+            Ok(Json(DetokenizeResponse { prompt: text }))
+        })
+        .await
 }

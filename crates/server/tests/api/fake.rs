@@ -27,6 +27,47 @@ struct Inner {
     submitted: Mutex<Vec<(Vec<u32>, GenerationParams)>>,
     loras: Mutex<Vec<LoraInfo>>,
     snapshot: Mutex<EngineSnapshot>,
+    /// Holds the next `tokenizer()` call until opened ([`FakeEngine::hold_tokenizer`]).
+    hold: Mutex<Option<Arc<Gate>>>,
+}
+
+/// A gate the next tokenizer use waits at (up to 10 s).
+#[derive(Debug, Default)]
+pub struct Gate {
+    entered: std::sync::atomic::AtomicBool,
+    timed_out: std::sync::atomic::AtomicBool,
+    open: Mutex<bool>,
+    cv: std::sync::Condvar,
+}
+
+impl Gate {
+    pub fn entered(&self) -> bool {
+        self.entered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether the waiter gave up (nobody opened the gate in 10 s).
+    pub fn timed_out(&self) -> bool {
+        self.timed_out.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) {
+        self.entered
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let open = self.open.lock().unwrap();
+        let (_open, t) = self
+            .cv
+            .wait_timeout_while(open, Duration::from_secs(10), |o| !*o)
+            .unwrap();
+        if t.timed_out() {
+            self.timed_out
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +86,7 @@ impl FakeEngine {
             submitted: Mutex::new(Vec::new()),
             loras: Mutex::new(Vec::new()),
             snapshot: Mutex::new(EngineSnapshot::default()),
+            hold: Mutex::new(None),
         }))
     }
 
@@ -57,6 +99,13 @@ impl FakeEngine {
     /// The prompts and parameters submitted so far.
     pub fn submitted(&self) -> Vec<(Vec<u32>, GenerationParams)> {
         self.0.submitted.lock().unwrap().clone()
+    }
+
+    /// The next use of the tokenizer blocks its thread until the returned gate opens.
+    pub fn hold_tokenizer(&self) -> Arc<Gate> {
+        let g = Arc::new(Gate::default());
+        *self.0.hold.lock().unwrap() = Some(g.clone());
+        g
     }
 
     pub fn set_snapshot(&self, s: EngineSnapshot) {
@@ -162,6 +211,10 @@ impl Generate for FakeEngine {
     }
 
     fn tokenizer(&self) -> &Tokenizer {
+        let held = self.0.hold.lock().unwrap().take();
+        if let Some(g) = held {
+            g.wait();
+        }
         &self.0.tokenizer
     }
 

@@ -40,6 +40,7 @@ fn app_with(engine: FakeEngine, config: ServerConfig) -> Arc<AppState<FakeEngine
             served_names: vec![NAME.to_string()],
             root: "/models/tiny".to_string(),
             sampling_defaults: Default::default(),
+            prompt_byte_cap: Default::default(),
         })
         .unwrap();
     state

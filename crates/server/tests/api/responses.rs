@@ -337,13 +337,13 @@ async fn models_and_lora_admin() {
         )
     );
     let load = |name: &str, path: &str| json!({"lora_name": name, "lora_path": path});
-    let r = post(&s, "/v1/load_lora_adapter", &load("ada", "/adapters/a")).await;
+    let r = post(&s, "/v1/load_lora_adapter", &load("ada", "owner/adapter-a")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body, "Success: LoRA adapter 'ada' added successfully.");
-    let r = post(&s, "/v1/load_lora_adapter", &load("ada", "/adapters/a")).await;
+    let r = post(&s, "/v1/load_lora_adapter", &load("ada", "owner/adapter-a")).await;
     let msg = assert_error(&r, 400, Some("lora_name"));
     assert_eq!(msg, "The lora adapter 'ada' has already been loaded.");
-    let r = post(&s, "/v1/load_lora_adapter", &load(NAME, "/adapters/a")).await;
+    let r = post(&s, "/v1/load_lora_adapter", &load(NAME, "owner/adapter-a")).await;
     assert_error(&r, 400, Some("lora_name"));
     let r = post(&s, "/v1/load_lora_adapter", &json!({"lora_name": "y"})).await;
     let msg = assert_error(&r, 400, None);
@@ -351,7 +351,7 @@ async fn models_and_lora_admin() {
     let r = get(&s, "/v1/models").await.json();
     assert_eq!(r["data"][1]["id"], "ada");
     assert_eq!(r["data"][1]["parent"], NAME);
-    assert_eq!(r["data"][1]["root"], "/adapters/a");
+    assert_eq!(r["data"][1]["root"], "owner/adapter-a");
     assert_eq!(r["data"][1]["created"], 1_700_000_000);
     // The adapter's name selects it.
     let mut body = completion_body(json!("Hi"), 2);

@@ -32,6 +32,7 @@ fn qwen3_app(e: FakeEngine, config: ServerConfig) -> Arc<AppState<FakeEngine>> {
             served_names: vec![NAME.to_string()],
             root: "/models/qwen3".to_string(),
             sampling_defaults: Default::default(),
+            prompt_byte_cap: Default::default(),
         })
         .unwrap();
     state

@@ -82,6 +82,7 @@ async fn generation_config_fills_only_unset_fields() {
                 max_tokens: Some(9),
                 ..Default::default()
             },
+            prompt_byte_cap: Default::default(),
         })
         .unwrap();
     let mut body = chat_body("Hi", 4);
