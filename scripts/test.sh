@@ -9,7 +9,9 @@
 #    answer validated with the `jsonschema` package (installs it from PyPI);
 # 5. the KV-cache events check: a pyzmq subscriber decodes the events with vLLM's own classes
 #    and checks them against the engine's block pool (installs pyzmq and msgspec from PyPI,
-#    and downloads the vLLM wheel once, without dependencies, for its kv_events.py).
+#    and downloads the vLLM wheel once, without dependencies, for its kv_events.py);
+# 6. the reliability check, short version (scripts/reliability.py: storm, overload, slow
+#    clients, shutdown; Python standard library only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,3 +33,7 @@ bash scripts/check-deploy.sh   # deploy/: Dockerfile and Kubernetes manifests, o
 
 python3 -c "import zmq, msgspec" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check pyzmq msgspec
 python3 scripts/kv_events_check.py --bin "${CARGO_TARGET_DIR:-target}/debug/lantern"
+
+# Reliability under hostile load (issue 14): storm, overload, slow clients, shutdown; the
+# short version (the full one: drop --short).
+python3 scripts/reliability.py --short --bin "${CARGO_TARGET_DIR:-target}/debug/lantern"
