@@ -453,6 +453,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let load_args = args.clone();
     let loader = tokio::task::spawn_blocking(move || -> Result<Engine> {
         let t0 = std::time::Instant::now();
+        // Load buffers and the KV cache on fresh pages (see `lantern_runtime::heap`).
+        lantern_runtime::heap::set_allocator_phase(lantern_runtime::heap::AllocatorPhase::Loading);
         let null = load_args.null.enabled();
         let (loaded, model, default_name) = match load_args.null.load()? {
             Some((m, name)) => (m, name.clone(), name),
@@ -531,6 +533,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
             }
             h.load_lora_blocking(name, source)
                 .with_context(|| format!("--lora {name}={source}"))?;
+        }
+        // Loading read and converted the weights through temporary buffers the allocator
+        // would otherwise keep for the life of the process.
+        let rss_loaded = lantern_runtime::heap::resident_bytes();
+        lantern_runtime::heap::release_free_heap();
+        lantern_runtime::heap::set_allocator_phase(lantern_runtime::heap::AllocatorPhase::Serving);
+        if let (Some(a), Some(b)) = (rss_loaded, lantern_runtime::heap::resident_bytes()) {
+            tracing::info!(
+                "resident memory after loading: {} MiB ({} MiB of load-time buffers returned to the OS)",
+                b >> 20,
+                a.saturating_sub(b) >> 20
+            );
         }
         let root = if null {
             default_name

@@ -52,12 +52,18 @@ pub(crate) struct EngineCore {
 
 impl EngineCore {
     pub fn run(mut self) {
+        // Steps ran since the heap was last trimmed: going idle then hands the freed
+        // activation buffers back to the OS (see `lantern_runtime::heap`).
+        let mut stepped = false;
         loop {
             // Deferred siblings of a group still waiting for its adapter cannot move either.
             let idle = !self.sched.has_unfinished() && self.reqs.deferred_all_pending();
             if idle {
                 if self.shutting_down {
                     break;
+                }
+                if std::mem::take(&mut stepped) {
+                    lantern_runtime::heap::release_free_heap();
                 }
                 match self.cmd_rx.recv() {
                     Ok(c) => self.handle_command(c),
@@ -87,6 +93,7 @@ impl EngineCore {
                 let _ = self.snap_tx.send(self.snapshot.clone());
                 continue;
             }
+            stepped = true;
             if !self.step() {
                 // Nothing could be scheduled; wait briefly for commands instead of spinning.
                 if let Ok(c) = self.cmd_rx.recv_timeout(Duration::from_millis(5)) {

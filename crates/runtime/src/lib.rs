@@ -10,12 +10,13 @@
 //!
 //! [`device`] opens the device `--device` names (CUDA behind the `cuda` feature) and
 //! [`memory`] sizes the KV cache from the GPU memory left after loading
-//! (`--gpu-memory-utilization`).
+//! (`--gpu-memory-utilization`); [`heap`] hands freed host memory back to the OS.
 
 pub mod device;
 mod error;
 #[cfg(feature = "cuda")]
 pub mod graphs;
+pub mod heap;
 pub mod memory;
 pub mod null;
 mod runner;
