@@ -47,6 +47,7 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 pub mod lora;
+mod matmul;
 mod metadata;
 mod norm;
 pub mod reference;
@@ -56,6 +57,7 @@ mod upload;
 pub use attention::paged_attention;
 pub use cache_write::write_kv_cache;
 pub use lora::{lora_add, LoraBatch, LoraWeights, LORA_SGMV_MIN_TOKENS};
+pub use matmul::{skinny_matmul, SKINNY_MATMUL_MAX_ROWS};
 pub use metadata::PagedAttnMetadata;
 pub use norm::{fused_add_rms_norm, rms_norm, rotary_embedding_inplace, silu_and_mul, silu_mul};
 pub use sampling::{sample_tokens, SamplingBatch, SamplingParams, SamplingRow};

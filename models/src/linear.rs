@@ -40,10 +40,12 @@ impl Proj {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightLayout {
     /// `(in, out)`: the checkpoint's weight transposed once at load, so the forward pass is
-    /// a plain row-major `(T, in) x (in, out)` product (fastest for candle's CPU matmul).
+    /// a plain row-major `(T, in) x (in, out)` product (the unfused path's layout).
     Transposed,
     /// `(out, in)` as in the checkpoint; the forward pass multiplies by the transposed view
-    /// (cuBLAS takes it without a copy, so there is no load-time transpose).
+    /// (cuBLAS and candle's CPU matmul take it without a copy, so there is no load-time
+    /// transpose), and on the CPU steps of up to [`lantern_kernels::SKINNY_MATMUL_MAX_ROWS`]
+    /// tokens use the skinny kernel, which streams the rows in storage order.
     Checkpoint,
 }
 
@@ -237,12 +239,22 @@ impl Module for Linear {
         // x: (T, in) -> (T, out)
         let y = match self.layout {
             WeightLayout::Transposed => x.matmul(&self.weight)?,
-            WeightLayout::Checkpoint => x.matmul(&self.weight.t()?)?,
+            WeightLayout::Checkpoint => matmul_checkpoint(x, &self.weight)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+/// `x (T, in)` times `w^T` for `w` `(out, in)`: the skinny kernel for few rows on the CPU
+/// (decode steps), else the general matmul on the transposed view.
+pub(crate) fn matmul_checkpoint(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dims2()?.0 <= lantern_kernels::SKINNY_MATMUL_MAX_ROWS {
+        lantern_kernels::skinny_matmul(x, w)
+    } else {
+        x.matmul(&w.t()?)
     }
 }
 

@@ -67,8 +67,9 @@ pub struct LayerKvCache {
 pub struct ModelOptions {
     /// The fused path (default): q/k/v and gate/up each one matmul over weights concatenated
     /// at load, the residual add fused with the next RMSNorm, rotary embedding in place on
-    /// views of the qkv output, and SiLU-and-mul in one op (`lantern-kernels`); on CUDA the
-    /// checkpoint's `(out, in)` weights are used as they are (no load-time transpose).
+    /// views of the qkv output, and SiLU-and-mul in one op (`lantern-kernels`); the
+    /// checkpoint's `(out, in)` weights are used as they are (no load-time transpose; on the
+    /// CPU decode steps stream them through the skinny matmul kernel).
     /// `false` builds the model as before the fused path, for A/B benchmarks and debugging:
     /// separate projections, candle's RMSNorm / rotary / SiLU ops and every weight
     /// transposed at load (`--no-fused-ops`).
@@ -82,10 +83,10 @@ impl Default for ModelOptions {
 }
 
 impl ModelOptions {
-    /// Weight layout of every projection: the checkpoint's `(out, in)` on CUDA with the
-    /// fused path, else `(in, out)` (faster for candle's CPU matmul; the unfused model's).
-    fn weight_layout(&self, device: &Device) -> WeightLayout {
-        if self.fused && !device.is_cpu() {
+    /// Weight layout of every projection: the checkpoint's `(out, in)` with the fused path,
+    /// else `(in, out)` (the unfused model's, kept for A/B runs).
+    fn weight_layout(&self) -> WeightLayout {
+        if self.fused {
             WeightLayout::Checkpoint
         } else {
             WeightLayout::Transposed
@@ -156,7 +157,7 @@ struct Mlp {
 impl Mlp {
     fn load(vb: VarBuilder, cfg: &ModelConfig, layer: usize, opts: &ModelOptions) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-        let layout = opts.weight_layout(vb.device());
+        let layout = opts.weight_layout();
         let gate_up = if opts.fused {
             GateUp::Fused(Linear::load_fused(
                 vb.clone(),
@@ -249,7 +250,7 @@ impl Attention {
             cfg.head_dim,
         );
         let b = cfg.attention_bias;
-        let layout = opts.weight_layout(vb.device());
+        let layout = opts.weight_layout();
         let (q_norm, k_norm) = if cfg.qk_norm {
             (
                 Some(RmsNorm::load(vb.pp("q_norm"), d, cfg.rms_norm_eps)?),
@@ -613,6 +614,11 @@ impl CausalLm {
             let x = x.index_select(&batch.logits_indices, 0)?;
             self.norm.forward(&x)?
         };
-        x.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)
+        let logits = if self.opts.fused {
+            crate::linear::matmul_checkpoint(&x, &self.lm_head)?
+        } else {
+            x.matmul(&self.lm_head.t()?)?
+        };
+        logits.to_dtype(DType::F32)
     }
 }

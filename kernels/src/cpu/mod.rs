@@ -3,6 +3,7 @@
 pub(crate) mod attention;
 pub(crate) mod cache_write;
 pub(crate) mod lora;
+pub(crate) mod matmul;
 pub(crate) mod norm;
 pub(crate) mod sampling;
 
