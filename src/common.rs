@@ -18,6 +18,9 @@ pub const DEFAULT_MODEL_HUB_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 /// (fetched by `scripts/fetch-default-model.sh`).
 pub const DEFAULT_MODEL_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
+/// `--target-itl-ms` default: a step with decodes should take at most this long.
+pub const DEFAULT_TARGET_ITL_MS: f64 = 250.0;
+
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Model: a local HF directory, a .gguf file, or a hub id (owner/name). Default:
@@ -162,6 +165,11 @@ pub struct EngineArgs {
     /// Token budget of one step (prefill chunks + decode tokens).
     #[arg(long = "max-num-batched-tokens", default_value_t = defaults::MAX_NUM_BATCHED_TOKENS)]
     pub max_num_batched_tokens: usize,
+    /// Latency target of a step while requests decode, in ms: prefill chunks next to decodes
+    /// are sized from the measured step cost so each step should finish within it (decoding
+    /// streams do not stall behind new prompts). Only lowers the budget above; 0 turns it off.
+    #[arg(long = "target-itl-ms", default_value_t = DEFAULT_TARGET_ITL_MS)]
+    pub target_itl_ms: f64,
     /// KV cache block size in tokens.
     #[arg(long = "block-size", default_value_t = defaults::BLOCK_SIZE)]
     pub block_size: usize,
@@ -299,6 +307,11 @@ impl EngineArgs {
         } else {
             false
         };
+        let t = self.target_itl_ms;
+        if !(t.is_finite() && t >= 0.0) {
+            bail!("--target-itl-ms must be a number of milliseconds >= 0 (0 = off), got {t}");
+        }
+        let target_itl = (t > 0.0).then(|| std::time::Duration::from_secs_f64(t / 1000.0));
         Ok(EngineConfig {
             max_num_seqs: self.max_num_seqs,
             max_num_batched_tokens: self.max_num_batched_tokens,
@@ -315,6 +328,7 @@ impl EngineArgs {
             cuda_graphs,
             // Set by `serve` from --kv-events-config.
             kv_events: None,
+            target_itl,
         })
     }
 }
@@ -369,6 +383,22 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.policy, SchedulingPolicy::Priority);
         assert_eq!(cfg.kv_cache, KvCacheSize::Bytes(512 << 20));
+        let itl = |a: &[&str]| {
+            engine_args(a)
+                .engine_config(&cpu, false)
+                .map(|c| c.target_itl)
+        };
+        assert_eq!(
+            itl(&[]).unwrap(),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(itl(&["--target-itl-ms", "0"]).unwrap(), None);
+        assert_eq!(
+            itl(&["--target-itl-ms", "80"]).unwrap(),
+            Some(std::time::Duration::from_millis(80))
+        );
+        assert!(itl(&["--target-itl-ms", "-5"]).is_err());
+        assert!(itl(&["--target-itl-ms", "NaN"]).is_err());
         use clap::Parser;
         assert!(Cli::try_parse_from(["lantern", "--scheduling-policy", "lifo"]).is_err());
         assert!(Cli::try_parse_from(["lantern", "--kv-cache-memory", "lots"]).is_err());

@@ -29,6 +29,10 @@ pub struct EngineConfig {
     pub cuda_graphs: bool,
     /// Publish KV-cache events (`--kv-events-config`); `None` = off. Needs prefix caching.
     pub kv_events: Option<PublisherSettings>,
+    /// `--target-itl-ms`: while some request decodes, each step's tokens are capped so the
+    /// step should take at most this long, from a running estimate of the step cost (prefill
+    /// chunks shrink; decodes always run). `None` = only `max_num_batched_tokens`.
+    pub target_itl: Option<std::time::Duration>,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +51,7 @@ impl Default for EngineConfig {
             lora: None,
             cuda_graphs: false,
             kv_events: None,
+            target_itl: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::params::{FinishReason, RequestEvent};
 use crate::requests::{seq_id, Requests, SeqState};
 use crate::stats::{EngineSnapshot, LoraRequests, StepStats};
 use crate::stats::{ITERATION_TOKENS_BUCKETS, MASK_SECONDS_BUCKETS};
+use crate::step_cost::StepCostModel;
 use crate::stop::StopMatcher;
 use crate::structured::{Constraint, Grammar};
 use crate::validation::ValidParams;
@@ -48,6 +49,11 @@ pub(crate) struct EngineCore {
     pub shutting_down: bool,
     /// KV-cache event publishing (`None` when off).
     pub kv_events: Option<KvEvents>,
+    /// `--target-itl-ms`: steps with decodes are sized to finish within it (`None` = the
+    /// fixed `max_num_batched_tokens` budget only).
+    pub target_itl: Option<Duration>,
+    /// Measured step cost, for `target_itl`.
+    pub step_cost: StepCostModel,
 }
 
 impl EngineCore {
@@ -346,6 +352,11 @@ impl EngineCore {
     /// One `schedule -> execute -> update` step. Returns false when nothing was scheduled.
     fn step(&mut self) -> bool {
         let t0 = Instant::now();
+        if let Some(target) = self.target_itl {
+            let max = self.sched.config().max_num_batched_tokens;
+            self.sched
+                .set_step_token_cap(self.step_cost.token_cap(target, max));
+        }
         let out = self.sched.schedule();
         if out.is_empty() {
             return false;
@@ -519,6 +530,8 @@ impl EngineCore {
         let t_end = Instant::now();
         let secs = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64();
         let duration_s = secs(t0, t_end);
+        self.step_cost
+            .observe(out.num_batched_tokens, t_end.saturating_duration_since(t0));
         self.snapshot.steps += 1;
         self.snapshot.step_seconds_total += duration_s;
         let ph = &mut self.snapshot.step_phases;

@@ -8,6 +8,7 @@ use crate::kv_events::KvEvents;
 use crate::lora::{HostLoras, LoraRegistry};
 use crate::requests::Requests;
 use crate::stats::{EngineFacts, EngineSnapshot};
+use crate::step_cost::StepCostModel;
 use crate::structured::GrammarCompiler;
 use lantern_models::{LoadedModel, ModelMeta};
 use lantern_runtime::{KvCacheSize, ModelBackend, ModelRunner, RunnerConfig};
@@ -184,6 +185,8 @@ impl Engine {
             base_seed,
             shutting_down: false,
             kv_events,
+            target_itl: cfg.target_itl,
+            step_cost: StepCostModel::default(),
         };
         let grammars = Arc::new(GrammarCompiler::new(
             tokenizer.clone(),

@@ -41,6 +41,7 @@ mod params;
 mod requests;
 mod siblings;
 mod stats;
+mod step_cost;
 pub mod stop;
 pub mod structured;
 pub mod validation;

@@ -66,4 +66,5 @@ pub use lora_slots::LoraLoad;
 pub use request::{FinishReason, RequestStatus, SchedRequest};
 pub use scheduler::{
     ScheduledSeq, Scheduler, SchedulerConfig, SchedulerOutput, SchedulerStats, SchedulingPolicy,
+    MIN_PREFILL_TOKENS_UNDER_CAP,
 };

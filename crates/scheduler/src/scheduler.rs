@@ -186,7 +186,14 @@ pub struct Scheduler {
     /// Prefix-cache lookups of resumed (preempted) requests, in tokens: `(queries, hits)`.
     resumed_prefix: (u64, u64),
     lora: LoraSlots,
+    /// Latency cap on the next steps' tokens while some request decodes (see
+    /// [`Scheduler::set_step_token_cap`]); `None` = `max_num_batched_tokens` only.
+    step_token_cap: Option<usize>,
 }
+
+/// Prefill tokens a step may still take under a step token cap, however tight the cap: new
+/// requests keep moving even when the decodes alone exceed the latency target.
+pub const MIN_PREFILL_TOKENS_UNDER_CAP: usize = 16;
 
 impl Scheduler {
     pub fn new(config: SchedulerConfig) -> Result<Self, ConfigError> {
@@ -213,6 +220,7 @@ impl Scheduler {
             num_aborted: 0,
             resumed_prefix: (0, 0),
             lora,
+            step_token_cap: None,
         })
     }
 
@@ -304,8 +312,26 @@ impl Scheduler {
     /// preempted, waiting requests are admitted in policy order while fewer than
     /// `max_num_seqs` run and budget is left, each after a prefix-cache lookup; the first
     /// that does not fit stops admission (no overtaking).
+    ///
+    /// With a step token cap ([`Scheduler::set_step_token_cap`]) and some running request
+    /// decoding (one token left to compute), the step's budget is the cap, but never less
+    /// than the decodes plus [`MIN_PREFILL_TOKENS_UNDER_CAP`], and every decode keeps its
+    /// token: prefill chunks of running requests only take what the decodes after them leave.
     pub fn schedule(&mut self) -> SchedulerOutput {
         let mut budget = self.config.max_num_batched_tokens;
+        // Decodes not yet visited in the running loop, reserved against prefill chunks.
+        let mut decodes_left = 0;
+        if let Some(cap) = self.step_token_cap {
+            decodes_left = self
+                .running
+                .iter()
+                .filter_map(|id| self.requests.get(id))
+                .filter(|r| Self::is_decoding(r))
+                .count();
+            if decodes_left > 0 {
+                budget = budget.min(cap.max(decodes_left + MIN_PREFILL_TOKENS_UNDER_CAP));
+            }
+        }
         let mut planned: Vec<Planned> = Vec::new();
         let mut preempted: Vec<SeqId> = Vec::new();
 
@@ -318,7 +344,13 @@ impl Scheduler {
                 self.running.remove(i);
                 continue;
             };
-            let num_new = self.num_new_tokens(req, req.num_computed_tokens, budget);
+            let available = if Self::is_decoding(req) {
+                decodes_left = decodes_left.saturating_sub(1);
+                budget
+            } else {
+                budget.saturating_sub(decodes_left)
+            };
+            let num_new = self.num_new_tokens(req, req.num_computed_tokens, available);
             if num_new == 0 {
                 i += 1;
                 continue;
@@ -642,6 +674,18 @@ impl Scheduler {
 
     /// Tokens to schedule for `req` this step if it has `num_computed` tokens computed and
     /// `budget` left: 0 when it has sampled `max_tokens` outputs (or has nothing to compute).
+    /// Caps the tokens of the next steps in which some request decodes (the engine sizes it
+    /// from its measured step cost and `--target-itl-ms`); `None` lifts the cap. The cap never
+    /// exceeds `max_num_batched_tokens` in effect, and steps with only prefills ignore it.
+    pub fn set_step_token_cap(&mut self, cap: Option<usize>) {
+        self.step_token_cap = cap;
+    }
+
+    /// The request has exactly one token left to compute: its next step is a decode.
+    fn is_decoding(req: &Request) -> bool {
+        !req.is_capped() && req.num_tokens().saturating_sub(req.num_computed_tokens) == 1
+    }
+
     fn num_new_tokens(&self, req: &Request, num_computed: usize, budget: usize) -> usize {
         if req.is_capped() {
             return 0;

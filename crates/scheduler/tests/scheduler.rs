@@ -804,3 +804,93 @@ fn no_kv_events_unless_asked() {
     assert!(s.reset_prefix_cache());
     assert!(s.take_kv_events().is_empty());
 }
+
+/// Under a step token cap, a step with decodes holds at most the cap (or the decodes plus
+/// the minimum prefill chunk), every decode keeps its token even behind an earlier-admitted
+/// prefill, steps with only prefills use the whole budget, and lifting the cap restores it.
+#[test]
+fn step_token_cap_limits_prefill_while_requests_decode() {
+    use lantern_scheduler::MIN_PREFILL_TOKENS_UNDER_CAP as MIN;
+    let mut c = cfg();
+    c.max_num_batched_tokens = 256;
+    c.num_blocks = 513;
+    c.max_model_len = 1024;
+    c.long_prefill_token_threshold = 64;
+    let mut s = Scheduler::new(c).unwrap();
+    // Distinct prompts: no prefix-cache hits between the requests.
+    let own =
+        |id: u64, n: usize| -> Vec<u32> { (0..n as u32).map(|i| id as u32 * 10_000 + i).collect() };
+    s.set_step_token_cap(Some(40));
+    // A long prompt first (admitted first, so it comes first in the running loop) and three
+    // short ones: only prefills run, so the cap does not apply.
+    s.add_request(req(1, own(1, 600), 40)).unwrap();
+    for id in 2..5 {
+        s.add_request(req(id, own(id, 10 + id as usize), 30))
+            .unwrap();
+    }
+    let out = step(&mut s);
+    assert_eq!(
+        out.num_batched_tokens,
+        64 + 12 + 13 + 14,
+        "prefill-only step: no cap"
+    );
+    // Request 1 keeps prefilling in 64-token chunks ahead of the three decodes in the
+    // running order, and a second long prompt arrives.
+    s.add_request(req(5, own(5, 300), 4)).unwrap();
+    let mut saw_capped_mix = false;
+    for _ in 0..40 {
+        let decoding_before: Vec<SeqId> = s
+            .running_ids()
+            .iter()
+            .copied()
+            .filter(|id| s.output_tokens(*id).is_some_and(|o| !o.is_empty()))
+            .collect();
+        let out = step(&mut s);
+        if out.is_empty() {
+            break;
+        }
+        let decodes = out.seqs.iter().filter(|q| q.token_ids.len() == 1).count();
+        if !decoding_before.is_empty() {
+            // Every request that was decoding got its one token this step.
+            for id in decoding_before
+                .iter()
+                .filter(|id| !out.preempted.contains(id))
+            {
+                assert!(
+                    out.seqs
+                        .iter()
+                        .any(|q| q.id == *id && q.token_ids.len() == 1),
+                    "{id:?} decoding but not scheduled"
+                );
+            }
+            assert!(
+                out.num_batched_tokens <= 40.max(decodes + MIN),
+                "{} tokens with {decodes} decodes",
+                out.num_batched_tokens
+            );
+            if out.seqs.iter().any(|q| q.token_ids.len() > 1) {
+                saw_capped_mix = true;
+            }
+        }
+    }
+    assert!(
+        saw_capped_mix,
+        "a prefill chunk ran next to decodes under the cap"
+    );
+    // A tight cap still lets prefill move by the minimum chunk.
+    s.add_request(req(9, own(9, 300), 4)).unwrap();
+    s.set_step_token_cap(Some(1));
+    let out = step(&mut s);
+    let decodes = out.seqs.iter().filter(|q| q.token_ids.len() == 1).count();
+    if decodes > 0 {
+        assert!(out.num_batched_tokens <= decodes + MIN);
+        assert!(out.num_batched_tokens > decodes, "prefill starved");
+    }
+    s.set_step_token_cap(None);
+    let out = step(&mut s);
+    assert!(
+        out.num_batched_tokens > 40,
+        "cap lifted: {}",
+        out.num_batched_tokens
+    );
+}
