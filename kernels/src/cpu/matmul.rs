@@ -5,13 +5,15 @@
 //! kernel walks `W` row by row in storage order (each row is one contiguous run the hardware
 //! prefetcher follows) and dots every row with all `T` rows of `x`, which stay in L1/L2. Tasks
 //! own disjoint ranges of `W`'s rows (output columns) and run on rayon's pool. Inside a task a
-//! register block of four `W` rows by two `x` rows keeps eight accumulators, so each vector
-//! of `W` loaded feeds two multiply-adds and each vector of `x` four.
+//! register block of four `W` rows by up to four `x` rows (AVX-512: 16 accumulators of 16
+//! lanes; AVX2 + FMA: pairs of `x` rows, 8 accumulators of 8 lanes) shares each loaded vector
+//! of `W` between the `x` rows and each vector of `x` between four `W` rows.
 //!
-//! Every output element is one 8-lane f32 accumulation over `K` in the same order whatever
-//! `T`, the block shape or the thread that computes it, followed by the same horizontal sum and
-//! scalar tail: a token's result does not depend on the other tokens of the batch. Weights in
-//! bf16 are widened in registers (exact), f16 through a converted copy of the row.
+//! Every output element is one lane-parallel f32 accumulation over `K` (16 or 8 lanes, fixed
+//! per machine) in the same order whatever `T`, the block shape or the thread that computes
+//! it, followed by the same horizontal sum and scalar tail: a token's result does not depend
+//! on the other tokens of the batch. Weights in bf16 are widened in registers (exact), f16
+//! through a converted copy of the rows.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result, Shape};
@@ -26,7 +28,53 @@ const PAR_MIN_MACS: usize = 1 << 16;
 /// `W` rows per register block.
 const R: usize = 4;
 /// `x` rows per register block.
-const C: usize = 2;
+const C: usize = 4;
+
+/// The instruction set the kernel runs with, detected once per call. Every call on one
+/// machine takes the same path whatever `T`, so results do not depend on the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    /// Portable code (8-lane f32 accumulators, no FMA).
+    Baseline,
+    /// AVX2 + FMA: 8-lane vectors, register blocks of 4 W rows x 2 x rows.
+    Avx2,
+    /// AVX-512F: 16-lane vectors, register blocks of 4 W rows x 4 x rows.
+    Avx512,
+}
+
+impl Isa {
+    /// The best instruction set of this CPU, detected once per process; the environment
+    /// variable `LANTERN_SKINNY_ISA=baseline|avx2` picks a lesser one for A/B benchmarks.
+    fn detect() -> Self {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = Self::best();
+            match std::env::var("LANTERN_SKINNY_ISA").as_deref() {
+                Ok("baseline") => Isa::Baseline,
+                Ok("avx2") if best != Isa::Baseline => Isa::Avx2,
+                _ => best,
+            }
+        })
+    }
+
+    fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Baseline
+    }
+}
 
 pub(crate) fn skinny_matmul_cpu(
     (x, x_l): (&CpuStorage, &Layout),
@@ -72,18 +120,21 @@ pub(crate) fn skinny_matmul_cpu(
 trait WeightRow: Elem {
     /// `out[r][c] = <w_r, x_c>` for the `R` rows of `w` (`R * k` elements) and the `C` rows
     /// of `x` (`C * k`; only the first `cols` are used).
-    fn block(w: &[Self], x: &[f32], k: usize, cols: usize, fma: bool, out: &mut [[f32; C]; R]);
+    fn block(w: &[Self], x: &[f32], k: usize, cols: usize, isa: Isa, out: &mut [[f32; C]; R]);
 }
 
 /// `y` `(t, n)` in f32 from `x` `(t, k)` in f32 and `w` `(n, k)`.
 fn run<T: WeightRow>(x: &[f32], w: &[T], t: usize, n: usize, k: usize) -> Vec<f32> {
-    let fma = fma_available();
+    run_isa(x, w, t, n, k, Isa::detect())
+}
+
+fn run_isa<T: WeightRow>(x: &[f32], w: &[T], t: usize, n: usize, k: usize, isa: Isa) -> Vec<f32> {
     // Computed transposed, `(n, t)`, so each task owns a contiguous range of rows.
     let mut yt = vec![0f32; n * t];
     let task = |(i, chunk): (usize, &mut [f32])| {
         let row0 = i * rows_per_task(n, t, k);
         let rows = chunk.len() / t.max(1);
-        rows_kernel(&w[row0 * k..(row0 + rows) * k], x, t, k, fma, chunk);
+        rows_kernel(&w[row0 * k..(row0 + rows) * k], x, t, k, isa, chunk);
     };
     if t == 0 || n == 0 {
         return yt;
@@ -115,7 +166,7 @@ fn rows_per_task(n: usize, t: usize, k: usize) -> usize {
 }
 
 /// `yt[o * t + c] = <w_o, x_c>` for the rows of `w`.
-fn rows_kernel<T: WeightRow>(w: &[T], x: &[f32], t: usize, k: usize, fma: bool, yt: &mut [f32]) {
+fn rows_kernel<T: WeightRow>(w: &[T], x: &[f32], t: usize, k: usize, isa: Isa, yt: &mut [f32]) {
     let rows = w.len().checked_div(k).unwrap_or(0);
     let mut o = 0;
     let mut out = [[0f32; C]; R];
@@ -136,7 +187,7 @@ fn rows_kernel<T: WeightRow>(w: &[T], x: &[f32], t: usize, k: usize, fma: bool, 
         let mut c = 0;
         while c < t {
             let cols = (t - c).min(C);
-            T::block(wb, &x[c * k..(c + cols) * k], k, cols, fma, &mut out);
+            T::block(wb, &x[c * k..(c + cols) * k], k, cols, isa, &mut out);
             for (ri, row) in out.iter().enumerate().take(r) {
                 for (ci, &v) in row.iter().enumerate().take(cols) {
                     yt[(o + ri) * t + c + ci] = v;
@@ -145,17 +196,6 @@ fn rows_kernel<T: WeightRow>(w: &[T], x: &[f32], t: usize, k: usize, fma: bool, 
             c += cols;
         }
         o += r;
-    }
-}
-
-fn fma_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -189,37 +229,38 @@ fn hsum8(a: [f32; 8]) -> f32 {
 }
 
 impl WeightRow for f32 {
-    fn block(w: &[f32], x: &[f32], k: usize, cols: usize, fma: bool, out: &mut [[f32; C]; R]) {
+    fn block(w: &[f32], x: &[f32], k: usize, cols: usize, isa: Isa, out: &mut [[f32; C]; R]) {
+        // SAFETY: `isa` was detected on this CPU; the slices hold R * k and cols * k elements.
         #[cfg(target_arch = "x86_64")]
-        if fma {
-            // SAFETY: `fma` is true only when AVX2 and FMA were detected; the slices hold
-            // R * k and cols * k elements.
-            unsafe { simd::block_f32(w, x, k, cols, out) };
-            return;
+        match isa {
+            Isa::Avx512 => return unsafe { simd::block512_f32(w, x, k, cols, out) },
+            Isa::Avx2 => return unsafe { simd::block256_f32(w, x, k, cols, out) },
+            Isa::Baseline => {}
         }
-        let _ = fma;
+        let _ = isa;
         block_generic(w, x, k, cols, out, |v| v);
     }
 }
 
 impl WeightRow for bf16 {
-    fn block(w: &[bf16], x: &[f32], k: usize, cols: usize, fma: bool, out: &mut [[f32; C]; R]) {
+    fn block(w: &[bf16], x: &[f32], k: usize, cols: usize, isa: Isa, out: &mut [[f32; C]; R]) {
+        // SAFETY: as for f32.
         #[cfg(target_arch = "x86_64")]
-        if fma {
-            // SAFETY: as for f32.
-            unsafe { simd::block_bf16(w, x, k, cols, out) };
-            return;
+        match isa {
+            Isa::Avx512 => return unsafe { simd::block512_bf16(w, x, k, cols, out) },
+            Isa::Avx2 => return unsafe { simd::block256_bf16(w, x, k, cols, out) },
+            Isa::Baseline => {}
         }
-        let _ = fma;
+        let _ = isa;
         block_generic(w, x, k, cols, out, Elem::to_f32);
     }
 }
 
 impl WeightRow for f16 {
-    fn block(w: &[f16], x: &[f32], k: usize, cols: usize, fma: bool, out: &mut [[f32; C]; R]) {
+    fn block(w: &[f16], x: &[f32], k: usize, cols: usize, isa: Isa, out: &mut [[f32; C]; R]) {
         let mut buf = vec![0f32; R * k];
         let wf = Elem::row_f32(w, &mut buf);
-        <f32 as WeightRow>::block(wf, x, k, cols, fma, out);
+        <f32 as WeightRow>::block(wf, x, k, cols, isa, out);
     }
 }
 
@@ -250,35 +291,53 @@ mod simd {
     use half::bf16;
     use std::arch::x86_64::*;
 
+    /// The horizontal sum of eight lanes, in `hsum8`'s order.
     #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        // (a0+a4, a1+a5, a2+a6, a3+a7), then pairs, as `hsum8`.
+    unsafe fn hsum256(v: __m256) -> f32 {
         let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let h = _mm_add_ps(q, _mm_movehl_ps(q, q));
         let s = _mm_add_ss(h, _mm_shuffle_ps::<0b01>(h, h));
         _mm_cvtss_f32(s)
     }
 
-    /// Loads eight weights as f32.
-    trait Load8 {
+    /// Sixteen lanes: the two halves added, then as [`hsum256`].
+    #[inline(always)]
+    unsafe fn hsum512(v: __m512) -> f32 {
+        let lo = _mm512_castps512_ps256(v);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        hsum256(_mm256_add_ps(lo, hi))
+    }
+
+    /// Weight element types loaded as f32 vectors.
+    trait Load {
         unsafe fn load8(p: *const Self) -> __m256;
+        unsafe fn load16(p: *const Self) -> __m512;
         fn widen(self) -> f32;
     }
-    impl Load8 for f32 {
+    impl Load for f32 {
         #[inline(always)]
         unsafe fn load8(p: *const f32) -> __m256 {
             _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
         }
         #[inline(always)]
         fn widen(self) -> f32 {
             self
         }
     }
-    impl Load8 for bf16 {
+    impl Load for bf16 {
         #[inline(always)]
         unsafe fn load8(p: *const bf16) -> __m256 {
             let h = _mm_loadu_si128(p.cast());
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+        #[inline(always)]
+        unsafe fn load16(p: *const bf16) -> __m512 {
+            let h = _mm256_loadu_si256(p.cast());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
         }
         #[inline(always)]
         fn widen(self) -> f32 {
@@ -286,78 +345,237 @@ mod simd {
         }
     }
 
+    /// The scalar tail of one dot product (elements `from..k`), fused multiply-adds.
     #[inline(always)]
-    unsafe fn block<T: Load8 + Copy>(
+    unsafe fn tail<T: Load + Copy>(w: &[T], x: &[f32], from: usize, k: usize, mut s: f32) -> f32 {
+        for j in from..k {
+            s = (*w.get_unchecked(j))
+                .widen()
+                .mul_add(*x.get_unchecked(j), s);
+        }
+        s
+    }
+
+    /// AVX2: `NC` (<= 2) rows of `x` starting at column `c0` of `out`.
+    #[inline(always)]
+    unsafe fn inner256<T: Load + Copy, const NC: usize>(
+        w: &[T],
+        x: &[f32],
+        k: usize,
+        c0: usize,
+        out: &mut [[f32; C]; R],
+    ) {
+        let k8 = k / 8 * 8;
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); NC]; R];
+        let mut i = 0;
+        while i < k8 {
+            let mut xv = [_mm256_setzero_ps(); NC];
+            for (c, v) in xv.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(xp.add(c * k + i));
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let wv = T::load8(wp.add(r * k + i));
+                for c in 0..NC {
+                    a[c] = _mm256_fmadd_ps(wv, xv[c], a[c]);
+                }
+            }
+            i += 8;
+        }
+        for r in 0..R {
+            for c in 0..NC {
+                let s = hsum256(acc[r][c]);
+                out[r][c0 + c] = tail(&w[r * k..(r + 1) * k], &x[c * k..(c + 1) * k], k8, k, s);
+            }
+        }
+    }
+
+    /// AVX-512: `NC` (<= 4) rows of `x`.
+    #[inline(always)]
+    unsafe fn inner512<T: Load + Copy, const NC: usize>(
+        w: &[T],
+        x: &[f32],
+        k: usize,
+        out: &mut [[f32; C]; R],
+    ) {
+        let k16 = k / 16 * 16;
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [[_mm512_setzero_ps(); NC]; R];
+        let mut i = 0;
+        while i < k16 {
+            let mut xv = [_mm512_setzero_ps(); NC];
+            for (c, v) in xv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(xp.add(c * k + i));
+            }
+            for (r, a) in acc.iter_mut().enumerate() {
+                let wv = T::load16(wp.add(r * k + i));
+                for c in 0..NC {
+                    a[c] = _mm512_fmadd_ps(wv, xv[c], a[c]);
+                }
+            }
+            i += 16;
+        }
+        for r in 0..R {
+            for c in 0..NC {
+                let s = hsum512(acc[r][c]);
+                out[r][c] = tail(&w[r * k..(r + 1) * k], &x[c * k..(c + 1) * k], k16, k, s);
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn block256<T: Load + Copy>(
         w: &[T],
         x: &[f32],
         k: usize,
         cols: usize,
         out: &mut [[f32; C]; R],
     ) {
-        debug_assert!(w.len() >= R * k && x.len() >= cols * k);
-        let k8 = k / 8 * 8;
-        let wp = w.as_ptr();
-        let xp = x.as_ptr();
-        let mut acc = [[_mm256_setzero_ps(); C]; R];
-        if cols == C {
-            let mut i = 0;
-            while i < k8 {
-                let x0 = _mm256_loadu_ps(xp.add(i));
-                let x1 = _mm256_loadu_ps(xp.add(k + i));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let wv = T::load8(wp.add(r * k + i));
-                    a[0] = _mm256_fmadd_ps(wv, x0, a[0]);
-                    a[1] = _mm256_fmadd_ps(wv, x1, a[1]);
-                }
-                i += 8;
-            }
-        } else {
-            let mut i = 0;
-            while i < k8 {
-                let x0 = _mm256_loadu_ps(xp.add(i));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let wv = T::load8(wp.add(r * k + i));
-                    a[0] = _mm256_fmadd_ps(wv, x0, a[0]);
-                }
-                i += 8;
+        debug_assert!(w.len() >= R * k && x.len() >= cols * k && cols <= C);
+        let mut c0 = 0;
+        while c0 < cols {
+            let xs = &x[c0 * k..];
+            if cols - c0 >= 2 {
+                inner256::<T, 2>(w, xs, k, c0, out);
+                c0 += 2;
+            } else {
+                inner256::<T, 1>(w, xs, k, c0, out);
+                c0 += 1;
             }
         }
-        for r in 0..R {
-            for c in 0..cols {
-                let mut s = hsum(acc[r][c]);
-                for j in k8..k {
-                    s = (*w.get_unchecked(r * k + j))
-                        .widen()
-                        .mul_add(*x.get_unchecked(c * k + j), s);
-                }
-                out[r][c] = s;
-            }
+    }
+
+    #[inline(always)]
+    unsafe fn block512<T: Load + Copy>(
+        w: &[T],
+        x: &[f32],
+        k: usize,
+        cols: usize,
+        out: &mut [[f32; C]; R],
+    ) {
+        debug_assert!(w.len() >= R * k && x.len() >= cols * k && cols <= C);
+        match cols {
+            4 => inner512::<T, 4>(w, x, k, out),
+            3 => inner512::<T, 3>(w, x, k, out),
+            2 => inner512::<T, 2>(w, x, k, out),
+            _ => inner512::<T, 1>(w, x, k, out),
         }
     }
 
     /// # Safety
     /// AVX2 and FMA; `w` holds `R * k` and `x` `cols * k` elements, `cols <= C`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_f32(
+    pub(super) unsafe fn block256_f32(
         w: &[f32],
         x: &[f32],
         k: usize,
         cols: usize,
         out: &mut [[f32; C]; R],
     ) {
-        block(w, x, k, cols, out)
+        block256(w, x, k, cols, out)
     }
 
     /// # Safety
-    /// As [`block_f32`].
+    /// As [`block256_f32`].
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block_bf16(
+    pub(super) unsafe fn block256_bf16(
         w: &[bf16],
         x: &[f32],
         k: usize,
         cols: usize,
         out: &mut [[f32; C]; R],
     ) {
-        block(w, x, k, cols, out)
+        block256(w, x, k, cols, out)
+    }
+
+    /// # Safety
+    /// AVX-512F, AVX2 and FMA; slices as for [`block256_f32`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn block512_f32(
+        w: &[f32],
+        x: &[f32],
+        k: usize,
+        cols: usize,
+        out: &mut [[f32; C]; R],
+    ) {
+        block512(w, x, k, cols, out)
+    }
+
+    /// # Safety
+    /// As [`block512_f32`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn block512_bf16(
+        w: &[bf16],
+        x: &[f32],
+        k: usize,
+        cols: usize,
+        out: &mut [[f32; C]; R],
+    ) {
+        block512(w, x, k, cols, out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn isas() -> Vec<Isa> {
+        let mut v = vec![Isa::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                v.push(Isa::Avx2);
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    v.push(Isa::Avx512);
+                }
+            }
+        }
+        v
+    }
+
+    fn vals(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32
+                    / (1 << 24) as f32
+                    - 0.5
+            })
+            .collect()
+    }
+
+    /// Every instruction set this CPU has matches an f64 reference on ragged shapes, and
+    /// gives each row the same bits alone as in a batch.
+    #[test]
+    fn every_isa_matches_the_reference_and_is_batch_invariant() {
+        for isa in isas() {
+            for &(t, k, n) in &[
+                (1, 8, 4),
+                (5, 37, 9),
+                (4, 576, 13),
+                (7, 1536, 6),
+                (3, 20, 1),
+            ] {
+                let x = vals(t * k, 1);
+                let w = vals(n * k, 2);
+                let y = run_isa(&x, &w, t, n, k, isa);
+                for r in 0..t {
+                    for o in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|j| x[r * k + j] as f64 * w[o * k + j] as f64)
+                            .sum();
+                        let got = y[r * n + o];
+                        assert!(
+                            (got as f64 - want).abs() < 1e-4,
+                            "{isa:?} ({t},{k},{n}) [{r}][{o}] {got} vs {want}"
+                        );
+                    }
+                    let alone = run_isa(&x[r * k..(r + 1) * k], &w, 1, n, k, isa);
+                    assert_eq!(alone[..], y[r * n..(r + 1) * n], "{isa:?} row {r}");
+                }
+            }
+        }
     }
 }
