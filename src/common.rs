@@ -397,7 +397,7 @@ mod tests {
             itl(&["--target-itl-ms", "80"]).unwrap(),
             Some(std::time::Duration::from_millis(80))
         );
-        assert!(itl(&["--target-itl-ms", "-5"]).is_err());
+        assert!(itl(&["--target-itl-ms=-5"]).is_err());
         assert!(itl(&["--target-itl-ms", "NaN"]).is_err());
         use clap::Parser;
         assert!(Cli::try_parse_from(["lantern", "--scheduling-policy", "lifo"]).is_err());
