@@ -117,6 +117,24 @@ mod tests {
         if !cfg!(all(target_os = "linux", target_env = "gnu")) {
             return;
         }
+        // Other tests of this binary run in parallel and may allocate meanwhile: the
+        // measurement is retried, and one clean attempt passes (without the release every
+        // attempt fails).
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let (with_blocks, after) = freed_blocks_then_release();
+            // 128 MiB were resident; at least most of it must be gone after the release.
+            if with_blocks.saturating_sub(after) > 64 << 20 {
+                return;
+            }
+            seen.push((with_blocks, after));
+        }
+        panic!("resident (with blocks, after release) stayed high: {seen:?}");
+    }
+
+    /// Resident bytes with 128 MiB of written 64 KiB blocks, and after freeing them (below
+    /// a live allocation) and releasing the heap.
+    fn freed_blocks_then_release() -> (u64, u64) {
         // Many medium blocks below glibc's mmap threshold stay in the heap once freed.
         let blocks: Vec<Vec<u8>> = (0..2048)
             .map(|i| vec![(i % 251) as u8 + 1; 64 * 1024])
@@ -132,11 +150,7 @@ mod tests {
         let after = resident_bytes().unwrap();
         assert_eq!(pin[4095], 7);
         eprintln!("resident: {with_blocks} with blocks, {before_release} freed, {after} released");
-        // 128 MiB were resident; at least most of it must be gone after the release.
-        assert!(
-            with_blocks.saturating_sub(after) > 64 << 20,
-            "resident {with_blocks} -> {after} bytes"
-        );
+        (with_blocks, after)
     }
 
     /// In the loading phase a zeroed allocation made after large buffers were freed stays
@@ -151,9 +165,17 @@ mod tests {
         {
             return;
         }
-        assert!(set_allocator_phase(AllocatorPhase::Loading));
-        let grown = zeroed_after_freed_buffers();
-        assert!(set_allocator_phase(AllocatorPhase::Serving));
+        // Retried as above: one attempt without interference from parallel tests suffices
+        // (under glibc's default every attempt grows by ~100 MB).
+        let mut grown = u64::MAX;
+        for _ in 0..3 {
+            assert!(set_allocator_phase(AllocatorPhase::Loading));
+            grown = grown.min(zeroed_after_freed_buffers());
+            assert!(set_allocator_phase(AllocatorPhase::Serving));
+            if grown < 16 << 20 {
+                break;
+            }
+        }
         assert!(
             grown < 16 << 20,
             "128 MiB of untouched zeros made {grown} bytes resident"
