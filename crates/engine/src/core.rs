@@ -215,7 +215,8 @@ impl EngineCore {
         let n = params.n;
         // Every sequence of the request must fit: held-back siblings of earlier requests
         // count as waiting (they enter the scheduler later, never to be refused then).
-        let waiting = self.sched.num_waiting() + self.reqs.num_held();
+        // Requests the next step can start in a free running slot do not count.
+        let waiting = self.sched.num_queued() + self.reqs.num_held();
         let max_waiting = self.sched.config().max_waiting_requests;
         if waiting.saturating_add(n) > max_waiting {
             return Err(SubmitError::Overloaded(format!(

@@ -36,7 +36,8 @@ pub struct SchedulerConfig {
     pub num_blocks: usize,
     /// Longest sequence (prompt + max_tokens) accepted.
     pub max_model_len: usize,
-    /// `add_request` answers `QueueFull` when this many requests wait.
+    /// `add_request` answers `QueueFull` when this many requests wait beyond the free
+    /// running slots (see [`Scheduler::num_queued`]).
     pub max_waiting_requests: usize,
     pub enable_prefix_caching: bool,
     /// Largest prefill chunk one request gets in one step; 0 = no cap beyond the budget.
@@ -286,7 +287,7 @@ impl Scheduler {
                 capacity_tokens: total_blocks * self.config.block_size,
             });
         }
-        if self.waiting.len() >= self.config.max_waiting_requests {
+        if self.num_queued() >= self.config.max_waiting_requests {
             return Err(AddRequestError::QueueFull {
                 id,
                 max_waiting_requests: self.config.max_waiting_requests,
@@ -597,6 +598,14 @@ impl Scheduler {
     /// Waiting requests, preempted ones included.
     pub fn num_waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Waiting requests beyond the free running slots (`max_num_seqs` less the running
+    /// ones): what `max_waiting_requests` bounds, so a burst that the next step can start
+    /// is not refused for having arrived between two steps.
+    pub fn num_queued(&self) -> usize {
+        let free = self.config.max_num_seqs.saturating_sub(self.running.len());
+        self.waiting.len().saturating_sub(free)
     }
 
     pub fn has_unfinished(&self) -> bool {

@@ -410,6 +410,7 @@ fn rejections_give_the_numbers() {
     let mut s = Scheduler::new(SchedulerConfig {
         max_model_len: 100,
         num_blocks: 11, // 10 usable blocks of 4 tokens = 40 tokens
+        max_num_seqs: 1,
         max_waiting_requests: 2,
         ..cfg()
     })
@@ -444,16 +445,50 @@ fn rejections_give_the_numbers() {
     let e = s.add_request(req(1, toks(3), 1)).unwrap_err();
     assert_eq!(e, AddRequestError::DuplicateId { id: SeqId(1) });
     s.add_request(req(2, toks(3), 1)).unwrap();
-    let e = s.add_request(req(3, toks(3), 1)).unwrap_err();
+    s.add_request(req(3, toks(3), 1)).unwrap();
+    let e = s.add_request(req(4, toks(3), 1)).unwrap_err();
     assert_eq!(
         e,
         AddRequestError::QueueFull {
-            id: SeqId(3),
+            id: SeqId(4),
             max_waiting_requests: 2
         }
     );
     assert!(e.to_string().contains("(2 requests)"));
-    assert_eq!(s.num_waiting(), 2);
+    // One of the three would start in the one running slot; two are queued.
+    assert_eq!((s.num_waiting(), s.num_queued()), (3, 2));
+}
+
+#[test]
+fn a_burst_that_fills_free_running_slots_is_not_refused() {
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_num_seqs: 3,
+        max_waiting_requests: 2,
+        ..cfg()
+    })
+    .unwrap();
+    // All five arrive between two steps: three take the free slots, two queue.
+    for id in 1..=5 {
+        s.add_request(req(id, toks(3), 2)).unwrap();
+    }
+    assert_eq!((s.num_waiting(), s.num_queued()), (5, 2));
+    assert!(matches!(
+        s.add_request(req(6, toks(3), 2)),
+        Err(AddRequestError::QueueFull { .. })
+    ));
+    s.schedule();
+    assert_eq!(
+        (s.num_running(), s.num_waiting(), s.num_queued()),
+        (3, 2, 2)
+    );
+    assert!(matches!(
+        s.add_request(req(6, toks(3), 2)),
+        Err(AddRequestError::QueueFull { .. })
+    ));
+    // A finished request frees a slot: one more fits.
+    assert!(s.finish_request(SeqId(1), FinishReason::Abort));
+    assert_eq!(s.num_queued(), 1);
+    s.add_request(req(6, toks(3), 2)).unwrap();
 }
 
 #[test]
