@@ -17,6 +17,7 @@ pub mod hub;
 mod linear;
 mod loader;
 mod lora;
+pub mod profile;
 mod rope;
 mod transformer;
 

@@ -16,6 +16,7 @@
 use crate::config::ModelConfig;
 use crate::linear::{Linear, Proj, WeightLayout};
 use crate::lora::LoraStack;
+use crate::profile::op;
 use crate::rope::RotaryEmbedding;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -127,12 +128,16 @@ impl RmsNorm {
 
     /// `lantern_kernels::rms_norm` (fused path).
     fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
-        lantern_kernels::rms_norm(x, &self.weight, self.eps)
+        op("rms_norm", || {
+            lantern_kernels::rms_norm(x, &self.weight, self.eps)
+        })
     }
 
     /// `h = x + residual`; returns `(rms_norm(h), h)` in one op (fused path).
     fn add_forward(&self, x: &Tensor, residual: &Tensor) -> Result<(Tensor, Tensor)> {
-        lantern_kernels::fused_add_rms_norm(x, residual, &self.weight, self.eps)
+        op("add_rms_norm", || {
+            lantern_kernels::fused_add_rms_norm(x, residual, &self.weight, self.eps)
+        })
     }
 }
 
@@ -193,9 +198,9 @@ impl Mlp {
             }
             GateUp::Fused(gate_up) => {
                 // (T, 2 * intermediate)
-                let y = gate_up.forward(x)?;
+                let y = op("gate_up_proj", || gate_up.forward(x))?;
                 match lora {
-                    None => lantern_kernels::silu_and_mul(&y)?,
+                    None => op("silu_and_mul", || lantern_kernels::silu_and_mul(&y))?,
                     Some(c) => {
                         let i = self.intermediate;
                         let mut parts = gate_up.lora_parts(&y, x, c.stack, c.batch)?.into_iter();
@@ -212,8 +217,10 @@ impl Mlp {
                 }
             }
         };
-        self.down
-            .forward_lora(&act, LoraCtx::get(lora, l, Proj::Down))
+        op("down_proj", || {
+            self.down
+                .forward_lora(&act, LoraCtx::get(lora, l, Proj::Down))
+        })
     }
 }
 
@@ -341,7 +348,7 @@ impl Attention {
         let t = x.dim(0)?;
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         // (T, (heads + 2 * kv_heads) * head_dim)
-        let y = qkv.forward(x)?;
+        let y = op("qkv_proj", || qkv.forward(x))?;
         // (T, heads + 2 * kv_heads, head_dim): a view; each part keeps the row stride of y.
         let heads = y.reshape((t, nh + 2 * nkv, d))?;
         let mut q = heads.narrow(1, 0, nh)?;
@@ -365,8 +372,10 @@ impl Attention {
         if let Some(n) = &self.k_norm {
             k = n.forward_fused(&k)?;
         }
-        lantern_kernels::rotary_embedding_inplace(&q, cos, sin, positions)?;
-        lantern_kernels::rotary_embedding_inplace(&k, cos, sin, positions)?;
+        op("rotary", || {
+            lantern_kernels::rotary_embedding_inplace(&q, cos, sin, positions)?;
+            lantern_kernels::rotary_embedding_inplace(&k, cos, sin, positions)
+        })?;
         Ok((q, k, v))
     }
 
@@ -398,13 +407,19 @@ impl Attention {
             ),
         };
         // Strided k/v rows (unit stride on head_dim) are written as they are.
-        lantern_kernels::write_kv_cache(&k, &v, &cache.k, &cache.v, &attn.slot_mapping)?;
+        op("write_kv_cache", || {
+            lantern_kernels::write_kv_cache(&k, &v, &cache.k, &cache.v, &attn.slot_mapping)
+        })?;
         // (T, heads, head_dim); a strided q is made contiguous inside.
-        let out = lantern_kernels::paged_attention(&q, &cache.k, &cache.v, attn, self.scale)?;
-        self.o.forward_lora(
-            &out.reshape((t, self.num_heads * self.head_dim))?,
-            LoraCtx::get(lora, l, Proj::O),
-        )
+        let out = op("paged_attention", || {
+            lantern_kernels::paged_attention(&q, &cache.k, &cache.v, attn, self.scale)
+        })?;
+        op("o_proj", || {
+            self.o.forward_lora(
+                &out.reshape((t, self.num_heads * self.head_dim))?,
+                LoraCtx::get(lora, l, Proj::O),
+            )
+        })
     }
 }
 
@@ -579,7 +594,9 @@ impl CausalLm {
             );
         }
         // (T, hidden)
-        let x = self.embed_tokens.index_select(&batch.input_ids, 0)?;
+        let x = op("embed", || {
+            self.embed_tokens.index_select(&batch.input_ids, 0)
+        })?;
         // (S, hidden): only the rows that will be sampled go through the final norm and
         // lm_head.
         let x = if self.opts.fused {
@@ -614,11 +631,13 @@ impl CausalLm {
             let x = x.index_select(&batch.logits_indices, 0)?;
             self.norm.forward(&x)?
         };
-        let logits = if self.opts.fused {
-            crate::linear::matmul_checkpoint(&x, &self.lm_head)?
-        } else {
-            x.matmul(&self.lm_head.t()?)?
-        };
-        logits.to_dtype(DType::F32)
+        let logits = op("lm_head", || {
+            if self.opts.fused {
+                crate::linear::matmul_checkpoint(&x, &self.lm_head)
+            } else {
+                x.matmul(&self.lm_head.t()?)
+            }
+        })?;
+        op("logits_to_f32", || logits.to_dtype(DType::F32))
     }
 }
