@@ -155,13 +155,6 @@ pub struct VllmCompatArgs {
         help_heading = "vLLM compatibility"
     )]
     pub quantization: Option<String>,
-    /// KV cache dtype: only `auto` (the model's dtype).
-    #[arg(
-        long = "kv-cache-dtype",
-        value_name = "DTYPE",
-        help_heading = "vLLM compatibility"
-    )]
-    pub kv_cache_dtype: Option<String>,
     /// Accepted and without effect: Lantern never runs code from a model repository.
     #[arg(long = "trust-remote-code", help_heading = "vLLM compatibility")]
     pub trust_remote_code: bool,
@@ -220,11 +213,6 @@ impl VllmCompatArgs {
         if let Some(q) = &self.quantization {
             return Err(anyhow!(
                 "`--quantization {q}` is not supported yet: Lantern loads safetensors in their own dtype, or a quantized GGUF file as it is"
-            ));
-        }
-        if let Some(d) = self.kv_cache_dtype.as_deref().filter(|d| *d != "auto") {
-            return Err(anyhow!(
-                "`--kv-cache-dtype {d}` is not supported yet: the KV cache uses the model's dtype (`auto`)"
             ));
         }
         if self.no_enable_chunked_prefill {

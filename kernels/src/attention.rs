@@ -8,7 +8,7 @@ use crate::metadata::PagedAttnMetadata;
 /// Paged attention for a flattened varlen batch mixing prefill chunks and decode tokens.
 /// q: (num_tokens, num_heads, head_dim); caches as above (already containing this step's k/v).
 /// Query row j of seq s (0-based within its chunk of length qlen = cu[s+1]-cu[s]) is at absolute position p = context_len[s] - qlen + j and attends (causally) to cache positions 0..=p of that seq, found through its block table (position t lives in block block_tables[s][t / block_size] at offset t % block_size).
-/// GQA: query head h uses kv head h / (num_heads / num_kv_heads). Softmax in f32 with max-subtraction; inputs f32, f16 or bf16; output same dtype as q, shape (num_tokens, num_heads, head_dim).
+/// GQA: query head h uses kv head h / (num_heads / num_kv_heads). Softmax in f32 with max-subtraction; inputs f32, f16 or bf16 (on the CPU the caches may have another of these types than q, e.g. an f16 cache for f32 activations; on CUDA they match); output same dtype as q, shape (num_tokens, num_heads, head_dim).
 ///
 /// Rows of `q` past `cu_seqlens_q[num_seqs]` belong to no sequence (batch padding); their
 /// output rows are zero. `q` may be strided (it is made contiguous if needed); the caches
@@ -60,10 +60,20 @@ pub fn paged_attention(
         bail!("{OP}: softmax_scale must be finite, got {softmax_scale}");
     }
     check_float_dtype(OP, "q", q.dtype())?;
+    if v_cache.dtype() != k_cache.dtype() {
+        bail!(
+            "{OP}: v_cache has dtype {:?} but k_cache has dtype {:?}",
+            v_cache.dtype(),
+            k_cache.dtype()
+        );
+    }
     for (name, t) in [("k_cache", k_cache), ("v_cache", v_cache)] {
-        if t.dtype() != q.dtype() {
+        check_float_dtype(OP, name, t.dtype())?;
+        // On the CPU the caches may be narrower than q (`--kv-cache-dtype`); the CUDA
+        // kernels read the caches in q's type.
+        if t.dtype() != q.dtype() && !q.device().is_cpu() {
             bail!(
-                "{OP}: {name} has dtype {:?} but q has dtype {:?}",
+                "{OP}: {name} has dtype {:?} but q has dtype {:?} (on CUDA they must match)",
                 t.dtype(),
                 q.dtype()
             );

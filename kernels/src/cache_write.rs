@@ -15,7 +15,8 @@ pub(crate) fn check_float_dtype(op: &str, name: &str, dtype: DType) -> Result<()
 /// `slot_mapping` is `(num_tokens,)` i64; token `i` goes to slot `slot_mapping[i]`
 /// (`= block_id * block_size + offset`), and a negative slot skips the token (padding).
 /// The caches must be contiguous (a non-zero start offset, e.g. a view into a larger
-/// allocation, is fine) and have the dtype of `k`/`v` (f32, f16 or bf16). `k`/`v` may be
+/// allocation, is fine) and have the dtype of `k`/`v` (f32, f16 or bf16; on the CPU another
+/// of these, rows being converted as they are written). `k`/`v` may be
 /// strided views (e.g. a narrow of a fused qkv projection).
 ///
 /// Every slot is bounds-checked against `num_blocks * block_size` before anything is
@@ -72,14 +73,20 @@ pub fn write_kv_cache(
         );
     }
     check_float_dtype(OP, "k", k.dtype())?;
-    for (name, t) in [("v", v), ("k_cache", k_cache), ("v_cache", v_cache)] {
-        if t.dtype() != k.dtype() {
-            bail!(
-                "{OP}: {name} has dtype {:?} but k has dtype {:?}",
-                t.dtype(),
-                k.dtype()
-            );
+    check_float_dtype(OP, "k_cache", k_cache.dtype())?;
+    for (name, t, want) in [("v", v, k.dtype()), ("v_cache", v_cache, k_cache.dtype())] {
+        if t.dtype() != want {
+            bail!("{OP}: {name} has dtype {:?}, expected {want:?}", t.dtype());
         }
+    }
+    // On the CPU rows are converted to the cache's type as they are written
+    // (`--kv-cache-dtype`); the CUDA kernel copies them as they are.
+    if k_cache.dtype() != k.dtype() && !k.device().is_cpu() {
+        bail!(
+            "{OP}: k_cache has dtype {:?} but k has dtype {:?} (on CUDA they must match)",
+            k_cache.dtype(),
+            k.dtype()
+        );
     }
     for (name, t) in [
         ("v", v),

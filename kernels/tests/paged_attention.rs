@@ -67,6 +67,30 @@ fn f16_matches_reference() {
     }
 }
 
+/// `--kv-cache-dtype`: f32 queries over f16 / bf16 caches equal the f32 reference over the
+/// same cache values widened to f32 (widening is exact), and the output stays f32.
+#[test]
+fn f32_queries_over_half_precision_caches_match_reference() {
+    for (seed, cache_dtype) in [(300, DType::F16), (301, DType::BF16)] {
+        let mut r = rng(seed);
+        let sc = scenario(&mut r, MIXED, 16, 6, 2, 64, DType::F32);
+        let (k16, v16) = (
+            sc.k_cache.to_dtype(cache_dtype).unwrap(),
+            sc.v_cache.to_dtype(cache_dtype).unwrap(),
+        );
+        let (k32, v32) = (
+            k16.to_dtype(DType::F32).unwrap(),
+            v16.to_dtype(DType::F32).unwrap(),
+        );
+        let scale = 0.125;
+        let got = paged_attention(&sc.q, &k16, &v16, &sc.meta, scale).unwrap();
+        let want = paged_attention_naive(&sc.q, &k32, &v32, &sc.meta, scale).unwrap();
+        assert_eq!(got.dtype(), DType::F32);
+        let diff = max_abs_diff(&got, &want);
+        assert!(diff <= 1e-5, "{cache_dtype:?} cache: max diff {diff}");
+    }
+}
+
 #[test]
 fn large_scores_are_stable() {
     // A large softmax scale makes raw exp() overflow without max-subtraction.

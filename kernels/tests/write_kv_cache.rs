@@ -58,6 +58,40 @@ fn writes_rows_in_place_at_their_slots() {
     }
 }
 
+/// `--kv-cache-dtype`: f32 rows into f16 / bf16 caches (and back) are rounded to the
+/// cache's type as `to_dtype` rounds them.
+#[test]
+fn rows_are_converted_to_a_cache_of_another_dtype() {
+    for (rows_dtype, cache_dtype) in [
+        (DType::F32, DType::F16),
+        (DType::F32, DType::BF16),
+        (DType::BF16, DType::F32),
+        (DType::F16, DType::BF16),
+    ] {
+        let mut r = rng(7);
+        let k_cache = rand_tensor(&mut r, &[6, 4, 2, 8], cache_dtype);
+        let v_cache = rand_tensor(&mut r, &[6, 4, 2, 8], cache_dtype);
+        // Strided rows, as the fused qkv projection's views are.
+        let kv = rand_tensor(&mut r, &[3, 4, 8], rows_dtype);
+        let k = kv.narrow(1, 0, 2).unwrap();
+        let v = kv.narrow(1, 2, 2).unwrap();
+        let slots = [23i64, 0, 9];
+        write_kv_cache(&k, &v, &k_cache, &v_cache, &slot_tensor(&slots)).unwrap();
+        assert_eq!(k_cache.dtype(), cache_dtype);
+        for (i, &s) in slots.iter().enumerate() {
+            for (cache, rows) in [(&k_cache, &k), (&v_cache, &v)] {
+                let want = rows.i(i).unwrap().to_dtype(cache_dtype).unwrap();
+                let got = cache_row(cache, s as usize);
+                assert_eq!(
+                    max_abs_diff(&got, &want),
+                    0.0,
+                    "{rows_dtype:?} rows into a {cache_dtype:?} cache"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn negative_slots_are_skipped() {
     let mut r = rng(2);
@@ -217,7 +251,7 @@ fn shape_and_dtype_errors() {
     );
     check(
         write_kv_cache(&k, &v, &z(&[2, 4, 2, 8], DType::BF16), &vc, &sm),
-        "k_cache has dtype",
+        "v_cache has dtype",
     );
     check(
         write_kv_cache(&k, &z(&[3, 2, 8], DType::F16), &kc, &vc, &sm),

@@ -4,7 +4,7 @@ use crate::lora::LoraConfig;
 use crate::validation::RequestLimits;
 use lantern_kv_events::PublisherSettings;
 use lantern_models::ModelMeta;
-use lantern_runtime::KvCacheSize;
+use lantern_runtime::{KvCacheDtype, KvCacheSize};
 use lantern_scheduler::{defaults, SchedulingPolicy};
 
 /// Engine settings (the `lantern serve` flags that shape scheduling and memory).
@@ -14,6 +14,8 @@ pub struct EngineConfig {
     pub max_num_batched_tokens: usize,
     pub block_size: usize,
     pub kv_cache: KvCacheSize,
+    /// `--kv-cache-dtype` (`Auto`: the model's dtype).
+    pub kv_cache_dtype: KvCacheDtype,
     /// Cap on prompt + output tokens; defaults to the model's context length.
     pub max_model_len: Option<usize>,
     pub max_waiting_requests: usize,
@@ -42,6 +44,7 @@ impl Default for EngineConfig {
             max_num_batched_tokens: defaults::MAX_NUM_BATCHED_TOKENS,
             block_size: defaults::BLOCK_SIZE,
             kv_cache: KvCacheSize::Bytes(1 << 30),
+            kv_cache_dtype: KvCacheDtype::Auto,
             max_model_len: None,
             max_waiting_requests: defaults::MAX_WAITING_REQUESTS,
             enable_prefix_caching: true,

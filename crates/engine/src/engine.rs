@@ -82,6 +82,7 @@ impl Engine {
             RunnerConfig {
                 block_size: cfg.block_size,
                 kv_cache,
+                kv_cache_dtype: cfg.kv_cache_dtype,
             },
         )?;
         if let Some(l) = &cfg.lora {

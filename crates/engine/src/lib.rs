@@ -51,7 +51,7 @@ pub use engine::Engine;
 pub use error::{EngineError, EngineStartError, SubmitError};
 pub use handle::{EngineHandle, RequestStream};
 pub use kv_events::{external_hash, KvCacheBlocks};
-pub use lantern_runtime::{KvCacheSize, ModelBackend, SamplingParams};
+pub use lantern_runtime::{KvCacheDtype, KvCacheSize, ModelBackend, SamplingParams};
 pub use lantern_scheduler::SchedulingPolicy;
 pub use lantern_scheduler::{LoraId, SeqId};
 pub use lora::{LoraConfig, LoraConfigError, LoraError, LoraInfo};

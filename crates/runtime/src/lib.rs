@@ -27,6 +27,7 @@ pub use error::{Result, RuntimeError};
 pub use memory::GpuMemoryBudget;
 pub use null::{NullModel, NullSpec};
 pub use runner::{
-    ForwardOutput, KvCacheSize, ModelBackend, ModelRunner, RunnerConfig, RunnerOutput, SeqChunk,
+    ForwardOutput, KvCacheDtype, KvCacheSize, ModelBackend, ModelRunner, RunnerConfig,
+    RunnerOutput, SeqChunk,
 };
 pub use sampler::{SampleRow, SampledToken, SamplingParams};

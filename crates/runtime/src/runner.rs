@@ -27,6 +27,47 @@ pub enum KvCacheSize {
 pub struct RunnerConfig {
     pub block_size: usize,
     pub kv_cache: KvCacheSize,
+    /// The KV cache's element type (`--kv-cache-dtype`).
+    pub kv_cache_dtype: KvCacheDtype,
+}
+
+/// `--kv-cache-dtype`: the KV cache's element type. Another type than the model's (an f16
+/// or bf16 cache for f32 weights: half the bytes that attention reads per token) runs on
+/// the CPU only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvCacheDtype {
+    /// The model's dtype (vLLM's `auto`).
+    #[default]
+    Auto,
+    Float32,
+    Float16,
+    BFloat16,
+}
+
+impl KvCacheDtype {
+    /// The names `--kv-cache-dtype` takes.
+    pub const NAMES: &'static str = "auto, float32, float16 (fp16, half), bfloat16 (bf16)";
+
+    /// Parses a `--kv-cache-dtype` value; `None` for anything else (fp8 included).
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "auto" => Self::Auto,
+            "float32" | "fp32" | "f32" => Self::Float32,
+            "float16" | "fp16" | "f16" | "half" => Self::Float16,
+            "bfloat16" | "bf16" => Self::BFloat16,
+            _ => return None,
+        })
+    }
+
+    /// The cache's dtype for a model of `model` dtype.
+    pub fn resolve(self, model: DType) -> DType {
+        match self {
+            Self::Auto => model,
+            Self::Float32 => DType::F32,
+            Self::Float16 => DType::F16,
+            Self::BFloat16 => DType::BF16,
+        }
+    }
 }
 
 /// The part of one sequence that runs in this step.
@@ -165,9 +206,16 @@ impl ModelRunner {
             ));
         }
         let mc = model.config();
-        let dtype = model.dtype();
-        let bytes_per_token = mc.kv_bytes_per_token(dtype.size_in_bytes());
         let device = model.device().clone();
+        let dtype = cfg.kv_cache_dtype.resolve(model.dtype());
+        if dtype != model.dtype() && !device.is_cpu() {
+            return Err(RuntimeError::KvCache(format!(
+                "a KV cache of {dtype:?} for {:?} weights runs on the CPU only; on {} leave --kv-cache-dtype at auto",
+                model.dtype(),
+                describe(&device)
+            )));
+        }
+        let bytes_per_token = mc.kv_bytes_per_token(dtype.size_in_bytes());
         let num_blocks = match cfg.kv_cache {
             KvCacheSize::Tokens(t) => t.div_ceil(cfg.block_size),
             KvCacheSize::Bytes(b) => b / (bytes_per_token * cfg.block_size),
@@ -189,7 +237,7 @@ impl ModelRunner {
                         describe(&device)
                     )));
                 };
-                let dsize = dtype.size_in_bytes();
+                let dsize = model.dtype().size_in_bytes();
                 let activations =
                     activation_reserve_bytes(mc, dsize, budget.max_num_batched_tokens);
                 let lora = budget
@@ -256,6 +304,12 @@ impl ModelRunner {
             tracing::info!(
                 "KV cache allocated: {:.2} GiB of device memory free",
                 gib(mem.free)
+            );
+        }
+        if dtype != model.dtype() {
+            tracing::info!(
+                "KV cache in {dtype:?} for {:?} weights (--kv-cache-dtype)",
+                model.dtype()
             );
         }
         Ok(Self {
@@ -514,9 +568,9 @@ impl ModelRunner {
     /// The forward pass of the backend: f32 logits of the rows `batch.logits_indices` selects.
     fn forward(&self, batch: &BatchInputs) -> Result<Tensor> {
         match &self.model {
-            ModelBackend::Causal(m) => {
-                Ok(m.forward_with_lora(batch, &self.kv, self.lora.as_ref())?)
-            }
+            ModelBackend::Causal(m) => Ok(on_cpu_pool(m.device(), || {
+                m.forward_with_lora(batch, &self.kv, self.lora.as_ref())
+            })?),
             ModelBackend::Null(m) => m.forward(batch),
         }
     }
@@ -570,7 +624,7 @@ impl ModelRunner {
             ..RunnerOutput::default()
         };
         if let Some(l) = fwd.to_sample {
-            out.sampled = sampler::sample(&l, rows)?;
+            out.sampled = on_cpu_pool(l.device(), || sampler::sample(&l, rows))?;
         }
         out.sample_seconds = t0.elapsed().as_secs_f64();
         Ok(out)
@@ -630,5 +684,19 @@ impl ModelRunner {
         let logits = self.forward(&batch)?;
         debug_assert_eq!(logits.dtype(), DType::F32);
         Ok(Some(logits))
+    }
+}
+
+/// Runs `f` on one of rayon's worker threads when `device` is the CPU (on the calling thread
+/// otherwise). The CPU kernels split their work with rayon: called from a worker, a split is
+/// a push onto that worker's own queue that the other workers steal from; called from any
+/// other thread (the engine's), every split is a job injected into the pool while the caller
+/// sleeps until it is done, a round trip of tens of microseconds that a decode step of a
+/// small model pays hundreds of times. One injection per forward pass instead.
+fn on_cpu_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if device.is_cpu() && rayon::current_thread_index().is_none() {
+        rayon::scope(|_| f())
+    } else {
+        f()
     }
 }

@@ -15,6 +15,7 @@ fn runner(kv: KvCacheSize) -> ModelRunner {
         RunnerConfig {
             block_size: 16,
             kv_cache: kv,
+            kv_cache_dtype: Default::default(),
         },
     )
     .unwrap()

@@ -224,6 +224,7 @@ fn runner_with(name: &str, block_size: usize, opts: &ModelOptions) -> ModelRunne
         RunnerConfig {
             block_size,
             kv_cache: KvCacheSize::Tokens(4096),
+            kv_cache_dtype: Default::default(),
         },
     )
     .unwrap();
@@ -750,6 +751,75 @@ fn fused_and_unfused_paths_agree() {
                 sampler::greedy(&a).unwrap(),
                 sampler::greedy(&b).unwrap(),
                 "{m}: greedy picks differ"
+            );
+        }
+    }
+}
+
+/// `--kv-cache-dtype float16|bfloat16` under f32 weights (CPU): prefill and teacher-forced
+/// decode logits of every model stay within half-precision distance of the f32 reference
+/// (K and V rounded to 11 or 8 significant bits). Runs in the default CPU f32 mode only.
+#[test]
+fn half_precision_kv_cache_under_f32_weights_matches_reference() {
+    let m = mode();
+    if !(m.device.is_cpu() && m.dtype == DType::F32) {
+        eprintln!("skipped: CPU f32 mode only");
+        return;
+    }
+    for (kv_dtype, tol) in [
+        (lantern_runtime::KvCacheDtype::Float16, 5e-3),
+        (lantern_runtime::KvCacheDtype::BFloat16, 3e-2),
+    ] {
+        for name in MODELS {
+            let loaded = load_hf_dir(&fixtures().join(name), m.dtype, &m.device, &m.model).unwrap();
+            let block_size = 16;
+            let runner = ModelRunner::new(
+                loaded.model,
+                RunnerConfig {
+                    block_size,
+                    kv_cache: KvCacheSize::Tokens(4096),
+                    kv_cache_dtype: kv_dtype,
+                },
+            )
+            .unwrap();
+            let r = Reference::load(name);
+            let mut blocks = Blocks::new(runner.num_blocks());
+            let (mut worst_prefill, mut worst_decode) = (0f32, 0f32);
+            for (i, prompt) in r.prompts.iter().enumerate() {
+                let steps = r.decode(i).dim(0).unwrap();
+                let table = blocks.table(prompt.len() + steps, block_size);
+                let chunk = |tokens: &[u32], done: usize, all: bool| {
+                    let c = [SeqChunk {
+                        token_ids: tokens,
+                        num_computed_tokens: done,
+                        block_table: &table,
+                        sample: true,
+                        all_logits: all,
+                        lora_slot: None,
+                    }];
+                    if all {
+                        runner.execute_all_logits(&c).unwrap()
+                    } else {
+                        runner.execute(&c).unwrap().unwrap()
+                    }
+                };
+                worst_prefill = worst_prefill.max(rel_err(&chunk(prompt, 0, true), &r.prefill(i)));
+                // Teacher forcing: feed the reference's greedy tokens.
+                let rows: Vec<Tensor> = (0..steps)
+                    .map(|k| chunk(&r.greedy[i][k..k + 1], prompt.len() + k, false))
+                    .collect();
+                let rows = Tensor::cat(&rows, 0).unwrap();
+                worst_decode = worst_decode.max(rel_err(&rows, &r.decode(i)));
+            }
+            eprintln!("{name} {kv_dtype:?} cache: relative error prefill {worst_prefill:e}, decode {worst_decode:e}");
+            assert!(
+                worst_prefill <= tol && worst_decode <= tol,
+                "{name} {kv_dtype:?} cache: relative error prefill {worst_prefill:e}, decode {worst_decode:e} > {tol:e}"
+            );
+            // Not the f32 cache in disguise: f32 agrees to ~1e-6.
+            assert!(
+                worst_prefill.max(worst_decode) > 1e-6,
+                "{name} {kv_dtype:?}"
             );
         }
     }

@@ -1,7 +1,11 @@
 //! CPU paged attention: one rayon task per (token, kv head) covering that kv head's GQA
 //! group of query heads; two-pass softmax in f32 (scores, max-subtracted exp, weighted V).
+//! The caches may hold a narrower type than q (f16/bf16 caches for f32 activations): rows
+//! are widened as they are read.
 //! The inner loops are plain f32 slice code that auto-vectorises; on x86_64 CPUs with AVX2
-//! and FMA (detected at runtime) the same code is compiled a second time with those enabled.
+//! and FMA (detected at runtime, with F16C) the same code is compiled a second time with those
+//! enabled, and the score and value loops and the widening of f16/bf16 cache rows use
+//! explicit AVX2 code (`simd`).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result, Shape};
@@ -65,36 +69,50 @@ pub(crate) fn paged_attention_cpu(
         block_size,
     };
     let shape = Shape::from((num_tokens, num_heads, head_dim));
-    let storage = match q {
-        CpuStorage::F32(_) => run::<f32>((q, q_l), (k, k_l), (v, v_l), &host, dims, softmax_scale)?,
-        CpuStorage::F16(_) => run::<f16>((q, q_l), (k, k_l), (v, v_l), &host, dims, softmax_scale)?,
-        CpuStorage::BF16(_) => {
-            run::<bf16>((q, q_l), (k, k_l), (v, v_l), &host, dims, softmax_scale)?
-        }
-        other => bail!(
-            "paged_attention: q dtype {:?} is not supported (f32, f16, bf16)",
-            other.dtype()
+    let args = ((q, q_l), (k, k_l), (v, v_l), &host, dims, softmax_scale);
+    // The cache may hold a narrower type than q (`--kv-cache-dtype`): rows are widened to
+    // f32 as they are read, whatever the pair.
+    let storage = match (q, k) {
+        (CpuStorage::F32(_), CpuStorage::F32(_)) => run::<f32, f32>(args)?,
+        (CpuStorage::F32(_), CpuStorage::F16(_)) => run::<f32, f16>(args)?,
+        (CpuStorage::F32(_), CpuStorage::BF16(_)) => run::<f32, bf16>(args)?,
+        (CpuStorage::F16(_), CpuStorage::F16(_)) => run::<f16, f16>(args)?,
+        (CpuStorage::F16(_), CpuStorage::F32(_)) => run::<f16, f32>(args)?,
+        (CpuStorage::F16(_), CpuStorage::BF16(_)) => run::<f16, bf16>(args)?,
+        (CpuStorage::BF16(_), CpuStorage::BF16(_)) => run::<bf16, bf16>(args)?,
+        (CpuStorage::BF16(_), CpuStorage::F32(_)) => run::<bf16, f32>(args)?,
+        (CpuStorage::BF16(_), CpuStorage::F16(_)) => run::<bf16, f16>(args)?,
+        (q, k) => bail!(
+            "paged_attention: q dtype {:?} with cache dtype {:?} is not supported (f32, f16, bf16)",
+            q.dtype(),
+            k.dtype()
         ),
     };
     Ok((storage, shape))
 }
 
-fn run<T: Elem>(
-    (q, q_l): (&CpuStorage, &Layout),
-    (k, k_l): (&CpuStorage, &Layout),
-    (v, v_l): (&CpuStorage, &Layout),
-    host: &HostMeta,
-    dims: Dims,
-    scale: f32,
+/// The operands of [`run`]: q, k cache and v cache with their layouts, then the metadata.
+type RunArgs<'a> = (
+    (&'a CpuStorage, &'a Layout),
+    (&'a CpuStorage, &'a Layout),
+    (&'a CpuStorage, &'a Layout),
+    &'a HostMeta,
+    Dims,
+    f32,
+);
+
+/// `Q`: the type of q and of the output; `C`: the type of the caches.
+fn run<Q: Elem, C: Elem>(
+    ((q, q_l), (k, k_l), (v, v_l), host, dims, scale): RunArgs<'_>,
 ) -> Result<CpuStorage> {
-    let q = contiguous_window(q.as_slice::<T>()?, q_l, "paged_attention: q")?;
-    let k = contiguous_window(k.as_slice::<T>()?, k_l, "paged_attention: k_cache")?;
-    let v = contiguous_window(v.as_slice::<T>()?, v_l, "paged_attention: v_cache")?;
+    let q = contiguous_window(q.as_slice::<Q>()?, q_l, "paged_attention: q")?;
+    let k = contiguous_window(k.as_slice::<C>()?, k_l, "paged_attention: k_cache")?;
+    let v = contiguous_window(v.as_slice::<C>()?, v_l, "paged_attention: v_cache")?;
     let num_tokens = q_l.dims()[0];
     let positions = host.token_positions(num_tokens);
-    let mut out = vec![T::from_f32(0.0); q.len()];
+    let mut out = vec![Q::from_f32(0.0); q.len()];
     if dims.head_dim == 0 || out.is_empty() {
-        return Ok(T::to_cpu_storage_owned(out));
+        return Ok(Q::to_cpu_storage_owned(out));
     }
     let group = dims.num_heads / dims.num_kv_heads;
     let d = dims.head_dim;
@@ -119,7 +137,7 @@ fn run<T: Elem>(
             let q_rows = &q[idx * group * d..(idx + 1) * group * d];
             match isa {
                 Isa::Baseline => {
-                    attend_group::<T, false>(scratch, &shared, task, q_rows, out_rows);
+                    attend_group::<Q, C, false>(scratch, &shared, task, q_rows, out_rows);
                 }
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2Fma => {
@@ -130,7 +148,7 @@ fn run<T: Elem>(
             }
         },
     );
-    Ok(T::to_cpu_storage_owned(out))
+    Ok(Q::to_cpu_storage_owned(out))
 }
 
 /// Instruction sets the kernel is compiled for; picked once per call at runtime.
@@ -138,7 +156,7 @@ fn run<T: Elem>(
 enum Isa {
     /// Whatever the build target guarantees (SSE2 on x86_64).
     Baseline,
-    /// AVX2 + FMA (x86_64 only): 8-wide vectors and fused multiply-add.
+    /// AVX2 + FMA + F16C (x86_64 only): 8-wide vectors, fused multiply-add, f16 widening.
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
 }
@@ -146,7 +164,9 @@ enum Isa {
 impl Isa {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
         {
             return Isa::Avx2Fma;
         }
@@ -154,7 +174,7 @@ impl Isa {
     }
 }
 
-/// Read-only inputs shared by every task.
+/// Read-only inputs shared by every task (`T`: the cache type).
 struct Shared<'a, T> {
     k: &'a [T],
     v: &'a [T],
@@ -187,27 +207,63 @@ struct Task<'a> {
     group: usize,
 }
 
-/// Visits the cache offsets of positions `0..len` in order (block by block).
-/// Indices were validated by `HostMeta::read_and_validate`.
+/// Visits the positions `0..len` block by block: `f(t0, n, base)` for the `n` positions
+/// from `t0` on, whose rows start at cache offset `base` and follow at the cache's row
+/// stride. Indices were validated by `HostMeta::read_and_validate`.
 #[inline(always)]
-fn for_each_position(task: Task<'_>, dims: Dims, mut f: impl FnMut(usize, usize)) {
+fn for_each_block(task: Task<'_>, dims: Dims, mut f: impl FnMut(usize, usize, usize)) {
     let row_stride = dims.num_kv_heads * dims.head_dim;
     let block_stride = dims.block_size * row_stride;
     let head_off = task.kv_head * dims.head_dim;
-    let mut t = 0;
     for (b, &block) in task
         .table
         .iter()
         .take(task.len.div_ceil(dims.block_size))
         .enumerate()
     {
-        let in_block = (task.len - b * dims.block_size).min(dims.block_size);
-        let base = block as usize * block_stride + head_off;
-        for o in 0..in_block {
-            f(t, base + o * row_stride);
-            t += 1;
-        }
+        let t0 = b * dims.block_size;
+        let n = (task.len - t0).min(dims.block_size);
+        f(t0, n, block as usize * block_stride + head_off);
     }
+}
+
+/// The `n` rows of `d` elements at `base`, `stride` apart in `cache`, as f32: the cache
+/// itself (same stride) for f32, otherwise widened into `buf` (stride `d`).
+#[inline(always)]
+fn block_rows<'a, T: Elem, const FMA: bool>(
+    cache: &'a [T],
+    (base, n, d, stride): (usize, usize, usize, usize),
+    buf: &'a mut Vec<f32>,
+) -> (&'a [f32], usize) {
+    let span = &cache[base..base + (n - 1) * stride + d];
+    if T::DTYPE == candle_core::DType::F32 {
+        // For f32, `row_f32` returns its input and ignores the (empty) buffer.
+        return (T::row_f32(span, &mut []), stride);
+    }
+    buf.resize(n * d, 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if FMA && matches!(T::DTYPE, candle_core::DType::F16 | candle_core::DType::BF16) {
+        // SAFETY: `FMA` is only set on the AVX2 + FMA path, which also checked F16C; f16 and
+        // bf16 are two-byte values (`u16` bit patterns), and `span` holds `n` rows of `d`
+        // elements `stride` apart.
+        unsafe {
+            let half = std::slice::from_raw_parts(span.as_ptr().cast::<u16>(), span.len());
+            simd::widen_rows(
+                half,
+                T::DTYPE == candle_core::DType::F16,
+                (n, d, stride),
+                buf,
+            );
+        }
+        return (buf.as_slice(), d);
+    }
+    for (j, out) in buf.chunks_exact_mut(d).enumerate() {
+        let row = &span[j * stride..j * stride + d];
+        // Writes into `out` (a no-op copy-back for types that borrow).
+        let widened = T::row_f32(row, out);
+        debug_assert_eq!(widened.len(), d);
+    }
+    (buf.as_slice(), d)
 }
 
 /// [`attend_group`] compiled with AVX2 and FMA enabled.
@@ -216,28 +272,33 @@ fn for_each_position(task: Task<'_>, dims: Dims, mut f: impl FnMut(usize, usize)
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_group_avx2_fma<T: Elem>(
+unsafe fn attend_group_avx2_fma<Q: Elem, C: Elem>(
     scratch: &mut Scratch,
-    shared: &Shared<'_, T>,
+    shared: &Shared<'_, C>,
     task: Task<'_>,
-    q_rows: &[T],
-    out_rows: &mut [T],
+    q_rows: &[Q],
+    out_rows: &mut [Q],
 ) {
-    attend_group::<T, true>(scratch, shared, task, q_rows, out_rows);
+    attend_group::<Q, C, true>(scratch, shared, task, q_rows, out_rows);
 }
 
 /// Attention of `group` query rows (adjacent heads sharing one kv head) over one sequence:
-/// two-pass softmax in f32. `FMA` selects fused multiply-adds (only where the CPU has them).
+/// two-pass softmax in f32, a cache block (`block_size` positions) at a time. With AVX2 +
+/// FMA, scores take four positions at once (independent accumulators, one reduction for
+/// the four) and the weighted sum of values keeps up to 64 columns of a head's output in
+/// registers over a block's rows. `FMA` selects fused multiply-adds (only where the CPU has
+/// them).
 #[inline(always)]
-fn attend_group<T: Elem, const FMA: bool>(
+fn attend_group<Q: Elem, C: Elem, const FMA: bool>(
     scratch: &mut Scratch,
-    shared: &Shared<'_, T>,
+    shared: &Shared<'_, C>,
     task: Task<'_>,
-    q_rows: &[T],
-    out_rows: &mut [T],
+    q_rows: &[Q],
+    out_rows: &mut [Q],
 ) {
     let Shared { k, v, dims, scale } = *shared;
     let d = dims.head_dim;
+    let row_stride = dims.num_kv_heads * d;
     let (len, group) = (task.len, task.group);
     let Scratch {
         q,
@@ -246,18 +307,25 @@ fn attend_group<T: Elem, const FMA: bool>(
         inv_sums,
         row,
     } = scratch;
-    row.resize(d, 0.0);
 
     q.clear();
     q.extend(q_rows.iter().map(|x| x.to_f32() * scale));
     scores.clear();
     scores.resize(group * len, 0.0);
 
-    // Pass 1: scores, each K row read once for the whole group.
-    for_each_position(task, dims, |t, off| {
-        let k_row = T::row_f32(&k[off..off + d], row);
+    // Pass 1: scores, each block of K rows widened (if needed) once for the whole group.
+    for_each_block(task, dims, |t0, n, base| {
+        let (rows, stride) = block_rows::<C, FMA>(k, (base, n, d, row_stride), row);
         for (g, q_g) in q.chunks_exact(d).enumerate() {
-            scores[g * len + t] = dot::<FMA>(q_g, k_row);
+            let out = &mut scores[g * len + t0..g * len + t0 + n];
+            #[cfg(target_arch = "x86_64")]
+            if FMA {
+                // SAFETY: `FMA` is only set on the AVX2 + FMA path (`attend_group_avx2_fma`);
+                // `rows` holds `n` rows of `d` elements `stride` apart (`block_rows`).
+                unsafe { simd::scores_block(q_g, rows, stride, out) };
+                continue;
+            }
+            scores_block::<FMA>(q_g, rows, stride, out);
         }
     });
 
@@ -265,19 +333,26 @@ fn attend_group<T: Elem, const FMA: bool>(
     // `max` is finite unless the inputs hold inf/NaN, since len >= 1.
     inv_sums.clear();
     inv_sums.resize(group, 0.0);
-    for (row, inv) in scores.chunks_exact_mut(len).zip(inv_sums.iter_mut()) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum = exp_sub_sum::<FMA>(row, max);
+    for (srow, inv) in scores.chunks_exact_mut(len).zip(inv_sums.iter_mut()) {
+        let max = srow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum = exp_sub_sum::<FMA>(srow, max);
         *inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
     }
 
-    // Pass 3: weighted sum of values, each V row read once for the whole group.
+    // Pass 3: weighted sum of values, each block of V rows widened once for the group.
     acc.clear();
     acc.resize(group * d, 0.0);
-    for_each_position(task, dims, |t, off| {
-        let v_row = T::row_f32(&v[off..off + d], row);
+    for_each_block(task, dims, |t0, n, base| {
+        let (rows, stride) = block_rows::<C, FMA>(v, (base, n, d, row_stride), row);
         for (g, acc_g) in acc.chunks_exact_mut(d).enumerate() {
-            axpy::<FMA>(scores[g * len + t], v_row, acc_g);
+            let w = &scores[g * len + t0..g * len + t0 + n];
+            #[cfg(target_arch = "x86_64")]
+            if FMA {
+                // SAFETY: as for `scores_block` above.
+                unsafe { simd::weighted_block(w, rows, stride, acc_g) };
+                continue;
+            }
+            weighted_block::<FMA>(w, rows, stride, acc_g);
         }
     });
     for ((out_g, acc_g), &inv) in out_rows
@@ -286,7 +361,181 @@ fn attend_group<T: Elem, const FMA: bool>(
         .zip(inv_sums.iter())
     {
         for (o, &a) in out_g.iter_mut().zip(acc_g) {
-            *o = T::from_f32(a * inv);
+            *o = Q::from_f32(a * inv);
+        }
+    }
+}
+
+/// `out[j] = <q, row j>` for the `out.len()` rows of `q.len()` elements, `stride` apart in
+/// `rows` (portable version; x86_64 with AVX2 + FMA takes `simd::scores_block`).
+#[inline(always)]
+fn scores_block<const FMA: bool>(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+    let d = q.len();
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot::<FMA>(q, &rows[j * stride..j * stride + d]);
+    }
+}
+
+/// `acc += sum_j w[j] * row j` for the `w.len()` rows of `acc.len()` elements, `stride`
+/// apart in `rows` (portable version; see `simd::weighted_block`).
+#[inline(always)]
+fn weighted_block<const FMA: bool>(w: &[f32], rows: &[f32], stride: usize, acc: &mut [f32]) {
+    let d = acc.len();
+    for (j, &wj) in w.iter().enumerate() {
+        axpy::<FMA>(wj, &rows[j * stride..j * stride + d], acc);
+    }
+}
+
+/// AVX2 + FMA versions of [`scores_block`] and [`weighted_block`].
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// [`super::scores_block`]: four rows at a time, their four accumulators reduced
+    /// together by a tree of horizontal adds.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `rows` holds `out.len()` rows of `q.len()` elements `stride` apart.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scores_block(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
+        let d = q.len();
+        let n = out.len();
+        debug_assert!(n == 0 || rows.len() >= (n - 1) * stride + d);
+        let d8 = d / 8 * 8;
+        let (qp, rp) = (q.as_ptr(), rows.as_ptr());
+        let mut j = 0;
+        while j + 4 <= n {
+            let r = [
+                rp.add(j * stride),
+                rp.add((j + 1) * stride),
+                rp.add((j + 2) * stride),
+                rp.add((j + 3) * stride),
+            ];
+            let mut a = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i < d8 {
+                let qv = _mm256_loadu_ps(qp.add(i));
+                for (acc, row) in a.iter_mut().zip(&r) {
+                    *acc = _mm256_fmadd_ps(qv, _mm256_loadu_ps(row.add(i)), *acc);
+                }
+                i += 8;
+            }
+            let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+            let s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+            let mut s = [0f32; 4];
+            _mm_storeu_ps(s.as_mut_ptr(), s4);
+            for (k, sk) in s.iter().enumerate() {
+                let mut t = *sk;
+                for e in d8..d {
+                    t += *qp.add(e) * *r[k].add(e);
+                }
+                out[j + k] = t;
+            }
+            j += 4;
+        }
+        while j < n {
+            let row = rp.add(j * stride);
+            let mut acc = _mm256_setzero_ps();
+            let mut i = 0;
+            while i < d8 {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(row.add(i)), acc);
+                i += 8;
+            }
+            let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+            let h = _mm_hadd_ps(h, h);
+            let mut t = _mm_cvtss_f32(_mm_hadd_ps(h, h));
+            for e in d8..d {
+                t += *qp.add(e) * *row.add(e);
+            }
+            out[j] = t;
+            j += 1;
+        }
+    }
+
+    /// Widens `n` rows of `d` f16 (`f16`) or bf16 values, `stride` apart in `src` (bit
+    /// patterns), into `dst` (`n * d`, rows packed): F16C's conversion or a 16-bit shift.
+    ///
+    /// # Safety
+    /// AVX2 and F16C; `src` holds `n` rows of `d` elements `stride` apart; `dst` `n * d`.
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn widen_rows(
+        src: &[u16],
+        f16: bool,
+        (n, d, stride): (usize, usize, usize),
+        dst: &mut [f32],
+    ) {
+        debug_assert!(dst.len() >= n * d && (n == 0 || src.len() >= (n - 1) * stride + d));
+        let d8 = d / 8 * 8;
+        for j in 0..n {
+            let (s, o) = (src.as_ptr().add(j * stride), dst.as_mut_ptr().add(j * d));
+            let mut i = 0;
+            while i < d8 {
+                let h = _mm_loadu_si128(s.add(i).cast());
+                let v = if f16 {
+                    _mm256_cvtph_ps(h)
+                } else {
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+                };
+                _mm256_storeu_ps(o.add(i), v);
+                i += 8;
+            }
+            for e in d8..d {
+                let bits = *s.add(e);
+                *o.add(e) = if f16 {
+                    half::f16::from_bits(bits).to_f32()
+                } else {
+                    f32::from_bits(u32::from(bits) << 16)
+                };
+            }
+        }
+    }
+
+    /// [`super::weighted_block`]: up to 64 columns of `acc` (eight vectors) stay in
+    /// registers over all the rows.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `rows` holds `w.len()` rows of `acc.len()` elements `stride` apart.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn weighted_block(w: &[f32], rows: &[f32], stride: usize, acc: &mut [f32]) {
+        let d = acc.len();
+        debug_assert!(w.is_empty() || rows.len() >= (w.len() - 1) * stride + d);
+        let (rp, ap) = (rows.as_ptr(), acc.as_mut_ptr());
+        let mut c = 0;
+        while c + 64 <= d {
+            let mut a = [_mm256_setzero_ps(); 8];
+            for (k, v) in a.iter_mut().enumerate() {
+                *v = _mm256_loadu_ps(ap.add(c + 8 * k));
+            }
+            for (j, &wj) in w.iter().enumerate() {
+                let wv = _mm256_set1_ps(wj);
+                let row = rp.add(j * stride + c);
+                for (k, v) in a.iter_mut().enumerate() {
+                    *v = _mm256_fmadd_ps(wv, _mm256_loadu_ps(row.add(8 * k)), *v);
+                }
+            }
+            for (k, v) in a.iter().enumerate() {
+                _mm256_storeu_ps(ap.add(c + 8 * k), *v);
+            }
+            c += 64;
+        }
+        while c + 8 <= d {
+            let mut v = _mm256_loadu_ps(ap.add(c));
+            for (j, &wj) in w.iter().enumerate() {
+                v = _mm256_fmadd_ps(
+                    _mm256_set1_ps(wj),
+                    _mm256_loadu_ps(rp.add(j * stride + c)),
+                    v,
+                );
+            }
+            _mm256_storeu_ps(ap.add(c), v);
+            c += 8;
+        }
+        for e in c..d {
+            let mut t = *ap.add(e);
+            for (j, &wj) in w.iter().enumerate() {
+                t = wj.mul_add(*rp.add(j * stride + e), t);
+            }
+            *ap.add(e) = t;
         }
     }
 }

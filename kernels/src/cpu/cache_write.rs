@@ -2,7 +2,8 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, Layout, Result};
-use half::{bf16, f16};
+
+use super::Elem;
 
 /// Writes `rows` `(num_tokens, num_kv_heads, head_dim)` (unit stride on the last dim) into
 /// `cache` `(num_blocks, block_size, num_kv_heads, head_dim)` (contiguous) at `slots`
@@ -16,13 +17,33 @@ pub(crate) fn write_kv_cache_cpu(
     slots_l: &Layout,
 ) -> Result<()> {
     let slots = read_slots(slots, slots_l)?;
-    match cache {
-        CpuStorage::F32(dst) => scatter::<f32>(dst, cache_l, rows.as_slice()?, rows_l, &slots),
-        CpuStorage::F16(dst) => scatter::<f16>(dst, cache_l, rows.as_slice()?, rows_l, &slots),
-        CpuStorage::BF16(dst) => scatter::<bf16>(dst, cache_l, rows.as_slice()?, rows_l, &slots),
-        other => bail!(
-            "write_kv_cache: cache dtype {:?} is not supported (f32, f16, bf16)",
-            other.dtype()
+    match (cache, rows) {
+        (CpuStorage::F32(d), CpuStorage::F32(r)) => scatter(d, cache_l, r, rows_l, &slots, copy),
+        (CpuStorage::F16(d), CpuStorage::F16(r)) => scatter(d, cache_l, r, rows_l, &slots, copy),
+        (CpuStorage::BF16(d), CpuStorage::BF16(r)) => scatter(d, cache_l, r, rows_l, &slots, copy),
+        // A narrower (or wider) cache than the activations: converted through f32.
+        (CpuStorage::F16(d), CpuStorage::F32(r)) => {
+            scatter(d, cache_l, r, rows_l, &slots, convert_row)
+        }
+        (CpuStorage::F16(d), CpuStorage::BF16(r)) => {
+            scatter(d, cache_l, r, rows_l, &slots, convert_row)
+        }
+        (CpuStorage::BF16(d), CpuStorage::F32(r)) => {
+            scatter(d, cache_l, r, rows_l, &slots, convert_row)
+        }
+        (CpuStorage::BF16(d), CpuStorage::F16(r)) => {
+            scatter(d, cache_l, r, rows_l, &slots, convert_row)
+        }
+        (CpuStorage::F32(d), CpuStorage::F16(r)) => {
+            scatter(d, cache_l, r, rows_l, &slots, convert_row)
+        }
+        (CpuStorage::F32(d), CpuStorage::BF16(r)) => {
+            scatter(d, cache_l, r, rows_l, &slots, convert_row)
+        }
+        (cache, rows) => bail!(
+            "write_kv_cache: cache dtype {:?} with k/v dtype {:?} is not supported (f32, f16, bf16)",
+            cache.dtype(),
+            rows.dtype()
         ),
     }
 }
@@ -45,12 +66,13 @@ fn read_slots(slots: &CpuStorage, layout: &Layout) -> Result<Vec<i64>> {
         .collect()
 }
 
-fn scatter<T: Copy>(
-    dst: &mut [T],
+fn scatter<D: Copy, S: Copy>(
+    dst: &mut [D],
     cache_l: &Layout,
-    src: &[T],
+    src: &[S],
     rows_l: &Layout,
     slots: &[i64],
+    copy_row: impl Fn(&[S], &mut [D]),
 ) -> Result<()> {
     let &[num_blocks, block_size, num_kv_heads, head_dim] = cache_l.dims() else {
         bail!(
@@ -121,8 +143,22 @@ fn scatter<T: Copy>(
         let dst_row = &mut dst[base..base + row_len];
         for (h, dst_head) in dst_row.chunks_exact_mut(head_dim).enumerate() {
             let off = src_start + i * s0 + h * s1;
-            dst_head.copy_from_slice(&src[off..off + head_dim]);
+            copy_row(&src[off..off + head_dim], dst_head);
         }
     }
     Ok(())
+}
+
+/// `dst = src` for caches of the activations' type.
+#[inline]
+fn copy<T: Copy>(src: &[T], dst: &mut [T]) {
+    dst.copy_from_slice(src);
+}
+
+/// `dst = src` converted through f32 (rounding to nearest), for caches of another type.
+#[inline]
+fn convert_row<S: Elem, D: Elem>(src: &[S], dst: &mut [D]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = D::from_f32(s.to_f32());
+    }
 }
