@@ -12,7 +12,7 @@ use candle_core::{bail, CpuStorage, Layout, Result, Shape};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{axpy, contiguous_window, madd, Elem};
+use super::{axpy, contiguous_window, exp_in_range, madd, Elem};
 use crate::metadata::{AttnDims, HostMeta, PagedAttnMetadata};
 
 /// Problem sizes shared by every task.
@@ -565,27 +565,7 @@ fn exp_sub_sum<const FMA: bool>(row: &mut [f32], max: f32) -> f32 {
 /// -87 (including -inf) are clamped to -87, i.e. give ~1.6e-38 instead of 0; NaN maps there too.
 #[inline(always)]
 fn exp_nonpos<const FMA: bool>(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let x = x.clamp(-87.0, 0.0);
-    let y = x * std::f32::consts::LOG2_E + ROUND;
-    let n = y - ROUND;
-    let n_int = y.to_bits() as i32 - ROUND.to_bits() as i32;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.0 / 5040.0;
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
-        p = madd::<FMA>(p, r, c);
-    }
-    p * f32::from_bits(((n_int + 127) as u32) << 23)
+    exp_in_range::<FMA>(x.clamp(-87.0, 0.0))
 }
 
 /// `sum(q[i] * k[i])` with 8 independent accumulators so the loop vectorises.

@@ -109,3 +109,37 @@ pub(crate) fn axpy<const FMA: bool>(w: f32, v: &[f32], acc: &mut [f32]) {
         *a = madd::<FMA>(w, x, *a);
     }
 }
+
+/// `exp(x)` for `x` in `[-87, 88]` (callers clamp), branch-free so loops over it vectorise.
+/// Cody-Waite range reduction `x = n ln2 + r`, `|r| <= ln2 / 2`, and a degree-7 Taylor
+/// polynomial for `e^r` (relative error ~5e-9, below f32 resolution).
+#[inline(always)]
+pub(crate) fn exp_in_range<const FMA: bool>(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let y = x * std::f32::consts::LOG2_E + ROUND;
+    let n = y - ROUND;
+    let n_int = y.to_bits() as i32 - ROUND.to_bits() as i32;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = madd::<FMA>(p, r, c);
+    }
+    p * f32::from_bits(((n_int + 127) as u32) << 23)
+}
+
+/// `x * sigmoid(x)` through [`exp_in_range`] (`-x` clamped to its range, so `exp(-x)` stays
+/// finite; a NaN input stays NaN).
+#[inline(always)]
+pub(crate) fn silu<const FMA: bool>(x: f32) -> f32 {
+    x / (1.0 + exp_in_range::<FMA>((-x).clamp(-87.0, 88.0)))
+}
