@@ -8,6 +8,9 @@
 //! register block of four `W` rows by up to four `x` rows (AVX-512: 16 accumulators of 16
 //! lanes; AVX2 + FMA: pairs of `x` rows, 8 accumulators of 8 lanes) shares each loaded vector
 //! of `W` between the `x` rows and each vector of `x` between four `W` rows.
+//! With one `x` row (batch-1 decode) the four `W` rows are read one after the other instead
+//! of interleaved, so each thread streams `W` in storage order (same per-lane order, same
+//! bits; ~1.3x the streaming rate on an AMD EPYC VM).
 //!
 //! Every output element is one lane-parallel f32 accumulation over `K` (16 or 8 lanes, fixed
 //! per machine) in the same order whatever `T`, the block shape or the thread that computes
@@ -367,6 +370,19 @@ mod simd {
     ) {
         let k8 = k / 8 * 8;
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        if NC == 1 {
+            // As in `inner512`: W rows one after the other, same per-lane order.
+            for r in 0..R {
+                let mut a = _mm256_setzero_ps();
+                let mut i = 0;
+                while i < k8 {
+                    a = _mm256_fmadd_ps(T::load8(wp.add(r * k + i)), _mm256_loadu_ps(xp.add(i)), a);
+                    i += 8;
+                }
+                out[r][c0] = tail(&w[r * k..(r + 1) * k], &x[..k], k8, k, hsum256(a));
+            }
+            return;
+        }
         let mut acc = [[_mm256_setzero_ps(); NC]; R];
         let mut i = 0;
         while i < k8 {
@@ -400,6 +416,24 @@ mod simd {
     ) {
         let k16 = k / 16 * 16;
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        if NC == 1 {
+            // One x row: the W rows one after the other, so each thread streams W in
+            // storage order; same per-lane order as the interleaved loop below.
+            for r in 0..R {
+                let mut a = _mm512_setzero_ps();
+                let mut i = 0;
+                while i < k16 {
+                    a = _mm512_fmadd_ps(
+                        T::load16(wp.add(r * k + i)),
+                        _mm512_loadu_ps(xp.add(i)),
+                        a,
+                    );
+                    i += 16;
+                }
+                out[r][0] = tail(&w[r * k..(r + 1) * k], &x[..k], k16, k, hsum512(a));
+            }
+            return;
+        }
         let mut acc = [[_mm512_setzero_ps(); NC]; R];
         let mut i = 0;
         while i < k16 {
