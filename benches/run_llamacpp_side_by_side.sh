@@ -4,12 +4,13 @@
 # llama-server there with its build.sh and put SmolLM2-135M-Instruct.f32.gguf beside it, see
 # its README).
 #   PEER=/work/peer LANTERN=target/release/lantern benches/run_llamacpp_side_by_side.sh OUTDIR 1 8 32
-# LANTERN_EXTRA="--target-itl-ms 0" passes flags to lantern serve. Prints one RUN line per run.
+# LANTERN_EXTRA="--target-itl-ms 0" passes flags to lantern serve; GGUF=<file> serves another
+# GGUF (default: the F32 one; both servers get the same file). Prints one RUN line per run.
 set -u
 PEER=${PEER:?copy of ../shared/bench-peers/llamacpp with build/bin/llama-server}
 LANTERN=${LANTERN:-target/release/lantern}
 OUT=${1:?usage: run_llamacpp_side_by_side.sh OUTDIR C [C ...]}; shift
-GGUF=$PEER/SmolLM2-135M-Instruct.f32.gguf
+GGUF=${GGUF:-$PEER/SmolLM2-135M-Instruct.f32.gguf}
 PROMPTS=$PEER/prompts_s1234_p256.json
 mkdir -p "$OUT/logs"
 for C in "$@"; do

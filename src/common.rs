@@ -4,7 +4,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Device;
 use clap::Args;
 use lantern_engine::{EngineConfig, KvCacheDtype, KvCacheSize, ModelBackend, SchedulingPolicy};
-use lantern_models::{DTypeChoice, LoadOptions, ModelMeta, ModelOptions};
+use lantern_models::{DTypeChoice, LoadOptions, ModelMeta, ModelOptions, Quantization};
 use lantern_runtime::null::{NullModel, NullSpec};
 use lantern_runtime::DeviceSpec;
 use lantern_runtime::GpuMemoryBudget;
@@ -40,6 +40,18 @@ pub struct ModelArgs {
     /// RMSNorm/rotary/SiLU, weights transposed at load), for A/B comparisons and debugging.
     #[arg(long = "no-fused-ops")]
     pub no_fused_ops: bool,
+    /// GGUF models: `gguf` keeps the file's quantized matrices (Q8_0, Q4_0, Q4_1, Q4_K,
+    /// Q6_K, ...) in their block format, so the server takes the memory of the file you
+    /// chose and streams fewer bytes per token; `none` dequantizes every tensor to --dtype
+    /// at load. auto: gguf on the CPU, none on CUDA. vLLM's other methods (awq, gptq, fp8,
+    /// ...) are not supported yet; safetensors load in their own dtype.
+    #[arg(
+        long,
+        value_name = "METHOD",
+        default_value = "auto",
+        value_parser = parse_quantization
+    )]
+    pub quantization: Quantization,
 }
 
 /// Benchmark-only flags: the null device.
@@ -236,6 +248,16 @@ pub fn parse_kv_cache_dtype(s: &str) -> Result<KvCacheDtype> {
     })
 }
 
+/// Parses a `--quantization` value.
+pub fn parse_quantization(s: &str) -> Result<Quantization> {
+    Quantization::parse(s).ok_or_else(|| {
+        anyhow!(
+            "`--quantization {s}` is not supported yet: use one of {} (safetensors load in their own dtype, GGUF files as they are or dequantized)",
+            Quantization::NAMES
+        )
+    })
+}
+
 /// Parses "1073741824", "512M", "1GiB", "2G" (K/M/G are powers of 1000, KiB/MiB/GiB of
 /// 1024), with the `parse-size` crate.
 pub fn parse_bytes(s: &str) -> Result<u64> {
@@ -260,6 +282,7 @@ impl ModelArgs {
             model: ModelOptions {
                 fused: !self.no_fused_ops,
             },
+            quantization: self.quantization,
         })
     }
 
@@ -445,6 +468,18 @@ mod tests {
         assert_eq!(m.dtype, DTypeChoice::F16);
         assert!(M::try_parse_from(["lantern", "--dtype", "int4"]).is_err());
         assert!(M::try_parse_from(["lantern", "--device", "tpu"]).is_err());
+        assert_eq!(m.quantization, Quantization::Auto);
+        for (v, q) in [("gguf", Quantization::Gguf), ("none", Quantization::None)] {
+            let m = M::try_parse_from(["lantern", "--quantization", v])
+                .unwrap()
+                .model;
+            assert_eq!(m.quantization, q);
+        }
+        let e = M::try_parse_from(["lantern", "--quantization", "awq"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not supported yet"), "{e}");
     }
 
     #[derive(clap::Parser)]

@@ -147,14 +147,6 @@ pub struct VllmCompatArgs {
         help_heading = "vLLM compatibility"
     )]
     pub data_parallel_size: Option<usize>,
-    /// vLLM's quantization methods (awq, gptq, fp8, ...) are not supported yet; quantized
-    /// GGUF files load as they are.
-    #[arg(
-        long = "quantization",
-        value_name = "METHOD",
-        help_heading = "vLLM compatibility"
-    )]
-    pub quantization: Option<String>,
     /// Accepted and without effect: Lantern never runs code from a model repository.
     #[arg(long = "trust-remote-code", help_heading = "vLLM compatibility")]
     pub trust_remote_code: bool,
@@ -210,11 +202,6 @@ impl VllmCompatArgs {
             self.data_parallel_size,
             "run one Lantern replica per GPU behind a router",
         )?;
-        if let Some(q) = &self.quantization {
-            return Err(anyhow!(
-                "`--quantization {q}` is not supported yet: Lantern loads safetensors in their own dtype, or a quantized GGUF file as it is"
-            ));
-        }
         if self.no_enable_chunked_prefill {
             return Err(anyhow!(
                 "`--no-enable-chunked-prefill` is not supported: Lantern always chunks prefill (set --max-num-batched-tokens)"

@@ -1,11 +1,12 @@
 //! Where a decode step's time goes: loads a model (default: SmolLM2-135M-Instruct GGUF,
-//! dequantized to f32 as `lantern serve` does), fills B sequences with CTX random prompt
+//! f32 activations; QUANT `auto`/`gguf` keeps the GGUF's quantized weights as `lantern
+//! serve` does on the CPU, `none` dequantizes them to f32), fills B sequences with CTX random prompt
 //! tokens, then times decode steps of all B at once: the runner's forward and sampling
 //! halves, and the forward's ops one by one (`lantern_models::profile`).
-//!   cargo run --release -p lantern-bench --example decode_profile -- [MODEL|-] [B,B,..] [CTX] [KV_DTYPE]
+//!   cargo run --release -p lantern-bench --example decode_profile -- [MODEL|-] [B,B,..] [CTX] [KV_DTYPE] [QUANT]
 //! With no MODEL, `$LANTERN_SMOLLM2_GGUF` or ~/.cache/lantern/SmolLM2-135M-Instruct.Q4_1.gguf.
 use anyhow::{Context, Result};
-use lantern_models::{load_model, profile, DTypeChoice, LoadOptions};
+use lantern_models::{load_model, profile, DTypeChoice, LoadOptions, Quantization};
 use lantern_runtime::{
     KvCacheDtype, KvCacheSize, ModelRunner, RunnerConfig, SampleRow, SamplingParams, SeqChunk,
 };
@@ -35,9 +36,15 @@ fn main() -> Result<()> {
         Some(s) => KvCacheDtype::parse(s).context("KV cache dtype: auto, float16, bfloat16")?,
         None => KvCacheDtype::Auto,
     };
+    let quantization = match args.get(4) {
+        None => Quantization::Auto,
+        Some(q) => Quantization::parse(q)
+            .with_context(|| format!("quantization `{q}`: {}", Quantization::NAMES))?,
+    };
     let opts = LoadOptions {
         dtype: DTypeChoice::F32,
         progress: false,
+        quantization,
         ..LoadOptions::default()
     };
     let loaded = load_model(&model, &opts).with_context(|| format!("loading {model}"))?;

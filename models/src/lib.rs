@@ -23,10 +23,13 @@ mod transformer;
 
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result, ADAPTER_NOT_FOUND};
-pub use linear::{Linear, LinearPart, Proj, WeightLayout};
+pub use linear::{
+    quantized_from_bytes, quantized_row_bytes, Linear, LinearPart, Proj, QuantizedWeights,
+    WeightLayout,
+};
 pub use loader::{
-    load_gguf, load_hf_dir, load_model, DTypeChoice, LoadOptions, LoadedModel, ModelMeta,
-    ModelSource,
+    load_gguf, load_gguf_quantized, load_hf_dir, load_model, DTypeChoice, LoadOptions, LoadedModel,
+    ModelMeta, ModelSource, Quantization,
 };
 pub use lora::{proj_dims, LoraAdapter, LoraStack, LORA_TARGETS};
 pub use rope::{inv_freq, RotaryEmbedding};

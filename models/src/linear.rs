@@ -5,9 +5,13 @@
 //! to its slice of the fused output.
 
 use crate::lora::LoraStack;
-use candle_core::{bail, Module, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{bail, DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use lantern_kernels::{LoraBatch, LoraWeights};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Which projection of a decoder layer a linear layer is; LoRA adapters target these by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,6 +53,151 @@ pub enum WeightLayout {
     Checkpoint,
 }
 
+/// Block-quantized weights (from a GGUF file: Q8_0, Q4_0, Q4_1, Q4_K, ...) by checkpoint
+/// name (`model.layers.0.self_attn.q_proj.weight`), kept in their block format. The loader
+/// fills it; a [`Linear`] whose weight is here multiplies through candle's quantized matmul
+/// (the activations are quantized to 8 bits per block on the fly, as llama.cpp does) and
+/// never holds a dense copy.
+#[derive(Debug, Default, Clone)]
+pub struct QuantizedWeights {
+    map: HashMap<String, Arc<QTensor>>,
+}
+
+impl QuantizedWeights {
+    pub fn insert(&mut self, name: impl Into<String>, weight: QTensor) {
+        self.map.insert(name.into(), Arc::new(weight));
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<QTensor>> {
+        self.map.get(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Bytes held in block format.
+    pub fn bytes(&self) -> usize {
+        self.map.values().map(|q| q.storage_size_in_bytes()).sum()
+    }
+
+    /// The quantized weight of the module at `vb`'s prefix (`<prefix>.weight`), checked
+    /// to be `(rows, cols)`.
+    fn weight_of(&self, vb: &VarBuilder, rows: usize, cols: usize) -> Result<Option<Arc<QTensor>>> {
+        let name = format!("{}.weight", vb.prefix());
+        match self.map.get(&name) {
+            None => Ok(None),
+            Some(q) => {
+                if q.shape().dims() != [rows, cols] {
+                    bail!(
+                        "{name}: quantized weight is {:?}, expected ({rows}, {cols})",
+                        q.shape().dims()
+                    );
+                }
+                Ok(Some(q.clone()))
+            }
+        }
+    }
+}
+
+/// Rows `(rows, cols)` of a block-quantized CPU tensor as raw bytes (each row is
+/// `cols / block_size` whole blocks), checked.
+pub fn quantized_row_bytes(q: &QTensor) -> Result<(usize, usize)> {
+    let (rows, cols) = q.shape().dims2()?;
+    let dt = q.dtype();
+    if cols % dt.block_size() != 0 {
+        bail!(
+            "a {dt:?} tensor of {cols} columns is not whole blocks of {}",
+            dt.block_size()
+        );
+    }
+    Ok((rows, cols / dt.block_size() * dt.type_size()))
+}
+
+/// A new `(rows, cols)` quantized tensor on `device` from raw block bytes.
+pub fn quantized_from_bytes(
+    bytes: &[u8],
+    dtype: GgmlDType,
+    (rows, cols): (usize, usize),
+    device: &Device,
+) -> Result<QTensor> {
+    let storage = QStorage::from_data(Cow::Borrowed(bytes), device, dtype)?;
+    QTensor::new(storage, (rows, cols))
+}
+
+/// Concatenates quantized `(r_i, cols)` tensors of one block type along the rows (the
+/// fused q/k/v and gate/up weights); `None` when their types or widths differ.
+fn concat_quantized(parts: &[Arc<QTensor>], device: &Device) -> Result<Option<QTensor>> {
+    let Some(first) = parts.first() else {
+        return Ok(None);
+    };
+    let (dtype, cols) = (first.dtype(), first.shape().dims2()?.1);
+    let mut rows = 0;
+    let mut bytes = Vec::new();
+    for q in parts {
+        let (r, c) = q.shape().dims2()?;
+        if q.dtype() != dtype || c != cols {
+            return Ok(None);
+        }
+        rows += r;
+        bytes.extend_from_slice(&q.data()?);
+    }
+    quantized_from_bytes(&bytes, dtype, (rows, cols), device).map(Some)
+}
+
+/// Whether CPU matmuls over Q4_0 / Q4_1 / Q8_0 weights use Lantern's kernel
+/// (`lantern_kernels::quantized_matmul`); `LANTERN_QMATMUL=candle` sends them through
+/// candle's quantized matmul instead, for A/B benchmarks.
+fn own_quantized_kernel() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| std::env::var("LANTERN_QMATMUL").as_deref() != Ok("candle"))
+}
+
+/// `x (T, in) W^T` for a quantized `W`, on a contiguous f32 copy of `x` (what both
+/// quantized matmuls take): Lantern's kernel on the CPU for the block types it covers, else
+/// candle's quantized matmul. The result comes back in `x`'s dtype.
+pub(crate) fn quantized_forward(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = if dtype == DType::F32 {
+        x.contiguous()?
+    } else {
+        x.to_dtype(DType::F32)?.contiguous()?
+    };
+    let y = match w {
+        QMatMul::QTensor(q)
+            if xf.device().is_cpu()
+                && q.device().is_cpu()
+                && lantern_kernels::quantized_matmul_supports(q.dtype())
+                && own_quantized_kernel() =>
+        {
+            let n = q.shape().dims2()?.0;
+            lantern_kernels::quantized_matmul(&xf, &q.data()?, q.dtype(), n)?
+        }
+        _ => w.forward(&xf)?,
+    };
+    if y.dtype() == dtype {
+        Ok(y)
+    } else {
+        y.to_dtype(dtype)
+    }
+}
+
+/// How a [`Linear`] holds its weight.
+#[derive(Debug, Clone)]
+enum Weight {
+    /// Dense, in the layer's [`WeightLayout`].
+    Dense(Tensor),
+    /// Block-quantized `(out, in)` (every part, when fused, of one block type).
+    Quantized(QMatMul),
+    /// A fused layer whose parts are stored in different block types (a Q4_K_M file keeps
+    /// some `v_proj`s in Q6_K): one quantized matmul per part, outputs side by side.
+    QuantizedParts(Vec<QMatMul>),
+}
+
 /// One projection inside a (possibly fused) [`Linear`]: output columns
 /// `offset..offset + size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +211,8 @@ pub struct LinearPart {
 /// or of several fused side by side (`parts`, in output-column order).
 #[derive(Debug, Clone)]
 pub struct Linear {
-    /// `(in, out)` or `(out, in)`, see `layout`.
-    weight: Tensor,
+    /// Dense `(in, out)` or `(out, in)` (see `layout`), or quantized `(out, in)`.
+    weight: Weight,
     layout: WeightLayout,
     /// `(out,)`.
     bias: Option<Tensor>,
@@ -76,8 +225,12 @@ pub struct Linear {
 impl Linear {
     /// Loads one projection (`vb` at e.g. `...self_attn.o_proj`): weight `(out_dim, in_dim)`
     /// and, with `bias`, `(out_dim,)`.
+    /// When `quant` holds the weight (`<prefix>.weight`), it stays quantized (`layout`
+    /// does not apply); the bias is dense either way.
+    #[allow(clippy::too_many_arguments)]
     pub fn load(
         vb: VarBuilder,
+        quant: Option<&QuantizedWeights>,
         in_dim: usize,
         out_dim: usize,
         bias: bool,
@@ -85,57 +238,121 @@ impl Linear {
         layer: usize,
         layout: WeightLayout,
     ) -> Result<Self> {
-        let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if bias {
             Some(vb.get(out_dim, "bias")?)
         } else {
             None
         };
-        Self::from_checkpoint(
+        let parts = vec![LinearPart {
+            proj,
+            offset: 0,
+            size: out_dim,
+        }];
+        if let Some(q) = quant
+            .map(|q| q.weight_of(&vb, out_dim, in_dim))
+            .transpose()?
+            .flatten()
+        {
+            return Ok(Self::quantized(
+                Weight::Quantized(QMatMul::from_arc(q)?),
+                bias,
+                parts,
+                layer,
+                (in_dim, out_dim),
+            ));
+        }
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        Self::from_checkpoint(weight, bias, parts, layer, layout)
+    }
+
+    fn quantized(
+        weight: Weight,
+        bias: Option<Tensor>,
+        parts: Vec<LinearPart>,
+        layer: usize,
+        (in_dim, out_dim): (usize, usize),
+    ) -> Self {
+        Self {
             weight,
+            layout: WeightLayout::Checkpoint,
             bias,
-            vec![LinearPart {
-                proj,
-                offset: 0,
-                size: out_dim,
-            }],
+            parts,
             layer,
-            layout,
-        )
+            in_dim,
+            out_dim,
+        }
     }
 
     /// Loads several projections that read the same input and fuses them: `vb` is the parent
     /// module (e.g. `...self_attn`), `parts` the projections with their output sizes in the
     /// order their outputs are laid out (each loaded from `vb.pp(proj.hf_name())`). Weights
     /// (and biases, when `bias`) are concatenated along the output dimension.
+    /// Quantized weights (all parts in `quant`) are concatenated in their block format
+    /// when the parts share one block type, else kept one matmul per part.
     pub fn load_fused(
         vb: VarBuilder,
+        quant: Option<&QuantizedWeights>,
         in_dim: usize,
         parts: &[(Proj, usize)],
         bias: bool,
         layer: usize,
         layout: WeightLayout,
     ) -> Result<Self> {
-        let mut weights = Vec::with_capacity(parts.len());
         let mut biases = Vec::with_capacity(parts.len());
         let mut layout_parts = Vec::with_capacity(parts.len());
+        let mut quantized = Vec::with_capacity(parts.len());
         let mut offset = 0;
         for &(proj, size) in parts {
             let p = vb.pp(proj.hf_name());
-            weights.push(p.get((size, in_dim), "weight")?);
+            if let Some(q) = quant {
+                if let Some(w) = q.weight_of(&p, size, in_dim)? {
+                    quantized.push(w);
+                }
+            }
             if bias {
                 biases.push(p.get(size, "bias")?);
             }
             layout_parts.push(LinearPart { proj, offset, size });
             offset += size;
         }
-        let weight = Tensor::cat(&weights, 0)?;
-        drop(weights);
         let bias = if bias {
             Some(Tensor::cat(&biases, 0)?)
         } else {
             None
         };
+        if !quantized.is_empty() {
+            if quantized.len() != parts.len() {
+                bail!(
+                    "layer {layer}: {} of the {} fused projections under `{}` are quantized; all or none must be",
+                    quantized.len(),
+                    parts.len(),
+                    vb.prefix()
+                );
+            }
+            let device = vb.device();
+            let weight = match concat_quantized(&quantized, device)? {
+                Some(q) => Weight::Quantized(QMatMul::from_qtensor(q)?),
+                None => Weight::QuantizedParts(
+                    quantized
+                        .into_iter()
+                        .map(QMatMul::from_arc)
+                        .collect::<Result<_>>()?,
+                ),
+            };
+            return Ok(Self::quantized(
+                weight,
+                bias,
+                layout_parts,
+                layer,
+                (in_dim, offset),
+            ));
+        }
+        let mut weights = Vec::with_capacity(parts.len());
+        for &(proj, size) in parts {
+            weights.push(vb.pp(proj.hf_name()).get((size, in_dim), "weight")?);
+        }
+        let weight = Tensor::cat(&weights, 0)?;
+        drop(weights);
         Self::from_checkpoint(weight, bias, layout_parts, layer, layout)
     }
 
@@ -153,7 +370,7 @@ impl Linear {
             WeightLayout::Checkpoint => weight,
         };
         Ok(Self {
-            weight,
+            weight: Weight::Dense(weight),
             layout,
             bias,
             parts,
@@ -161,6 +378,11 @@ impl Linear {
             in_dim,
             out_dim,
         })
+    }
+
+    /// Whether the weight is held block-quantized.
+    pub fn is_quantized(&self) -> bool {
+        !matches!(self.weight, Weight::Dense(_))
     }
 
     /// The projections of this layer, in output-column order (one unless fused).
@@ -237,9 +459,17 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // x: (T, in) -> (T, out)
-        let y = match self.layout {
-            WeightLayout::Transposed => x.matmul(&self.weight)?,
-            WeightLayout::Checkpoint => matmul_checkpoint(x, &self.weight)?,
+        let y = match (&self.weight, self.layout) {
+            (Weight::Dense(w), WeightLayout::Transposed) => x.matmul(w)?,
+            (Weight::Dense(w), WeightLayout::Checkpoint) => matmul_checkpoint(x, w)?,
+            (Weight::Quantized(w), _) => quantized_forward(w, x)?,
+            (Weight::QuantizedParts(ws), _) => {
+                let ys = ws
+                    .iter()
+                    .map(|w| quantized_forward(w, x))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&ys, 1)?
+            }
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -306,7 +536,7 @@ mod tests {
         let x = randn(&[5, h]);
         let parts = [(Proj::Q, q), (Proj::K, kv), (Proj::V, kv)];
         for layout in [WeightLayout::Transposed, WeightLayout::Checkpoint] {
-            let fused = Linear::load_fused(vb.clone(), h, &parts, true, 3, layout).unwrap();
+            let fused = Linear::load_fused(vb.clone(), None, h, &parts, true, 3, layout).unwrap();
             assert_eq!((fused.in_dim(), fused.out_dim()), (h, q + 2 * kv));
             assert_eq!(fused.layer(), 3);
             let y = fused.forward(&x).unwrap();
@@ -314,6 +544,7 @@ mod tests {
                 assert_eq!((p.proj, p.size), (proj, size));
                 let single = Linear::load(
                     vb.pp(proj.hf_name()),
+                    None,
                     h,
                     size,
                     true,
@@ -327,5 +558,158 @@ mod tests {
                 assert!(max_diff(&got, &want) < 1e-5, "{proj:?} {layout:?}");
             }
         }
+    }
+
+    fn quantize(w: &Tensor, dt: GgmlDType) -> QTensor {
+        QTensor::quantize(w, dt).unwrap()
+    }
+
+    /// Largest |a - b| relative to the largest |b|.
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let scale = b
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        max_diff(a, b) / scale
+    }
+
+    /// A quantized projection computes `x W^T` for the dequantized `W`, up to the 8-bit
+    /// quantization of the activations (about 1% of the output scale), for the block types
+    /// GGUF files use; the dense path over the same dequantized weights is the reference.
+    #[test]
+    fn quantized_projection_matches_its_dequantized_weight() {
+        let (h, out) = (256, 72);
+        let w = randn(&[out, h]);
+        let x = randn(&[5, h]);
+        for dt in [
+            GgmlDType::Q8_0,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q4K,
+            GgmlDType::Q6K,
+        ] {
+            let qw = quantize(&w, dt);
+            let dense_w = qw.dequantize(&Device::Cpu).unwrap();
+            let mut quant = QuantizedWeights::default();
+            quant.insert("o_proj.weight", qw);
+            let vb = vb_with(vec![("o_proj.weight", dense_w.clone())]);
+            let ql = Linear::load(
+                vb.pp("o_proj"),
+                Some(&quant),
+                h,
+                out,
+                false,
+                Proj::O,
+                0,
+                WeightLayout::Checkpoint,
+            )
+            .unwrap();
+            assert!(ql.is_quantized());
+            let dense = Linear::load(
+                vb.pp("o_proj"),
+                None,
+                h,
+                out,
+                false,
+                Proj::O,
+                0,
+                WeightLayout::Checkpoint,
+            )
+            .unwrap();
+            assert!(!dense.is_quantized());
+            let (got, want) = (ql.forward(&x).unwrap(), dense.forward(&x).unwrap());
+            assert_eq!(got.dims(), &[5, out]);
+            let d = rel_diff(&got, &want);
+            assert!(d < 2e-2, "{dt:?}: relative difference {d}");
+            // Not the dense weights by accident: the quantization error is visible.
+            let exact = x.matmul(&w.t().unwrap()).unwrap();
+            assert!(rel_diff(&got, &exact) > 1e-4, "{dt:?}");
+        }
+    }
+
+    /// Fused quantized q/k/v: one concatenated block tensor when the parts share a block
+    /// type, one matmul per part when they do not; both equal the separate projections.
+    #[test]
+    fn fused_quantized_parts_equal_separate_projections() {
+        let (h, q, kv) = (256, 64, 32);
+        let ws = [randn(&[q, h]), randn(&[kv, h]), randn(&[kv, h])];
+        let x = randn(&[3, h]);
+        let vb = vb_with(vec![
+            ("q_proj.bias", randn(&[q])),
+            ("k_proj.bias", randn(&[kv])),
+            ("v_proj.bias", randn(&[kv])),
+        ]);
+        let parts = [(Proj::Q, q), (Proj::K, kv), (Proj::V, kv)];
+        for types in [
+            [GgmlDType::Q8_0; 3],
+            [GgmlDType::Q4K, GgmlDType::Q4K, GgmlDType::Q6K],
+        ] {
+            let mut quant = QuantizedWeights::default();
+            for ((p, _), (w, dt)) in parts.iter().zip(ws.iter().zip(types)) {
+                quant.insert(format!("{}.weight", p.hf_name()), quantize(w, dt));
+            }
+            let fused = Linear::load_fused(
+                vb.clone(),
+                Some(&quant),
+                h,
+                &parts,
+                true,
+                0,
+                WeightLayout::Checkpoint,
+            )
+            .unwrap();
+            let concatenated = matches!(fused.weight, Weight::Quantized(_));
+            assert_eq!(concatenated, types[0] == types[2], "{types:?}");
+            assert_eq!(fused.out_dim(), q + 2 * kv);
+            let y = fused.forward(&x).unwrap();
+            for p in fused.parts() {
+                let single = Linear::load(
+                    vb.pp(p.proj.hf_name()),
+                    Some(&quant),
+                    h,
+                    p.size,
+                    true,
+                    p.proj,
+                    0,
+                    WeightLayout::Checkpoint,
+                )
+                .unwrap();
+                let want = single.forward(&x).unwrap();
+                let got = y.narrow(1, p.offset, p.size).unwrap();
+                assert!(rel_diff(&got, &want) < 1e-6, "{types:?} {:?}", p.proj);
+            }
+        }
+    }
+
+    /// Some parts quantized and some dense is refused with a message, not mixed silently.
+    #[test]
+    fn partly_quantized_fused_layer_is_refused() {
+        let h = 64;
+        let vb = vb_with(vec![
+            ("gate_proj.weight", randn(&[32, h])),
+            ("up_proj.weight", randn(&[32, h])),
+        ]);
+        let mut quant = QuantizedWeights::default();
+        quant.insert(
+            "gate_proj.weight",
+            quantize(&randn(&[32, h]), GgmlDType::Q8_0),
+        );
+        let err = Linear::load_fused(
+            vb,
+            Some(&quant),
+            h,
+            &[(Proj::Gate, 32), (Proj::Up, 32)],
+            false,
+            2,
+            WeightLayout::Checkpoint,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("1 of the 2 fused projections"), "{err}");
     }
 }

@@ -5,10 +5,12 @@
 use crate::config::{read_generation_eos, Architecture, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::gguf_tokenizer::GgufTokenizerInfo;
+use crate::linear::{quantized_from_bytes, quantized_row_bytes, QuantizedWeights};
 use crate::transformer::{CausalLm, ModelOptions};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
@@ -47,6 +49,43 @@ impl DTypeChoice {
             Self::F32 => DType::F32,
             Self::BF16 => DType::BF16,
             Self::F16 => DType::F16,
+        }
+    }
+}
+
+/// `--quantization`: what happens to the block-quantized tensors of a GGUF file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quantization {
+    /// `gguf` on the CPU; on CUDA `none` (the quantized CUDA matmul is not validated yet).
+    #[default]
+    Auto,
+    /// Keep the GGUF's quantized projection, embedding and `lm_head` weights in their block
+    /// format (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K, ...): the memory of the file, and fewer bytes
+    /// to stream per decode step. Norms and biases are dense (`--dtype`).
+    Gguf,
+    /// Dequantize every tensor to `--dtype` at load.
+    None,
+}
+
+impl Quantization {
+    /// The accepted spellings, for messages.
+    pub const NAMES: &'static str = "auto, gguf, none";
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Some(Self::Auto),
+            "gguf" => Some(Self::Gguf),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+
+    /// Whether a GGUF's quantized tensors stay quantized on `device`.
+    pub fn keeps_gguf_blocks(self, device: &Device) -> bool {
+        match self {
+            Self::Auto => device.is_cpu(),
+            Self::Gguf => true,
+            Self::None => false,
         }
     }
 }
@@ -151,6 +190,8 @@ pub struct LoadOptions {
     pub chat_template_override: Option<String>,
     /// How the model is built (`--no-fused-ops` turns `fused` off).
     pub model: ModelOptions,
+    /// GGUF files: keep quantized weights quantized or dequantize them (`--quantization`).
+    pub quantization: Quantization,
 }
 
 impl Default for LoadOptions {
@@ -161,6 +202,7 @@ impl Default for LoadOptions {
             progress: true,
             chat_template_override: None,
             model: ModelOptions::default(),
+            quantization: Quantization::Auto,
         }
     }
 }
@@ -197,6 +239,7 @@ pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
             dtype,
             &opts.device,
             &opts.model,
+            opts.quantization.keeps_gguf_blocks(&opts.device),
             &mut progress,
         )?,
         ModelSource::HfDir(_) | ModelSource::Hub(_) => load_hf_dir_with_progress(
@@ -485,6 +528,46 @@ fn unpermute_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
         .reshape(dims)?)
 }
 
+/// The row permutation of [`unpermute_rows`] on raw rows of `row_bytes` bytes each (a
+/// block-quantized tensor's rows are whole blocks, so rows move as bytes).
+fn unpermute_row_bytes(data: &[u8], row_bytes: usize, n_head: usize) -> Result<Vec<u8>> {
+    let rows = data.len() / row_bytes.max(1);
+    if n_head == 0 || rows % (2 * n_head) != 0 || rows * row_bytes != data.len() {
+        return Err(ModelError::config(
+            "attention.head_count",
+            format!("{rows} q/k rows cannot be split into {n_head} heads of rotary pairs"),
+        ));
+    }
+    let half = rows / n_head / 2;
+    let mut out = Vec::with_capacity(data.len());
+    for h in 0..n_head {
+        for a in 0..2 {
+            for b in 0..half {
+                let src = h * 2 * half + 2 * b + a;
+                out.extend_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a GGUF tensor (by its Hugging Face name) may stay block-quantized: the matrices
+/// the forward pass multiplies by or looks rows up in.
+fn keeps_blocks(hf: &str) -> bool {
+    const MATRICES: [&str; 9] = [
+        "q_proj.weight",
+        "k_proj.weight",
+        "v_proj.weight",
+        "o_proj.weight",
+        "gate_proj.weight",
+        "up_proj.weight",
+        "down_proj.weight",
+        "embed_tokens.weight",
+        "lm_head.weight",
+    ];
+    MATRICES.iter().any(|m| hf.ends_with(m))
+}
+
 /// Loads a GGUF file: dequantizes every tensor to `dtype` and builds the tokenizer from
 /// the file's metadata.
 pub fn load_gguf(
@@ -493,7 +576,18 @@ pub fn load_gguf(
     device: &Device,
     opts: &ModelOptions,
 ) -> Result<LoadedModel> {
-    load_gguf_with_progress(path, dtype, device, opts, &mut |_, _| {})
+    load_gguf_with_progress(path, dtype, device, opts, false, &mut |_, _| {})
+}
+
+/// Loads a GGUF file keeping its block-quantized matrices quantized (see
+/// [`Quantization::Gguf`]); everything else is dequantized to `dtype`.
+pub fn load_gguf_quantized(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+    opts: &ModelOptions,
+) -> Result<LoadedModel> {
+    load_gguf_with_progress(path, dtype, device, opts, true, &mut |_, _| {})
 }
 
 fn load_gguf_with_progress(
@@ -501,6 +595,7 @@ fn load_gguf_with_progress(
     dtype: DType,
     device: &Device,
     opts: &ModelOptions,
+    keep_blocks: bool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<LoadedModel> {
     let io = |source| ModelError::Io {
@@ -516,6 +611,7 @@ fn load_gguf_with_progress(
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
     let mut tensors = HashMap::new();
+    let mut quant = QuantizedWeights::default();
     let total = names.len();
     for (done, name) in names.into_iter().enumerate() {
         progress(done, total);
@@ -524,6 +620,26 @@ fn load_gguf_with_progress(
             continue;
         };
         let q = content.tensor(&mut file, name, &Device::Cpu)?;
+        let n_head = if hf.contains("q_proj.") {
+            Some(config.num_attention_heads)
+        } else if hf.contains("k_proj.") {
+            Some(config.num_key_value_heads)
+        } else {
+            None
+        };
+        let n_head = n_head.filter(|_| arch == "llama");
+        if keep_blocks && q.dtype().block_size() > 1 && keeps_blocks(&hf) {
+            let (rows, row_bytes) = quantized_row_bytes(&q)?;
+            let cols = q.shape().dims2()?.1;
+            let data = q.data()?;
+            let bytes = match n_head {
+                Some(n) => Cow::Owned(unpermute_row_bytes(&data, row_bytes, n)?),
+                None => data,
+            };
+            let qt = quantized_from_bytes(&bytes, q.dtype(), (rows, cols), device)?;
+            quant.insert(hf, qt);
+            continue;
+        }
         let mut t = q.dequantize(&Device::Cpu)?;
         if arch == "llama" && (hf.ends_with("q_proj.weight") || hf.ends_with("q_proj.bias")) {
             t = unpermute_rows(&t, config.num_attention_heads)?;
@@ -537,7 +653,15 @@ fn load_gguf_with_progress(
     config.eos_token_ids = tok.eos_token_ids.clone();
     config.bos_token_id = tok.bos_token_id;
     let vb = VarBuilder::from_tensors(tensors, dtype, device);
-    let model = CausalLm::load(vb, &config, opts)?;
+    if !quant.is_empty() {
+        tracing::info!(
+            "keeping {} GGUF matrices block-quantized ({} MiB); --quantization none dequantizes them",
+            quant.len(),
+            quant.bytes() >> 20
+        );
+    }
+    let quant = (!quant.is_empty()).then_some(&quant);
+    let model = CausalLm::load_quantized(vb, quant, &config, opts, &mut |_, _| {})?;
     Ok(LoadedModel {
         model,
         tokenizer: tok.tokenizer,
@@ -591,6 +715,29 @@ mod tests {
             .unwrap();
         let back = unpermute_rows(&permuted, n_head).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
+    }
+
+    /// Moving whole quantized rows as bytes is the same permutation as dequantizing and
+    /// permuting the rows (q/k of llama GGUFs stay quantized).
+    #[test]
+    fn quantized_rows_unpermute_like_dense_rows() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let (n_head, rows, cols) = (3, 24, 64);
+        let w = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let (r, row_bytes) = quantized_row_bytes(&q).unwrap();
+        assert_eq!((r, row_bytes), (rows, 2 * 34));
+        let bytes = unpermute_row_bytes(&q.data().unwrap(), row_bytes, n_head).unwrap();
+        let moved = quantized_from_bytes(&bytes, GgmlDType::Q8_0, (rows, cols), &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let want = unpermute_rows(&q.dequantize(&Device::Cpu).unwrap(), n_head).unwrap();
+        assert_eq!(
+            moved.to_vec2::<f32>().unwrap(),
+            want.to_vec2::<f32>().unwrap()
+        );
+        assert!(unpermute_row_bytes(&bytes[..row_bytes * 5], row_bytes, n_head).is_err());
     }
 
     #[test]

@@ -14,13 +14,15 @@
 //! - unfused: separate projections and candle's `rms_norm`, `rope_thd` and `silu`.
 
 use crate::config::ModelConfig;
-use crate::linear::{Linear, Proj, WeightLayout};
+use crate::linear::{Linear, Proj, QuantizedWeights, WeightLayout};
 use crate::lora::LoraStack;
 use crate::profile::op;
 use crate::rope::RotaryEmbedding;
+use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use lantern_kernels::{LoraBatch, LoraWeights, PagedAttnMetadata};
+use std::sync::Arc;
 
 /// Per-step LoRA context: the resident slot weights and which slot each token uses.
 #[derive(Clone, Copy)]
@@ -160,12 +162,19 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn load(vb: VarBuilder, cfg: &ModelConfig, layer: usize, opts: &ModelOptions) -> Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        quant: Option<&QuantizedWeights>,
+        cfg: &ModelConfig,
+        layer: usize,
+        opts: &ModelOptions,
+    ) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let layout = opts.weight_layout();
         let gate_up = if opts.fused {
             GateUp::Fused(Linear::load_fused(
                 vb.clone(),
+                quant,
                 h,
                 &[(Proj::Gate, i), (Proj::Up, i)],
                 false,
@@ -174,13 +183,40 @@ impl Mlp {
             )?)
         } else {
             GateUp::Separate {
-                gate: Linear::load(vb.pp("gate_proj"), h, i, false, Proj::Gate, layer, layout)?,
-                up: Linear::load(vb.pp("up_proj"), h, i, false, Proj::Up, layer, layout)?,
+                gate: Linear::load(
+                    vb.pp("gate_proj"),
+                    quant,
+                    h,
+                    i,
+                    false,
+                    Proj::Gate,
+                    layer,
+                    layout,
+                )?,
+                up: Linear::load(
+                    vb.pp("up_proj"),
+                    quant,
+                    h,
+                    i,
+                    false,
+                    Proj::Up,
+                    layer,
+                    layout,
+                )?,
             }
         };
         Ok(Self {
             gate_up,
-            down: Linear::load(vb.pp("down_proj"), i, h, false, Proj::Down, layer, layout)?,
+            down: Linear::load(
+                vb.pp("down_proj"),
+                quant,
+                i,
+                h,
+                false,
+                Proj::Down,
+                layer,
+                layout,
+            )?,
             intermediate: i,
         })
     }
@@ -249,7 +285,13 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, cfg: &ModelConfig, layer: usize, opts: &ModelOptions) -> Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        quant: Option<&QuantizedWeights>,
+        cfg: &ModelConfig,
+        layer: usize,
+        opts: &ModelOptions,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let (nh, nkv, d) = (
             cfg.num_attention_heads,
@@ -269,6 +311,7 @@ impl Attention {
         let qkv = if opts.fused {
             Qkv::Fused(Linear::load_fused(
                 vb.clone(),
+                quant,
                 h,
                 &[(Proj::Q, nh * d), (Proj::K, nkv * d), (Proj::V, nkv * d)],
                 b,
@@ -277,15 +320,34 @@ impl Attention {
             )?)
         } else {
             Qkv::Separate {
-                q: Linear::load(vb.pp("q_proj"), h, nh * d, b, Proj::Q, layer, layout)?,
-                k: Linear::load(vb.pp("k_proj"), h, nkv * d, b, Proj::K, layer, layout)?,
-                v: Linear::load(vb.pp("v_proj"), h, nkv * d, b, Proj::V, layer, layout)?,
+                q: Linear::load(vb.pp("q_proj"), quant, h, nh * d, b, Proj::Q, layer, layout)?,
+                k: Linear::load(
+                    vb.pp("k_proj"),
+                    quant,
+                    h,
+                    nkv * d,
+                    b,
+                    Proj::K,
+                    layer,
+                    layout,
+                )?,
+                v: Linear::load(
+                    vb.pp("v_proj"),
+                    quant,
+                    h,
+                    nkv * d,
+                    b,
+                    Proj::V,
+                    layer,
+                    layout,
+                )?,
             }
         };
         Ok(Self {
             qkv,
             o: Linear::load(
                 vb.pp("o_proj"),
+                quant,
                 nh * d,
                 h,
                 cfg.o_bias,
@@ -432,7 +494,13 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(vb: VarBuilder, cfg: &ModelConfig, layer: usize, opts: &ModelOptions) -> Result<Self> {
+    fn load(
+        vb: VarBuilder,
+        quant: Option<&QuantizedWeights>,
+        cfg: &ModelConfig,
+        layer: usize,
+        opts: &ModelOptions,
+    ) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::load(
                 vb.pp("input_layernorm"),
@@ -444,8 +512,8 @@ impl DecoderLayer {
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
             )?,
-            attn: Attention::load(vb.pp("self_attn"), cfg, layer, opts)?,
-            mlp: Mlp::load(vb.pp("mlp"), cfg, layer, opts)?,
+            attn: Attention::load(vb.pp("self_attn"), quant, cfg, layer, opts)?,
+            mlp: Mlp::load(vb.pp("mlp"), quant, cfg, layer, opts)?,
         })
     }
 
@@ -487,15 +555,33 @@ impl DecoderLayer {
     }
 }
 
+/// The token embedding table `(vocab, hidden)`: dense, or block-quantized with the rows
+/// of each step's tokens dequantized on lookup.
+#[derive(Debug, Clone)]
+enum Embedding {
+    Dense(Tensor),
+    Quantized(Arc<QTensor>),
+}
+
+/// The output projection `(vocab, hidden)`: dense or block-quantized (a tied quantized
+/// embedding is shared, not copied).
+#[derive(Debug, Clone)]
+enum LmHead {
+    Dense(Tensor),
+    Quantized(QMatMul),
+}
+
 /// A causal language model over a paged KV cache.
 #[derive(Debug, Clone)]
 pub struct CausalLm {
     cfg: ModelConfig,
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     /// (vocab, hidden); shares storage with `embed_tokens` when embeddings are tied.
-    lm_head: Tensor,
+    lm_head: LmHead,
+    /// Bytes of block-quantized weights (0 when every weight is dense).
+    quantized_bytes: usize,
     rope: RotaryEmbedding,
     opts: ModelOptions,
     dtype: DType,
@@ -516,14 +602,40 @@ impl CausalLm {
         opts: &ModelOptions,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Self> {
+        Self::load_quantized(vb, None, cfg, opts, progress)
+    }
+
+    /// Like [`CausalLm::load_with_progress`], taking every weight found in `quant` (by
+    /// checkpoint name) in its block-quantized form instead of from `vb`: the projections,
+    /// the embedding table (rows dequantized on lookup) and `lm_head`.
+    pub fn load_quantized(
+        vb: VarBuilder,
+        quant: Option<&QuantizedWeights>,
+        cfg: &ModelConfig,
+        opts: &ModelOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+        let quantized = |name: &str| -> Result<Option<Arc<QTensor>>> {
+            match quant.and_then(|q| q.get(name)) {
+                None => Ok(None),
+                Some(q) if q.shape().dims() == [v, h] => Ok(Some(q.clone())),
+                Some(q) => candle_core::bail!(
+                    "{name}: quantized weight is {:?}, expected ({v}, {h})",
+                    q.shape().dims()
+                ),
+            }
+        };
         let vm = vb.pp("model");
-        let embed_tokens = vm
-            .pp("embed_tokens")
-            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let embed_tokens = match quantized("model.embed_tokens.weight")? {
+            Some(q) => Embedding::Quantized(q),
+            None => Embedding::Dense(vm.pp("embed_tokens").get((v, h), "weight")?),
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             layers.push(DecoderLayer::load(
                 vm.pp(format!("layers.{i}")),
+                quant,
                 cfg,
                 i,
                 opts,
@@ -532,10 +644,15 @@ impl CausalLm {
         }
         let norm = RmsNorm::load(vm.pp("norm"), cfg.hidden_size, cfg.rms_norm_eps)?;
         let lm_head = if cfg.tie_word_embeddings {
-            embed_tokens.clone()
+            match &embed_tokens {
+                Embedding::Dense(t) => LmHead::Dense(t.clone()),
+                Embedding::Quantized(q) => LmHead::Quantized(QMatMul::from_arc(q.clone())?),
+            }
         } else {
-            vb.pp("lm_head")
-                .get((cfg.vocab_size, cfg.hidden_size), "weight")?
+            match quantized("lm_head.weight")? {
+                Some(q) => LmHead::Quantized(QMatMul::from_arc(q)?),
+                None => LmHead::Dense(vb.pp("lm_head").get((v, h), "weight")?),
+            }
         };
         let rope = RotaryEmbedding::new(cfg, vb.dtype(), vb.device())?;
         Ok(Self {
@@ -544,6 +661,7 @@ impl CausalLm {
             layers,
             norm,
             lm_head,
+            quantized_bytes: quant.map_or(0, QuantizedWeights::bytes),
             rope,
             opts: *opts,
             dtype: vb.dtype(),
@@ -562,6 +680,11 @@ impl CausalLm {
 
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Bytes of weights held block-quantized (GGUF Q8_0, Q4_K, ...); 0 when all are dense.
+    pub fn quantized_bytes(&self) -> usize {
+        self.quantized_bytes
     }
 
     pub fn device(&self) -> &Device {
@@ -594,8 +717,16 @@ impl CausalLm {
             );
         }
         // (T, hidden)
-        let x = op("embed", || {
-            self.embed_tokens.index_select(&batch.input_ids, 0)
+        let x = op("embed", || match &self.embed_tokens {
+            Embedding::Dense(t) => t.index_select(&batch.input_ids, 0),
+            Embedding::Quantized(q) => {
+                let x = q.embedding(&batch.input_ids)?;
+                if x.dtype() == self.dtype {
+                    Ok(x)
+                } else {
+                    x.to_dtype(self.dtype)
+                }
+            }
         })?;
         // (S, hidden): only the rows that will be sampled go through the final norm and
         // lm_head.
@@ -631,12 +762,10 @@ impl CausalLm {
             let x = x.index_select(&batch.logits_indices, 0)?;
             self.norm.forward(&x)?
         };
-        let logits = op("lm_head", || {
-            if self.opts.fused {
-                crate::linear::matmul_checkpoint(&x, &self.lm_head)
-            } else {
-                x.matmul(&self.lm_head.t()?)
-            }
+        let logits = op("lm_head", || match &self.lm_head {
+            LmHead::Dense(w) if self.opts.fused => crate::linear::matmul_checkpoint(&x, w),
+            LmHead::Dense(w) => x.matmul(&w.t()?),
+            LmHead::Quantized(w) => crate::linear::quantized_forward(w, &x),
         })?;
         op("logits_to_f32", || logits.to_dtype(DType::F32))
     }

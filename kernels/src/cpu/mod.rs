@@ -5,6 +5,7 @@ pub(crate) mod cache_write;
 pub(crate) mod lora;
 pub(crate) mod matmul;
 pub(crate) mod norm;
+pub(crate) mod qmatmul;
 pub(crate) mod sampling;
 
 use candle_core::{bail, Layout, Result, WithDType};

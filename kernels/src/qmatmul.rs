@@ -1,0 +1,155 @@
+//! `y = x W^T` on the CPU with `W` kept in a GGUF block format (Q4_0, Q4_1, Q8_0). Up to
+//! [`crate::SKINNY_MATMUL_MAX_ROWS`] rows of `x` (decode steps, bound by streaming `W`) the
+//! activations are quantized to 8 bits per block of 32 and every block's dot product is
+//! integer multiply-adds (see `cpu::qmatmul`); bigger steps (prefill, bound by arithmetic,
+//! where AVX2's integer path does no better than f32 FMAs) dequantize `W` a slice of rows
+//! at a time (a few MiB) and multiply with candle's f32 GEMM. Other block types go through
+//! candle's quantized matmul in the model crate.
+
+use candle_core::quantized::GgmlDType;
+use candle_core::{bail, DType, Device, Result, Storage, Tensor};
+
+use crate::cpu::qmatmul::{dequantize_rows, qmatmul, Format, QK};
+
+/// Elements of `W` dequantized at a time by the GEMM path (8 MiB of f32).
+const DEQUANT_CHUNK_ELEMS: usize = 1 << 21;
+
+fn format(dtype: GgmlDType) -> Option<Format> {
+    match dtype {
+        GgmlDType::Q4_0 => Some(Format::Q4_0),
+        GgmlDType::Q4_1 => Some(Format::Q4_1),
+        GgmlDType::Q8_0 => Some(Format::Q8_0),
+        _ => None,
+    }
+}
+
+/// Whether [`quantized_matmul`] computes on weights of block type `dtype`.
+pub fn quantized_matmul_supports(dtype: GgmlDType) -> bool {
+    format(dtype).is_some()
+}
+
+/// `x` `(T, K)` f32 on the CPU times `W^T`, where `w` holds `N` rows of `K / 32` blocks of
+/// `dtype` (ggml's layout, as in a GGUF file): `(T, N)` f32.
+pub fn quantized_matmul(x: &Tensor, w: &[u8], dtype: GgmlDType, n: usize) -> Result<Tensor> {
+    let Some(fmt) = format(dtype) else {
+        bail!("quantized_matmul: {dtype:?} weights are not supported (Q4_0, Q4_1, Q8_0)");
+    };
+    let (t, k) = x.dims2()?;
+    if k == 0 || k % QK != 0 {
+        bail!("quantized_matmul: K = {k} is not a whole number of {QK}-element blocks");
+    }
+    let want = n * (k / QK) * fmt.block_bytes();
+    if w.len() != want {
+        bail!(
+            "quantized_matmul: {n} rows of {k} {dtype:?} values take {want} bytes, got {}",
+            w.len()
+        );
+    }
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        bail!(
+            "quantized_matmul: x must be f32 on the CPU (got {:?} on {:?})",
+            x.dtype(),
+            x.device()
+        );
+    }
+    let x = x.contiguous()?;
+    if n == 0 || t == 0 {
+        return Tensor::zeros((t, n), DType::F32, &Device::Cpu);
+    }
+    if t > crate::SKINNY_MATMUL_MAX_ROWS {
+        return dequant_gemm(&x, w, fmt, (n, k), (DEQUANT_CHUNK_ELEMS / k).max(64));
+    }
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("quantized_matmul: x is not in CPU memory");
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("quantized_matmul: x is not contiguous");
+    };
+    let y = qmatmul(&data[start..end], w, fmt, t, n, k);
+    drop(storage);
+    Tensor::from_vec(y, (t, n), &Device::Cpu)
+}
+
+/// The GEMM path: `W` dequantized `chunk` rows at a time, each slice multiplied with
+/// candle's f32 matmul; the slices' outputs side by side.
+fn dequant_gemm(
+    x: &Tensor,
+    w: &[u8],
+    fmt: Format,
+    (n, k): (usize, usize),
+    chunk: usize,
+) -> Result<Tensor> {
+    let row_bytes = k / QK * fmt.block_bytes();
+    let mut parts = Vec::with_capacity(n.div_ceil(chunk));
+    let mut buf = Vec::new();
+    for r0 in (0..n).step_by(chunk) {
+        let rows = chunk.min(n - r0);
+        buf.resize(rows * k, 0f32);
+        dequantize_rows(
+            &w[r0 * row_bytes..(r0 + rows) * row_bytes],
+            fmt,
+            k,
+            &mut buf,
+        );
+        let wt = Tensor::from_slice(&buf, (rows, k), &Device::Cpu)?;
+        parts.push(x.matmul(&wt.t()?)?);
+    }
+    if parts.len() == 1 {
+        parts
+            .pop()
+            .ok_or_else(|| candle_core::Error::Msg("no rows".into()))
+    } else {
+        Tensor::cat(&parts, 1)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QTensor;
+
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        let m = b.abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap()
+    }
+
+    /// Both paths against candle's f32 matmul over the dequantized weights (the blocks
+    /// written by candle's quantizer, i.e. ggml's layout): the GEMM path (more than 32 rows)
+    /// to f32 rounding, the integer path (up to 32) within the activation quantization; the
+    /// rows a step shares with a bigger step are close, and bad shapes are refused.
+    #[test]
+    fn both_paths_match_dequantized_weights() {
+        let dev = Device::Cpu;
+        let (k, n) = (96, 200);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (40, k), &dev).unwrap();
+        for dt in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            assert!(quantized_matmul_supports(dt));
+            let q = QTensor::quantize(&w, dt).unwrap();
+            let bytes = q.data().unwrap();
+            let wd = q.dequantize(&dev).unwrap();
+            let want = x.matmul(&wd.t().unwrap()).unwrap();
+            let gemm = quantized_matmul(&x, &bytes, dt, n).unwrap();
+            assert!(rel_diff(&gemm, &want) < 1e-5, "{dt:?} gemm");
+            let fmt = format(dt).unwrap();
+            let chunked = dequant_gemm(&x, &bytes, fmt, (n, k), 64).unwrap();
+            assert_eq!(chunked.dims(), &[40, n]);
+            assert!(rel_diff(&chunked, &want) < 1e-5, "{dt:?} gemm in 4 slices");
+            let x8 = x.narrow(0, 0, 8).unwrap();
+            let int8 = quantized_matmul(&x8, &bytes, dt, n).unwrap();
+            let d = rel_diff(&int8, &want.narrow(0, 0, 8).unwrap());
+            assert!(d < 2e-2 && d > 1e-6, "{dt:?} int8 path: {d}");
+            assert!(quantized_matmul(&x, &bytes[1..], dt, n).is_err());
+            assert!(quantized_matmul(&x.narrow(1, 0, 48).unwrap(), &bytes, dt, n).is_err());
+        }
+        assert!(!quantized_matmul_supports(GgmlDType::Q4K));
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let bytes = q.data().unwrap();
+        let e = quantized_matmul(&x, &bytes, GgmlDType::Q6K, n).unwrap_err();
+        assert!(e.to_string().contains("not supported"), "{e}");
+    }
+}
