@@ -1,5 +1,5 @@
 //! `y = x W^T` on the CPU with `W` kept in a GGUF block format (Q4_0, Q4_1, Q8_0). Up to
-//! [`crate::SKINNY_MATMUL_MAX_ROWS`] rows of `x` (decode steps, bound by streaming `W`) the
+//! [`QUANTIZED_INT8_MAX_ROWS`] rows of `x` (decode steps, bound by streaming `W`) the
 //! activations are quantized to 8 bits per block of 32 and every block's dot product is
 //! integer multiply-adds (see `cpu::qmatmul`); bigger steps (prefill, bound by arithmetic,
 //! where AVX2's integer path does no better than f32 FMAs) dequantize `W` a slice of rows
@@ -11,8 +11,15 @@ use candle_core::{bail, DType, Device, Result, Storage, Tensor};
 
 use crate::cpu::qmatmul::{dequantize_rows, qmatmul, Format, QK};
 
-/// Elements of `W` dequantized at a time by the GEMM path (8 MiB of f32).
+/// Elements of `W` dequantized at a time by the GEMM path (8 MiB of f32; 1 MiB slices
+/// measured slower: more, smaller GEMM calls).
 const DEQUANT_CHUNK_ELEMS: usize = 1 << 21;
+
+/// Up to this many rows of `x` the integer path runs; above it dequantize-and-GEMM. The
+/// GEMM path pays for dequantizing every weight once per call (~90 ms per SmolLM2-135M
+/// forward on 2 AMD EPYC cores) and then runs at f32 GEMM speed, about twice the integer
+/// path's per-row rate: they break even near 50 rows (`benches/results/cpu-smollm2-gguf-quantized.txt`).
+pub const QUANTIZED_INT8_MAX_ROWS: usize = 48;
 
 fn format(dtype: GgmlDType) -> Option<Format> {
     match dtype {
@@ -56,7 +63,7 @@ pub fn quantized_matmul(x: &Tensor, w: &[u8], dtype: GgmlDType, n: usize) -> Res
     if n == 0 || t == 0 {
         return Tensor::zeros((t, n), DType::F32, &Device::Cpu);
     }
-    if t > crate::SKINNY_MATMUL_MAX_ROWS {
+    if t > QUANTIZED_INT8_MAX_ROWS {
         return dequant_gemm(&x, w, fmt, (n, k), (DEQUANT_CHUNK_ELEMS / k).max(64));
     }
     let (storage, layout) = x.storage_and_layout();
@@ -126,7 +133,8 @@ mod tests {
         let dev = Device::Cpu;
         let (k, n) = (96, 200);
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (40, k), &dev).unwrap();
+        let t = QUANTIZED_INT8_MAX_ROWS + 8;
+        let x = Tensor::randn(0f32, 1.0, (t, k), &dev).unwrap();
         for dt in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
             assert!(quantized_matmul_supports(dt));
             let q = QTensor::quantize(&w, dt).unwrap();
@@ -137,7 +145,7 @@ mod tests {
             assert!(rel_diff(&gemm, &want) < 1e-5, "{dt:?} gemm");
             let fmt = format(dt).unwrap();
             let chunked = dequant_gemm(&x, &bytes, fmt, (n, k), 64).unwrap();
-            assert_eq!(chunked.dims(), &[40, n]);
+            assert_eq!(chunked.dims(), &[t, n]);
             assert!(rel_diff(&chunked, &want) < 1e-5, "{dt:?} gemm in 4 slices");
             let x8 = x.narrow(0, 0, 8).unwrap();
             let int8 = quantized_matmul(&x8, &bytes, dt, n).unwrap();
