@@ -532,7 +532,7 @@ fn unpermute_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
 /// block-quantized tensor's rows are whole blocks, so rows move as bytes).
 fn unpermute_row_bytes(data: &[u8], row_bytes: usize, n_head: usize) -> Result<Vec<u8>> {
     let rows = data.len() / row_bytes.max(1);
-    if n_head == 0 || rows % (2 * n_head) != 0 || rows * row_bytes != data.len() {
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) || rows * row_bytes != data.len() {
         return Err(ModelError::config(
             "attention.head_count",
             format!("{rows} q/k rows cannot be split into {n_head} heads of rotary pairs"),

@@ -54,6 +54,9 @@ pub(crate) struct QuantizedRows {
     blocks: usize,
 }
 
+/// One row's input and outputs in [`quantize_rows`]: `(x, q)` and `(d, s)`.
+type RowParts<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [f32]));
+
 /// Quantizes every row of `x` (`t` rows of `k`, `k % 32 == 0`) to 8 bits per block; rows
 /// in parallel when there are many.
 pub(crate) fn quantize_rows(x: &[f32], t: usize, k: usize) -> QuantizedRows {
@@ -62,7 +65,7 @@ pub(crate) fn quantize_rows(x: &[f32], t: usize, k: usize) -> QuantizedRows {
     let mut d = vec![0f32; t * blocks];
     let mut s = vec![0f32; t * blocks];
     let avx2 = has_avx2();
-    let row = |((xr, qr), (dr, sr)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
+    let row = |((xr, qr), (dr, sr)): RowParts| {
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: AVX2 was detected; the slices hold whole blocks.
