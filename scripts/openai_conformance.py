@@ -48,7 +48,7 @@ def main():
         def paris():
             r = client.chat.completions.create(
                 model=MODEL,
-                messages=[{"role": "user", "content": "What is the capital of France?"}],
+                messages=[{"role": "user", "content": "Which city is the capital of France?"}],
                 temperature=0,
                 max_tokens=30,
             )
@@ -60,7 +60,7 @@ def main():
         def chat_stream():
             stream = client.chat.completions.create(
                 model=MODEL,
-                messages=[{"role": "user", "content": "What is the capital of France?"}],
+                messages=[{"role": "user", "content": "Which city is the capital of France?"}],
                 temperature=0,
                 max_tokens=30,
                 stream=True,
