@@ -210,6 +210,12 @@ impl Default for LoadOptions {
 /// Loads a model from a local directory, a `.gguf` file or the hub.
 pub fn load_model(spec: &str, opts: &LoadOptions) -> Result<LoadedModel> {
     let source = ModelSource::parse(spec)?;
+    if opts.quantization == Quantization::Gguf && !matches!(source, ModelSource::Gguf(_)) {
+        return Err(ModelError::Source {
+            model: spec.into(),
+            message: "--quantization gguf needs a .gguf model file; safetensors checkpoints load in their own dtype (drop the flag)".into(),
+        });
+    }
     let dir_or_file = match &source {
         ModelSource::Hub(id) => crate::hub::download(id, opts.progress)?,
         ModelSource::HfDir(p) | ModelSource::Gguf(p) => p.clone(),
@@ -738,6 +744,27 @@ mod tests {
             want.to_vec2::<f32>().unwrap()
         );
         assert!(unpermute_row_bytes(&bytes[..row_bytes * 5], row_bytes, n_head).is_err());
+    }
+
+    #[test]
+    fn gguf_quantization_needs_a_gguf_file() {
+        let dir = std::env::temp_dir().join(format!("lantern-q-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), "{}").unwrap();
+        let opts = LoadOptions {
+            quantization: Quantization::Gguf,
+            progress: false,
+            ..LoadOptions::default()
+        };
+        let e = load_model(dir.to_str().unwrap(), &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--quantization gguf needs a .gguf"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(Quantization::parse("GGUF"), Some(Quantization::Gguf));
+        assert_eq!(Quantization::parse("awq"), None);
+        assert!(Quantization::Auto.keeps_gguf_blocks(&Device::Cpu));
+        assert!(!Quantization::None.keeps_gguf_blocks(&Device::Cpu));
     }
 
     #[test]
