@@ -464,51 +464,70 @@ mod simd {
         let bb = format.block_bytes();
         let row_bytes = nb * bb;
         let mut acc = [[_mm256_setzero_ps(); COLS]; R];
-        let mut offs = [[0f32; COLS]; R];
+        // The offset terms `m_w * d_x * sum(q_x)` of the COLS tokens, one lane each.
+        let mut offs = [_mm_setzero_ps(); R];
         let wp = w.as_ptr();
         let xp = xq.q.as_ptr().add(c0 * nb * QK);
         let dx = xq.d.as_ptr().add(c0 * nb);
         let sx = xq.s.as_ptr().add(c0 * nb);
         let ones = _mm256_set1_epi16(1);
+        let s_at = |c: usize, b: usize| if c < COLS { *sx.add(c * nb + b) } else { 0.0 };
         for b in 0..nb {
             let mut wv = [_mm256_setzero_si256(); R];
-            let mut dw = [0f32; R];
-            let mut mw = [0f32; R];
+            let mut dw = [_mm256_setzero_ps(); R];
+            let mut mw = [_mm_setzero_ps(); R];
             for r in 0..R {
                 let p = wp.add(r * row_bytes + b * bb);
-                dw[r] = f16_at(p);
                 match format {
                     Format::Q4_0 => {
+                        let d = f16_at(p);
                         wv[r] = nibbles(p.add(2));
-                        mw[r] = -8.0 * dw[r];
+                        dw[r] = _mm256_set1_ps(d);
+                        mw[r] = _mm_set1_ps(-8.0 * d);
                     }
                     Format::Q4_1 => {
+                        // d and m side by side: one conversion.
+                        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
+                            *p,
+                            *p.add(1),
+                            *p.add(2),
+                            *p.add(3),
+                        ])));
                         wv[r] = nibbles(p.add(4));
-                        mw[r] = f16_at(p.add(2));
+                        dw[r] = _mm256_broadcastss_ps(dm);
+                        mw[r] = _mm_shuffle_ps::<0b0101_0101>(dm, dm);
                     }
                     Format::Q8_0 => {
-                        wv[r] = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                        let v = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                        // |w|; x takes w's sign below.
+                        wv[r] = v;
+                        dw[r] = _mm256_set1_ps(f16_at(p));
                     }
+                }
+            }
+            let aw: [__m256i; R] = std::array::from_fn(|r| _mm256_sign_epi8(wv[r], wv[r]));
+            if F != 2 {
+                let sv = _mm_set_ps(s_at(3, b), s_at(2, b), s_at(1, b), s_at(0, b));
+                for r in 0..R {
+                    offs[r] = _mm_fmadd_ps(mw[r], sv, offs[r]);
                 }
             }
             for c in 0..cols {
                 let xv = _mm256_loadu_si256(xp.add((c * nb + b) * QK) as *const __m256i);
-                let d = *dx.add(c * nb + b);
-                let s = *sx.add(c * nb + b);
+                let d = _mm256_set1_ps(*dx.add(c * nb + b));
                 for r in 0..R {
                     let prod = match format {
-                        // Signed weights: |w| times x with w's sign.
-                        Format::Q8_0 => _mm256_maddubs_epi16(
-                            _mm256_sign_epi8(wv[r], wv[r]),
-                            _mm256_sign_epi8(xv, wv[r]),
-                        ),
+                        Format::Q8_0 => _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xv, wv[r])),
                         Format::Q4_0 | Format::Q4_1 => _mm256_maddubs_epi16(wv[r], xv),
                     };
                     let v = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
-                    acc[r][c] = _mm256_fmadd_ps(v, _mm256_set1_ps(dw[r] * d), acc[r][c]);
-                    offs[r][c] = mw[r].mul_add(s, offs[r][c]);
+                    acc[r][c] = _mm256_fmadd_ps(v, _mm256_mul_ps(dw[r], d), acc[r][c]);
                 }
             }
+        }
+        let mut off = [[0f32; 4]; R];
+        for r in 0..R {
+            _mm_storeu_ps(off[r].as_mut_ptr(), offs[r]);
         }
         for r in 0..R {
             for c in 0..cols {
@@ -517,7 +536,7 @@ mod simd {
                     _mm256_extractf128_ps::<1>(acc[r][c]),
                 );
                 let h = _mm_add_ps(q, _mm_movehl_ps(q, q));
-                out[r][c] = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<0b01>(h, h))) + offs[r][c];
+                out[r][c] = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<0b01>(h, h))) + off[r][c];
             }
         }
     }
