@@ -445,6 +445,8 @@ mod simd {
     }
 
     /// [`block`] for `COLS` tokens of format `F` (0: Q4_0, 1: Q4_1, 2: Q8_0).
+    // Index loops over the constant-size register arrays keep them in registers.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn block_n<const COLS: usize, const F: u8>(
         w: &[u8],
