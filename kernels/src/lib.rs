@@ -61,6 +61,9 @@ pub use lora::{lora_add, LoraBatch, LoraWeights, LORA_SGMV_MIN_TOKENS};
 pub use matmul::{skinny_matmul, SKINNY_MATMUL_MAX_ROWS};
 pub use metadata::PagedAttnMetadata;
 pub use norm::{fused_add_rms_norm, rms_norm, rotary_embedding_inplace, silu_and_mul, silu_mul};
-pub use qmatmul::{quantized_matmul, quantized_matmul_supports, QUANTIZED_INT8_MAX_ROWS};
+pub use qmatmul::{
+    quantized_matmul, quantized_matmul_path, quantized_matmul_supports, QuantizedMatmulPath,
+    QUANTIZED_INT8_MAX_ROWS,
+};
 pub use sampling::{sample_tokens, SamplingBatch, SamplingParams, SamplingRow};
 pub use upload::copy_from_host;

@@ -9,7 +9,7 @@
 use candle_core::quantized::GgmlDType;
 use candle_core::{bail, DType, Device, Result, Storage, Tensor};
 
-use crate::cpu::qmatmul::{dequantize_rows, qmatmul, Format, QK};
+use crate::cpu::qmatmul::{self, dequantize_rows, qmatmul, Format, QK};
 
 /// Elements of `W` dequantized at a time by the GEMM path (8 MiB of f32; 1 MiB slices
 /// measured slower: more, smaller GEMM calls).
@@ -19,7 +19,7 @@ const DEQUANT_CHUNK_ELEMS: usize = 1 << 21;
 /// GEMM path pays for dequantizing every weight once per call (~90 ms per SmolLM2-135M
 /// forward on 2 AMD EPYC cores) and then runs at f32 GEMM speed, about twice the integer
 /// path's per-row rate: they break even near 50 rows (`benches/results/cpu-smollm2-gguf-quantized.txt`).
-pub const QUANTIZED_INT8_MAX_ROWS: usize = 48;
+pub const QUANTIZED_INT8_MAX_ROWS: usize = 24;
 
 fn format(dtype: GgmlDType) -> Option<Format> {
     match dtype {
@@ -38,6 +38,30 @@ pub fn quantized_matmul_supports(dtype: GgmlDType) -> bool {
 /// `x` `(T, K)` f32 on the CPU times `W^T`, where `w` holds `N` rows of `K / 32` blocks of
 /// `dtype` (ggml's layout, as in a GGUF file): `(T, N)` f32.
 pub fn quantized_matmul(x: &Tensor, w: &[u8], dtype: GgmlDType, n: usize) -> Result<Tensor> {
+    quantized_matmul_path(x, w, dtype, n, QuantizedMatmulPath::Auto)
+}
+
+/// Which computation [`quantized_matmul_path`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantizedMatmulPath {
+    /// By the number of rows of `x` (see [`QUANTIZED_INT8_MAX_ROWS`]).
+    Auto,
+    /// Activations quantized to 8 bits, integer dot products.
+    Int8,
+    /// Weights dequantized a cache-sized tile at a time per thread, f32 GEMM.
+    Gemm,
+    /// Weights dequantized 8 MiB at a time, candle's threaded f32 matmul per slice.
+    CandleGemm,
+}
+
+/// [`quantized_matmul`] on a chosen path (benchmarks compare them).
+pub fn quantized_matmul_path(
+    x: &Tensor,
+    w: &[u8],
+    dtype: GgmlDType,
+    n: usize,
+    path: QuantizedMatmulPath,
+) -> Result<Tensor> {
     let Some(fmt) = format(dtype) else {
         bail!("quantized_matmul: {dtype:?} weights are not supported (Q4_0, Q4_1, Q8_0)");
     };
@@ -63,7 +87,12 @@ pub fn quantized_matmul(x: &Tensor, w: &[u8], dtype: GgmlDType, n: usize) -> Res
     if n == 0 || t == 0 {
         return Tensor::zeros((t, n), DType::F32, &Device::Cpu);
     }
-    if t > QUANTIZED_INT8_MAX_ROWS {
+    let path = match path {
+        QuantizedMatmulPath::Auto if t > QUANTIZED_INT8_MAX_ROWS => QuantizedMatmulPath::Gemm,
+        QuantizedMatmulPath::Auto => QuantizedMatmulPath::Int8,
+        p => p,
+    };
+    if path == QuantizedMatmulPath::CandleGemm {
         return dequant_gemm(&x, w, fmt, (n, k), (DEQUANT_CHUNK_ELEMS / k).max(64));
     }
     let (storage, layout) = x.storage_and_layout();
@@ -74,7 +103,13 @@ pub fn quantized_matmul(x: &Tensor, w: &[u8], dtype: GgmlDType, n: usize) -> Res
     let Some((start, end)) = layout.contiguous_offsets() else {
         bail!("quantized_matmul: x is not contiguous");
     };
-    let y = qmatmul(&data[start..end], w, fmt, t, n, k);
+    let x = &data[start..end];
+    let y = if path == QuantizedMatmulPath::Gemm {
+        let tile = (qmatmul::GEMM_TILE_ELEMS / k).max(8);
+        qmatmul::dequant_gemm(x, w, fmt, (t, n, k), tile)
+    } else {
+        qmatmul(x, w, fmt, t, n, k)
+    };
     drop(storage);
     Tensor::from_vec(y, (t, n), &Device::Cpu)
 }
@@ -124,10 +159,10 @@ mod tests {
         d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap()
     }
 
-    /// Both paths against candle's f32 matmul over the dequantized weights (the blocks
-    /// written by candle's quantizer, i.e. ggml's layout): the GEMM path (more than 32 rows)
-    /// to f32 rounding, the integer path (up to 32) within the activation quantization; the
-    /// rows a step shares with a bigger step are close, and bad shapes are refused.
+    /// Every path against candle's f32 matmul over the dequantized weights (the blocks
+    /// written by candle's quantizer, i.e. ggml's layout): the GEMM paths (chosen above
+    /// `QUANTIZED_INT8_MAX_ROWS` rows; tiles of any size) to f32 rounding, the integer path
+    /// within the activation quantization; bad shapes are refused.
     #[test]
     fn both_paths_match_dequantized_weights() {
         let dev = Device::Cpu;
@@ -147,6 +182,20 @@ mod tests {
             let chunked = dequant_gemm(&x, &bytes, fmt, (n, k), 64).unwrap();
             assert_eq!(chunked.dims(), &[t, n]);
             assert!(rel_diff(&chunked, &want) < 1e-5, "{dt:?} gemm in 4 slices");
+            let candle =
+                quantized_matmul_path(&x, &bytes, dt, n, QuantizedMatmulPath::CandleGemm).unwrap();
+            assert!(rel_diff(&candle, &want) < 1e-5, "{dt:?} candle gemm");
+            // Tiles of 1, 7 (the last one short) and all 200 rows, each on its own thread.
+            let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for tile in [1, 7, n] {
+                let y = qmatmul::dequant_gemm(&xv, &bytes, fmt, (t, n, k), tile);
+                let y = Tensor::from_vec(y, (t, n), &dev).unwrap();
+                assert!(rel_diff(&y, &want) < 1e-5, "{dt:?} gemm tiles of {tile}");
+            }
+            // One row still takes the GEMM path when asked to.
+            let x1 = x.narrow(0, 3, 1).unwrap();
+            let g1 = quantized_matmul_path(&x1, &bytes, dt, n, QuantizedMatmulPath::Gemm).unwrap();
+            assert!(rel_diff(&g1, &want.narrow(0, 3, 1).unwrap()) < 1e-5, "{dt:?} gemm, 1 row");
             let x8 = x.narrow(0, 0, 8).unwrap();
             let int8 = quantized_matmul(&x8, &bytes, dt, n).unwrap();
             let d = rel_diff(&int8, &want.narrow(0, 0, 8).unwrap());

@@ -162,38 +162,7 @@ pub(crate) fn qmatmul(
 pub(crate) fn dequantize_rows(w: &[u8], format: Format, k: usize, out: &mut [f32]) {
     let row_bytes = k / QK * format.block_bytes();
     let avx2 = has_avx2();
-    let row = |(wr, or): (&[u8], &mut [f32])| {
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: AVX2, FMA and F16C were detected; `or` holds the row's values.
-            unsafe { simd::dequantize_row(wr, format, or) };
-            return;
-        }
-        let _ = avx2;
-        let bb = format.block_bytes();
-        for (wb, ob) in wr.chunks_exact(bb).zip(or.chunks_exact_mut(QK)) {
-            let d = f16_at(wb, 0);
-            match format {
-                Format::Q4_0 | Format::Q4_1 => {
-                    let m = if format == Format::Q4_1 {
-                        f16_at(wb, 2)
-                    } else {
-                        -8.0 * d
-                    };
-                    let (lo, hi) = ob.split_at_mut(16);
-                    for ((&q, l), h) in wb[bb - 16..].iter().zip(lo).zip(hi) {
-                        *l = f32::from(q & 0x0F) * d + m;
-                        *h = f32::from(q >> 4) * d + m;
-                    }
-                }
-                Format::Q8_0 => {
-                    for (&q, o) in wb[2..].iter().zip(ob) {
-                        *o = f32::from(q as i8) * d;
-                    }
-                }
-            }
-        }
-    };
+    let row = |(wr, or): (&[u8], &mut [f32])| dequantize_row(wr, format, or, avx2);
     if out.len() >= 1 << 16 {
         w.par_chunks_exact(row_bytes)
             .zip(out.par_chunks_exact_mut(k))
@@ -203,6 +172,124 @@ pub(crate) fn dequantize_rows(w: &[u8], format: Format, k: usize, out: &mut [f32
             .zip(out.chunks_exact_mut(k))
             .for_each(row);
     }
+}
+
+/// One row of blocks into `out`'s `32 * blocks` f32.
+fn dequantize_row(wr: &[u8], format: Format, or: &mut [f32], avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: AVX2, FMA and F16C were detected; `or` holds the row's values.
+        unsafe { simd::dequantize_row(wr, format, or) };
+        return;
+    }
+    let _ = avx2;
+    let bb = format.block_bytes();
+    for (wb, ob) in wr.chunks_exact(bb).zip(or.chunks_exact_mut(QK)) {
+        let d = f16_at(wb, 0);
+        match format {
+            Format::Q4_0 | Format::Q4_1 => {
+                let m = if format == Format::Q4_1 {
+                    f16_at(wb, 2)
+                } else {
+                    -8.0 * d
+                };
+                let (lo, hi) = ob.split_at_mut(16);
+                for ((&q, l), h) in wb[bb - 16..].iter().zip(lo).zip(hi) {
+                    *l = f32::from(q & 0x0F) * d + m;
+                    *h = f32::from(q >> 4) * d + m;
+                }
+            }
+            Format::Q8_0 => {
+                for (&q, o) in wb[2..].iter().zip(ob) {
+                    *o = f32::from(q as i8) * d;
+                }
+            }
+        }
+    }
+}
+
+/// f32 values of `W` dequantized at a time by one thread of [`dequant_gemm`]: a tile that
+/// stays in the core's L2 cache between being written and being multiplied.
+pub(crate) const GEMM_TILE_ELEMS: usize = 1 << 16;
+
+/// The output pointer shared by [`dequant_gemm`]'s tasks, each writing its own columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks write disjoint column ranges of the output (see `dequant_gemm`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+impl OutPtr {
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `y` `(t, n)` = `x W^T` for steps too big for the integer path: every task dequantizes a
+/// tile of `tile` rows of `W` into a buffer of its own, small enough to stay in cache, and
+/// multiplies it there with single-threaded f32 GEMM into its columns of `y`. The weights
+/// are never written out to memory as f32, so the cost over plain f32 GEMM is the unpacking
+/// arithmetic alone.
+pub(crate) fn dequant_gemm(
+    x: &[f32],
+    w: &[u8],
+    format: Format,
+    (t, n, k): (usize, usize, usize),
+    tile: usize,
+) -> Vec<f32> {
+    let mut y = vec![0f32; t * n];
+    if t == 0 || n == 0 || k == 0 {
+        return y;
+    }
+    let tile = tile.max(1);
+    let row_bytes = k / QK * format.block_bytes();
+    let avx2 = has_avx2();
+    let out = OutPtr(y.as_mut_ptr());
+    let task = |buf: &mut Vec<f32>, i: usize| {
+        let r0 = i * tile;
+        let rows = tile.min(n - r0);
+        buf.resize(rows * k, 0.0);
+        for (wr, or) in w[r0 * row_bytes..(r0 + rows) * row_bytes]
+            .chunks_exact(row_bytes)
+            .zip(buf.chunks_exact_mut(k))
+        {
+            dequantize_row(wr, format, or, avx2);
+        }
+        // SAFETY: `x` holds `t` rows of `k` (row stride k); `buf` holds `rows` rows of `k`,
+        // read as the `(k, rows)` right-hand side (row stride 1, column stride k); the
+        // destination is columns `r0..r0 + rows` of `y` (`t` rows of `n`), which no other
+        // task writes, and `y` outlives the parallel loop.
+        unsafe {
+            gemm::gemm(
+                t,
+                rows,
+                k,
+                out.at(r0),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                buf.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    let tiles = n.div_ceil(tile);
+    if tiles == 1 {
+        task(&mut Vec::new(), 0);
+    } else {
+        (0..tiles).into_par_iter().for_each_init(Vec::new, task);
+    }
+    y
 }
 
 fn has_avx2() -> bool {
