@@ -353,10 +353,11 @@ impl EngineCore {
     /// One `schedule -> execute -> update` step. Returns false when nothing was scheduled.
     fn step(&mut self) -> bool {
         let t0 = Instant::now();
+        let mut token_cap = None;
         if let Some(target) = self.target_itl {
             let max = self.sched.config().max_num_batched_tokens;
-            self.sched
-                .set_step_token_cap(self.step_cost.token_cap(target, max));
+            token_cap = self.step_cost.token_cap(target, max);
+            self.sched.set_step_token_cap(token_cap);
         }
         let out = self.sched.schedule();
         if out.is_empty() {
@@ -531,8 +532,20 @@ impl EngineCore {
         let t_end = Instant::now();
         let secs = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64();
         let duration_s = secs(t0, t_end);
-        self.step_cost
-            .observe(out.num_batched_tokens, t_end.saturating_duration_since(t0));
+        self.step_cost.observe(
+            out.num_batched_tokens,
+            t_end.saturating_duration_since(t0),
+            prefill_tokens > 0,
+        );
+        tracing::debug!(
+            tokens = out.num_batched_tokens,
+            prefill_tokens,
+            decode_tokens,
+            token_cap,
+            headroom = self.step_cost.headroom(),
+            ms = duration_s * 1e3,
+            "step"
+        );
         self.snapshot.steps += 1;
         self.snapshot.step_seconds_total += duration_s;
         let ph = &mut self.snapshot.step_phases;
