@@ -31,9 +31,16 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let lm = Tensor::randn(0f32, 0.02, (49152, 576), &dev)?;
-    ws.push((QTensor::quantize(&lm, dtype)?.data()?.into_owned(), 49152, 576));
+    ws.push((
+        QTensor::quantize(&lm, dtype)?.data()?.into_owned(),
+        49152,
+        576,
+    ));
     println!("{dtype:?} weights of SmolLM2-135M, one forward (121 matmuls), median of 5, ms:");
-    println!("{:>5} {:>9} {:>9} {:>11}", "M", "int8", "gemm", "candle-gemm");
+    println!(
+        "{:>5} {:>9} {:>9} {:>11}",
+        "M", "int8", "gemm", "candle-gemm"
+    );
     for &m in &ms {
         let xs: Vec<Tensor> = [576usize, 1536]
             .iter()

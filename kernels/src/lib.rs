@@ -62,7 +62,8 @@ pub use matmul::{skinny_matmul, SKINNY_MATMUL_MAX_ROWS};
 pub use metadata::PagedAttnMetadata;
 pub use norm::{fused_add_rms_norm, rms_norm, rotary_embedding_inplace, silu_and_mul, silu_mul};
 pub use qmatmul::{
-    quantized_matmul, quantized_matmul_path, quantized_matmul_supports, QuantizedMatmulPath,
+    dequantized_matmul, dequantized_matmul_rows, quantized_matmul, quantized_matmul_path,
+    quantized_matmul_supports, QuantizedMatmulPath, CANDLE_QMATMUL_MAX_ROWS,
     QUANTIZED_INT8_MAX_ROWS,
 };
 pub use sampling::{sample_tokens, SamplingBatch, SamplingParams, SamplingRow};

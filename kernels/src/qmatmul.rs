@@ -1,4 +1,4 @@
-//! `y = x W^T` on the CPU with `W` kept in a GGUF block format (Q4_0, Q4_1, Q8_0). Up to
+//! `y = x W^T` on the CPU with `W` kept in a GGUF block format (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0). Up to
 //! [`QUANTIZED_INT8_MAX_ROWS`] rows of `x` (decode steps, bound by streaming `W`) the
 //! activations are quantized to 8 bits per block of 32 and every block's dot product is
 //! integer multiply-adds (see `cpu::qmatmul`); bigger steps (prefill, bound by arithmetic,
@@ -9,7 +9,7 @@
 use candle_core::quantized::GgmlDType;
 use candle_core::{bail, DType, Device, Result, Storage, Tensor};
 
-use crate::cpu::qmatmul::{self, dequantize_rows, qmatmul, Format, QK};
+use crate::cpu::qmatmul::{self as cpu_qmatmul, dequantize_rows, qmatmul, Format, QK};
 
 /// Elements of `W` dequantized at a time by the GEMM path (8 MiB of f32; 1 MiB slices
 /// measured slower: more, smaller GEMM calls).
@@ -25,6 +25,8 @@ fn format(dtype: GgmlDType) -> Option<Format> {
     match dtype {
         GgmlDType::Q4_0 => Some(Format::Q4_0),
         GgmlDType::Q4_1 => Some(Format::Q4_1),
+        GgmlDType::Q5_0 => Some(Format::Q5_0),
+        GgmlDType::Q5_1 => Some(Format::Q5_1),
         GgmlDType::Q8_0 => Some(Format::Q8_0),
         _ => None,
     }
@@ -63,7 +65,9 @@ pub fn quantized_matmul_path(
     path: QuantizedMatmulPath,
 ) -> Result<Tensor> {
     let Some(fmt) = format(dtype) else {
-        bail!("quantized_matmul: {dtype:?} weights are not supported (Q4_0, Q4_1, Q8_0)");
+        bail!(
+            "quantized_matmul: {dtype:?} weights are not supported (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)"
+        );
     };
     let (t, k) = x.dims2()?;
     if k == 0 || k % QK != 0 {
@@ -105,11 +109,87 @@ pub fn quantized_matmul_path(
     };
     let x = &data[start..end];
     let y = if path == QuantizedMatmulPath::Gemm {
-        let tile = (qmatmul::GEMM_TILE_ELEMS / k).max(8);
-        qmatmul::dequant_gemm(x, w, fmt, (t, n, k), tile)
+        let tile = (cpu_qmatmul::GEMM_TILE_ELEMS / k).max(8);
+        cpu_qmatmul::dequant_gemm(x, w, fmt, (t, n, k), tile)
     } else {
         qmatmul(x, w, fmt, t, n, k)
     };
+    drop(storage);
+    Tensor::from_vec(y, (t, n), &Device::Cpu)
+}
+
+/// Rows of `x` up to which candle's quantized matmul (integer dot products with AVX2 for the
+/// K-quants) runs the block types [`quantized_matmul`] does not; above it
+/// [`dequantized_matmul`] is faster.
+pub const CANDLE_QMATMUL_MAX_ROWS: usize = 8;
+
+/// Whether `x W^T` with `rows` rows of `x` and `W` in `dtype` blocks should go through
+/// [`dequantized_matmul`] rather than candle's quantized matmul (types [`quantized_matmul`]
+/// does not cover).
+pub fn dequantized_matmul_rows(dtype: GgmlDType, rows: usize) -> bool {
+    match dtype {
+        GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => false,
+        _ => rows > CANDLE_QMATMUL_MAX_ROWS,
+    }
+}
+
+/// `x` `(T, K)` f32 on the CPU times `W^T` for `W` in any of candle's block types (ggml's
+/// layout, `N` rows): each rayon task dequantizes a cache-sized tile of `W`'s rows with
+/// candle's block code and multiplies it in place with f32 GEMM, as [`quantized_matmul`]'s
+/// GEMM path does for its own formats.
+pub fn dequantized_matmul(x: &Tensor, w: &[u8], dtype: GgmlDType, n: usize) -> Result<Tensor> {
+    if format(dtype).is_some() {
+        return quantized_matmul_path(x, w, dtype, n, QuantizedMatmulPath::Gemm);
+    }
+    let (t, k) = x.dims2()?;
+    let bs = dtype.block_size();
+    if k == 0 || k % bs != 0 {
+        bail!("dequantized_matmul: K = {k} is not a whole number of {bs}-element {dtype:?} blocks");
+    }
+    let row_bytes = k / bs * dtype.type_size();
+    if w.len() != n * row_bytes {
+        bail!(
+            "dequantized_matmul: {n} rows of {k} {dtype:?} values take {} bytes, got {}",
+            n * row_bytes,
+            w.len()
+        );
+    }
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        bail!(
+            "dequantized_matmul: x must be f32 on the CPU (got {:?} on {:?})",
+            x.dtype(),
+            x.device()
+        );
+    }
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("dequantized_matmul: x is not in CPU memory");
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("dequantized_matmul: x is not contiguous");
+    };
+    let unpack = |bytes: &[u8], out: &mut [f32]| -> Result<()> {
+        // candle reads the blocks in place and asserts their alignment: hand it an 8-byte
+        // aligned copy of the tile (a fraction of the f32 tile's size).
+        let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: `aligned` holds at least `bytes.len()` bytes; u64 has no invalid bit patterns.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), bytes.len())
+        };
+        dst.copy_from_slice(bytes);
+        let blocks = dtype.from_data(std::borrow::Cow::Borrowed(dst));
+        match blocks.dequantize(out.len())? {
+            candle_core::CpuStorage::F32(v) if v.len() == out.len() => {
+                out.copy_from_slice(&v);
+                Ok(())
+            }
+            _ => bail!("dequantized_matmul: {dtype:?} blocks did not dequantize to f32"),
+        }
+    };
+    let tile = (cpu_qmatmul::GEMM_TILE_ELEMS / k).max(8);
+    let y = cpu_qmatmul::tiled_gemm(&data[start..end], w, (t, n, k), tile, unpack)?;
     drop(storage);
     Tensor::from_vec(y, (t, n), &Device::Cpu)
 }
@@ -170,7 +250,13 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
         let t = QUANTIZED_INT8_MAX_ROWS + 8;
         let x = Tensor::randn(0f32, 1.0, (t, k), &dev).unwrap();
-        for dt in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+        for dt in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+        ] {
             assert!(quantized_matmul_supports(dt));
             let q = QTensor::quantize(&w, dt).unwrap();
             let bytes = q.data().unwrap();
@@ -188,14 +274,17 @@ mod tests {
             // Tiles of 1, 7 (the last one short) and all 200 rows, each on its own thread.
             let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             for tile in [1, 7, n] {
-                let y = qmatmul::dequant_gemm(&xv, &bytes, fmt, (t, n, k), tile);
+                let y = cpu_qmatmul::dequant_gemm(&xv, &bytes, fmt, (t, n, k), tile);
                 let y = Tensor::from_vec(y, (t, n), &dev).unwrap();
                 assert!(rel_diff(&y, &want) < 1e-5, "{dt:?} gemm tiles of {tile}");
             }
             // One row still takes the GEMM path when asked to.
             let x1 = x.narrow(0, 3, 1).unwrap();
             let g1 = quantized_matmul_path(&x1, &bytes, dt, n, QuantizedMatmulPath::Gemm).unwrap();
-            assert!(rel_diff(&g1, &want.narrow(0, 3, 1).unwrap()) < 1e-5, "{dt:?} gemm, 1 row");
+            assert!(
+                rel_diff(&g1, &want.narrow(0, 3, 1).unwrap()) < 1e-5,
+                "{dt:?} gemm, 1 row"
+            );
             let x8 = x.narrow(0, 0, 8).unwrap();
             let int8 = quantized_matmul(&x8, &bytes, dt, n).unwrap();
             let d = rel_diff(&int8, &want.narrow(0, 0, 8).unwrap());
@@ -208,5 +297,34 @@ mod tests {
         let bytes = q.data().unwrap();
         let e = quantized_matmul(&x, &bytes, GgmlDType::Q6K, n).unwrap_err();
         assert!(e.to_string().contains("not supported"), "{e}");
+    }
+
+    /// The tiled path for candle's other block types (K-quants) against candle's own
+    /// dequantization, over several tiles; `dequantized_matmul_rows` keeps few-row steps on
+    /// candle's integer matmul; bad shapes are refused.
+    #[test]
+    fn dequantized_matmul_covers_k_quants() {
+        let dev = Device::Cpu;
+        let (k, n, t) = (512, 300, 20);
+        let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (t, k), &dev).unwrap();
+        for dt in [GgmlDType::Q4K, GgmlDType::Q6K, GgmlDType::Q5K] {
+            let q = QTensor::quantize(&w, dt).unwrap();
+            let bytes = q.data().unwrap();
+            let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
+            let got = dequantized_matmul(&x, &bytes, dt, n).unwrap();
+            assert!(rel_diff(&got, &want) < 1e-5, "{dt:?}");
+            assert!(!dequantized_matmul_rows(dt, CANDLE_QMATMUL_MAX_ROWS));
+            assert!(dequantized_matmul_rows(dt, CANDLE_QMATMUL_MAX_ROWS + 1));
+            assert!(dequantized_matmul(&x, &bytes[..bytes.len() - 1], dt, n).is_err());
+            let x_bad = x.narrow(1, 0, 256 + 32).unwrap();
+            assert!(dequantized_matmul(&x_bad, &bytes, dt, n).is_err());
+        }
+        assert!(!dequantized_matmul_rows(GgmlDType::F32, 100));
+        // The formats of the integer kernel take its GEMM path.
+        let q = QTensor::quantize(&w, GgmlDType::Q5_0).unwrap();
+        let want = x.matmul(&q.dequantize(&dev).unwrap().t().unwrap()).unwrap();
+        let got = dequantized_matmul(&x, &q.data().unwrap(), GgmlDType::Q5_0, n).unwrap();
+        assert!(rel_diff(&got, &want) < 1e-5);
     }
 }

@@ -149,8 +149,9 @@ fn concat_quantized(parts: &[Arc<QTensor>], device: &Device) -> Result<Option<QT
     quantized_from_bytes(&bytes, dtype, (rows, cols), device).map(Some)
 }
 
-/// Whether CPU matmuls over Q4_0 / Q4_1 / Q8_0 weights use Lantern's kernel
-/// (`lantern_kernels::quantized_matmul`); `LANTERN_QMATMUL=candle` sends them through
+/// Whether CPU matmuls over quantized weights use Lantern's kernels
+/// (`lantern_kernels::quantized_matmul` for Q4_0 / Q4_1 / Q8_0, `dequantized_matmul` for the
+/// other block types where it is faster); `LANTERN_QMATMUL=candle` sends them all through
 /// candle's quantized matmul instead, for A/B benchmarks.
 fn own_quantized_kernel() -> bool {
     static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -158,8 +159,9 @@ fn own_quantized_kernel() -> bool {
 }
 
 /// `x (T, in) W^T` for a quantized `W`, on a contiguous f32 copy of `x` (what both
-/// quantized matmuls take): Lantern's kernel on the CPU for the block types it covers, else
-/// candle's quantized matmul. The result comes back in `x`'s dtype.
+/// quantized matmuls take): on the CPU Lantern's kernel for the block types it covers, its
+/// tiled dequantize-and-GEMM for other types above a few rows (and always for Q5_0 / Q5_1,
+/// which candle multiplies in scalar code), else candle's quantized matmul. The result comes back in `x`'s dtype.
 pub(crate) fn quantized_forward(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
     let xf = if dtype == DType::F32 {
@@ -176,6 +178,15 @@ pub(crate) fn quantized_forward(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
         {
             let n = q.shape().dims2()?.0;
             lantern_kernels::quantized_matmul(&xf, &q.data()?, q.dtype(), n)?
+        }
+        QMatMul::QTensor(q)
+            if xf.device().is_cpu()
+                && q.device().is_cpu()
+                && lantern_kernels::dequantized_matmul_rows(q.dtype(), xf.dims2()?.0)
+                && own_quantized_kernel() =>
+        {
+            let n = q.shape().dims2()?.0;
+            lantern_kernels::dequantized_matmul(&xf, &q.data()?, q.dtype(), n)?
         }
         _ => w.forward(&xf)?,
     };

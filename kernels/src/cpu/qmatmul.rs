@@ -1,11 +1,11 @@
-//! CPU matmul over block-quantized weights (GGUF Q4_0, Q4_1, Q8_0) without dequantizing
+//! CPU matmul over block-quantized weights (GGUF Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) without dequantizing
 //! them: `y = x W^T` with `x` `(T, K)` f32 and `W` `N` rows of `K / 32` blocks.
 //!
 //! Each row of `x` is quantized once per call to 8 bits per block of 32 (scale
 //! `d = max|x| / 127`, and the block's `d * sum(q)` for the weight formats with an offset),
 //! so a block's dot product is integer multiply-adds (AVX2 `maddubs`: 32 products in one
-//! instruction) scaled by `d_w * d_x`. Q4_1's `m` and Q4_0's implicit `-8` offset add
-//! `m * d_x * sum(q_x)` per block.
+//! instruction) scaled by `d_w * d_x`. Q4_1's and Q5_1's `m` and the implicit `-8` / `-16`
+//! offsets of Q4_0 / Q5_0 add `m * d_x * sum(q_x)` per block.
 //!
 //! Tasks own disjoint ranges of `W`'s rows and run on rayon's pool; inside a task a register
 //! block of two `W` rows by up to four `x` rows reuses each unpacked weight block for four
@@ -25,13 +25,19 @@ const R: usize = 2;
 /// `x` rows per register block.
 const C: usize = 4;
 
-/// The weight block layouts (ggml's `block_q4_0`, `block_q4_1`, `block_q8_0`).
+/// The weight block layouts (ggml's `block_q4_0`, `block_q4_1`, `block_q5_0`, `block_q5_1`,
+/// `block_q8_0`). Element `j < 16` of a 4- or 5-bit block is the low nibble of `qs[j]`,
+/// element `j + 16` its high nibble; a 5-bit block's fifth bits are bit `j` of `qh` (u32 LE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
     /// `d: f16, qs: [u8; 16]`, value `(nibble - 8) * d`.
     Q4_0,
     /// `d: f16, m: f16, qs: [u8; 16]`, value `nibble * d + m`.
     Q4_1,
+    /// `d: f16, qh: [u8; 4], qs: [u8; 16]`, value `(q5 - 16) * d`.
+    Q5_0,
+    /// `d: f16, m: f16, qh: [u8; 4], qs: [u8; 16]`, value `q5 * d + m`.
+    Q5_1,
     /// `d: f16, qs: [i8; 32]`, value `q * d`.
     Q8_0,
 }
@@ -41,8 +47,41 @@ impl Format {
         match self {
             Self::Q4_0 => 18,
             Self::Q4_1 => 20,
+            Self::Q5_0 => 22,
+            Self::Q5_1 => 24,
             Self::Q8_0 => 34,
         }
+    }
+
+    /// The offset of an unsigned 4- or 5-bit block: `m` for Q4_1 / Q5_1 (at byte 2), the
+    /// implicit `-8 d` / `-16 d` for Q4_0 / Q5_0; `None` for Q8_0.
+    fn offset(self, block: &[u8], d: f32) -> Option<f32> {
+        match self {
+            Self::Q4_0 => Some(-8.0 * d),
+            Self::Q5_0 => Some(-16.0 * d),
+            Self::Q4_1 | Self::Q5_1 => Some(f16_at(block, 2)),
+            Self::Q8_0 => None,
+        }
+    }
+
+    /// Bit `j` of a 5-bit block's `qh` (element `j`'s fifth bit), as 16 or 0.
+    fn high_bits(self, block: &[u8]) -> u32 {
+        match self {
+            Self::Q5_0 => u32::from_le_bytes([block[2], block[3], block[4], block[5]]),
+            Self::Q5_1 => u32::from_le_bytes([block[4], block[5], block[6], block[7]]),
+            _ => 0,
+        }
+    }
+
+    /// The unsigned value of element `j` of a 4- or 5-bit block.
+    fn unsigned_value(self, block: &[u8], j: usize) -> u8 {
+        let qs = &block[self.block_bytes() - 16..];
+        let nib = if j < 16 {
+            qs[j] & 0x0F
+        } else {
+            qs[j - 16] >> 4
+        };
+        nib | (((self.high_bits(block) >> j) & 1) as u8) << 4
     }
 }
 
@@ -186,20 +225,13 @@ fn dequantize_row(wr: &[u8], format: Format, or: &mut [f32], avx2: bool) {
     let bb = format.block_bytes();
     for (wb, ob) in wr.chunks_exact(bb).zip(or.chunks_exact_mut(QK)) {
         let d = f16_at(wb, 0);
-        match format {
-            Format::Q4_0 | Format::Q4_1 => {
-                let m = if format == Format::Q4_1 {
-                    f16_at(wb, 2)
-                } else {
-                    -8.0 * d
-                };
-                let (lo, hi) = ob.split_at_mut(16);
-                for ((&q, l), h) in wb[bb - 16..].iter().zip(lo).zip(hi) {
-                    *l = f32::from(q & 0x0F) * d + m;
-                    *h = f32::from(q >> 4) * d + m;
+        match format.offset(wb, d) {
+            Some(m) => {
+                for (j, o) in ob.iter_mut().enumerate() {
+                    *o = f32::from(format.unsigned_value(wb, j)) * d + m;
                 }
             }
-            Format::Q8_0 => {
+            None => {
                 for (&q, o) in wb[2..].iter().zip(ob) {
                     *o = f32::from(q as i8) * d;
                 }
@@ -237,23 +269,50 @@ pub(crate) fn dequant_gemm(
     (t, n, k): (usize, usize, usize),
     tile: usize,
 ) -> Vec<f32> {
-    let mut y = vec![0f32; t * n];
-    if t == 0 || n == 0 || k == 0 {
-        return y;
-    }
-    let tile = tile.max(1);
     let row_bytes = k / QK * format.block_bytes();
     let avx2 = has_avx2();
+    let unpack = |tile: &[u8], buf: &mut [f32]| -> Result<(), std::convert::Infallible> {
+        for (wr, or) in tile.chunks_exact(row_bytes).zip(buf.chunks_exact_mut(k)) {
+            dequantize_row(wr, format, or, avx2);
+        }
+        Ok(())
+    };
+    match tiled_gemm(x, w, (t, n, k), tile, unpack) {
+        Ok(y) => y,
+        Err(never) => match never {},
+    }
+}
+
+/// The tiled dequantize-and-GEMM loop of [`dequant_gemm`] for any row format: `unpack(bytes,
+/// out)` turns whole rows of `W` (`w.len() / n` bytes each) into f32 rows of `k`. The first
+/// error stops the remaining tiles and is returned.
+pub(crate) fn tiled_gemm<E: Send>(
+    x: &[f32],
+    w: &[u8],
+    (t, n, k): (usize, usize, usize),
+    tile: usize,
+    unpack: impl Fn(&[u8], &mut [f32]) -> Result<(), E> + Sync,
+) -> Result<Vec<f32>, E> {
+    let mut y = vec![0f32; t * n];
+    if t == 0 || n == 0 || k == 0 {
+        return Ok(y);
+    }
+    let tile = tile.max(1);
+    let row_bytes = w.len() / n;
     let out = OutPtr(y.as_mut_ptr());
+    let failed = std::sync::Mutex::new(None);
     let task = |buf: &mut Vec<f32>, i: usize| {
+        if failed.lock().map_or(true, |f| f.is_some()) {
+            return;
+        }
         let r0 = i * tile;
         let rows = tile.min(n - r0);
         buf.resize(rows * k, 0.0);
-        for (wr, or) in w[r0 * row_bytes..(r0 + rows) * row_bytes]
-            .chunks_exact(row_bytes)
-            .zip(buf.chunks_exact_mut(k))
-        {
-            dequantize_row(wr, format, or, avx2);
+        if let Err(e) = unpack(&w[r0 * row_bytes..(r0 + rows) * row_bytes], buf) {
+            if let Ok(mut f) = failed.lock() {
+                f.get_or_insert(e);
+            }
+            return;
         }
         // SAFETY: `x` holds `t` rows of `k` (row stride k); `buf` holds `rows` rows of `k`,
         // read as the `(k, rows)` right-hand side (row stride 1, column stride k); the
@@ -289,7 +348,14 @@ pub(crate) fn dequant_gemm(
     } else {
         (0..tiles).into_par_iter().for_each_init(Vec::new, task);
     }
-    y
+    let failed = match failed.into_inner() {
+        Ok(f) => f,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(y),
+    }
 }
 
 fn has_avx2() -> bool {
@@ -365,22 +431,15 @@ fn dot_portable(w: &[u8], xq: &QuantizedRows, format: Format, row: usize) -> f32
         let qx = &xs[b * QK..(b + 1) * QK];
         let (dx, sx) = (xq.d[row * nb + b], xq.s[row * nb + b]);
         let dw = f16_at(wb, 0);
-        let (dot, offset) = match format {
-            Format::Q4_0 | Format::Q4_1 => {
-                let qs = &wb[bb - 16..];
+        let (dot, offset) = match format.offset(wb, dw) {
+            Some(m) => {
                 let mut dot = 0i32;
-                for j in 0..16 {
-                    dot += i32::from(qs[j] & 0x0F) * i32::from(qx[j]);
-                    dot += i32::from(qs[j] >> 4) * i32::from(qx[j + 16]);
+                for (j, &q) in qx.iter().enumerate() {
+                    dot += i32::from(format.unsigned_value(wb, j)) * i32::from(q);
                 }
-                let m = if format == Format::Q4_1 {
-                    f16_at(wb, 2)
-                } else {
-                    -8.0 * dw
-                };
                 (dot, m * sx)
             }
-            Format::Q8_0 => {
+            None => {
                 let mut dot = 0i32;
                 for j in 0..QK {
                     dot += i32::from(wb[2 + j] as i8) * i32::from(qx[j]);
@@ -450,14 +509,14 @@ mod simd {
             let d = f16_at(p);
             let op = o.as_mut_ptr();
             match format {
-                Format::Q4_0 | Format::Q4_1 => {
-                    let m = if format == Format::Q4_1 {
-                        f16_at(p.add(2))
-                    } else {
-                        -8.0 * d
+                Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 => {
+                    let m = match format {
+                        Format::Q4_1 | Format::Q5_1 => f16_at(p.add(2)),
+                        Format::Q5_0 => -16.0 * d,
+                        _ => -8.0 * d,
                     };
                     let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
-                    let q = nibbles(p.add(bb - 16));
+                    let q = unsigned_values(p, format);
                     let lo = _mm256_castsi256_si128(q);
                     let hi = _mm256_extracti128_si256::<1>(q);
                     for (i, half) in [lo, hi].into_iter().enumerate() {
@@ -501,6 +560,30 @@ mod simd {
         _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
     }
 
+    /// The 32 unsigned values (0..16 or 0..32) of the 4- or 5-bit block at `p`, element
+    /// order: the nibbles, plus 16 where bit `j` of a 5-bit block's `qh` is set.
+    #[inline(always)]
+    unsafe fn unsigned_values(p: *const u8, format: Format) -> __m256i {
+        let q = nibbles(p.add(format.block_bytes() - 16));
+        let qh = match format {
+            Format::Q5_0 => p.add(2),
+            Format::Q5_1 => p.add(4),
+            _ => return q,
+        };
+        let bits = i32::from_le_bytes([*qh, *qh.add(1), *qh.add(2), *qh.add(3)]);
+        // Byte j takes byte j / 8 of qh, keeps bit j % 8, and becomes 0x10 where it is set.
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits),
+            _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                3, 3, 3, 3,
+            ),
+        );
+        let mask = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, mask), mask);
+        _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+    }
+
     /// `out[r][c] = <w_r, x_(c0 + c)>` for the R rows of `w` and `cols` rows of `xq`: per
     /// block, each (row, token) pair's eight lanes of integer sums are converted and
     /// accumulated with the scale `d_w * d_x`; the lanes are added up at the end. A token's
@@ -528,10 +611,18 @@ mod simd {
             (Format::Q8_0, 2) => block_n::<2, 2>(w, xq, c0, out),
             (Format::Q8_0, 3) => block_n::<3, 2>(w, xq, c0, out),
             (Format::Q8_0, _) => block_n::<4, 2>(w, xq, c0, out),
+            (Format::Q5_0, 1) => block_n::<1, 3>(w, xq, c0, out),
+            (Format::Q5_0, 2) => block_n::<2, 3>(w, xq, c0, out),
+            (Format::Q5_0, 3) => block_n::<3, 3>(w, xq, c0, out),
+            (Format::Q5_0, _) => block_n::<4, 3>(w, xq, c0, out),
+            (Format::Q5_1, 1) => block_n::<1, 4>(w, xq, c0, out),
+            (Format::Q5_1, 2) => block_n::<2, 4>(w, xq, c0, out),
+            (Format::Q5_1, 3) => block_n::<3, 4>(w, xq, c0, out),
+            (Format::Q5_1, _) => block_n::<4, 4>(w, xq, c0, out),
         }
     }
 
-    /// [`block`] for `COLS` tokens of format `F` (0: Q4_0, 1: Q4_1, 2: Q8_0).
+    /// [`block`] for `COLS` tokens of format `F` (0: Q4_0, 1: Q4_1, 2: Q8_0, 3: Q5_0, 4: Q5_1).
     // Index loops over the constant-size register arrays keep them in registers.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -545,6 +636,8 @@ mod simd {
             match F {
                 0 => Format::Q4_0,
                 1 => Format::Q4_1,
+                3 => Format::Q5_0,
+                4 => Format::Q5_1,
                 _ => Format::Q8_0,
             },
             COLS,
@@ -568,13 +661,14 @@ mod simd {
             for r in 0..R {
                 let p = wp.add(r * row_bytes + b * bb);
                 match format {
-                    Format::Q4_0 => {
+                    Format::Q4_0 | Format::Q5_0 => {
                         let d = f16_at(p);
-                        wv[r] = nibbles(p.add(2));
+                        wv[r] = unsigned_values(p, format);
                         dw[r] = _mm256_set1_ps(d);
-                        mw[r] = _mm_set1_ps(-8.0 * d);
+                        let k = if F == 0 { -8.0 } else { -16.0 };
+                        mw[r] = _mm_set1_ps(k * d);
                     }
-                    Format::Q4_1 => {
+                    Format::Q4_1 | Format::Q5_1 => {
                         // d and m side by side: one conversion.
                         let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
                             *p,
@@ -582,7 +676,7 @@ mod simd {
                             *p.add(2),
                             *p.add(3),
                         ])));
-                        wv[r] = nibbles(p.add(4));
+                        wv[r] = unsigned_values(p, format);
                         dw[r] = _mm256_broadcastss_ps(dm);
                         mw[r] = _mm_shuffle_ps::<0b0101_0101>(dm, dm);
                     }
@@ -607,7 +701,8 @@ mod simd {
                 for r in 0..R {
                     let prod = match format {
                         Format::Q8_0 => _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(xv, wv[r])),
-                        Format::Q4_0 | Format::Q4_1 => _mm256_maddubs_epi16(wv[r], xv),
+                        // Unsigned weights below 32: pairs of products fit in i16.
+                        _ => _mm256_maddubs_epi16(wv[r], xv),
                     };
                     let v = _mm256_cvtepi32_ps(_mm256_madd_epi16(prod, ones));
                     acc[r][c] = _mm256_fmadd_ps(v, _mm256_mul_ps(dw[r], d), acc[r][c]);
@@ -655,11 +750,34 @@ mod tests {
                     out.extend(lo);
                     out.extend(hi);
                 }
+                Format::Q5_0 | Format::Q5_1 => {
+                    // ggml: d, (m), qh (u32 LE: bit j = element j's fifth bit), qs.
+                    let (m, h0) = if format == Format::Q5_1 {
+                        (f16_at(wb, 2), 4)
+                    } else {
+                        (-16.0 * d, 2)
+                    };
+                    let qh = u32::from_le_bytes([wb[h0], wb[h0 + 1], wb[h0 + 2], wb[h0 + 3]]);
+                    let qs = &wb[h0 + 4..];
+                    for j in 0..32 {
+                        let nib = if j < 16 { qs[j] & 15 } else { qs[j - 16] >> 4 };
+                        let q = u32::from(nib) + 16 * ((qh >> j) & 1);
+                        out.push(q as f32 * d + m);
+                    }
+                }
                 Format::Q8_0 => out.extend(wb[2..].iter().map(|&q| (q as i8) as f32 * d)),
             }
         }
         out
     }
+
+    const ALL: [Format; 5] = [
+        Format::Q4_0,
+        Format::Q4_1,
+        Format::Q5_0,
+        Format::Q5_1,
+        Format::Q8_0,
+    ];
 
     fn lcg(seed: u64) -> impl FnMut() -> u64 {
         let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -685,6 +803,12 @@ mod tests {
                     w.extend_from_slice(&f16::from_f32(m).to_le_bytes());
                     w.extend((0..16).map(|_| (rnd() & 0xFF) as u8));
                 }
+                Format::Q5_0 => w.extend((0..20).map(|_| (rnd() & 0xFF) as u8)),
+                Format::Q5_1 => {
+                    let m = ((rnd() % 2000) as f32 - 1000.0) * 1e-4;
+                    w.extend_from_slice(&f16::from_f32(m).to_le_bytes());
+                    w.extend((0..20).map(|_| (rnd() & 0xFF) as u8));
+                }
                 Format::Q8_0 => w.extend((0..32).map(|_| (rnd() & 0xFF) as u8)),
             }
         }
@@ -704,7 +828,7 @@ mod tests {
     /// across the 4-token blocks) and the threaded path.
     #[test]
     fn matches_dequantized_reference() {
-        for format in [Format::Q4_0, Format::Q4_1, Format::Q8_0] {
+        for format in ALL {
             for &(t, k, n) in &[
                 (1, 32, 1),
                 (1, 576, 7),
@@ -744,7 +868,7 @@ mod tests {
     /// format, on the serial and the parallel path.
     #[test]
     fn dequantized_rows_are_the_block_values() {
-        for format in [Format::Q4_0, Format::Q4_1, Format::Q8_0] {
+        for format in ALL {
             for &(rows, k) in &[(3, 64), (700, 128)] {
                 let w = random_blocks(rows * k / QK, format, rows as u64);
                 let mut out = vec![0f32; rows * k];
@@ -799,7 +923,7 @@ mod tests {
     #[test]
     fn batch_invariant_and_paths_agree() {
         let (k, n) = (576, 70);
-        for format in [Format::Q4_0, Format::Q4_1, Format::Q8_0] {
+        for format in ALL {
             let w = random_blocks(n * k / QK, format, 7);
             let x = random_x(7 * k, 3);
             let all = qmatmul(&x, &w, format, 7, n, k);
