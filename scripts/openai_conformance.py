@@ -45,10 +45,14 @@ def main():
             ids = [m.id for m in client.models.list().data]
             assert MODEL in ids, ids
 
+        # The default model serves quantized (Q4_1 weights, 8-bit activations for short steps):
+        # its answer to some phrasings of this question turns on rounding (e.g. whether the
+        # prompt's tail runs as a short cached-prefix step or inside a longer prefill). This
+        # phrasing answers Paris both ways, cold and with its prefix cached.
         def paris():
             r = client.chat.completions.create(
                 model=MODEL,
-                messages=[{"role": "user", "content": "Which city is the capital of France?"}],
+                messages=[{"role": "user", "content": "Name the capital of France."}],
                 temperature=0,
                 max_tokens=30,
             )
@@ -60,7 +64,7 @@ def main():
         def chat_stream():
             stream = client.chat.completions.create(
                 model=MODEL,
-                messages=[{"role": "user", "content": "Which city is the capital of France?"}],
+                messages=[{"role": "user", "content": "Name the capital of France."}],
                 temperature=0,
                 max_tokens=30,
                 stream=True,

@@ -56,6 +56,58 @@ pub enum QuantizedMatmulPath {
     CandleGemm,
 }
 
+/// Checks `x` `(T, K)` and `w` (`N` rows of `K / block` blocks of `block_bytes` bytes) for
+/// one of the matmuls below (`what`), and returns `x` as a contiguous f32 CPU tensor with
+/// `(T, K)`.
+fn checked_input(
+    what: &str,
+    x: &Tensor,
+    w: &[u8],
+    dtype: GgmlDType,
+    (n, block, block_bytes): (usize, usize, usize),
+) -> Result<(Tensor, usize, usize)> {
+    let (t, k) = x.dims2()?;
+    if k == 0 || k % block != 0 {
+        bail!("{what}: K = {k} is not a whole number of {block}-element {dtype:?} blocks");
+    }
+    let want = n * (k / block) * block_bytes;
+    if w.len() != want {
+        bail!(
+            "{what}: {n} rows of {k} {dtype:?} values take {want} bytes, got {}",
+            w.len()
+        );
+    }
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        bail!(
+            "{what}: x must be f32 on the CPU (got {:?} on {:?})",
+            x.dtype(),
+            x.device()
+        );
+    }
+    Ok((x.contiguous()?, t, k))
+}
+
+/// `f` on the values of `x` (contiguous, f32, on the CPU: see [`checked_input`]), its
+/// `(T, N)` result as a tensor.
+fn on_cpu_values(
+    what: &str,
+    x: &Tensor,
+    (t, n): (usize, usize),
+    f: impl FnOnce(&[f32]) -> Result<Vec<f32>>,
+) -> Result<Tensor> {
+    let (storage, layout) = x.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("{what}: x is not in CPU memory");
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("{what}: x is not contiguous");
+    };
+    let y = f(&data[start..end])?;
+    drop(storage);
+    Tensor::from_vec(y, (t, n), &Device::Cpu)
+}
+
 /// [`quantized_matmul`] on a chosen path (benchmarks compare them).
 pub fn quantized_matmul_path(
     x: &Tensor,
@@ -64,30 +116,11 @@ pub fn quantized_matmul_path(
     n: usize,
     path: QuantizedMatmulPath,
 ) -> Result<Tensor> {
+    const WHAT: &str = "quantized_matmul";
     let Some(fmt) = format(dtype) else {
-        bail!(
-            "quantized_matmul: {dtype:?} weights are not supported (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)"
-        );
+        bail!("{WHAT}: {dtype:?} weights are not supported (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)");
     };
-    let (t, k) = x.dims2()?;
-    if k == 0 || k % QK != 0 {
-        bail!("quantized_matmul: K = {k} is not a whole number of {QK}-element blocks");
-    }
-    let want = n * (k / QK) * fmt.block_bytes();
-    if w.len() != want {
-        bail!(
-            "quantized_matmul: {n} rows of {k} {dtype:?} values take {want} bytes, got {}",
-            w.len()
-        );
-    }
-    if !x.device().is_cpu() || x.dtype() != DType::F32 {
-        bail!(
-            "quantized_matmul: x must be f32 on the CPU (got {:?} on {:?})",
-            x.dtype(),
-            x.device()
-        );
-    }
-    let x = x.contiguous()?;
+    let (x, t, k) = checked_input(WHAT, x, w, dtype, (n, QK, fmt.block_bytes()))?;
     if n == 0 || t == 0 {
         return Tensor::zeros((t, n), DType::F32, &Device::Cpu);
     }
@@ -99,23 +132,14 @@ pub fn quantized_matmul_path(
     if path == QuantizedMatmulPath::CandleGemm {
         return dequant_gemm(&x, w, fmt, (n, k), (DEQUANT_CHUNK_ELEMS / k).max(64));
     }
-    let (storage, layout) = x.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        bail!("quantized_matmul: x is not in CPU memory");
-    };
-    let data = cpu.as_slice::<f32>()?;
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("quantized_matmul: x is not contiguous");
-    };
-    let x = &data[start..end];
-    let y = if path == QuantizedMatmulPath::Gemm {
-        let tile = (cpu_qmatmul::GEMM_TILE_ELEMS / k).max(8);
-        cpu_qmatmul::dequant_gemm(x, w, fmt, (t, n, k), tile)
-    } else {
-        qmatmul(x, w, fmt, t, n, k)
-    };
-    drop(storage);
-    Tensor::from_vec(y, (t, n), &Device::Cpu)
+    on_cpu_values(WHAT, &x, (t, n), |x| {
+        Ok(if path == QuantizedMatmulPath::Gemm {
+            let tile = (cpu_qmatmul::GEMM_TILE_ELEMS / k).max(8);
+            cpu_qmatmul::dequant_gemm(x, w, fmt, (t, n, k), tile)
+        } else {
+            qmatmul(x, w, fmt, t, n, k)
+        })
+    })
 }
 
 /// Rows of `x` up to which candle's quantized matmul (integer dot products with AVX2 for the
@@ -141,35 +165,14 @@ pub fn dequantized_matmul(x: &Tensor, w: &[u8], dtype: GgmlDType, n: usize) -> R
     if format(dtype).is_some() {
         return quantized_matmul_path(x, w, dtype, n, QuantizedMatmulPath::Gemm);
     }
-    let (t, k) = x.dims2()?;
-    let bs = dtype.block_size();
-    if k == 0 || k % bs != 0 {
-        bail!("dequantized_matmul: K = {k} is not a whole number of {bs}-element {dtype:?} blocks");
-    }
-    let row_bytes = k / bs * dtype.type_size();
-    if w.len() != n * row_bytes {
-        bail!(
-            "dequantized_matmul: {n} rows of {k} {dtype:?} values take {} bytes, got {}",
-            n * row_bytes,
-            w.len()
-        );
-    }
-    if !x.device().is_cpu() || x.dtype() != DType::F32 {
-        bail!(
-            "dequantized_matmul: x must be f32 on the CPU (got {:?} on {:?})",
-            x.dtype(),
-            x.device()
-        );
-    }
-    let x = x.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let Storage::Cpu(cpu) = &*storage else {
-        bail!("dequantized_matmul: x is not in CPU memory");
-    };
-    let data = cpu.as_slice::<f32>()?;
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("dequantized_matmul: x is not contiguous");
-    };
+    const WHAT: &str = "dequantized_matmul";
+    let (x, t, k) = checked_input(
+        WHAT,
+        x,
+        w,
+        dtype,
+        (n, dtype.block_size(), dtype.type_size()),
+    )?;
     let unpack = |bytes: &[u8], out: &mut [f32]| -> Result<()> {
         // candle reads the blocks in place and asserts their alignment: hand it an 8-byte
         // aligned copy of the tile (a fraction of the f32 tile's size).
@@ -189,9 +192,9 @@ pub fn dequantized_matmul(x: &Tensor, w: &[u8], dtype: GgmlDType, n: usize) -> R
         }
     };
     let tile = (cpu_qmatmul::GEMM_TILE_ELEMS / k).max(8);
-    let y = cpu_qmatmul::tiled_gemm(&data[start..end], w, (t, n, k), tile, unpack)?;
-    drop(storage);
-    Tensor::from_vec(y, (t, n), &Device::Cpu)
+    on_cpu_values(WHAT, &x, (t, n), |x| {
+        cpu_qmatmul::tiled_gemm(x, w, (t, n, k), tile, unpack)
+    })
 }
 
 /// The GEMM path: `W` dequantized `chunk` rows at a time, each slice multiplied with
