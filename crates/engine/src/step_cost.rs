@@ -13,7 +13,9 @@
 //! therefore sized for a high quantile of the cost, not its mean: the `actual / predicted`
 //! ratio of each step the cap sizes (one holding prompt tokens) is kept over a window, and the cap leaves room for its
 //! [`COST_QUANTILE`] quantile, so about that share of capped steps finish within the target
-//! whatever the machine's noise (a quiet machine keeps ratios near 1 and loses nothing).
+//! whatever the machine's noise (a quiet machine keeps ratios near 1 and loses nothing). Slow
+//! steps come in runs (a busy neighbour, a burst of work on the other threads): the headroom is
+//! also at least the last sized step's ratio, so the step after an overrun is sized for it.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -88,16 +90,18 @@ impl StepCostModel {
     }
 
     /// The factor the predicted cost is scaled by when sizing a step: the [`COST_QUANTILE`]
-    /// quantile of recent `actual / predicted` ratios, between 1 and [`MAX_HEADROOM`]; 1
-    /// until enough sized steps were seen.
+    /// quantile of recent `actual / predicted` ratios (once enough sized steps were seen) or
+    /// the last one, whichever is larger, between 1 and [`MAX_HEADROOM`].
     pub(crate) fn headroom(&self) -> f64 {
-        if self.ratios.len() < MIN_RATIOS {
-            return 1.0;
-        }
-        let mut r: Vec<f64> = self.ratios.iter().copied().collect();
-        r.sort_by(f64::total_cmp);
-        let i = ((r.len() as f64 * COST_QUANTILE).ceil() as usize).clamp(1, r.len()) - 1;
-        r[i].clamp(1.0, MAX_HEADROOM)
+        let last = self.ratios.back().copied().unwrap_or(1.0);
+        let quantile = if self.ratios.len() < MIN_RATIOS {
+            1.0
+        } else {
+            let mut r: Vec<f64> = self.ratios.iter().copied().collect();
+            r.sort_by(f64::total_cmp);
+            r[((r.len() as f64 * COST_QUANTILE).ceil() as usize).clamp(1, r.len()) - 1]
+        };
+        quantile.max(last).clamp(1.0, MAX_HEADROOM)
     }
 
     /// `(fixed seconds, seconds per token)` as estimated so far.
@@ -147,7 +151,8 @@ mod tests {
         let mut m = StepCostModel::default();
         let base = |t: usize| 30.0 + 2.0 * t as f64;
         let noisy = |t: usize, i: usize| ms(base(t) * if i % 5 == 4 { 1.3 } else { 1.0 });
-        for i in 0..200 {
+        // 201 rounds: the last step is an ordinary one.
+        for i in 0..201 {
             let cap = m.token_cap(ms(250.0), 2048).unwrap_or(256).max(64);
             m.observe(cap, noisy(cap, i), true);
             m.observe(8, noisy(8, i), false);
@@ -163,6 +168,28 @@ mod tests {
             slow.observe(100, ms(if i % 2 == 0 { 100.0 } else { 1000.0 }), true);
         }
         assert_eq!(slow.headroom(), MAX_HEADROOM);
+    }
+
+    /// A run of slow steps: the step after the first overrun is already sized for it (the
+    /// moving averages alone would take several steps), and the caps come back afterwards.
+    #[test]
+    fn the_step_after_an_overrun_is_smaller() {
+        let mut m = StepCostModel::default();
+        let cost = |t: usize, slow: f64| ms((30.0 + 2.0 * t as f64) * slow);
+        for _ in 0..40 {
+            let cap = m.token_cap(ms(250.0), 2048).unwrap_or(256);
+            m.observe(cap, cost(cap, 1.0), true);
+        }
+        let before = m.token_cap(ms(250.0), 2048).unwrap();
+        m.observe(before, cost(before, 1.5), true);
+        let after = m.token_cap(ms(250.0), 2048).unwrap();
+        // The next step at 1.5x costs at most ~5% over the target.
+        assert!(cost(after, 1.5) <= ms(262.5), "{before} -> {after}");
+        for _ in 0..80 {
+            let cap = m.token_cap(ms(250.0), 2048).unwrap();
+            m.observe(cap, cost(cap, 1.0), true);
+        }
+        assert!(m.token_cap(ms(250.0), 2048).unwrap() + 2 >= before);
     }
 
     /// The estimate follows a machine that slows down (e.g. longer contexts).
