@@ -3,7 +3,10 @@
 //! serve` does on the CPU, `none` dequantizes them to f32), fills B sequences with CTX random prompt
 //! tokens, then times decode steps of all B at once: the runner's forward and sampling
 //! halves, and the forward's ops one by one (`lantern_models::profile`).
-//!   cargo run --release -p lantern-bench --example decode_profile -- [MODEL|-] [B,B,..] [CTX] [KV_DTYPE] [QUANT]
+//!   cargo run --release -p lantern-bench --example decode_profile -- [MODEL|-] [B,B,..] [CTX] [KV_DTYPE] [QUANT] [CHUNK]
+//! CHUNK > 0 makes every timed step a mixed one, as the scheduler builds them under
+//! `--target-itl-ms`: the B decodes plus CHUNK prompt tokens of one more sequence, the last
+//! CHUNK of a CTX-token prompt whose earlier tokens are cached.
 //! With no MODEL, `$LANTERN_SMOLLM2_GGUF` or ~/.cache/lantern/SmolLM2-135M-Instruct.Q4_1.gguf.
 use anyhow::{Context, Result};
 use lantern_models::{load_model, profile, DTypeChoice, LoadOptions, Quantization};
@@ -41,6 +44,10 @@ fn main() -> Result<()> {
         Some(q) => Quantization::parse(q)
             .with_context(|| format!("quantization `{q}`: {}", Quantization::NAMES))?,
     };
+    let chunk_len: usize = args.get(5).map(|s| s.parse()).transpose()?.unwrap_or(0);
+    if chunk_len > ctx {
+        anyhow::bail!("CHUNK {chunk_len} is longer than the CTX {ctx} prompt");
+    }
     let opts = LoadOptions {
         dtype: DTypeChoice::F32,
         progress: false,
@@ -55,7 +62,7 @@ fn main() -> Result<()> {
         loaded.model,
         RunnerConfig {
             block_size: BLOCK,
-            kv_cache: KvCacheSize::Tokens((max_b * blocks_per_seq + 1) * BLOCK),
+            kv_cache: KvCacheSize::Tokens(((max_b + 1) * blocks_per_seq + 1) * BLOCK),
             kv_cache_dtype,
         },
     )?;
@@ -101,12 +108,29 @@ fn main() -> Result<()> {
             s.push(out.sampled[0].token);
         }
         let prefill = t.elapsed().as_secs_f64() / b as f64;
+        // The mixed steps' prompt: its first CTX - CHUNK tokens cached once here.
+        let chunk_table: Vec<u32> = (0..blocks_per_seq)
+            .map(|j| (1 + b * blocks_per_seq + j) as u32)
+            .collect();
+        let chunk_prompt: Vec<u32> = (0..ctx).map(|_| rng.random_range(0..vocab)).collect();
+        let cached = ctx - chunk_len;
+        if chunk_len > 0 && cached > 0 {
+            let head = [SeqChunk {
+                token_ids: &chunk_prompt[..cached],
+                num_computed_tokens: 0,
+                block_table: &chunk_table,
+                sample: false,
+                all_logits: false,
+                lora_slot: None,
+            }];
+            runner.step(&head, &[])?;
+        }
         profile::set_enabled(true);
         let _ = profile::take();
         let (mut fwd, mut smp, mut wall) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..STEPS {
             let t = Instant::now();
-            let chunks: Vec<SeqChunk> = seqs
+            let mut chunks: Vec<SeqChunk> = seqs
                 .iter()
                 .zip(&tables)
                 .map(|(s, table)| SeqChunk {
@@ -118,6 +142,16 @@ fn main() -> Result<()> {
                     lora_slot: None,
                 })
                 .collect();
+            if chunk_len > 0 {
+                chunks.push(SeqChunk {
+                    token_ids: &chunk_prompt[cached..],
+                    num_computed_tokens: cached,
+                    block_table: &chunk_table,
+                    sample: false,
+                    all_logits: false,
+                    lora_slot: None,
+                });
+            }
             let rows = vec![row; b];
             let out = runner.step(&chunks, &rows)?;
             drop(chunks);
@@ -136,7 +170,8 @@ fn main() -> Result<()> {
         };
         let (f, s, w) = (med(&mut fwd), med(&mut smp), med(&mut wall));
         println!(
-            "\nB={b:3}: prefill {:.1} ms/seq; decode step median {w:.2} ms (forward {f:.2}, sample {s:.2}); {:.1} tok/s",
+            "\nB={b:3}{}: prefill {:.1} ms/seq; decode step median {w:.2} ms (forward {f:.2}, sample {s:.2}); {:.1} tok/s",
+            if chunk_len > 0 { format!(" + {chunk_len} prompt tokens") } else { String::new() },
             prefill * 1e3,
             b as f64 / w * 1e3
         );

@@ -58,7 +58,10 @@ mod upload;
 pub use attention::paged_attention;
 pub use cache_write::write_kv_cache;
 pub use lora::{lora_add, LoraBatch, LoraWeights, LORA_SGMV_MIN_TOKENS};
-pub use matmul::{skinny_matmul, SKINNY_MATMUL_MAX_ROWS};
+pub use matmul::{
+    cpu_matmul, skinny_matmul, tiled_matmul, CpuMatmulPath, SKINNY_MATMUL_MAX_ROWS,
+    TILED_MATMUL_MAX_ROWS,
+};
 pub use metadata::PagedAttnMetadata;
 pub use norm::{fused_add_rms_norm, rms_norm, rotary_embedding_inplace, silu_and_mul, silu_mul};
 pub use qmatmul::{

@@ -10,6 +10,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::{bail, DType, Device, Result, Storage, Tensor};
 
 use crate::cpu::qmatmul::{self as cpu_qmatmul, dequantize_rows, qmatmul, Format, QK};
+use crate::cpu::tiled_gemm::{tile_rows, tiled_gemm, Unpacked};
 
 /// Elements of `W` dequantized at a time by the GEMM path (8 MiB of f32; 1 MiB slices
 /// measured slower: more, smaller GEMM calls).
@@ -134,7 +135,7 @@ pub fn quantized_matmul_path(
     }
     on_cpu_values(WHAT, &x, (t, n), |x| {
         Ok(if path == QuantizedMatmulPath::Gemm {
-            let tile = (cpu_qmatmul::GEMM_TILE_ELEMS / k).max(8);
+            let tile = tile_rows(k);
             cpu_qmatmul::dequant_gemm(x, w, fmt, (t, n, k), tile)
         } else {
             qmatmul(x, w, fmt, t, n, k)
@@ -191,9 +192,16 @@ pub fn dequantized_matmul(x: &Tensor, w: &[u8], dtype: GgmlDType, n: usize) -> R
             _ => bail!("dequantized_matmul: {dtype:?} blocks did not dequantize to f32"),
         }
     };
-    let tile = (cpu_qmatmul::GEMM_TILE_ELEMS / k).max(8);
+    let tile = tile_rows(k);
     on_cpu_values(WHAT, &x, (t, n), |x| {
-        cpu_qmatmul::tiled_gemm(x, w, (t, n, k), tile, unpack)
+        let row_bytes = k / dtype.block_size() * dtype.type_size();
+        let src = Unpacked {
+            w,
+            row_bytes,
+            k,
+            unpack,
+        };
+        tiled_gemm(x, (t, n, k), tile, &src)
     })
 }
 

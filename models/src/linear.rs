@@ -48,8 +48,8 @@ pub enum WeightLayout {
     Transposed,
     /// `(out, in)` as in the checkpoint; the forward pass multiplies by the transposed view
     /// (cuBLAS and candle's CPU matmul take it without a copy, so there is no load-time
-    /// transpose), and on the CPU steps of up to [`lantern_kernels::SKINNY_MATMUL_MAX_ROWS`]
-    /// tokens use the skinny kernel, which streams the rows in storage order.
+    /// transpose), and on the CPU Lantern's kernels take steps by size
+    /// ([`lantern_kernels::cpu_matmul`]).
     Checkpoint,
 }
 
@@ -489,11 +489,12 @@ impl Module for Linear {
     }
 }
 
-/// `x (T, in)` times `w^T` for `w` `(out, in)`: the skinny kernel for few rows on the CPU
-/// (decode steps), else the general matmul on the transposed view.
+/// `x (T, in)` times `w^T` for `w` `(out, in)`: on the CPU Lantern's kernels by step size
+/// (`lantern_kernels::cpu_matmul`: skinny for decode steps, tiled GEMM for a few dozen
+/// rows, candle's matmul above), elsewhere the general matmul on the transposed view.
 pub(crate) fn matmul_checkpoint(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dims2()?.0 <= lantern_kernels::SKINNY_MATMUL_MAX_ROWS {
-        lantern_kernels::skinny_matmul(x, w)
+    if x.device().is_cpu() {
+        lantern_kernels::cpu_matmul(x, w)
     } else {
         x.matmul(&w.t()?)
     }

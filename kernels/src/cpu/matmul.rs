@@ -23,7 +23,7 @@ use candle_core::{bail, CpuStorage, Layout, Result, Shape};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::{contiguous_window, Elem};
+use super::{contiguous_window, tiled_gemm, Elem};
 
 /// Below this many multiply-adds a call runs on the calling thread (waking rayon's workers
 /// costs microseconds).
@@ -79,40 +79,77 @@ impl Isa {
     }
 }
 
-pub(crate) fn skinny_matmul_cpu(
+/// Which CPU kernel [`dense_matmul_cpu`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DenseKernel {
+    /// Row-streaming kernel for few rows of `x` (this module).
+    Skinny,
+    /// One single-threaded GEMM per tile of `W`'s rows (`cpu::tiled_gemm`).
+    Tiled,
+}
+
+impl DenseKernel {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            DenseKernel::Skinny => "skinny_matmul",
+            DenseKernel::Tiled => "tiled_matmul",
+        }
+    }
+
+    fn run<T: WeightRow>(self, x: &[f32], w: &[T], t: usize, n: usize, k: usize) -> Vec<f32> {
+        match self {
+            DenseKernel::Skinny => run::<T>(x, w, t, n, k),
+            DenseKernel::Tiled => {
+                let src = tiled_gemm::Dense { w, k };
+                match tiled_gemm::tiled_gemm(x, (t, n, k), tiled_gemm::tile_rows(k), &src) {
+                    Ok(y) => y,
+                    Err(never) => match never {},
+                }
+            }
+        }
+    }
+}
+
+/// `y = x W^T` for `x` `(T, K)` and `W` `(N, K)` of one dtype (f32, bf16 or f16; math in
+/// f32, result in that dtype) with `kernel`.
+pub(crate) fn dense_matmul_cpu(
+    kernel: DenseKernel,
     (x, x_l): (&CpuStorage, &Layout),
     (w, w_l): (&CpuStorage, &Layout),
 ) -> Result<(CpuStorage, Shape)> {
+    let what = kernel.name();
     let (t, k) = x_l.shape().dims2()?;
     let (n, k2) = w_l.shape().dims2()?;
     if k != k2 {
-        bail!("skinny_matmul: x is ({t}, {k}) but W is ({n}, {k2}); W must be (out, {k})");
+        bail!("{what}: x is ({t}, {k}) but W is ({n}, {k2}); W must be (out, {k})");
     }
+    let x_what = format!("{what}: x");
+    let w_what = format!("{what}: W");
     match (x, w) {
         (CpuStorage::F32(x), CpuStorage::F32(w)) => {
-            let x = contiguous_window(x, x_l, "skinny_matmul: x")?;
-            let w = contiguous_window(w, w_l, "skinny_matmul: W")?;
-            let y = run::<f32>(x, w, t, n, k);
+            let x = contiguous_window(x, x_l, &x_what)?;
+            let w = contiguous_window(w, w_l, &w_what)?;
+            let y = kernel.run::<f32>(x, w, t, n, k);
             Ok((CpuStorage::F32(y), Shape::from((t, n))))
         }
         (CpuStorage::BF16(x), CpuStorage::BF16(w)) => {
-            let x = contiguous_window(x, x_l, "skinny_matmul: x")?;
-            let w = contiguous_window(w, w_l, "skinny_matmul: W")?;
+            let x = contiguous_window(x, x_l, &x_what)?;
+            let w = contiguous_window(w, w_l, &w_what)?;
             let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
-            let y = run::<bf16>(&xf, w, t, n, k);
+            let y = kernel.run::<bf16>(&xf, w, t, n, k);
             let y = y.into_iter().map(bf16::from_f32).collect();
             Ok((CpuStorage::BF16(y), Shape::from((t, n))))
         }
         (CpuStorage::F16(x), CpuStorage::F16(w)) => {
-            let x = contiguous_window(x, x_l, "skinny_matmul: x")?;
-            let w = contiguous_window(w, w_l, "skinny_matmul: W")?;
+            let x = contiguous_window(x, x_l, &x_what)?;
+            let w = contiguous_window(w, w_l, &w_what)?;
             let xf: Vec<f32> = x.iter().map(|&v| Elem::to_f32(v)).collect();
-            let y = run::<f16>(&xf, w, t, n, k);
+            let y = kernel.run::<f16>(&xf, w, t, n, k);
             let y = y.into_iter().map(f16::from_f32).collect();
             Ok((CpuStorage::F16(y), Shape::from((t, n))))
         }
         (x, w) => bail!(
-            "skinny_matmul: x ({:?}) and W ({:?}) must both be f32, bf16 or f16",
+            "{what}: x ({:?}) and W ({:?}) must both be f32, bf16 or f16",
             x.dtype(),
             w.dtype()
         ),

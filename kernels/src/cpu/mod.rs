@@ -7,6 +7,7 @@ pub(crate) mod matmul;
 pub(crate) mod norm;
 pub(crate) mod qmatmul;
 pub(crate) mod sampling;
+pub(crate) mod tiled_gemm;
 
 use candle_core::{bail, Layout, Result, WithDType};
 use half::{bf16, f16, slice::HalfFloatSliceExt};

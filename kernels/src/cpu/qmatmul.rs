@@ -13,6 +13,7 @@
 //! sequence of per-block lane-parallel sums whatever `T` or the thread that computes it, so a
 //! token's result does not depend on the rest of the batch.
 
+use super::tiled_gemm::{tiled_gemm, Unpacked};
 use half::f16;
 use rayon::prelude::*;
 
@@ -240,23 +241,6 @@ fn dequantize_row(wr: &[u8], format: Format, or: &mut [f32], avx2: bool) {
     }
 }
 
-/// f32 values of `W` dequantized at a time by one thread of [`dequant_gemm`]: a tile that
-/// stays in the core's L2 cache between being written and being multiplied.
-pub(crate) const GEMM_TILE_ELEMS: usize = 1 << 16;
-
-/// The output pointer shared by [`dequant_gemm`]'s tasks, each writing its own columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the tasks write disjoint column ranges of the output (see `dequant_gemm`).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-impl OutPtr {
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 /// `y` `(t, n)` = `x W^T` for steps too big for the integer path: every task dequantizes a
 /// tile of `tile` rows of `W` into a buffer of its own, small enough to stay in cache, and
 /// multiplies it there with single-threaded f32 GEMM into its columns of `y`. The weights
@@ -277,84 +261,19 @@ pub(crate) fn dequant_gemm(
         }
         Ok(())
     };
-    match tiled_gemm(x, w, (t, n, k), tile, unpack) {
+    match tiled_gemm(
+        x,
+        (t, n, k),
+        tile,
+        &Unpacked {
+            w,
+            row_bytes,
+            k,
+            unpack,
+        },
+    ) {
         Ok(y) => y,
         Err(never) => match never {},
-    }
-}
-
-/// The tiled dequantize-and-GEMM loop of [`dequant_gemm`] for any row format: `unpack(bytes,
-/// out)` turns whole rows of `W` (`w.len() / n` bytes each) into f32 rows of `k`. The first
-/// error stops the remaining tiles and is returned.
-pub(crate) fn tiled_gemm<E: Send>(
-    x: &[f32],
-    w: &[u8],
-    (t, n, k): (usize, usize, usize),
-    tile: usize,
-    unpack: impl Fn(&[u8], &mut [f32]) -> Result<(), E> + Sync,
-) -> Result<Vec<f32>, E> {
-    let mut y = vec![0f32; t * n];
-    if t == 0 || n == 0 || k == 0 {
-        return Ok(y);
-    }
-    let tile = tile.max(1);
-    let row_bytes = w.len() / n;
-    let out = OutPtr(y.as_mut_ptr());
-    let failed = std::sync::Mutex::new(None);
-    let task = |buf: &mut Vec<f32>, i: usize| {
-        if failed.lock().map_or(true, |f| f.is_some()) {
-            return;
-        }
-        let r0 = i * tile;
-        let rows = tile.min(n - r0);
-        buf.resize(rows * k, 0.0);
-        if let Err(e) = unpack(&w[r0 * row_bytes..(r0 + rows) * row_bytes], buf) {
-            if let Ok(mut f) = failed.lock() {
-                f.get_or_insert(e);
-            }
-            return;
-        }
-        // SAFETY: `x` holds `t` rows of `k` (row stride k); `buf` holds `rows` rows of `k`,
-        // read as the `(k, rows)` right-hand side (row stride 1, column stride k); the
-        // destination is columns `r0..r0 + rows` of `y` (`t` rows of `n`), which no other
-        // task writes, and `y` outlives the parallel loop.
-        unsafe {
-            gemm::gemm(
-                t,
-                rows,
-                k,
-                out.at(r0),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                buf.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    };
-    let tiles = n.div_ceil(tile);
-    if tiles == 1 {
-        task(&mut Vec::new(), 0);
-    } else {
-        (0..tiles).into_par_iter().for_each_init(Vec::new, task);
-    }
-    let failed = match failed.into_inner() {
-        Ok(f) => f,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(y),
     }
 }
 
