@@ -19,6 +19,11 @@ pub(crate) trait Elem: WithDType + Copy + Send + Sync {
     /// `row` as f32: borrowed as is for f32, otherwise converted into `buf`
     /// (`buf.len() == row.len()`), so hot loops run on plain f32 slices.
     fn row_f32<'a>(row: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+    /// `row` as a mutable f32 slice when `Self` is f32 (hot loops then write in place).
+    fn as_f32_mut(row: &mut [Self]) -> Option<&mut [f32]> {
+        let _ = row;
+        None
+    }
 }
 
 impl Elem for f32 {
@@ -33,6 +38,10 @@ impl Elem for f32 {
     #[inline(always)]
     fn row_f32<'a>(row: &'a [Self], _buf: &'a mut [f32]) -> &'a [f32] {
         row
+    }
+    #[inline(always)]
+    fn as_f32_mut(row: &mut [Self]) -> Option<&mut [f32]> {
+        Some(row)
     }
 }
 
@@ -144,4 +153,216 @@ pub(crate) fn exp_in_range<const FMA: bool>(x: f32) -> f32 {
 #[inline(always)]
 pub(crate) fn silu<const FMA: bool>(x: f32) -> f32 {
     x / (1.0 + exp_in_range::<FMA>((-x).clamp(-87.0, 88.0)))
+}
+
+/// AVX2 + FMA forms of the element-wise helpers above, lane for lane the same operations
+/// (so the same bits) as the scalar code with `FMA = true`: the compiler does not vectorise
+/// the polynomial exponential on its own.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Whether this CPU runs the functions below (AVX2 and FMA), checked once.
+    pub(crate) fn available() -> bool {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+        })
+    }
+
+    /// [`super::exp_in_range`] on eight lanes (inputs already clamped to its range).
+    ///
+    /// # Safety
+    /// AVX2 and FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
+        const LN2_HI: f32 = 0.693_145_75;
+        const LN2_LO: f32 = 1.428_606_8e-6;
+        const ROUND: f32 = 12_582_912.0;
+        let round = _mm256_set1_ps(ROUND);
+        let y = _mm256_add_ps(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            round,
+        );
+        let n = _mm256_sub_ps(y, round);
+        let n_int = _mm256_sub_epi32(
+            _mm256_castps_si256(y),
+            _mm256_set1_epi32(ROUND.to_bits() as i32),
+        );
+        let r = _mm256_sub_ps(
+            _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI))),
+            _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)),
+        );
+        let mut p = _mm256_set1_ps(1.0 / 5040.0);
+        for c in [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        }
+        let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(n_int, _mm256_set1_epi32(127)));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
+    }
+
+    /// `x.clamp(lo, hi)` on eight lanes, NaN kept (as `f32::clamp`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn clamp8(x: __m256, lo: f32, hi: f32) -> __m256 {
+        // max/min return their second operand when either is NaN.
+        _mm256_min_ps(_mm256_set1_ps(hi), _mm256_max_ps(_mm256_set1_ps(lo), x))
+    }
+
+    /// `o[i] = silu(g[i]) * u[i]` ([`super::silu`] with FMA).
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `g`, `u` at least `o.len()` long.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn silu_mul(g: &[f32], u: &[f32], o: &mut [f32]) {
+        let n = o.len();
+        debug_assert!(g.len() >= n && u.len() >= n);
+        let n8 = n / 8 * 8;
+        let one = _mm256_set1_ps(1.0);
+        let mut i = 0;
+        while i < n8 {
+            let x = _mm256_loadu_ps(g.as_ptr().add(i));
+            let neg = _mm256_sub_ps(_mm256_setzero_ps(), x);
+            let e = exp8(clamp8(neg, -87.0, 88.0));
+            let s = _mm256_div_ps(x, _mm256_add_ps(one, e));
+            let y = _mm256_mul_ps(s, _mm256_loadu_ps(u.as_ptr().add(i)));
+            _mm256_storeu_ps(o.as_mut_ptr().add(i), y);
+            i += 8;
+        }
+        for j in n8..n {
+            o[j] = super::silu::<true>(g[j]) * u[j];
+        }
+    }
+
+    /// Eight lane sums of `v[i] * v[i]` (lane `l` takes `i % 8 == l` of the whole chunks of
+    /// eight; the tail is left to the caller).
+    ///
+    /// # Safety
+    /// AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn sum_squares_lanes(v: &[f32]) -> [f32; 8] {
+        let mut acc = _mm256_setzero_ps();
+        for c in v.chunks_exact(8) {
+            let x = _mm256_loadu_ps(c.as_ptr());
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(x, x));
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        lanes
+    }
+
+    /// `o[i] = v[i] * inv * w[i]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `v`, `w` at least `o.len()` long.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn scale_mul(v: &[f32], inv: f32, w: &[f32], o: &mut [f32]) {
+        let n = o.len();
+        debug_assert!(v.len() >= n && w.len() >= n);
+        let n8 = n / 8 * 8;
+        let invv = _mm256_set1_ps(inv);
+        let mut i = 0;
+        while i < n8 {
+            let x = _mm256_mul_ps(_mm256_loadu_ps(v.as_ptr().add(i)), invv);
+            let y = _mm256_mul_ps(x, _mm256_loadu_ps(w.as_ptr().add(i)));
+            _mm256_storeu_ps(o.as_mut_ptr().add(i), y);
+            i += 8;
+        }
+        for j in n8..n {
+            o[j] = v[j] * inv * w[j];
+        }
+    }
+
+    /// `s[i] = a[i] + b[i]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `a`, `b` at least `s.len()` long.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn add(a: &[f32], b: &[f32], s: &mut [f32]) {
+        let n = s.len();
+        debug_assert!(a.len() >= n && b.len() >= n);
+        let n8 = n / 8 * 8;
+        let mut i = 0;
+        while i < n8 {
+            let y = _mm256_add_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+            );
+            _mm256_storeu_ps(s.as_mut_ptr().add(i), y);
+            i += 8;
+        }
+        for j in n8..n {
+            s[j] = a[j] + b[j];
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+#[allow(clippy::unwrap_used)]
+mod avx2_tests {
+    use super::*;
+
+    fn inputs() -> Vec<f32> {
+        let mut v: Vec<f32> = (0..997).map(|i| (i as f32 - 498.0) * 0.173).collect();
+        v.extend([
+            0.0,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            100.0,
+            -100.0,
+            1e-30,
+            -88.5,
+            87.9,
+            f32::MIN_POSITIVE,
+        ]);
+        v
+    }
+
+    /// The AVX2 forms give the scalar (FMA) code's bits, tails included.
+    #[test]
+    fn simd_forms_match_the_scalar_code() {
+        if !avx2::available() {
+            return;
+        }
+        let g = inputs();
+        let u: Vec<f32> = g.iter().map(|x| 0.5 - x * 0.01).collect();
+        let mut got = vec![0f32; g.len()];
+        // SAFETY: AVX2 and FMA are available (checked above); equal lengths.
+        unsafe { avx2::silu_mul(&g, &u, &mut got) };
+        for (i, ((&x, &y), &o)) in g.iter().zip(&u).zip(&got).enumerate() {
+            let want = silu::<true>(x) * y;
+            assert!(
+                want.to_bits() == o.to_bits() || (want.is_nan() && o.is_nan()),
+                "silu_mul[{i}] of {x}: {o} vs {want}"
+            );
+        }
+        let finite: Vec<f32> = g.iter().copied().filter(|x| x.is_finite()).collect();
+        // SAFETY: as above.
+        let lanes = unsafe { avx2::sum_squares_lanes(&finite) };
+        let mut want = [0f32; 8];
+        for c in finite.chunks_exact(8) {
+            for (l, &v) in want.iter_mut().zip(c) {
+                *l += v * v;
+            }
+        }
+        assert_eq!(lanes, want);
+        let mut scaled = vec![0f32; finite.len()];
+        // SAFETY: as above.
+        unsafe { avx2::scale_mul(&finite, 0.37, &u[..finite.len()], &mut scaled) };
+        for ((&v, &w), &o) in finite.iter().zip(&u).zip(&scaled) {
+            assert_eq!(o.to_bits(), (v * 0.37 * w).to_bits());
+        }
+    }
 }
