@@ -254,19 +254,4 @@ impl HostMeta {
         }
         Ok(host)
     }
-
-    /// For each batch row, `Some((seq, absolute_position))`, or `None` for rows that no
-    /// sequence owns (padding past `cu_seqlens_q[num_seqs]`).
-    pub fn token_positions(&self, num_tokens: usize) -> Vec<Option<(usize, usize)>> {
-        let mut out = vec![None; num_tokens];
-        for (s, w) in self.cu_seqlens_q.windows(2).enumerate() {
-            let (lo, hi) = (w[0] as usize, w[1] as usize);
-            let ctx = self.context_lens[s] as usize;
-            let qlen = hi - lo;
-            for (j, slot) in out[lo..hi].iter_mut().enumerate() {
-                *slot = Some((s, ctx - qlen + j));
-            }
-        }
-        out
-    }
 }

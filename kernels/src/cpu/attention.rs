@@ -109,46 +109,121 @@ fn run<Q: Elem, C: Elem>(
     let k = contiguous_window(k.as_slice::<C>()?, k_l, "paged_attention: k_cache")?;
     let v = contiguous_window(v.as_slice::<C>()?, v_l, "paged_attention: v_cache")?;
     let num_tokens = q_l.dims()[0];
-    let positions = host.token_positions(num_tokens);
     let mut out = vec![Q::from_f32(0.0); q.len()];
     if dims.head_dim == 0 || out.is_empty() {
         return Ok(Q::to_cpu_storage_owned(out));
     }
     let group = dims.num_heads / dims.num_kv_heads;
     let d = dims.head_dim;
-    let shared = Shared { k, v, dims, scale };
+    let shared = Shared { k, v, dims };
     let isa = Isa::detect();
-    // One task per (token, kv head): the `group` query heads sharing that kv head are
-    // adjacent in q and in the output, and each cached K/V row is loaded once for all of them.
-    out.par_chunks_mut(group * d).enumerate().for_each_init(
-        Scratch::default,
-        |scratch, (idx, out_rows)| {
-            let token = idx / dims.num_kv_heads;
-            let kv_head = idx % dims.num_kv_heads;
-            let Some((seq, pos)) = positions[token] else {
-                return; // padding row: stays zero
-            };
-            let task = Task {
-                table: &host.block_tables[seq * host.max_blocks..(seq + 1) * host.max_blocks],
-                len: pos + 1,
-                kv_head,
+    let items = tiles(host, num_tokens, dims.num_kv_heads);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    // One task per tile of a sequence's tokens and kv head: the `group` query heads sharing
+    // that kv head are adjacent in q and in the output, and each cached K/V block is loaded
+    // once for all the tile's rows.
+    items
+        .par_iter()
+        .for_each_init(Scratch::default, |scratch, item| {
+            let table =
+                &host.block_tables[item.seq * host.max_blocks..(item.seq + 1) * host.max_blocks];
+            let tile = Tile {
+                table,
+                first_len: item.pos0 + 1,
+                tokens: item.tokens,
+                kv_head: item.kv_head,
                 group,
             };
-            let q_rows = &q[idx * group * d..(idx + 1) * group * d];
+            scratch.q.clear();
+            for t in item.tok0..item.tok0 + item.tokens {
+                let from = (t * dims.num_heads + item.kv_head * group) * d;
+                scratch
+                    .q
+                    .extend(q[from..from + group * d].iter().map(|x| x.to_f32() * scale));
+            }
             match isa {
-                Isa::Baseline => {
-                    attend_group::<Q, C, false>(scratch, &shared, task, q_rows, out_rows);
-                }
+                Isa::Baseline => attend_tile::<C, false>(scratch, &shared, tile),
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2Fma => {
                     // SAFETY: `Isa::detect` returned `Avx2Fma` only after checking at runtime
                     // that this CPU supports AVX2 and FMA, the features the callee enables.
-                    unsafe { attend_group_avx2_fma(scratch, &shared, task, q_rows, out_rows) };
+                    unsafe { attend_tile_avx2_fma(scratch, &shared, tile) };
                 }
             }
-        },
-    );
+            for (i, t) in (item.tok0..item.tok0 + item.tokens).enumerate() {
+                let at = (t * dims.num_heads + item.kv_head * group) * d;
+                // SAFETY: `out` holds `num_tokens * num_heads * d` values and outlives the loop;
+                // rows `at..at + group * d` (token `t`, the heads of `kv_head`) belong to this
+                // item alone: items cover distinct (token, kv head) pairs.
+                let out_rows = unsafe { std::slice::from_raw_parts_mut(out_ptr.at(at), group * d) };
+                let acc = &scratch.acc[i * group * d..(i + 1) * group * d];
+                let inv = &scratch.inv_sums[i * group..(i + 1) * group];
+                for ((out_g, acc_g), &inv) in out_rows
+                    .chunks_exact_mut(d)
+                    .zip(acc.chunks_exact(d))
+                    .zip(inv)
+                {
+                    for (o, &a) in out_g.iter_mut().zip(acc_g) {
+                        *o = Q::from_f32(a * inv);
+                    }
+                }
+            }
+        });
     Ok(Q::to_cpu_storage_owned(out))
+}
+
+/// Consecutive tokens of one sequence attended together by one task (see [`tiles`]).
+const TILE_TOKENS: usize = 8;
+
+/// One task's work: `tokens` query tokens from batch row `tok0` on, of sequence `seq`, the
+/// first at position `pos0`, for the query heads of `kv_head`.
+#[derive(Debug, Clone, Copy)]
+struct TileItem {
+    seq: usize,
+    tok0: usize,
+    tokens: usize,
+    pos0: usize,
+    kv_head: usize,
+}
+
+/// Each sequence's query tokens in tiles of up to [`TILE_TOKENS`], times the kv heads (decode
+/// steps: one token per sequence, so one task per (token, kv head)). Rows past the last
+/// sequence (padding) belong to no tile and stay zero.
+fn tiles(host: &HostMeta, num_tokens: usize, num_kv_heads: usize) -> Vec<TileItem> {
+    let mut items = Vec::new();
+    for (seq, w) in host.cu_seqlens_q.windows(2).enumerate() {
+        let (lo, hi) = (w[0] as usize, (w[1] as usize).min(num_tokens));
+        let ctx = host.context_lens[seq] as usize;
+        let qlen = hi.saturating_sub(lo);
+        let mut tok0 = lo;
+        while tok0 < hi {
+            let tokens = TILE_TOKENS.min(hi - tok0);
+            for kv_head in 0..num_kv_heads {
+                items.push(TileItem {
+                    seq,
+                    tok0,
+                    tokens,
+                    pos0: ctx - qlen + (tok0 - lo),
+                    kv_head,
+                });
+            }
+            tok0 += tokens;
+        }
+    }
+    items
+}
+
+/// The output pointer shared by the tasks, each writing its own rows.
+#[derive(Clone, Copy)]
+struct OutPtr<T>(*mut T);
+// SAFETY: the tasks write disjoint rows of the output (see `run`).
+unsafe impl<T> Send for OutPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for OutPtr<T> {}
+impl<T> OutPtr<T> {
+    fn at(self, offset: usize) -> *mut T {
+        self.0.wrapping_add(offset)
+    }
 }
 
 /// Instruction sets the kernel is compiled for; picked once per call at runtime.
@@ -179,50 +254,59 @@ struct Shared<'a, T> {
     k: &'a [T],
     v: &'a [T],
     dims: Dims,
-    scale: f32,
 }
 
 /// Per-thread buffers reused across tasks.
 #[derive(Default)]
 struct Scratch {
-    /// `(group, head_dim)` scaled queries in f32.
+    /// `(rows, head_dim)` scaled queries in f32 (rows: a tile's tokens times its group).
     q: Vec<f32>,
-    /// `(group, len)` scores, then softmax numerators.
+    /// `(rows, len)` scores, then softmax numerators.
     scores: Vec<f32>,
-    /// `(group, head_dim)` output accumulators.
+    /// `(rows, head_dim)` output accumulators.
     acc: Vec<f32>,
-    /// `(group,)` reciprocal softmax denominators.
+    /// `(rows,)` reciprocal softmax denominators.
     inv_sums: Vec<f32>,
     /// `(head_dim,)` one K or V row converted to f32 (unused for f32 caches).
     row: Vec<f32>,
 }
 
-/// What one task attends over: the first `len` positions of a sequence (through `table`),
-/// for the `group` query heads that share `kv_head`.
+/// What one task attends over: `tokens` consecutive query tokens of one sequence (through
+/// `table`), the first seeing the first `first_len` positions and each next one one more, for
+/// the `group` query heads that share `kv_head`.
 #[derive(Clone, Copy)]
-struct Task<'a> {
+struct Tile<'a> {
     table: &'a [u32],
-    len: usize,
+    first_len: usize,
+    tokens: usize,
     kv_head: usize,
     group: usize,
+}
+
+impl Tile<'_> {
+    /// Positions the last (longest-seeing) token attends over.
+    fn max_len(&self) -> usize {
+        self.first_len + self.tokens - 1
+    }
 }
 
 /// Visits the positions `0..len` block by block: `f(t0, n, base)` for the `n` positions
 /// from `t0` on, whose rows start at cache offset `base` and follow at the cache's row
 /// stride. Indices were validated by `HostMeta::read_and_validate`.
 #[inline(always)]
-fn for_each_block(task: Task<'_>, dims: Dims, mut f: impl FnMut(usize, usize, usize)) {
+fn for_each_block(tile: Tile<'_>, dims: Dims, mut f: impl FnMut(usize, usize, usize)) {
     let row_stride = dims.num_kv_heads * dims.head_dim;
     let block_stride = dims.block_size * row_stride;
-    let head_off = task.kv_head * dims.head_dim;
-    for (b, &block) in task
+    let head_off = tile.kv_head * dims.head_dim;
+    let len = tile.max_len();
+    for (b, &block) in tile
         .table
         .iter()
-        .take(task.len.div_ceil(dims.block_size))
+        .take(len.div_ceil(dims.block_size))
         .enumerate()
     {
         let t0 = b * dims.block_size;
-        let n = (task.len - t0).min(dims.block_size);
+        let n = (len - t0).min(dims.block_size);
         f(t0, n, block as usize * block_stride + head_off);
     }
 }
@@ -266,40 +350,44 @@ fn block_rows<'a, T: Elem, const FMA: bool>(
     (buf.as_slice(), d)
 }
 
-/// [`attend_group`] compiled with AVX2 and FMA enabled.
+/// [`attend_tile`] compiled with AVX2 and FMA enabled.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_group_avx2_fma<Q: Elem, C: Elem>(
+unsafe fn attend_tile_avx2_fma<C: Elem>(
     scratch: &mut Scratch,
     shared: &Shared<'_, C>,
-    task: Task<'_>,
-    q_rows: &[Q],
-    out_rows: &mut [Q],
+    tile: Tile<'_>,
 ) {
-    attend_group::<Q, C, true>(scratch, shared, task, q_rows, out_rows);
+    attend_tile::<C, true>(scratch, shared, tile);
 }
 
-/// Attention of `group` query rows (adjacent heads sharing one kv head) over one sequence:
-/// two-pass softmax in f32, a cache block (`block_size` positions) at a time. With AVX2 +
-/// FMA, scores take four positions at once (independent accumulators, one reduction for
-/// the four) and the weighted sum of values keeps up to 64 columns of a head's output in
-/// registers over a block's rows. `FMA` selects fused multiply-adds (only where the CPU has
-/// them).
+/// Attention of a tile's query rows (`scratch.q`: for each token, its `group` adjacent heads
+/// sharing one kv head, scaled) over its sequence: two-pass softmax in f32, a cache block
+/// (`block_size` positions) at a time, each block of K and V rows widened (if needed) once and
+/// then used by every row while it is in L1. Leaves each row's unnormalised output in
+/// `scratch.acc` and its reciprocal softmax denominator in `scratch.inv_sums`.
+///
+/// A token's rows are computed exactly as if it were alone in its tile (the same block
+/// extents, the same operations in the same order), so results do not depend on how a
+/// prompt is split into steps or tiles. With AVX2 + FMA, scores take four positions at once
+/// (independent accumulators, one reduction for the four) and the weighted sum of values
+/// keeps up to 64 columns of a head's output in registers over a block's rows. `FMA` selects
+/// fused multiply-adds (only where the CPU has them).
 #[inline(always)]
-fn attend_group<Q: Elem, C: Elem, const FMA: bool>(
+fn attend_tile<C: Elem, const FMA: bool>(
     scratch: &mut Scratch,
     shared: &Shared<'_, C>,
-    task: Task<'_>,
-    q_rows: &[Q],
-    out_rows: &mut [Q],
+    tile: Tile<'_>,
 ) {
-    let Shared { k, v, dims, scale } = *shared;
+    let Shared { k, v, dims, .. } = *shared;
     let d = dims.head_dim;
     let row_stride = dims.num_kv_heads * d;
-    let (len, group) = (task.len, task.group);
+    let group = tile.group;
+    let len = tile.max_len();
+    let rows_n = tile.tokens * group;
     let Scratch {
         q,
         scores,
@@ -307,63 +395,99 @@ fn attend_group<Q: Elem, C: Elem, const FMA: bool>(
         inv_sums,
         row,
     } = scratch;
-
-    q.clear();
-    q.extend(q_rows.iter().map(|x| x.to_f32() * scale));
+    debug_assert_eq!(q.len(), rows_n * d);
+    // Row `r` (token `r / group`) sees positions `0..len_of(r)`; its scores live at
+    // `scores[r * len..]`.
+    let len_of = |r: usize| tile.first_len + r / group;
     scores.clear();
-    scores.resize(group * len, 0.0);
+    scores.resize(rows_n * len, 0.0);
 
-    // Pass 1: scores, each block of K rows widened (if needed) once for the whole group.
-    for_each_block(task, dims, |t0, n, base| {
+    // Rows that see `n_r` of the `n` positions of the block from `t0` (zero: none).
+    let seen = |r: usize, t0: usize, n: usize| len_of(r).saturating_sub(t0).min(n);
+
+    // Pass 1: scores, each block of K rows widened (if needed) once for the whole tile and
+    // taken by two rows at a time where they see the same positions.
+    for_each_block(tile, dims, |t0, n, base| {
         let (rows, stride) = block_rows::<C, FMA>(k, (base, n, d, row_stride), row);
-        for (g, q_g) in q.chunks_exact(d).enumerate() {
-            let out = &mut scores[g * len + t0..g * len + t0 + n];
-            #[cfg(target_arch = "x86_64")]
-            if FMA {
-                // SAFETY: `FMA` is only set on the AVX2 + FMA path (`attend_group_avx2_fma`);
-                // `rows` holds `n` rows of `d` elements `stride` apart (`block_rows`).
-                unsafe { simd::scores_block(q_g, rows, stride, out) };
+        let mut r = 0;
+        while r < rows_n {
+            let n_r = seen(r, t0, n);
+            if n_r == 0 {
+                r += 1;
                 continue;
             }
-            scores_block::<FMA>(q_g, rows, stride, out);
+            #[cfg(target_arch = "x86_64")]
+            if FMA {
+                let (head, tail) = scores.split_at_mut((r + 1) * len);
+                let out0 = &mut head[r * len + t0..r * len + t0 + n_r];
+                let q0 = &q[r * d..(r + 1) * d];
+                if r + 1 < rows_n && seen(r + 1, t0, n) == n_r {
+                    let out1 = &mut tail[t0..t0 + n_r];
+                    let q1 = &q[(r + 1) * d..(r + 2) * d];
+                    // SAFETY: `FMA` is only set on the AVX2 + FMA path
+                    // (`attend_tile_avx2_fma`); `rows` holds `n >= n_r` rows of `d` elements
+                    // `stride` apart (`block_rows`); both outputs are `n_r` long.
+                    unsafe { simd::scores_rows([q0, q1], rows, stride, [out0, out1]) };
+                    r += 2;
+                } else {
+                    // SAFETY: as above, one row.
+                    unsafe { simd::scores_rows([q0], rows, stride, [out0]) };
+                    r += 1;
+                }
+                continue;
+            }
+            let out = &mut scores[r * len + t0..r * len + t0 + n_r];
+            scores_block::<FMA>(&q[r * d..(r + 1) * d], rows, stride, out);
+            r += 1;
         }
     });
 
-    // Pass 2: max-subtracted exponentials and their sums, per query head.
-    // `max` is finite unless the inputs hold inf/NaN, since len >= 1.
+    // Pass 2: max-subtracted exponentials and their sums, per row.
+    // `max` is finite unless the inputs hold inf/NaN, since every row sees >= 1 position.
     inv_sums.clear();
-    inv_sums.resize(group, 0.0);
-    for (srow, inv) in scores.chunks_exact_mut(len).zip(inv_sums.iter_mut()) {
-        let max = srow.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    inv_sums.resize(rows_n, 0.0);
+    for (r, inv) in inv_sums.iter_mut().enumerate() {
+        let srow = &mut scores[r * len..r * len + len_of(r)];
+        let max = row_max(srow);
         let sum = exp_sub_sum::<FMA>(srow, max);
         *inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
     }
 
-    // Pass 3: weighted sum of values, each block of V rows widened once for the group.
+    // Pass 3: weighted sum of values, each block of V rows widened once for the tile and
+    // taken by two rows at a time where they see the same positions.
     acc.clear();
-    acc.resize(group * d, 0.0);
-    for_each_block(task, dims, |t0, n, base| {
+    acc.resize(rows_n * d, 0.0);
+    for_each_block(tile, dims, |t0, n, base| {
         let (rows, stride) = block_rows::<C, FMA>(v, (base, n, d, row_stride), row);
-        for (g, acc_g) in acc.chunks_exact_mut(d).enumerate() {
-            let w = &scores[g * len + t0..g * len + t0 + n];
-            #[cfg(target_arch = "x86_64")]
-            if FMA {
-                // SAFETY: as for `scores_block` above.
-                unsafe { simd::weighted_block(w, rows, stride, acc_g) };
+        let mut r = 0;
+        while r < rows_n {
+            let n_r = seen(r, t0, n);
+            if n_r == 0 {
+                r += 1;
                 continue;
             }
-            weighted_block::<FMA>(w, rows, stride, acc_g);
+            let w0 = &scores[r * len + t0..r * len + t0 + n_r];
+            #[cfg(target_arch = "x86_64")]
+            if FMA {
+                let (head, tail) = acc.split_at_mut((r + 1) * d);
+                let acc0 = &mut head[r * d..];
+                if r + 1 < rows_n && seen(r + 1, t0, n) == n_r {
+                    let w1 = &scores[(r + 1) * len + t0..(r + 1) * len + t0 + n_r];
+                    let acc1 = &mut tail[..d];
+                    // SAFETY: as for the scores above; both accumulators are `d` long.
+                    unsafe { simd::weighted_rows([w0, w1], rows, stride, [acc0, acc1]) };
+                    r += 2;
+                } else {
+                    // SAFETY: as above, one row.
+                    unsafe { simd::weighted_rows([w0], rows, stride, [acc0]) };
+                    r += 1;
+                }
+                continue;
+            }
+            weighted_block::<FMA>(w0, rows, stride, &mut acc[r * d..(r + 1) * d]);
+            r += 1;
         }
     });
-    for ((out_g, acc_g), &inv) in out_rows
-        .chunks_exact_mut(d)
-        .zip(acc.chunks_exact(d))
-        .zip(inv_sums.iter())
-    {
-        for (o, &a) in out_g.iter_mut().zip(acc_g) {
-            *o = Q::from_f32(a * inv);
-        }
-    }
 }
 
 /// `out[j] = <q, row j>` for the `out.len()` rows of `q.len()` elements, `stride` apart in
@@ -391,63 +515,103 @@ fn weighted_block<const FMA: bool>(w: &[f32], rows: &[f32], stride: usize, acc: 
 mod simd {
     use std::arch::x86_64::*;
 
-    /// [`super::scores_block`]: four rows at a time, their four accumulators reduced
-    /// together by a tree of horizontal adds.
+    /// The four scores of one query row's accumulators over four K rows: a tree of
+    /// horizontal adds (the reduction every score of a whole group of four takes).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn reduce4(a: [__m256; 4]) -> [f32; 4] {
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+        let mut s = [0f32; 4];
+        _mm_storeu_ps(s.as_mut_ptr(), s4);
+        s
+    }
+
+    /// One score outside a whole group of four: eight lanes, then a horizontal sum, then
+    /// the `d % 8` tail.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn score1(qp: *const f32, row: *const f32, d: usize) -> f32 {
+        let d8 = d / 8 * 8;
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i < d8 {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(row.add(i)), acc);
+            i += 8;
+        }
+        let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let h = _mm_hadd_ps(h, h);
+        let mut t = _mm_cvtss_f32(_mm_hadd_ps(h, h));
+        for e in d8..d {
+            t += *qp.add(e) * *row.add(e);
+        }
+        t
+    }
+
+    /// [`super::scores_block`] for `Q` query rows (one or two) against the same `n` K rows:
+    /// four K rows at a time, each loaded once for the `Q` rows, each score reduced by
+    /// [`reduce4`] (or [`score1`] for the last `n % 4`), so every score has the same bits
+    /// whatever `Q` is.
     ///
     /// # Safety
-    /// AVX2 and FMA; `rows` holds `out.len()` rows of `q.len()` elements `stride` apart.
+    /// AVX2 and FMA; `rows` holds `n` rows of `d` elements `stride` apart, where `n` is the
+    /// length of every `out[r]` and `d` of every `q[r]`.
+    // Indices over the small register arrays read more plainly than zipped iterators.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores_block(q: &[f32], rows: &[f32], stride: usize, out: &mut [f32]) {
-        let d = q.len();
-        let n = out.len();
+    pub(super) unsafe fn scores_rows<const Q: usize>(
+        q: [&[f32]; Q],
+        rows: &[f32],
+        stride: usize,
+        out: [&mut [f32]; Q],
+    ) {
+        let d = q[0].len();
+        let n = out[0].len();
+        debug_assert!(q.iter().all(|x| x.len() == d) && out.iter().all(|o| o.len() == n));
         debug_assert!(n == 0 || rows.len() >= (n - 1) * stride + d);
         let d8 = d / 8 * 8;
-        let (qp, rp) = (q.as_ptr(), rows.as_ptr());
+        let rp = rows.as_ptr();
+        let qp: [*const f32; Q] = std::array::from_fn(|r| q[r].as_ptr());
+        let op: [*mut f32; Q] = {
+            let mut out = out;
+            std::array::from_fn(|r| out[r].as_mut_ptr())
+        };
         let mut j = 0;
         while j + 4 <= n {
-            let r = [
+            let kr = [
                 rp.add(j * stride),
                 rp.add((j + 1) * stride),
                 rp.add((j + 2) * stride),
                 rp.add((j + 3) * stride),
             ];
-            let mut a = [_mm256_setzero_ps(); 4];
+            let mut a = [[_mm256_setzero_ps(); 4]; Q];
             let mut i = 0;
             while i < d8 {
-                let qv = _mm256_loadu_ps(qp.add(i));
-                for (acc, row) in a.iter_mut().zip(&r) {
-                    *acc = _mm256_fmadd_ps(qv, _mm256_loadu_ps(row.add(i)), *acc);
+                let qv: [__m256; Q] = std::array::from_fn(|r| _mm256_loadu_ps(qp[r].add(i)));
+                for (c, row) in kr.iter().enumerate() {
+                    let kv = _mm256_loadu_ps(row.add(i));
+                    for r in 0..Q {
+                        a[r][c] = _mm256_fmadd_ps(qv[r], kv, a[r][c]);
+                    }
                 }
                 i += 8;
             }
-            let h = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
-            let s4 = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
-            let mut s = [0f32; 4];
-            _mm_storeu_ps(s.as_mut_ptr(), s4);
-            for (k, sk) in s.iter().enumerate() {
-                let mut t = *sk;
-                for e in d8..d {
-                    t += *qp.add(e) * *r[k].add(e);
+            for r in 0..Q {
+                let s = reduce4(a[r]);
+                for (c, sc) in s.iter().enumerate() {
+                    let mut t = *sc;
+                    for e in d8..d {
+                        t += *qp[r].add(e) * *kr[c].add(e);
+                    }
+                    *op[r].add(j + c) = t;
                 }
-                out[j + k] = t;
             }
             j += 4;
         }
         while j < n {
-            let row = rp.add(j * stride);
-            let mut acc = _mm256_setzero_ps();
-            let mut i = 0;
-            while i < d8 {
-                acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(row.add(i)), acc);
-                i += 8;
+            for r in 0..Q {
+                *op[r].add(j) = score1(qp[r], rp.add(j * stride), d);
             }
-            let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
-            let h = _mm_hadd_ps(h, h);
-            let mut t = _mm_cvtss_f32(_mm_hadd_ps(h, h));
-            for e in d8..d {
-                t += *qp.add(e) * *row.add(e);
-            }
-            out[j] = t;
             j += 1;
         }
     }
@@ -490,54 +654,103 @@ mod simd {
         }
     }
 
-    /// [`super::weighted_block`]: up to 64 columns of `acc` (eight vectors) stay in
-    /// registers over all the rows.
+    /// [`super::weighted_block`] for `Q` rows of weights (one or two) over the same V rows:
+    /// `acc[r] += sum_j w[r][j] * row j`, up to `64 / Q` columns of every `acc[r]` in
+    /// registers over all the rows, each V vector loaded once for the `Q` rows. Every
+    /// element is the same chain of fused multiply-adds in `j` order whatever `Q` is.
     ///
     /// # Safety
-    /// AVX2 and FMA; `rows` holds `w.len()` rows of `acc.len()` elements `stride` apart.
+    /// AVX2 and FMA; `rows` holds `n` rows of `d` elements `stride` apart, where `n` is the
+    /// length of every `w[r]` and `d` of every `acc[r]`.
+    // Indices over the small register arrays read more plainly than zipped iterators.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_block(w: &[f32], rows: &[f32], stride: usize, acc: &mut [f32]) {
-        let d = acc.len();
-        debug_assert!(w.is_empty() || rows.len() >= (w.len() - 1) * stride + d);
-        let (rp, ap) = (rows.as_ptr(), acc.as_mut_ptr());
+    pub(super) unsafe fn weighted_rows<const Q: usize>(
+        w: [&[f32]; Q],
+        rows: &[f32],
+        stride: usize,
+        acc: [&mut [f32]; Q],
+    ) {
+        let d = acc[0].len();
+        let n = w[0].len();
+        debug_assert!(w.iter().all(|x| x.len() == n) && acc.iter().all(|a| a.len() == d));
+        debug_assert!(n == 0 || rows.len() >= (n - 1) * stride + d);
+        let rp = rows.as_ptr();
+        let ap: [*mut f32; Q] = {
+            let mut acc = acc;
+            std::array::from_fn(|r| acc[r].as_mut_ptr())
+        };
+        // Columns per register block: eight vectors in all.
+        const VECS: usize = 8;
+        let width = VECS / Q * 8;
         let mut c = 0;
-        while c + 64 <= d {
-            let mut a = [_mm256_setzero_ps(); 8];
-            for (k, v) in a.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(ap.add(c + 8 * k));
-            }
-            for (j, &wj) in w.iter().enumerate() {
-                let wv = _mm256_set1_ps(wj);
-                let row = rp.add(j * stride + c);
-                for (k, v) in a.iter_mut().enumerate() {
-                    *v = _mm256_fmadd_ps(wv, _mm256_loadu_ps(row.add(8 * k)), *v);
+        while c + width <= d {
+            let mut a = [[_mm256_setzero_ps(); VECS]; Q];
+            for r in 0..Q {
+                for k in 0..VECS / Q {
+                    a[r][k] = _mm256_loadu_ps(ap[r].add(c + 8 * k));
                 }
             }
-            for (k, v) in a.iter().enumerate() {
-                _mm256_storeu_ps(ap.add(c + 8 * k), *v);
+            for j in 0..n {
+                let wv: [__m256; Q] = std::array::from_fn(|r| _mm256_set1_ps(w[r][j]));
+                let row = rp.add(j * stride + c);
+                for k in 0..VECS / Q {
+                    let v = _mm256_loadu_ps(row.add(8 * k));
+                    for r in 0..Q {
+                        a[r][k] = _mm256_fmadd_ps(wv[r], v, a[r][k]);
+                    }
+                }
             }
-            c += 64;
+            for r in 0..Q {
+                for k in 0..VECS / Q {
+                    _mm256_storeu_ps(ap[r].add(c + 8 * k), a[r][k]);
+                }
+            }
+            c += width;
         }
         while c + 8 <= d {
-            let mut v = _mm256_loadu_ps(ap.add(c));
-            for (j, &wj) in w.iter().enumerate() {
-                v = _mm256_fmadd_ps(
-                    _mm256_set1_ps(wj),
-                    _mm256_loadu_ps(rp.add(j * stride + c)),
-                    v,
-                );
+            for r in 0..Q {
+                let mut v = _mm256_loadu_ps(ap[r].add(c));
+                for (j, &wj) in w[r].iter().enumerate() {
+                    v = _mm256_fmadd_ps(
+                        _mm256_set1_ps(wj),
+                        _mm256_loadu_ps(rp.add(j * stride + c)),
+                        v,
+                    );
+                }
+                _mm256_storeu_ps(ap[r].add(c), v);
             }
-            _mm256_storeu_ps(ap.add(c), v);
             c += 8;
         }
         for e in c..d {
-            let mut t = *ap.add(e);
-            for (j, &wj) in w.iter().enumerate() {
-                t = wj.mul_add(*rp.add(j * stride + e), t);
+            for r in 0..Q {
+                let mut t = *ap[r].add(e);
+                for (j, &wj) in w[r].iter().enumerate() {
+                    t = wj.mul_add(*rp.add(j * stride + e), t);
+                }
+                *ap[r].add(e) = t;
             }
-            *ap.add(e) = t;
         }
     }
+}
+
+/// The largest value of `row` (NaNs ignored, as `f32::max` does), eight lanes at a time so
+/// the loop vectorises.
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v);
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    lanes.iter().copied().fold(tail, f32::max)
 }
 
 /// `row[i] = exp(row[i] - max)` in place; returns the sum. Lane-wise so it vectorises.
