@@ -13,9 +13,10 @@ use crate::cpu::matmul::DenseKernel;
 /// skinny ahead up to 8-12 rows, tiled from 16; `benches/results/cpu-smollm2-f32-matmul.txt`).
 pub const SKINNY_MATMUL_MAX_ROWS: usize = 12;
 
-/// Up to this many rows of `x` the tiled GEMM ([`tiled_matmul`]) beats candle's threaded
-/// matmul (same measurement: 0.75x its time at 32 rows, even at 64-96, candle ahead at 128).
-pub const TILED_MATMUL_MAX_ROWS: usize = 96;
+/// Up to this many rows of `x` the tiled GEMM ([`tiled_matmul`]) is at least as fast as
+/// candle's threaded matmul (same measurement, four tiles per thread: 0.65-0.85x its time at
+/// 32-64 rows, 0.9-1.0x at 96-256; bigger steps not measured, so they stay with candle).
+pub const TILED_MATMUL_MAX_ROWS: usize = 256;
 
 /// Which CPU path [`cpu_matmul`] takes for `rows` rows of `x`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +60,7 @@ pub fn skinny_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 }
 
 /// The same product as [`skinny_matmul`] for steps of any size: one single-threaded f32 GEMM
-/// per tile of `W`'s rows (256 KiB of f32), the tiles spread over the cores. Faster than
+/// per tile of `W`'s rows (four tiles per thread), the tiles spread over the cores. Faster than
 /// candle's threaded matmul from a few dozen rows on with small projections such as
 /// SmolLM2-135M's (`benches/results/cpu-smollm2-f32-matmul.txt`); bf16 / f16 tiles are
 /// widened in cache.

@@ -35,6 +35,10 @@ pub struct EngineConfig {
     /// step should take at most this long, from a running estimate of the step cost (prefill
     /// chunks shrink; decodes always run). `None` = only `max_num_batched_tokens`.
     pub target_itl: Option<std::time::Duration>,
+    /// `--idle-batch-window-ms`: when a request arrives at an idle engine, further requests
+    /// arriving within this long of each other (up to eight times it in all) join it before
+    /// the first step, so a burst is prefilled together. Zero = start at once.
+    pub idle_batch_window: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +59,7 @@ impl Default for EngineConfig {
             cuda_graphs: false,
             kv_events: None,
             target_itl: None,
+            idle_batch_window: std::time::Duration::ZERO,
         }
     }
 }

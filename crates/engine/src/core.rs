@@ -54,6 +54,9 @@ pub(crate) struct EngineCore {
     pub target_itl: Option<Duration>,
     /// Measured step cost, for `target_itl`.
     pub step_cost: StepCostModel,
+    /// `--idle-batch-window-ms`: coming out of idle, commands arriving within this long of
+    /// each other are taken before the first step (see [`EngineCore::gather_burst`]).
+    pub idle_batch_window: Duration,
 }
 
 impl EngineCore {
@@ -72,7 +75,13 @@ impl EngineCore {
                     lantern_runtime::heap::release_free_heap();
                 }
                 match self.cmd_rx.recv() {
-                    Ok(c) => self.handle_command(c),
+                    Ok(c) => {
+                        let adds = matches!(c, Command::Add { .. });
+                        self.handle_command(c);
+                        if adds {
+                            self.gather_burst();
+                        }
+                    }
                     Err(_) => break,
                 }
             }
@@ -108,6 +117,44 @@ impl EngineCore {
             }
         }
         tracing::info!("engine thread stopped");
+    }
+
+    /// The first request after idle: take the commands that arrive within
+    /// `idle_batch_window` of the previous one (at most eight windows in all) before the
+    /// first step. A burst of requests (clients that finished together and send again) then
+    /// starts in one prefill step, with no stream decoding yet, instead of the first prompt
+    /// alone and the others chunked next to its decodes under `--target-itl-ms`.
+    fn gather_burst(&mut self) {
+        let window = self.idle_batch_window;
+        if window.is_zero() {
+            return;
+        }
+        let start = Instant::now();
+        let deadline = start + window * 8;
+        let mut quiet_at = start + window;
+        loop {
+            let now = Instant::now();
+            let until = quiet_at.min(deadline);
+            if now >= until {
+                break;
+            }
+            match self.cmd_rx.recv_timeout(until - now) {
+                Ok(c) => {
+                    self.handle_command(c);
+                    quiet_at = Instant::now() + window;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.shutting_down = true;
+                    break;
+                }
+            }
+        }
+        tracing::debug!(
+            waited_ms = start.elapsed().as_secs_f64() * 1e3,
+            waiting = self.sched.num_waiting(),
+            "gathered a burst of requests"
+        );
     }
 
     fn handle_command(&mut self, c: Command) {

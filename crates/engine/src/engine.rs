@@ -188,6 +188,7 @@ impl Engine {
             kv_events,
             target_itl: cfg.target_itl,
             step_cost: StepCostModel::default(),
+            idle_batch_window: cfg.idle_batch_window,
         };
         let grammars = Arc::new(GrammarCompiler::new(
             tokenizer.clone(),

@@ -14,6 +14,10 @@ use std::path::PathBuf;
 use tokenizers::Tokenizer;
 
 fn null_engine() -> Engine {
+    null_engine_with(std::time::Duration::ZERO)
+}
+
+fn null_engine_with(idle_batch_window: std::time::Duration) -> Engine {
     let tok_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/fixtures/tiny-llama/tokenizer.json");
     let tokenizer = Tokenizer::from_file(&tok_path).unwrap();
@@ -40,6 +44,7 @@ fn null_engine() -> Engine {
             kv_cache: KvCacheSize::Tokens(16 * 24),
             max_num_batched_tokens: 64,
             seed: Some(7),
+            idle_batch_window,
             ..EngineConfig::default()
         },
     )
@@ -115,4 +120,44 @@ fn null_device_engine_run_completes_deterministically_and_frees_all_blocks() {
     assert_eq!(run(&e2), first);
     let snap = e2.handle().fresh_snapshot_blocking().unwrap();
     assert_eq!(snap.last_step.kv_blocks_used, 0, "blocks leaked: {snap:?}");
+}
+
+/// A request reaching an idle engine waits `idle_batch_window` for more: two requests 50 ms
+/// apart start (and, wanting one token each, finish) in one step with a 400 ms window, and
+/// in two steps without one.
+#[test]
+fn idle_batch_window_starts_a_burst_in_one_step() {
+    for (window_ms, want_steps) in [(400, 1), (0, 2)] {
+        let e = null_engine_with(std::time::Duration::from_millis(window_ms));
+        let h = e.handle();
+        let params = GenerationParams {
+            sampling: SamplingParams::greedy(),
+            max_tokens: Some(1),
+            ignore_eos: true,
+            ..GenerationParams::default()
+        };
+        let submit = |first: u32| {
+            let prompt: Vec<u32> = (first..first + 20).collect();
+            h.submit_blocking(prompt, h.validate(params.clone()).unwrap())
+                .unwrap()
+        };
+        let a = submit(3);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let b = submit(100);
+        for mut s in [a, b] {
+            let mut done = false;
+            while let Some(ev) = s.blocking_next() {
+                match ev {
+                    RequestEvent::Finished { .. } => done = true,
+                    RequestEvent::Error(e) => panic!("request failed: {e}"),
+                    _ => {}
+                }
+            }
+            assert!(done);
+        }
+        let snap = h.fresh_snapshot_blocking().unwrap();
+        assert_eq!(snap.steps, want_steps, "window {window_ms} ms");
+        assert_eq!(snap.last_step.kv_blocks_used, 0);
+        e.shutdown();
+    }
 }

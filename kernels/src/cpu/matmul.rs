@@ -101,7 +101,14 @@ impl DenseKernel {
             DenseKernel::Skinny => run::<T>(x, w, t, n, k),
             DenseKernel::Tiled => {
                 let src = tiled_gemm::Dense { w, k };
-                match tiled_gemm::tiled_gemm(x, (t, n, k), tiled_gemm::tile_rows(k), &src) {
+                // f32 rows are read in place; bf16/f16 rows are widened a cache-sized tile
+                // at a time.
+                let tile = if T::DTYPE == candle_core::DType::F32 {
+                    tiled_gemm::dense_tile_rows(n)
+                } else {
+                    tiled_gemm::tile_rows(k)
+                };
+                match tiled_gemm::tiled_gemm(x, (t, n, k), tile, &src) {
                     Ok(y) => y,
                     Err(never) => match never {},
                 }
@@ -421,8 +428,22 @@ mod simd {
             return;
         }
         let mut acc = [[_mm256_setzero_ps(); NC]; R];
+        // Several passes over this block (pairs of x rows) compute on W in L1 while nothing
+        // streams from memory: each pass asks for the next block of W (the `R` rows after
+        // these, where the task's next block or the next task's rows start), a line or two
+        // per iteration, so memory keeps busy. Only an address hint: prefetching past the end
+        // of W cannot fault.
+        let next = wp
+            .cast::<u8>()
+            .wrapping_add(R * k * std::mem::size_of::<T>());
+        let per_step = R * 8 * std::mem::size_of::<T>();
         let mut i = 0;
         while i < k8 {
+            let ahead = next.wrapping_add(i / 8 * per_step);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.cast::<i8>());
+            if per_step > 64 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64).cast::<i8>());
+            }
             let mut xv = [_mm256_setzero_ps(); NC];
             for (c, v) in xv.iter_mut().enumerate() {
                 *v = _mm256_loadu_ps(xp.add(c * k + i));
