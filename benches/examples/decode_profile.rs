@@ -93,19 +93,57 @@ fn main() -> Result<()> {
             output_tokens: &[],
             banned: &[],
         };
-        // Prefill, one sequence at a time.
+        // Prefill, one sequence at a time (or, with LANTERN_PROFILE_PREFILL_TOGETHER=1, all B
+        // prompts in one step, as a burst is served; its ops are printed).
+        let together = std::env::var("LANTERN_PROFILE_PREFILL_TOGETHER").as_deref() == Ok("1");
         let t = Instant::now();
-        for (s, table) in seqs.iter_mut().zip(&tables) {
-            let chunk = [SeqChunk {
-                token_ids: s,
-                num_computed_tokens: 0,
-                block_table: table,
-                sample: true,
-                all_logits: false,
-                lora_slot: None,
-            }];
-            let out = runner.step(&chunk, &[row])?;
-            s.push(out.sampled[0].token);
+        if together {
+            profile::set_enabled(true);
+            let _ = profile::take();
+            let chunks: Vec<SeqChunk> = seqs
+                .iter()
+                .zip(&tables)
+                .map(|(s, table)| SeqChunk {
+                    token_ids: s,
+                    num_computed_tokens: 0,
+                    block_table: table,
+                    sample: true,
+                    all_logits: false,
+                    lora_slot: None,
+                })
+                .collect();
+            let out = runner.step(&chunks, &vec![row; b])?;
+            drop(chunks);
+            for (s, tok) in seqs.iter_mut().zip(&out.sampled) {
+                s.push(tok.token);
+            }
+            profile::set_enabled(false);
+            println!(
+                "\nB={b:3}: one prefill step of {} tokens: {:.1} ms",
+                b * ctx,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            for o in &profile::take() {
+                println!(
+                    "  {:<16} {:5} calls {:9.3} ms",
+                    o.label,
+                    o.calls,
+                    o.seconds * 1e3
+                );
+            }
+        } else {
+            for (s, table) in seqs.iter_mut().zip(&tables) {
+                let chunk = [SeqChunk {
+                    token_ids: s,
+                    num_computed_tokens: 0,
+                    block_table: table,
+                    sample: true,
+                    all_logits: false,
+                    lora_slot: None,
+                }];
+                let out = runner.step(&chunk, &[row])?;
+                s.push(out.sampled[0].token);
+            }
         }
         let prefill = t.elapsed().as_secs_f64() / b as f64;
         // The mixed steps' prompt: its first CTX - CHUNK tokens cached once here.
