@@ -121,28 +121,34 @@ pub(crate) fn axpy<const FMA: bool>(w: f32, v: &[f32], acc: &mut [f32]) {
     }
 }
 
+/// `ln 2` split in two for [`exp_in_range`]'s range reduction (the high part exact in f32).
+const EXP_LN2_HI: f32 = 0.693_145_75;
+const EXP_LN2_LO: f32 = 1.428_606_8e-6;
+/// 1.5 * 2^23: adding it rounds to an integer.
+const EXP_ROUND: f32 = 12_582_912.0;
+/// The Taylor coefficients of `e^r` below `r^7 / 7!`, highest first (Horner's order).
+const EXP_POLY_TOP: f32 = 1.0 / 5040.0;
+const EXP_POLY: [f32; 7] = [
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+    1.0,
+];
+
 /// `exp(x)` for `x` in `[-87, 88]` (callers clamp), branch-free so loops over it vectorise.
 /// Cody-Waite range reduction `x = n ln2 + r`, `|r| <= ln2 / 2`, and a degree-7 Taylor
 /// polynomial for `e^r` (relative error ~5e-9, below f32 resolution).
 #[inline(always)]
 pub(crate) fn exp_in_range<const FMA: bool>(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let y = x * std::f32::consts::LOG2_E + ROUND;
-    let n = y - ROUND;
-    let n_int = y.to_bits() as i32 - ROUND.to_bits() as i32;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.0 / 5040.0;
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
+    let y = x * std::f32::consts::LOG2_E + EXP_ROUND;
+    let n = y - EXP_ROUND;
+    let n_int = y.to_bits() as i32 - EXP_ROUND.to_bits() as i32;
+    let r = x - n * EXP_LN2_HI - n * EXP_LN2_LO;
+    let mut p = EXP_POLY_TOP;
+    for c in EXP_POLY {
         p = madd::<FMA>(p, r, c);
     }
     p * f32::from_bits(((n_int + 127) as u32) << 23)
@@ -178,10 +184,8 @@ pub(crate) mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
-        const LN2_HI: f32 = 0.693_145_75;
-        const LN2_LO: f32 = 1.428_606_8e-6;
-        const ROUND: f32 = 12_582_912.0;
-        let round = _mm256_set1_ps(ROUND);
+        use super::{EXP_LN2_HI, EXP_LN2_LO, EXP_POLY, EXP_POLY_TOP, EXP_ROUND};
+        let round = _mm256_set1_ps(EXP_ROUND);
         let y = _mm256_add_ps(
             _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
             round,
@@ -189,22 +193,14 @@ pub(crate) mod avx2 {
         let n = _mm256_sub_ps(y, round);
         let n_int = _mm256_sub_epi32(
             _mm256_castps_si256(y),
-            _mm256_set1_epi32(ROUND.to_bits() as i32),
+            _mm256_set1_epi32(EXP_ROUND.to_bits() as i32),
         );
         let r = _mm256_sub_ps(
-            _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI))),
-            _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)),
+            _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(EXP_LN2_HI))),
+            _mm256_mul_ps(n, _mm256_set1_ps(EXP_LN2_LO)),
         );
-        let mut p = _mm256_set1_ps(1.0 / 5040.0);
-        for c in [
-            1.0 / 720.0,
-            1.0 / 120.0,
-            1.0 / 24.0,
-            1.0 / 6.0,
-            0.5,
-            1.0,
-            1.0,
-        ] {
+        let mut p = _mm256_set1_ps(EXP_POLY_TOP);
+        for c in EXP_POLY {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
         let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(n_int, _mm256_set1_epi32(127)));
