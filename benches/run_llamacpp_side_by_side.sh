@@ -5,7 +5,9 @@
 # its README).
 #   PEER=/work/peer LANTERN=target/release/lantern benches/run_llamacpp_side_by_side.sh OUTDIR 1 8 32
 # LANTERN_EXTRA="--target-itl-ms 0" passes flags to lantern serve; GGUF=<file> serves another
-# GGUF (default: the F32 one; both servers get the same file). Prints one RUN line per run.
+# GGUF (default: the F32 one; both servers get the same file); REPEAT=N runs each concurrency N
+# times, the two servers alternating (these VMs change speed by 20-40% over minutes: compare the
+# pairs, and the spread). Prints one RUN line per run.
 set -u
 PEER=${PEER:?copy of ../shared/bench-peers/llamacpp with build/bin/llama-server}
 LANTERN=${LANTERN:-target/release/lantern}
@@ -13,7 +15,11 @@ OUT=${1:?usage: run_llamacpp_side_by_side.sh OUTDIR C [C ...]}; shift
 GGUF=${GGUF:-$PEER/SmolLM2-135M-Instruct.f32.gguf}
 PROMPTS=$PEER/prompts_s1234_p256.json
 mkdir -p "$OUT/logs"
+CONCURRENCIES=()
 for C in "$@"; do
+  for _ in $(seq "${REPEAT:-1}"); do CONCURRENCIES+=("$C"); done
+done
+for C in "${CONCURRENCIES[@]}"; do
   OUTDIR=$OUT PROMPTS=$PROMPTS SERVER_BIN=$PEER/build/bin/llama-server \
     "$PEER/run_anchor.sh" "$GGUF" "$C" 2>&1 | grep RUN
   # shellcheck disable=SC2086 # LANTERN_EXTRA is a list of words
