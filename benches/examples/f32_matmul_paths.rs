@@ -24,22 +24,23 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let lm_head = Tensor::randn(0f32, 0.02, (49152, 576), &dev)?;
-    println!("f32 weights of SmolLM2-135M, one forward without lm_head (120 matmuls), median of {reps}, ms:");
+    println!("f32 weights of SmolLM2-135M, one forward without lm_head (120 matmuls), median of {reps} (paths alternating), ms:");
     println!("{:>5} {:>9} {:>9} {:>9}", "M", "skinny", "candle", "tiled");
     for &m in &ms {
         let xs: Vec<Tensor> = [576usize, 1536]
             .iter()
             .map(|&k| Tensor::randn(0f32, 1.0, (m, k), &dev))
             .collect::<candle_core::Result<_>>()?;
-        let mut row = Vec::new();
-        for path in 0..3 {
-            if path == 0 && m > 256 {
-                // The skinny kernel is far behind here and takes seconds.
-                row.push(f64::NAN);
-                continue;
-            }
-            let mut times = Vec::new();
-            for _ in 0..reps {
+        // The paths take turns within each repetition, so a slow phase of the machine
+        // weighs on all of them alike.
+        let mut times = vec![Vec::new(); 3];
+        for _ in 0..reps {
+            for (path, times) in times.iter_mut().enumerate() {
+                if path == 0 && m > 256 {
+                    // The skinny kernel is far behind here and takes seconds.
+                    times.push(f64::NAN);
+                    continue;
+                }
                 let t0 = Instant::now();
                 for w in &ws {
                     let x = if w.dims()[1] == 576 { &xs[0] } else { &xs[1] };
@@ -52,19 +53,17 @@ fn main() -> anyhow::Result<()> {
                 }
                 times.push(t0.elapsed().as_secs_f64() * 1e3);
             }
-            times.sort_by(f64::total_cmp);
-            row.push(times[reps / 2]);
         }
+        let row = medians(times);
         println!("{m:>5} {:>9.1} {:>9.1} {:>9.1}", row[0], row[1], row[2]);
     }
-    println!("lm_head (49152 x 576, tied embedding) for M sampled rows, median of {reps}, ms:");
+    println!("lm_head (49152 x 576, tied embedding) for M sampled rows, median of {reps} (paths alternating), ms:");
     println!("{:>5} {:>9} {:>9} {:>9}", "M", "skinny", "candle", "tiled");
     for &m in &ms {
         let x = Tensor::randn(0f32, 1.0, (m, 576), &dev)?;
-        let mut row = Vec::new();
-        for path in 0..3 {
-            let mut times = Vec::new();
-            for _ in 0..reps {
+        let mut times = vec![Vec::new(); 3];
+        for _ in 0..reps {
+            for (path, times) in times.iter_mut().enumerate() {
                 let t0 = Instant::now();
                 let y = match path {
                     0 => lantern_kernels::skinny_matmul(&x, &lm_head)?,
@@ -74,10 +73,20 @@ fn main() -> anyhow::Result<()> {
                 std::hint::black_box(y);
                 times.push(t0.elapsed().as_secs_f64() * 1e3);
             }
-            times.sort_by(f64::total_cmp);
-            row.push(times[reps / 2]);
         }
+        let row = medians(times);
         println!("{m:>5} {:>9.1} {:>9.1} {:>9.1}", row[0], row[1], row[2]);
     }
     Ok(())
+}
+
+/// The median of each path's times.
+fn medians(times: Vec<Vec<f64>>) -> Vec<f64> {
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect()
 }

@@ -9,9 +9,11 @@ use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use crate::cpu::matmul::DenseKernel;
 
 /// Up to this many rows of `x` the skinny kernel is the fastest CPU path; above it the tiled
-/// GEMM (measured with SmolLM2-135M's projection shapes and lm_head on 2 AMD EPYC cores:
-/// skinny ahead up to 8-12 rows, tiled from 16; `benches/results/cpu-smollm2-f32-matmul.txt`).
-pub const SKINNY_MATMUL_MAX_ROWS: usize = 12;
+/// GEMM (measured with SmolLM2-135M's projection shapes and lm_head on 2 AMD EPYC cores,
+/// paths alternating: skinny 0.6-0.9x the tiled GEMM's time up to 48 rows, even at 56-64,
+/// behind from 80; `benches/results/cpu-smollm2-f32-matmul.txt`). Every row of a step up to
+/// this size gets the bits it would get alone.
+pub const SKINNY_MATMUL_MAX_ROWS: usize = 48;
 
 /// Up to this many rows of `x` the tiled GEMM ([`tiled_matmul`]) is at least as fast as
 /// candle's threaded matmul (same measurement, four tiles per thread: 0.65-0.85x its time at

@@ -1,13 +1,17 @@
-//! CPU skinny matmul `y = x W^T` for few rows of `x` (decode steps): `x` `(T, K)`, `W`
-//! `(N, K)` as stored in checkpoints, `y` `(T, N)`.
+//! CPU skinny matmul `y = x W^T` for up to a few dozen rows of `x` (decode steps, small
+//! mixed steps): `x` `(T, K)`, `W` `(N, K)` as stored in checkpoints, `y` `(T, N)`.
 //!
 //! With few tokens a projection is bound by streaming `W` from memory once per step, so the
 //! kernel walks `W` row by row in storage order (each row is one contiguous run the hardware
 //! prefetcher follows) and dots every row with all `T` rows of `x`, which stay in L1/L2. Tasks
-//! own disjoint ranges of `W`'s rows (output columns) and run on rayon's pool. Inside a task a
-//! register block of four `W` rows by up to four `x` rows (AVX-512: 16 accumulators of 16
-//! lanes; AVX2 + FMA: pairs of `x` rows, 8 accumulators of 8 lanes) shares each loaded vector
-//! of `W` between the `x` rows and each vector of `x` between four `W` rows.
+//! own disjoint ranges of `W`'s rows (output columns), write them straight into `y` and run
+//! on rayon's pool. Inside a task a register block of four `W` rows by up to four `x` rows
+//! (AVX-512: 16 accumulators of 16 lanes; AVX2 + FMA: triples of `x` rows, 12 accumulators
+//! of 8 lanes, which keeps both FMA pipes busy where pairs left them waiting on latency)
+//! shares each loaded vector of `W` between the `x` rows and each vector of `x` between four
+//! `W` rows. The first pass over a block of `W` asks for the next block; later passes (more
+//! `x` rows) compute on the block in L1 and prefetch nothing, since a block of long rows plus
+//! the next one would not fit in L1 together.
 //! With one `x` row (batch-1 decode) the four `W` rows are read one after the other instead
 //! of interleaved, so each thread streams `W` in storage order (same per-lane order, same
 //! bits; ~1.3x the streaming rate on an AMD EPYC VM).
@@ -30,8 +34,8 @@ use super::{contiguous_window, tiled_gemm, Elem};
 const PAR_MIN_MACS: usize = 1 << 16;
 /// `W` rows per register block.
 const R: usize = 4;
-/// `x` rows per register block.
-const C: usize = 4;
+/// `x` rows per block call (AVX2: two register blocks of three rows; AVX-512: four + two).
+const C: usize = 6;
 
 /// The instruction set the kernel runs with, detected once per call. Every call on one
 /// machine takes the same path whatever `T`, so results do not depend on the batch.
@@ -167,8 +171,13 @@ pub(crate) fn dense_matmul_cpu(
 trait WeightRow: Elem {
     /// `out[r][c] = <w_r, x_c>` for the `R` rows of `w` (`R * k` elements) and the `C` rows
     /// of `x` (`C * k`; only the first `cols` are used).
-    fn block(w: &[Self], x: &[f32], k: usize, cols: usize, isa: Isa, out: &mut [[f32; C]; R]);
+    /// `first` marks the first block call on these `W` rows (where the AVX2 path asks for
+    /// the next rows of `W`).
+    fn block(w: &[Self], x: &[f32], k: usize, cols: usize, isa: Isa, first: bool, out: &mut Out);
 }
+
+/// One block call's results: `out[r][c] = <w_r, x_c>`.
+type Out = [[f32; C]; R];
 
 /// `y` `(t, n)` in f32 from `x` `(t, k)` in f32 and `w` `(n, k)`.
 fn run<T: WeightRow>(x: &[f32], w: &[T], t: usize, n: usize, k: usize) -> Vec<f32> {
@@ -176,33 +185,44 @@ fn run<T: WeightRow>(x: &[f32], w: &[T], t: usize, n: usize, k: usize) -> Vec<f3
 }
 
 fn run_isa<T: WeightRow>(x: &[f32], w: &[T], t: usize, n: usize, k: usize, isa: Isa) -> Vec<f32> {
-    // Computed transposed, `(n, t)`, so each task owns a contiguous range of rows.
-    let mut yt = vec![0f32; n * t];
-    let task = |(i, chunk): (usize, &mut [f32])| {
-        let row0 = i * rows_per_task(n, t, k);
-        let rows = chunk.len() / t.max(1);
-        rows_kernel(&w[row0 * k..(row0 + rows) * k], x, t, k, isa, chunk);
-    };
+    let mut y = vec![0f32; t * n];
     if t == 0 || n == 0 {
-        return yt;
+        return y;
     }
     let per = rows_per_task(n, t, k);
-    if n * t * k < PAR_MIN_MACS || per >= n {
-        task((0, &mut yt));
+    let out = YPtr(y.as_mut_ptr());
+    let task = |i: usize| {
+        let row0 = i * per;
+        let rows = per.min(n - row0);
+        // SAFETY: task `i` writes only columns `row0..row0 + rows` of `y` (`t` rows of `n`),
+        // which no other task writes, and `y` outlives the loop.
+        unsafe {
+            rows_kernel(
+                &w[row0 * k..(row0 + rows) * k],
+                x,
+                (t, n, k),
+                row0,
+                isa,
+                out,
+            )
+        };
+    };
+    let tasks = n.div_ceil(per);
+    if n * t * k < PAR_MIN_MACS || tasks == 1 {
+        (0..tasks).for_each(task);
     } else {
-        yt.par_chunks_mut(per * t).enumerate().for_each(task);
-    }
-    if t == 1 {
-        return yt;
-    }
-    let mut y = vec![0f32; t * n];
-    for (o, row) in yt.chunks_exact(t).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            y[c * n + o] = v;
-        }
+        (0..tasks).into_par_iter().for_each(task);
     }
     y
 }
+
+/// `y`'s buffer, shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct YPtr(*mut f32);
+// SAFETY: the tasks of `run_isa` write disjoint columns of `y`.
+unsafe impl Send for YPtr {}
+// SAFETY: as above.
+unsafe impl Sync for YPtr {}
 
 /// Rows of `W` per rayon task: about four tasks per thread, a multiple of the block height.
 fn rows_per_task(n: usize, t: usize, k: usize) -> usize {
@@ -212,8 +232,18 @@ fn rows_per_task(n: usize, t: usize, k: usize) -> usize {
     per.div_ceil(R).max(1) * R
 }
 
-/// `yt[o * t + c] = <w_o, x_c>` for the rows of `w`.
-fn rows_kernel<T: WeightRow>(w: &[T], x: &[f32], t: usize, k: usize, isa: Isa, yt: &mut [f32]) {
+/// `y[c * n + col0 + o] = <w_o, x_c>` for the rows `o` of `w`.
+///
+/// # Safety
+/// `y` points to `t * n` elements and `col0 + w.len() / k <= n`.
+unsafe fn rows_kernel<T: WeightRow>(
+    w: &[T],
+    x: &[f32],
+    (t, n, k): (usize, usize, usize),
+    col0: usize,
+    isa: Isa,
+    y: YPtr,
+) {
     let rows = w.len().checked_div(k).unwrap_or(0);
     let mut o = 0;
     let mut out = [[0f32; C]; R];
@@ -234,10 +264,18 @@ fn rows_kernel<T: WeightRow>(w: &[T], x: &[f32], t: usize, k: usize, isa: Isa, y
         let mut c = 0;
         while c < t {
             let cols = (t - c).min(C);
-            T::block(wb, &x[c * k..(c + cols) * k], k, cols, isa, &mut out);
+            T::block(
+                wb,
+                &x[c * k..(c + cols) * k],
+                k,
+                cols,
+                isa,
+                c == 0,
+                &mut out,
+            );
             for (ri, row) in out.iter().enumerate().take(r) {
                 for (ci, &v) in row.iter().enumerate().take(cols) {
-                    yt[(o + ri) * t + c + ci] = v;
+                    *y.0.add((c + ci) * n + col0 + o + ri) = v;
                 }
             }
             c += cols;
@@ -276,38 +314,38 @@ fn hsum8(a: [f32; 8]) -> f32 {
 }
 
 impl WeightRow for f32 {
-    fn block(w: &[f32], x: &[f32], k: usize, cols: usize, isa: Isa, out: &mut [[f32; C]; R]) {
+    fn block(w: &[f32], x: &[f32], k: usize, cols: usize, isa: Isa, first: bool, out: &mut Out) {
         // SAFETY: `isa` was detected on this CPU; the slices hold R * k and cols * k elements.
         #[cfg(target_arch = "x86_64")]
         match isa {
             Isa::Avx512 => return unsafe { simd::block512_f32(w, x, k, cols, out) },
-            Isa::Avx2 => return unsafe { simd::block256_f32(w, x, k, cols, out) },
+            Isa::Avx2 => return unsafe { simd::block256_f32(w, x, k, cols, first, out) },
             Isa::Baseline => {}
         }
-        let _ = isa;
+        let _ = (isa, first);
         block_generic(w, x, k, cols, out, |v| v);
     }
 }
 
 impl WeightRow for bf16 {
-    fn block(w: &[bf16], x: &[f32], k: usize, cols: usize, isa: Isa, out: &mut [[f32; C]; R]) {
+    fn block(w: &[bf16], x: &[f32], k: usize, cols: usize, isa: Isa, first: bool, out: &mut Out) {
         // SAFETY: as for f32.
         #[cfg(target_arch = "x86_64")]
         match isa {
             Isa::Avx512 => return unsafe { simd::block512_bf16(w, x, k, cols, out) },
-            Isa::Avx2 => return unsafe { simd::block256_bf16(w, x, k, cols, out) },
+            Isa::Avx2 => return unsafe { simd::block256_bf16(w, x, k, cols, first, out) },
             Isa::Baseline => {}
         }
-        let _ = isa;
+        let _ = (isa, first);
         block_generic(w, x, k, cols, out, Elem::to_f32);
     }
 }
 
 impl WeightRow for f16 {
-    fn block(w: &[f16], x: &[f32], k: usize, cols: usize, isa: Isa, out: &mut [[f32; C]; R]) {
+    fn block(w: &[f16], x: &[f32], k: usize, cols: usize, isa: Isa, first: bool, out: &mut Out) {
         let mut buf = vec![0f32; R * k];
         let wf = Elem::row_f32(w, &mut buf);
-        <f32 as WeightRow>::block(wf, x, k, cols, isa, out);
+        <f32 as WeightRow>::block(wf, x, k, cols, isa, first, out);
     }
 }
 
@@ -403,13 +441,14 @@ mod simd {
         s
     }
 
-    /// AVX2: `NC` (<= 2) rows of `x` starting at column `c0` of `out`.
+    /// AVX2: `NC` (<= 3) rows of `x` starting at column `c0` of `out`; `prefetch`: ask for
+    /// the next block of `W` meanwhile.
     #[inline(always)]
     unsafe fn inner256<T: Load + Copy, const NC: usize>(
         w: &[T],
         x: &[f32],
         k: usize,
-        c0: usize,
+        (c0, prefetch): (usize, bool),
         out: &mut [[f32; C]; R],
     ) {
         let k8 = k / 8 * 8;
@@ -439,10 +478,12 @@ mod simd {
         let per_step = R * 8 * std::mem::size_of::<T>();
         let mut i = 0;
         while i < k8 {
-            let ahead = next.wrapping_add(i / 8 * per_step);
-            _mm_prefetch::<_MM_HINT_T0>(ahead.cast::<i8>());
-            if per_step > 64 {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64).cast::<i8>());
+            if prefetch {
+                let ahead = next.wrapping_add(i / 8 * per_step);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast::<i8>());
+                if per_step > 64 {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64).cast::<i8>());
+                }
             }
             let mut xv = [_mm256_setzero_ps(); NC];
             for (c, v) in xv.iter_mut().enumerate() {
@@ -470,6 +511,7 @@ mod simd {
         w: &[T],
         x: &[f32],
         k: usize,
+        c0: usize,
         out: &mut [[f32; C]; R],
     ) {
         let k16 = k / 16 * 16;
@@ -488,7 +530,7 @@ mod simd {
                     );
                     i += 16;
                 }
-                out[r][0] = tail(&w[r * k..(r + 1) * k], &x[..k], k16, k, hsum512(a));
+                out[r][c0] = tail(&w[r * k..(r + 1) * k], &x[..k], k16, k, hsum512(a));
             }
             return;
         }
@@ -510,7 +552,7 @@ mod simd {
         for r in 0..R {
             for c in 0..NC {
                 let s = hsum512(acc[r][c]);
-                out[r][c] = tail(&w[r * k..(r + 1) * k], &x[c * k..(c + 1) * k], k16, k, s);
+                out[r][c0 + c] = tail(&w[r * k..(r + 1) * k], &x[c * k..(c + 1) * k], k16, k, s);
             }
         }
     }
@@ -521,17 +563,21 @@ mod simd {
         x: &[f32],
         k: usize,
         cols: usize,
+        first: bool,
         out: &mut [[f32; C]; R],
     ) {
         debug_assert!(w.len() >= R * k && x.len() >= cols * k && cols <= C);
         let mut c0 = 0;
         while c0 < cols {
             let xs = &x[c0 * k..];
-            if cols - c0 >= 2 {
-                inner256::<T, 2>(w, xs, k, c0, out);
+            if cols - c0 >= 3 {
+                inner256::<T, 3>(w, xs, k, (c0, first && c0 == 0), out);
+                c0 += 3;
+            } else if cols - c0 == 2 {
+                inner256::<T, 2>(w, xs, k, (c0, first && c0 == 0), out);
                 c0 += 2;
             } else {
-                inner256::<T, 1>(w, xs, k, c0, out);
+                inner256::<T, 1>(w, xs, k, (c0, first && c0 == 0), out);
                 c0 += 1;
             }
         }
@@ -546,11 +592,17 @@ mod simd {
         out: &mut [[f32; C]; R],
     ) {
         debug_assert!(w.len() >= R * k && x.len() >= cols * k && cols <= C);
-        match cols {
-            4 => inner512::<T, 4>(w, x, k, out),
-            3 => inner512::<T, 3>(w, x, k, out),
-            2 => inner512::<T, 2>(w, x, k, out),
-            _ => inner512::<T, 1>(w, x, k, out),
+        let mut c0 = 0;
+        while c0 < cols {
+            let xs = &x[c0 * k..];
+            let nc = (cols - c0).min(4);
+            match nc {
+                4 => inner512::<T, 4>(w, xs, k, c0, out),
+                3 => inner512::<T, 3>(w, xs, k, c0, out),
+                2 => inner512::<T, 2>(w, xs, k, c0, out),
+                _ => inner512::<T, 1>(w, xs, k, c0, out),
+            }
+            c0 += nc;
         }
     }
 
@@ -562,9 +614,10 @@ mod simd {
         x: &[f32],
         k: usize,
         cols: usize,
+        first: bool,
         out: &mut [[f32; C]; R],
     ) {
-        block256(w, x, k, cols, out)
+        block256(w, x, k, cols, first, out)
     }
 
     /// # Safety
@@ -575,9 +628,10 @@ mod simd {
         x: &[f32],
         k: usize,
         cols: usize,
+        first: bool,
         out: &mut [[f32; C]; R],
     ) {
-        block256(w, x, k, cols, out)
+        block256(w, x, k, cols, first, out)
     }
 
     /// # Safety
