@@ -199,9 +199,10 @@ pub struct EngineArgs {
     /// CUDA sized from --gpu-memory-utilization.
     #[arg(long = "kv-cache-memory", visible_alias = "kv-cache-memory-bytes", value_parser = parse_bytes)]
     pub kv_cache_memory: Option<u64>,
-    /// KV cache element type: auto (the model's dtype), float32, float16 or bfloat16. On
-    /// the CPU, float16 under f32 weights halves the bytes attention reads per cached token
-    /// (llama.cpp's default cache type); on CUDA only auto.
+    /// KV cache element type: auto, float32, float16 or bfloat16. auto is the model's dtype,
+    /// except that f32 weights on the CPU get a float16 cache (llama.cpp's default cache
+    /// type: half the bytes attention reads per cached token); float32 keeps an f32 cache
+    /// there. On CUDA only auto.
     #[arg(
         long = "kv-cache-dtype",
         value_name = "DTYPE",
@@ -382,7 +383,11 @@ impl EngineArgs {
             max_num_batched_tokens: self.max_num_batched_tokens,
             block_size: self.block_size,
             kv_cache,
-            kv_cache_dtype: self.kv_cache_dtype,
+            // `auto` on the CPU: float16 under f32 weights (llama.cpp's default cache type).
+            kv_cache_dtype: match self.kv_cache_dtype {
+                KvCacheDtype::Auto if device.is_cpu() && !simulated_gpu => KvCacheDtype::CpuAuto,
+                d => d,
+            },
             max_model_len: self.max_model_len,
             max_waiting_requests: self.max_waiting_requests,
             enable_prefix_caching: !self.no_enable_prefix_caching,

@@ -240,6 +240,15 @@ fn smollm2_runner(
     path: &str,
     quantization: lantern_models::Quantization,
 ) -> (lantern_runtime::ModelRunner, usize) {
+    smollm2_runner_kv(path, quantization, lantern_runtime::KvCacheDtype::Auto)
+}
+
+/// [`smollm2_runner`] with a KV cache of `kv_cache_dtype`.
+fn smollm2_runner_kv(
+    path: &str,
+    quantization: lantern_models::Quantization,
+    kv_cache_dtype: lantern_runtime::KvCacheDtype,
+) -> (lantern_runtime::ModelRunner, usize) {
     let opts = LoadOptions {
         dtype: lantern_models::DTypeChoice::F32,
         device: candle_core::Device::Cpu,
@@ -254,7 +263,7 @@ fn smollm2_runner(
         lantern_runtime::RunnerConfig {
             block_size: 16,
             kv_cache: lantern_runtime::KvCacheSize::Tokens(1024),
-            kv_cache_dtype: Default::default(),
+            kv_cache_dtype,
         },
     )
     .unwrap();
@@ -274,6 +283,29 @@ fn smollm2_gguf_dequantized_matches_transformers() {
     assert!(worst < 2e-3, "worst |logit diff| {worst}");
     assert_eq!(flips, 0);
     assert_eq!(greedy_disagreements(&runner, &reference, 0.01), 0);
+}
+
+/// `lantern serve`'s CPU default cache for f32 weights (`--kv-cache-dtype auto` on the CPU:
+/// float16, as llama.cpp keeps it) next to transformers' f32 logits on the dequantized file:
+/// K and V rounded to 11 significant bits move the logits by a few hundredths at most, and
+/// no argmax or greedy token with a clear margin changes.
+#[test]
+fn smollm2_f16_kv_cache_stays_with_transformers() {
+    let Some(path) = gguf() else { return };
+    let (runner, _) = smollm2_runner_kv(
+        &path,
+        lantern_models::Quantization::None,
+        lantern_runtime::KvCacheDtype::CpuAuto,
+    );
+    let reference = gguf_reference();
+    let (worst, flips, checked) = compare_to_reference(&runner, &reference, 0.05);
+    let greedy = greedy_disagreements(&runner, &reference, 0.05);
+    eprintln!("f16 KV cache: worst |logit diff| {worst:.5}, argmax flips {flips}/{checked}, greedy disagreements {greedy}");
+    assert!(worst < 0.05, "worst |logit diff| {worst}");
+    // Not the f32 cache (which is within 2e-3).
+    assert!(worst > 2e-3, "worst |logit diff| {worst}: is the cache f16?");
+    assert_eq!(flips, 0);
+    assert_eq!(greedy, 0);
 }
 
 /// Serving the GGUF's blocks as they are (`--quantization gguf`, the CPU default): the
