@@ -303,7 +303,10 @@ fn smollm2_f16_kv_cache_stays_with_transformers() {
     eprintln!("f16 KV cache: worst |logit diff| {worst:.5}, argmax flips {flips}/{checked}, greedy disagreements {greedy}");
     assert!(worst < 0.05, "worst |logit diff| {worst}");
     // Not the f32 cache (which is within 2e-3).
-    assert!(worst > 2e-3, "worst |logit diff| {worst}: is the cache f16?");
+    assert!(
+        worst > 2e-3,
+        "worst |logit diff| {worst}: is the cache f16?"
+    );
     assert_eq!(flips, 0);
     assert_eq!(greedy, 0);
 }
