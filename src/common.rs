@@ -542,6 +542,34 @@ mod tests {
             .engine
     }
 
+    /// `--kv-cache-dtype auto` is the model's dtype except on the CPU, where f32 weights get
+    /// an f16 cache; explicit types pass through.
+    #[test]
+    fn kv_cache_dtype_auto_is_f16_under_f32_weights_on_the_cpu_only() {
+        use candle_core::DType;
+        let dtype = |a: &[&str], simulated_gpu: bool| {
+            engine_args(a)
+                .engine_config(&Device::Cpu, simulated_gpu)
+                .unwrap()
+                .kv_cache_dtype
+        };
+        assert_eq!(dtype(&[], false), KvCacheDtype::CpuAuto);
+        assert_eq!(
+            dtype(&["--kv-cache-dtype", "auto"], false),
+            KvCacheDtype::CpuAuto
+        );
+        assert_eq!(dtype(&[], true), KvCacheDtype::Auto);
+        assert_eq!(
+            dtype(&["--kv-cache-dtype", "float32"], false),
+            KvCacheDtype::Float32
+        );
+        let resolve = KvCacheDtype::CpuAuto;
+        assert_eq!(resolve.resolve(DType::F32, true), DType::F16);
+        assert_eq!(resolve.resolve(DType::BF16, true), DType::BF16);
+        assert_eq!(resolve.resolve(DType::F32, false), DType::F32);
+        assert_eq!(KvCacheDtype::Auto.resolve(DType::F32, true), DType::F32);
+    }
+
     #[test]
     fn cuda_graphs_are_off_on_the_cpu_and_an_error_when_asked_for() {
         let cpu = Device::Cpu;

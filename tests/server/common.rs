@@ -189,7 +189,10 @@ pub fn shared() -> &'static Server {
     S.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(try_start(&[]));
+            // The tiny model's references are transformers' f32 logits, compared to ~1e-4:
+            // an f32 cache (`auto` on the CPU keeps f16 K/V; its accuracy is checked against
+            // SmolLM2's references in tests/smollm2.rs).
+            let _ = tx.send(try_start(&["--kv-cache-dtype", "float32"]));
             loop {
                 std::thread::park();
             }
