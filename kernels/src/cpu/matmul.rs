@@ -171,19 +171,20 @@ pub(crate) fn dense_matmul_cpu(
 
 /// Weight element types with a row-block kernel.
 trait WeightRow: Elem {
-    /// `out[r][c] = <w_r, x_c>` for the `R` rows of `w` (`R * k` elements) and the `C` rows
-    /// of `x` (`C * k`; only the first `cols` are used).
-    /// `rows`: these `x` rows are rows `rows.0..` of the `rows.1` that pass over these `W`
-    /// rows (the AVX2 path spreads asking for the next `W` rows over the passes).
-    fn block(
-        w: &[Self],
-        x: &[f32],
-        k: usize,
-        cols: usize,
-        isa: Isa,
-        rows: (usize, usize),
-        out: &mut Out,
-    );
+    /// `out[r][c] = <w_r, x_c>` for the `R` rows of `w` (`R * k` elements) and the
+    /// `at.cols` rows of `x` (`at.cols * k`).
+    fn block(w: &[Self], x: &[f32], at: Pass, isa: Isa, out: &mut Out);
+}
+
+/// Where one block call sits: rows of `k` values; `x` rows `row0..row0 + cols` of the
+/// `rows` that pass over this block of `W` (the AVX2 path spreads asking for the next
+/// block of `W` over the passes).
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    k: usize,
+    cols: usize,
+    row0: usize,
+    rows: usize,
 }
 
 /// One block call's results: `out[r][c] = <w_r, x_c>`.
@@ -274,15 +275,13 @@ unsafe fn rows_kernel<T: WeightRow>(
         let mut c = 0;
         while c < t {
             let cols = (t - c).min(C);
-            T::block(
-                wb,
-                &x[c * k..(c + cols) * k],
+            let at = Pass {
                 k,
                 cols,
-                isa,
-                (c, t),
-                &mut out,
-            );
+                row0: c,
+                rows: t,
+            };
+            T::block(wb, &x[c * k..(c + cols) * k], at, isa, &mut out);
             for (ri, row) in out.iter().enumerate().take(r) {
                 for (ci, &v) in row.iter().enumerate().take(cols) {
                     *y.0.add((c + ci) * n + col0 + o + ri) = v;
@@ -324,62 +323,38 @@ fn hsum8(a: [f32; 8]) -> f32 {
 }
 
 impl WeightRow for f32 {
-    fn block(
-        w: &[f32],
-        x: &[f32],
-        k: usize,
-        cols: usize,
-        isa: Isa,
-        rows: (usize, usize),
-        out: &mut Out,
-    ) {
+    fn block(w: &[f32], x: &[f32], at: Pass, isa: Isa, out: &mut Out) {
         // SAFETY: `isa` was detected on this CPU; the slices hold R * k and cols * k elements.
         #[cfg(target_arch = "x86_64")]
         match isa {
-            Isa::Avx512 => return unsafe { simd::block512_f32(w, x, k, cols, out) },
-            Isa::Avx2 => return unsafe { simd::block256_f32(w, x, k, cols, rows, out) },
+            Isa::Avx512 => return unsafe { simd::block512_f32(w, x, at.k, at.cols, out) },
+            Isa::Avx2 => return unsafe { simd::block256_f32(w, x, at, out) },
             Isa::Baseline => {}
         }
-        let _ = (isa, rows);
-        block_generic(w, x, k, cols, out, |v| v);
+        let _ = isa;
+        block_generic(w, x, at.k, at.cols, out, |v| v);
     }
 }
 
 impl WeightRow for bf16 {
-    fn block(
-        w: &[bf16],
-        x: &[f32],
-        k: usize,
-        cols: usize,
-        isa: Isa,
-        rows: (usize, usize),
-        out: &mut Out,
-    ) {
+    fn block(w: &[bf16], x: &[f32], at: Pass, isa: Isa, out: &mut Out) {
         // SAFETY: as for f32.
         #[cfg(target_arch = "x86_64")]
         match isa {
-            Isa::Avx512 => return unsafe { simd::block512_bf16(w, x, k, cols, out) },
-            Isa::Avx2 => return unsafe { simd::block256_bf16(w, x, k, cols, rows, out) },
+            Isa::Avx512 => return unsafe { simd::block512_bf16(w, x, at.k, at.cols, out) },
+            Isa::Avx2 => return unsafe { simd::block256_bf16(w, x, at, out) },
             Isa::Baseline => {}
         }
-        let _ = (isa, rows);
-        block_generic(w, x, k, cols, out, Elem::to_f32);
+        let _ = isa;
+        block_generic(w, x, at.k, at.cols, out, Elem::to_f32);
     }
 }
 
 impl WeightRow for f16 {
-    fn block(
-        w: &[f16],
-        x: &[f32],
-        k: usize,
-        cols: usize,
-        isa: Isa,
-        rows: (usize, usize),
-        out: &mut Out,
-    ) {
-        let mut buf = vec![0f32; R * k];
+    fn block(w: &[f16], x: &[f32], at: Pass, isa: Isa, out: &mut Out) {
+        let mut buf = vec![0f32; R * at.k];
         let wf = Elem::row_f32(w, &mut buf);
-        <f32 as WeightRow>::block(wf, x, k, cols, isa, rows, out);
+        <f32 as WeightRow>::block(wf, x, at, isa, out);
     }
 }
 
@@ -406,7 +381,7 @@ fn block_generic<T: Copy>(
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use super::{C, R};
+    use super::{Pass, C, R};
     use half::bf16;
     use std::arch::x86_64::*;
 
@@ -596,14 +571,13 @@ mod simd {
     }
 
     #[inline(always)]
-    unsafe fn block256<T: Load + Copy>(
-        w: &[T],
-        x: &[f32],
-        k: usize,
-        cols: usize,
-        (row0, rows): (usize, usize),
-        out: &mut [[f32; C]; R],
-    ) {
+    unsafe fn block256<T: Load + Copy>(w: &[T], x: &[f32], at: Pass, out: &mut [[f32; C]; R]) {
+        let Pass {
+            k,
+            cols,
+            row0,
+            rows,
+        } = at;
         debug_assert!(w.len() >= R * k && x.len() >= cols * k && cols <= C);
         // Passes of two or three rows prefetch (a last single row takes the batch-1 loop).
         let passes = (rows / 3 + usize::from(rows % 3 == 2)).max(1);
@@ -648,31 +622,17 @@ mod simd {
     }
 
     /// # Safety
-    /// AVX2 and FMA; `w` holds `R * k` and `x` `cols * k` elements, `cols <= C`.
+    /// AVX2 and FMA; `w` holds `R * at.k` and `x` `at.cols * at.k` elements, `at.cols <= C`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block256_f32(
-        w: &[f32],
-        x: &[f32],
-        k: usize,
-        cols: usize,
-        rows: (usize, usize),
-        out: &mut [[f32; C]; R],
-    ) {
-        block256(w, x, k, cols, rows, out)
+    pub(super) unsafe fn block256_f32(w: &[f32], x: &[f32], at: Pass, out: &mut [[f32; C]; R]) {
+        block256(w, x, at, out)
     }
 
     /// # Safety
     /// As [`block256_f32`].
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn block256_bf16(
-        w: &[bf16],
-        x: &[f32],
-        k: usize,
-        cols: usize,
-        rows: (usize, usize),
-        out: &mut [[f32; C]; R],
-    ) {
-        block256(w, x, k, cols, rows, out)
+    pub(super) unsafe fn block256_bf16(w: &[bf16], x: &[f32], at: Pass, out: &mut [[f32; C]; R]) {
+        block256(w, x, at, out)
     }
 
     /// # Safety
