@@ -57,6 +57,8 @@ mod upload;
 
 pub use attention::paged_attention;
 pub use cache_write::write_kv_cache;
+#[doc(hidden)]
+pub use cpu::attention::set_attention_rows_together;
 pub use lora::{lora_add, LoraBatch, LoraWeights, LORA_SGMV_MIN_TOKENS};
 pub use matmul::{
     cpu_matmul, skinny_matmul, tiled_matmul, CpuMatmulPath, SKINNY_MATMUL_MAX_ROWS,

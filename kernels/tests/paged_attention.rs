@@ -514,3 +514,30 @@ fn chunk_rows_equal_each_token_alone() {
         }
     }
 }
+
+/// How many query rows take a cached block together (1-3; 3 also reads a decode's half-precision
+/// rows in place) changes no bit of any output: chunks, decodes and GQA groups of three and
+/// four, over f32, f16 and bf16 caches.
+#[test]
+fn rows_taken_together_change_no_bits() {
+    for (seed, dtype, heads, kv_heads) in [
+        (50, DType::F32, 9, 3),
+        (51, DType::F16, 9, 3),
+        (52, DType::BF16, 9, 3),
+        (53, DType::F16, 8, 2),
+    ] {
+        let mut r = rng(seed);
+        let seqs = [seq(21, 37), seq(40, 1), seq(7, 1), seq(0, 5)];
+        let sc = scenario(&mut r, &seqs, 16, heads, kv_heads, 64, dtype);
+        let q = sc.q.to_dtype(DType::F32).unwrap();
+        let run = |rows: usize| -> Vec<u32> {
+            lantern_kernels::set_attention_rows_together(rows);
+            let out = paged_attention(&q, &sc.k_cache, &sc.v_cache, &sc.meta, 0.125).unwrap();
+            let v: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        let (one, two, three) = (run(1), run(2), run(3));
+        lantern_kernels::set_attention_rows_together(3);
+        assert!(one == three && two == three, "{dtype:?} {heads}/{kv_heads}");
+    }
+}

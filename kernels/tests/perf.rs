@@ -24,14 +24,20 @@ fn perf() {
         let mut r = rng(1);
         let seqs: Vec<_> = (0..16).map(|i| seq(250 + 10 * i, 1)).collect();
         let sc = scenario(&mut r, &seqs, 16, 9, 3, 64, dtype);
-        let d = best(|| {
-            paged_attention(&sc.q, &sc.k_cache, &sc.v_cache, &sc.meta, 0.125).unwrap();
-        });
-        println!("{dtype:?} decode b16 ctx~325 per layer: {d:?}");
+        for together in [2, 3, 2, 3] {
+            lantern_kernels::set_attention_rows_together(together);
+            let d = best(|| {
+                paged_attention(&sc.q, &sc.k_cache, &sc.v_cache, &sc.meta, 0.125).unwrap();
+            });
+            println!("{dtype:?} decode b16 ctx~325 per layer, rows together {together}: {d:?}");
+        }
         let sc = scenario(&mut r, &[seq(0, 512)], 16, 9, 3, 64, dtype);
-        let d = best(|| {
-            paged_attention(&sc.q, &sc.k_cache, &sc.v_cache, &sc.meta, 0.125).unwrap();
-        });
-        println!("{dtype:?} prefill 512 per layer: {d:?}");
+        for together in [2, 3, 2, 3] {
+            lantern_kernels::set_attention_rows_together(together);
+            let d = best(|| {
+                paged_attention(&sc.q, &sc.k_cache, &sc.v_cache, &sc.meta, 0.125).unwrap();
+            });
+            println!("{dtype:?} prefill 512 per layer, rows together {together}: {d:?}");
+        }
     }
 }

@@ -405,9 +405,51 @@ fn attend_tile<C: Elem, const FMA: bool>(
     // Rows that see `n_r` of the `n` positions of the block from `t0` (zero: none).
     let seen = |r: usize, t0: usize, n: usize| len_of(r).saturating_sub(t0).min(n);
 
+    // A one-token tile (a decode) whose rows take each block in one go reads every cached
+    // row once: it reads them where they are, f16 / bf16 widened in registers as loaded
+    // (the same values, so the same bits, as widened into `row` first).
+    #[cfg(target_arch = "x86_64")]
+    let direct = FMA && tile.tokens == 1 && alike_rows(0, rows_n, |_| true) == rows_n;
+
     // Pass 1: scores, each block of K rows widened (if needed) once for the whole tile and
-    // taken by two rows at a time where they see the same positions.
+    // taken by up to three rows at a time where they see the same positions.
     for_each_block(tile, dims, |t0, n, base| {
+        #[cfg(target_arch = "x86_64")]
+        if direct {
+            let span = &k[base..base + (n - 1) * row_stride + d];
+            let out = &mut scores[..rows_n * len];
+            let cols = t0..t0 + n;
+            // SAFETY (all three): `direct` implies `FMA`, set on the AVX2 + FMA (+ F16C) path
+            // only; `span` holds the block's `n` rows `row_stride` apart; with one token every
+            // row sees all `n` positions, and each output is `n` long.
+            match rows_n {
+                3 => unsafe {
+                    direct_scores(
+                        q_rows::<3>(q, 0, d),
+                        span,
+                        row_stride,
+                        rows_mut::<3>(out, len, cols),
+                    )
+                },
+                2 => unsafe {
+                    direct_scores(
+                        q_rows::<2>(q, 0, d),
+                        span,
+                        row_stride,
+                        rows_mut::<2>(out, len, cols),
+                    )
+                },
+                _ => unsafe {
+                    direct_scores(
+                        q_rows::<1>(q, 0, d),
+                        span,
+                        row_stride,
+                        rows_mut::<1>(out, len, cols),
+                    )
+                },
+            }
+            return;
+        }
         let (rows, stride) = block_rows::<C, FMA>(k, (base, n, d, row_stride), row);
         let mut r = 0;
         while r < rows_n {
@@ -418,22 +460,39 @@ fn attend_tile<C: Elem, const FMA: bool>(
             }
             #[cfg(target_arch = "x86_64")]
             if FMA {
-                let (head, tail) = scores.split_at_mut((r + 1) * len);
-                let out0 = &mut head[r * len + t0..r * len + t0 + n_r];
-                let q0 = &q[r * d..(r + 1) * d];
-                if r + 1 < rows_n && seen(r + 1, t0, n) == n_r {
-                    let out1 = &mut tail[t0..t0 + n_r];
-                    let q1 = &q[(r + 1) * d..(r + 2) * d];
-                    // SAFETY: `FMA` is only set on the AVX2 + FMA path
-                    // (`attend_tile_avx2_fma`); `rows` holds `n >= n_r` rows of `d` elements
-                    // `stride` apart (`block_rows`); both outputs are `n_r` long.
-                    unsafe { simd::scores_rows([q0, q1], rows, stride, [out0, out1]) };
-                    r += 2;
-                } else {
-                    // SAFETY: as above, one row.
-                    unsafe { simd::scores_rows([q0], rows, stride, [out0]) };
-                    r += 1;
+                let q_n = alike_rows(r, rows_n, |i| seen(i, t0, n) == n_r);
+                let out = &mut scores[r * len..(r + q_n) * len];
+                let cols = t0..t0 + n_r;
+                // SAFETY (all three): `FMA` is only set on the AVX2 + FMA path
+                // (`attend_tile_avx2_fma`); `rows` holds `n >= n_r` rows of `d` elements
+                // `stride` apart (`block_rows`); every output is `n_r` long.
+                match q_n {
+                    3 => unsafe {
+                        simd::scores_rows(
+                            q_rows::<3>(q, r, d),
+                            rows,
+                            stride,
+                            rows_mut::<3>(out, len, cols),
+                        )
+                    },
+                    2 => unsafe {
+                        simd::scores_rows(
+                            q_rows::<2>(q, r, d),
+                            rows,
+                            stride,
+                            rows_mut::<2>(out, len, cols),
+                        )
+                    },
+                    _ => unsafe {
+                        simd::scores_rows(
+                            q_rows::<1>(q, r, d),
+                            rows,
+                            stride,
+                            rows_mut::<1>(out, len, cols),
+                        )
+                    },
                 }
+                r += q_n;
                 continue;
             }
             let out = &mut scores[r * len + t0..r * len + t0 + n_r];
@@ -454,10 +513,45 @@ fn attend_tile<C: Elem, const FMA: bool>(
     }
 
     // Pass 3: weighted sum of values, each block of V rows widened once for the tile and
-    // taken by two rows at a time where they see the same positions.
+    // taken by up to three rows at a time where they see the same positions.
     acc.clear();
     acc.resize(rows_n * d, 0.0);
     for_each_block(tile, dims, |t0, n, base| {
+        #[cfg(target_arch = "x86_64")]
+        if direct {
+            let span = &v[base..base + (n - 1) * row_stride + d];
+            let w = |i: usize| &scores[i * len + t0..i * len + t0 + n];
+            let out = &mut acc[..rows_n * d];
+            // SAFETY (all three): as for the scores; every accumulator is `d` long and every
+            // row of weights `n` long.
+            match rows_n {
+                3 => unsafe {
+                    direct_weighted(
+                        std::array::from_fn::<_, 3, _>(w),
+                        span,
+                        row_stride,
+                        rows_mut::<3>(out, d, 0..d),
+                    )
+                },
+                2 => unsafe {
+                    direct_weighted(
+                        std::array::from_fn::<_, 2, _>(w),
+                        span,
+                        row_stride,
+                        rows_mut::<2>(out, d, 0..d),
+                    )
+                },
+                _ => unsafe {
+                    direct_weighted(
+                        std::array::from_fn::<_, 1, _>(w),
+                        span,
+                        row_stride,
+                        rows_mut::<1>(out, d, 0..d),
+                    )
+                },
+            }
+            return;
+        }
         let (rows, stride) = block_rows::<C, FMA>(v, (base, n, d, row_stride), row);
         let mut r = 0;
         while r < rows_n {
@@ -466,28 +560,140 @@ fn attend_tile<C: Elem, const FMA: bool>(
                 r += 1;
                 continue;
             }
-            let w0 = &scores[r * len + t0..r * len + t0 + n_r];
             #[cfg(target_arch = "x86_64")]
             if FMA {
-                let (head, tail) = acc.split_at_mut((r + 1) * d);
-                let acc0 = &mut head[r * d..];
-                if r + 1 < rows_n && seen(r + 1, t0, n) == n_r {
-                    let w1 = &scores[(r + 1) * len + t0..(r + 1) * len + t0 + n_r];
-                    let acc1 = &mut tail[..d];
-                    // SAFETY: as for the scores above; both accumulators are `d` long.
-                    unsafe { simd::weighted_rows([w0, w1], rows, stride, [acc0, acc1]) };
-                    r += 2;
-                } else {
-                    // SAFETY: as above, one row.
-                    unsafe { simd::weighted_rows([w0], rows, stride, [acc0]) };
-                    r += 1;
+                let q_n = alike_rows(r, rows_n, |i| seen(i, t0, n) == n_r);
+                let out = &mut acc[r * d..(r + q_n) * d];
+                let w = |i: usize| &scores[(r + i) * len + t0..(r + i) * len + t0 + n_r];
+                // SAFETY (all three): as for the scores above; every accumulator is `d` long
+                // and every row of weights `n_r` long.
+                match q_n {
+                    3 => unsafe {
+                        simd::weighted_rows(
+                            std::array::from_fn::<_, 3, _>(w),
+                            rows,
+                            stride,
+                            rows_mut::<3>(out, d, 0..d),
+                        )
+                    },
+                    2 => unsafe {
+                        simd::weighted_rows(
+                            std::array::from_fn::<_, 2, _>(w),
+                            rows,
+                            stride,
+                            rows_mut::<2>(out, d, 0..d),
+                        )
+                    },
+                    _ => unsafe {
+                        simd::weighted_rows(
+                            std::array::from_fn::<_, 1, _>(w),
+                            rows,
+                            stride,
+                            rows_mut::<1>(out, d, 0..d),
+                        )
+                    },
                 }
+                r += q_n;
                 continue;
             }
+            let w0 = &scores[r * len + t0..r * len + t0 + n_r];
             weighted_block::<FMA>(w0, rows, stride, &mut acc[r * d..(r + 1) * d]);
             r += 1;
         }
     });
+}
+
+/// `span` (cached rows of type `C`) as the same values typed as `S`.
+///
+/// # Safety
+/// `S` must be the type `C` is (callers match on `C::DTYPE`).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn same_type<C: Elem, S>(span: &[C]) -> &[S] {
+    debug_assert_eq!(std::mem::size_of::<C>(), std::mem::size_of::<S>());
+    std::slice::from_raw_parts(span.as_ptr().cast::<S>(), span.len())
+}
+
+/// [`simd::scores_rows`] over cached rows read where they are (any cache type).
+///
+/// # Safety
+/// As [`simd::scores_rows`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn direct_scores<C: Elem, const Q: usize>(
+    q: [&[f32]; Q],
+    span: &[C],
+    stride: usize,
+    out: [&mut [f32]; Q],
+) {
+    match C::DTYPE {
+        candle_core::DType::F16 => simd::scores_rows(q, same_type::<C, f16>(span), stride, out),
+        candle_core::DType::BF16 => simd::scores_rows(q, same_type::<C, bf16>(span), stride, out),
+        _ => simd::scores_rows(q, same_type::<C, f32>(span), stride, out),
+    }
+}
+
+/// [`simd::weighted_rows`] over cached rows read where they are (any cache type).
+///
+/// # Safety
+/// As [`simd::weighted_rows`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn direct_weighted<C: Elem, const Q: usize>(
+    w: [&[f32]; Q],
+    span: &[C],
+    stride: usize,
+    acc: [&mut [f32]; Q],
+) {
+    match C::DTYPE {
+        candle_core::DType::F16 => simd::weighted_rows(w, same_type::<C, f16>(span), stride, acc),
+        candle_core::DType::BF16 => simd::weighted_rows(w, same_type::<C, bf16>(span), stride, acc),
+        _ => simd::weighted_rows(w, same_type::<C, f32>(span), stride, acc),
+    }
+}
+
+/// How many rows from `r` on (at most [`MAX_ROWS_TOGETHER`], at most up to `rows_n`) a block
+/// can take together: `r` and the following ones for which `alike` holds.
+#[inline(always)]
+fn alike_rows(r: usize, rows_n: usize, alike: impl Fn(usize) -> bool) -> usize {
+    let max = MAX_ROWS_TOGETHER.load(std::sync::atomic::Ordering::Relaxed);
+    let mut q_n = 1;
+    while q_n < max && r + q_n < rows_n && alike(r + q_n) {
+        q_n += 1;
+    }
+    q_n
+}
+
+/// Query rows a block is taken by at once (3: a GQA group of three, e.g. SmolLM2's, in one
+/// go; 2 for A/B benchmarks).
+static MAX_ROWS_TOGETHER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(3);
+
+/// Sets how many query rows a cached block is taken by at once (1-3; benchmarks only).
+#[doc(hidden)]
+pub fn set_attention_rows_together(rows: usize) {
+    MAX_ROWS_TOGETHER.store(rows.clamp(1, 3), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Rows `r..r + Q` of `q` (rows of `d`).
+#[inline(always)]
+fn q_rows<const Q: usize>(q: &[f32], r: usize, d: usize) -> [&[f32]; Q] {
+    std::array::from_fn(|i| &q[(r + i) * d..(r + i + 1) * d])
+}
+
+/// The columns `cols` of each of the first `Q` rows of `len` values in `buf`, as disjoint
+/// mutable slices.
+#[inline(always)]
+fn rows_mut<const Q: usize>(
+    buf: &mut [f32],
+    len: usize,
+    cols: std::ops::Range<usize>,
+) -> [&mut [f32]; Q] {
+    let mut rest = buf;
+    std::array::from_fn(|_| {
+        let (row, tail) = std::mem::take(&mut rest).split_at_mut(len);
+        rest = tail;
+        &mut row[cols.clone()]
+    })
 }
 
 /// `out[j] = <q, row j>` for the `out.len()` rows of `q.len()` elements, `stride` apart in
@@ -513,7 +719,55 @@ fn weighted_block<const FMA: bool>(w: &[f32], rows: &[f32], stride: usize, acc: 
 /// AVX2 + FMA versions of [`scores_block`] and [`weighted_block`].
 #[cfg(target_arch = "x86_64")]
 mod simd {
+    use half::{bf16, f16};
     use std::arch::x86_64::*;
+
+    /// An element type the cached rows are read in: f32 as is, f16 / bf16 widened in
+    /// registers as they are loaded (exactly, so a row gives the same f32 values either way).
+    pub(super) trait Src: Copy {
+        /// Eight values from `p` as f32.
+        ///
+        /// # Safety
+        /// AVX2 and F16C; `p` points at eight readable values.
+        unsafe fn load8(p: *const Self) -> __m256;
+        /// One value as f32.
+        fn get(self) -> f32;
+    }
+
+    impl Src for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const Self) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        fn get(self) -> f32 {
+            self
+        }
+    }
+
+    impl Src for f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const Self) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        }
+        #[inline(always)]
+        fn get(self) -> f32 {
+            self.to_f32()
+        }
+    }
+
+    impl Src for bf16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const Self) -> __m256 {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                _mm_loadu_si128(p.cast()),
+            )))
+        }
+        #[inline(always)]
+        fn get(self) -> f32 {
+            f32::from_bits(u32::from(self.to_bits()) << 16)
+        }
+    }
 
     /// The four scores of one query row's accumulators over four K rows: a tree of
     /// horizontal adds (the reduction every score of a whole group of four takes).
@@ -530,38 +784,38 @@ mod simd {
     /// One score outside a whole group of four: eight lanes, then a horizontal sum, then
     /// the `d % 8` tail.
     #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn score1(qp: *const f32, row: *const f32, d: usize) -> f32 {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn score1<S: Src>(qp: *const f32, row: *const S, d: usize) -> f32 {
         let d8 = d / 8 * 8;
         let mut acc = _mm256_setzero_ps();
         let mut i = 0;
         while i < d8 {
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), _mm256_loadu_ps(row.add(i)), acc);
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i)), S::load8(row.add(i)), acc);
             i += 8;
         }
         let h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
         let h = _mm_hadd_ps(h, h);
         let mut t = _mm_cvtss_f32(_mm_hadd_ps(h, h));
         for e in d8..d {
-            t += *qp.add(e) * *row.add(e);
+            t += *qp.add(e) * (*row.add(e)).get();
         }
         t
     }
 
-    /// [`super::scores_block`] for `Q` query rows (one or two) against the same `n` K rows:
+    /// [`super::scores_block`] for `Q` query rows (one to three) against the same `n` K rows:
     /// four K rows at a time, each loaded once for the `Q` rows, each score reduced by
     /// [`reduce4`] (or [`score1`] for the last `n % 4`), so every score has the same bits
     /// whatever `Q` is.
     ///
     /// # Safety
-    /// AVX2 and FMA; `rows` holds `n` rows of `d` elements `stride` apart, where `n` is the
+    /// AVX2, FMA and F16C; `rows` holds `n` rows of `d` elements `stride` apart, where `n` is the
     /// length of every `out[r]` and `d` of every `q[r]`.
     // Indices over the small register arrays read more plainly than zipped iterators.
     #[allow(clippy::needless_range_loop)]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn scores_rows<const Q: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn scores_rows<const Q: usize, S: Src>(
         q: [&[f32]; Q],
-        rows: &[f32],
+        rows: &[S],
         stride: usize,
         out: [&mut [f32]; Q],
     ) {
@@ -589,7 +843,7 @@ mod simd {
             while i < d8 {
                 let qv: [__m256; Q] = std::array::from_fn(|r| _mm256_loadu_ps(qp[r].add(i)));
                 for (c, row) in kr.iter().enumerate() {
-                    let kv = _mm256_loadu_ps(row.add(i));
+                    let kv = S::load8(row.add(i));
                     for r in 0..Q {
                         a[r][c] = _mm256_fmadd_ps(qv[r], kv, a[r][c]);
                     }
@@ -601,7 +855,7 @@ mod simd {
                 for (c, sc) in s.iter().enumerate() {
                     let mut t = *sc;
                     for e in d8..d {
-                        t += *qp[r].add(e) * *kr[c].add(e);
+                        t += *qp[r].add(e) * (*kr[c].add(e)).get();
                     }
                     *op[r].add(j + c) = t;
                 }
@@ -654,20 +908,20 @@ mod simd {
         }
     }
 
-    /// [`super::weighted_block`] for `Q` rows of weights (one or two) over the same V rows:
-    /// `acc[r] += sum_j w[r][j] * row j`, up to `64 / Q` columns of every `acc[r]` in
+    /// [`super::weighted_block`] for `Q` rows of weights (one to three) over the same V rows:
+    /// `acc[r] += sum_j w[r][j] * row j`, 64 columns (one row) or 32 (more) of every `acc[r]` in
     /// registers over all the rows, each V vector loaded once for the `Q` rows. Every
     /// element is the same chain of fused multiply-adds in `j` order whatever `Q` is.
     ///
     /// # Safety
-    /// AVX2 and FMA; `rows` holds `n` rows of `d` elements `stride` apart, where `n` is the
+    /// AVX2, FMA and F16C; `rows` holds `n` rows of `d` elements `stride` apart, where `n` is the
     /// length of every `w[r]` and `d` of every `acc[r]`.
     // Indices over the small register arrays read more plainly than zipped iterators.
     #[allow(clippy::needless_range_loop)]
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn weighted_rows<const Q: usize>(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn weighted_rows<const Q: usize, S: Src>(
         w: [&[f32]; Q],
-        rows: &[f32],
+        rows: &[S],
         stride: usize,
         acc: [&mut [f32]; Q],
     ) {
@@ -680,29 +934,31 @@ mod simd {
             let mut acc = acc;
             std::array::from_fn(|r| acc[r].as_mut_ptr())
         };
-        // Columns per register block: eight vectors in all.
-        const VECS: usize = 8;
-        let width = VECS / Q * 8;
+        // Columns per register block: eight vectors for one row, four per row for more (up
+        // to twelve accumulators).
+        const MAX_VECS: usize = 8;
+        let per_row = if Q == 1 { MAX_VECS } else { 4 };
+        let width = per_row * 8;
         let mut c = 0;
         while c + width <= d {
-            let mut a = [[_mm256_setzero_ps(); VECS]; Q];
+            let mut a = [[_mm256_setzero_ps(); MAX_VECS]; Q];
             for r in 0..Q {
-                for k in 0..VECS / Q {
+                for k in 0..per_row {
                     a[r][k] = _mm256_loadu_ps(ap[r].add(c + 8 * k));
                 }
             }
             for j in 0..n {
                 let wv: [__m256; Q] = std::array::from_fn(|r| _mm256_set1_ps(w[r][j]));
                 let row = rp.add(j * stride + c);
-                for k in 0..VECS / Q {
-                    let v = _mm256_loadu_ps(row.add(8 * k));
+                for k in 0..per_row {
+                    let v = S::load8(row.add(8 * k));
                     for r in 0..Q {
                         a[r][k] = _mm256_fmadd_ps(wv[r], v, a[r][k]);
                     }
                 }
             }
             for r in 0..Q {
-                for k in 0..VECS / Q {
+                for k in 0..per_row {
                     _mm256_storeu_ps(ap[r].add(c + 8 * k), a[r][k]);
                 }
             }
@@ -712,11 +968,7 @@ mod simd {
             for r in 0..Q {
                 let mut v = _mm256_loadu_ps(ap[r].add(c));
                 for (j, &wj) in w[r].iter().enumerate() {
-                    v = _mm256_fmadd_ps(
-                        _mm256_set1_ps(wj),
-                        _mm256_loadu_ps(rp.add(j * stride + c)),
-                        v,
-                    );
+                    v = _mm256_fmadd_ps(_mm256_set1_ps(wj), S::load8(rp.add(j * stride + c)), v);
                 }
                 _mm256_storeu_ps(ap[r].add(c), v);
             }
@@ -726,7 +978,7 @@ mod simd {
             for r in 0..Q {
                 let mut t = *ap[r].add(e);
                 for (j, &wj) in w[r].iter().enumerate() {
-                    t = wj.mul_add(*rp.add(j * stride + e), t);
+                    t = wj.mul_add((*rp.add(j * stride + e)).get(), t);
                 }
                 *ap[r].add(e) = t;
             }
