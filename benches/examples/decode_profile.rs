@@ -166,7 +166,13 @@ fn main() -> Result<()> {
         profile::set_enabled(true);
         let _ = profile::take();
         let (mut fwd, mut smp, mut wall) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..STEPS {
+        // LANTERN_AB_KEEP_AWAKE=1: odd steps without keeping rayon's workers awake.
+        let ab = std::env::var("LANTERN_AB_KEEP_AWAKE").as_deref() == Ok("1");
+        let mut wall_off = Vec::new();
+        for step in 0..STEPS {
+            if ab {
+                lantern_runtime::set_cpu_keep_awake(step % 2 == 0);
+            }
             let t = Instant::now();
             let mut chunks: Vec<SeqChunk> = seqs
                 .iter()
@@ -198,7 +204,19 @@ fn main() -> Result<()> {
             }
             fwd.push(out.forward_seconds);
             smp.push(out.sample_seconds);
-            wall.push(t.elapsed().as_secs_f64());
+            if ab && step % 2 == 1 {
+                wall_off.push(t.elapsed().as_secs_f64());
+            } else {
+                wall.push(t.elapsed().as_secs_f64());
+            }
+        }
+        if ab {
+            lantern_runtime::set_cpu_keep_awake(true);
+            wall_off.sort_by(|a, c| a.total_cmp(c));
+            println!(
+                "B={b:3}: A/B keep-awake off: decode step median {:.2} ms",
+                wall_off[wall_off.len() / 2] * 1e3
+            );
         }
         profile::set_enabled(false);
         let ops = profile::take();

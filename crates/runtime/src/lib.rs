@@ -26,6 +26,8 @@ pub use device::{DeviceMemory, DeviceSpec};
 pub use error::{Result, RuntimeError};
 pub use memory::GpuMemoryBudget;
 pub use null::{NullModel, NullSpec};
+#[doc(hidden)]
+pub use runner::set_cpu_keep_awake;
 pub use runner::{
     ForwardOutput, KvCacheDtype, KvCacheSize, ModelBackend, ModelRunner, RunnerConfig,
     RunnerOutput, SeqChunk,

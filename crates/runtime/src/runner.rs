@@ -694,16 +694,63 @@ impl ModelRunner {
     }
 }
 
+/// Whether [`on_cpu_pool`] keeps rayon's other workers awake during a forward pass (see
+/// [`keep_awake`]); on unless `LANTERN_CPU_KEEP_AWAKE=0`.
+static CPU_KEEP_AWAKE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
+
+/// Turns keeping rayon's workers awake during CPU forward passes on or off (A/B benchmarks).
+#[doc(hidden)]
+pub fn set_cpu_keep_awake(on: bool) {
+    CPU_KEEP_AWAKE.store(u8::from(on), std::sync::atomic::Ordering::Relaxed);
+}
+
+fn cpu_keep_awake() -> bool {
+    use std::sync::atomic::Ordering;
+    match CPU_KEEP_AWAKE.load(Ordering::Relaxed) {
+        2 => {
+            let on = std::env::var("LANTERN_CPU_KEEP_AWAKE").as_deref() != Ok("0");
+            CPU_KEEP_AWAKE.store(u8::from(on), Ordering::Relaxed);
+            on
+        }
+        v => v == 1,
+    }
+}
+
 /// Runs `f` on one of rayon's worker threads when `device` is the CPU (on the calling thread
 /// otherwise). The CPU kernels split their work with rayon: called from a worker, a split is
 /// a push onto that worker's own queue that the other workers steal from; called from any
 /// other thread (the engine's), every split is a job injected into the pool while the caller
 /// sleeps until it is done, a round trip of tens of microseconds that a decode step of a
 /// small model pays hundreds of times. One injection per forward pass instead.
+///
+/// Between two splits the other workers spin only briefly before they sleep, and waking a
+/// sleeping one takes ~50-100 us on a VM (its virtual CPU halted); the serial stretches of a
+/// forward pass (candle's own ops, small copies) are often longer. So while `f` runs, every
+/// other worker keeps looking for work ([`keep_awake`]) and takes each split at once.
 fn on_cpu_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
-    if device.is_cpu() && rayon::current_thread_index().is_none() {
-        rayon::scope(|_| f())
-    } else {
-        f()
+    if !device.is_cpu() || rayon::current_thread_index().is_some() {
+        return f();
+    }
+    if !cpu_keep_awake() {
+        return rayon::scope(|_| f());
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    rayon::scope(|s| {
+        for _ in 1..rayon::current_num_threads() {
+            s.spawn(|_| keep_awake(&done));
+        }
+        let out = f();
+        done.store(true, std::sync::atomic::Ordering::Release);
+        out
+    })
+}
+
+/// Runs the pool's pending jobs as they come until `done` is set, yielding the CPU to other
+/// threads (tokenizer, HTTP) whenever there is none.
+fn keep_awake(done: &std::sync::atomic::AtomicBool) {
+    while !done.load(std::sync::atomic::Ordering::Acquire) {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            std::thread::yield_now();
+        }
     }
 }
