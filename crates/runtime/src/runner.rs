@@ -294,7 +294,7 @@ impl ModelRunner {
         };
         for _ in 0..layers {
             let alloc = || {
-                Tensor::zeros(shape, dtype, &device).map_err(|e| {
+                zeroed_cache(shape, dtype, &device).map_err(|e| {
                     RuntimeError::KvCache(format!(
                         "allocating {num_blocks} blocks of {} tokens ({bytes_per_token} bytes per token) on {} failed: {e}; give the KV cache less memory (--kv-cache-memory, --gpu-memory-utilization)",
                         cfg.block_size,
@@ -694,6 +694,33 @@ impl ModelRunner {
     }
 }
 
+/// A zeroed KV cache tensor. On the CPU its pages stay untouched (not resident) until a block
+/// is first written, whatever the dtype: candle fills f16 / bf16 zeros value by value, which
+/// would make a whole 1 GiB cache resident at start, so those are allocated as zeroed u16
+/// bits (the allocator's zeroed pages) and reinterpreted, as f32 zeros already are.
+fn zeroed_cache(
+    shape: (usize, usize, usize, usize),
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    use half::vec::HalfBitsVecExt;
+    if !device.is_cpu() {
+        return Tensor::zeros(shape, dtype, device);
+    }
+    let n = shape.0 * shape.1 * shape.2 * shape.3;
+    match dtype {
+        DType::F16 => {
+            Tensor::from_vec(vec![0u16; n].reinterpret_into::<half::f16>(), shape, device)
+        }
+        DType::BF16 => Tensor::from_vec(
+            vec![0u16; n].reinterpret_into::<half::bf16>(),
+            shape,
+            device,
+        ),
+        _ => Tensor::zeros(shape, dtype, device),
+    }
+}
+
 /// Whether [`on_cpu_pool`] keeps rayon's other workers awake during a forward pass (see
 /// [`keep_awake`]); on unless `LANTERN_CPU_KEEP_AWAKE=0`.
 static CPU_KEEP_AWAKE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(2);
@@ -751,6 +778,50 @@ fn keep_awake(done: &std::sync::atomic::AtomicBool) {
     while !done.load(std::sync::atomic::Ordering::Acquire) {
         if rayon::yield_now() != Some(rayon::Yield::Executed) {
             std::thread::yield_now();
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A 128 MiB f16 or bf16 CPU cache is all zeros and does not become resident when
+    /// allocated (candle's own zeros would write every value: the whole cache resident at
+    /// start). Checked on Linux, where the resident size can be read; retried, since other
+    /// tests allocate in parallel.
+    #[test]
+    fn half_precision_cpu_caches_stay_untouched_until_written() {
+        let shape = (8192, 16, 8, 64); // 64 Mi values, 128 MiB of f16
+        for dtype in [DType::F16, DType::BF16] {
+            let mut grown = u64::MAX;
+            for _ in 0..3 {
+                let Some(before) = crate::heap::resident_bytes() else {
+                    return;
+                };
+                let t = zeroed_cache(shape, dtype, &Device::Cpu).unwrap();
+                let after = crate::heap::resident_bytes().unwrap();
+                grown = grown.min(after.saturating_sub(before));
+                let corner = t.get(8191).unwrap().get(15).unwrap().to_dtype(DType::F32);
+                assert_eq!(
+                    corner
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap(),
+                    0.0
+                );
+                assert_eq!(t.dtype(), dtype);
+                if grown < 16 << 20 {
+                    break;
+                }
+            }
+            assert!(
+                grown < 16 << 20,
+                "{dtype:?}: {grown} bytes resident after allocating"
+            );
         }
     }
 }
