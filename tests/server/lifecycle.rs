@@ -357,3 +357,53 @@ fn requests_cut_off_by_shutdown_say_abort() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The CPU's default KV cache (1 GiB, f16 under the tiny model's f32 weights) is reserved,
+/// not resident: a server that has served nothing holds far less than the cache. (Regression:
+/// f16 zeros written value by value made the whole cache resident at start.)
+#[test]
+fn the_default_cpu_kv_cache_is_not_resident_at_start() {
+    let port = free_port();
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "lantern-kv-resident-{}-{port}.log",
+        std::process::id()
+    ));
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lantern"))
+        .args(["serve", "--model"])
+        .arg(model_dir())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .env_remove("LANTERN_API_KEY")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let url = format!("http://127.0.0.1:{port}/health");
+    while get(&url).map(|r| r.status).ok() != Some(200) {
+        assert!(t0.elapsed() < HEALTH_TIMEOUT, "{}", log_tail(&log));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        text.contains("KV cache in F16"),
+        "expected an f16 cache by default: {text}"
+    );
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        rss_kib < 512 * 1024,
+        "{} MiB resident before serving anything, with a 1 GiB KV cache reserved",
+        rss_kib / 1024
+    );
+}
