@@ -24,8 +24,8 @@ mod transformer;
 pub use config::{Architecture, ModelConfig, RopeScaling};
 pub use error::{ModelError, Result, ADAPTER_NOT_FOUND};
 pub use linear::{
-    quantized_from_bytes, quantized_row_bytes, Linear, LinearPart, Proj, QuantizedWeights,
-    WeightLayout,
+    candle_cpu_qmatmul_used, quantized_from_bytes, quantized_row_bytes, Linear, LinearPart, Proj,
+    QuantizedWeights, WeightLayout,
 };
 pub use loader::{
     load_gguf, load_gguf_quantized, load_hf_dir, load_model, DTypeChoice, LoadOptions, LoadedModel,

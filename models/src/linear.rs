@@ -153,6 +153,18 @@ fn concat_quantized(parts: &[Arc<QTensor>], device: &Device) -> Result<Option<QT
 /// (`lantern_kernels::quantized_matmul` for Q4_0 / Q4_1 / Q8_0, `dequantized_matmul` for the
 /// other block types where it is faster); `LANTERN_QMATMUL=candle` sends them all through
 /// candle's quantized matmul instead, for A/B benchmarks.
+/// Set once candle's own quantized matmul has run on the CPU in this process.
+static CANDLE_CPU_QMATMUL: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether candle's quantized matmul has run on the CPU in this process (K-quant weights at
+/// small batches, or `LANTERN_QMATMUL=candle`). It splits its work over candle's own pool of
+/// threads, pinned to cores and spinning between calls, which then compete for the cores
+/// with anything else kept spinning (the runtime stops keeping rayon's workers awake).
+pub fn candle_cpu_qmatmul_used() -> bool {
+    CANDLE_CPU_QMATMUL.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn own_quantized_kernel() -> bool {
     static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OWN.get_or_init(|| std::env::var("LANTERN_QMATMUL").as_deref() != Ok("candle"))
@@ -188,7 +200,12 @@ pub(crate) fn quantized_forward(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
             let n = q.shape().dims2()?.0;
             lantern_kernels::dequantized_matmul(&xf, &q.data()?, q.dtype(), n)?
         }
-        _ => w.forward(&xf)?,
+        _ => {
+            if xf.device().is_cpu() && matches!(w, QMatMul::QTensor(_)) {
+                CANDLE_CPU_QMATMUL.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            w.forward(&xf)?
+        }
     };
     if y.dtype() == dtype {
         Ok(y)

@@ -758,7 +758,10 @@ fn on_cpu_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
     if !device.is_cpu() || rayon::current_thread_index().is_some() {
         return f();
     }
-    if !cpu_keep_awake() {
+    // Not next to candle's quantized matmul: its own pinned, spinning threads would share a
+    // core with a worker kept spinning here (measured on a K-quant file at batch 1: every
+    // tenth token 3x slower).
+    if !cpu_keep_awake() || lantern_models::candle_cpu_qmatmul_used() {
         return rayon::scope(|_| f());
     }
     let done = std::sync::atomic::AtomicBool::new(false);
