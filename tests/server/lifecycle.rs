@@ -221,23 +221,22 @@ fn graceful_shutdown_finishes_in_flight_streams() {
     );
 }
 
-/// Issue 14, defect 11: binding a non-loopback address without `--api-key` warns.
-#[test]
-fn binding_all_interfaces_without_a_key_warns() {
+/// Starts `lantern serve` on the tiny model with only `args` (no test defaults), logging to
+/// a file named after `name`, and waits for `/health` on 127.0.0.1.
+fn spawn_bare(name: &str, args: &[&str]) -> (std::process::Child, std::path::PathBuf) {
     let port = free_port();
-    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "lantern-open-bind-{}-{port}.log",
-        std::process::id()
-    ));
+    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("lantern-{name}-{}-{port}.log", std::process::id()));
     let out = std::fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lantern"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_lantern"))
         .args(["serve", "--model"])
         .arg(model_dir())
-        .args(["--host", "0.0.0.0", "--port", &port.to_string()])
-        .args(["--kv-cache-memory", "32MiB"])
+        .args(["--port", &port.to_string()])
+        .args(args)
         .env_remove("LANTERN_API_KEY")
         .env_remove("VLLM_API_KEY")
         .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(out)
         .spawn()
@@ -248,6 +247,16 @@ fn binding_all_interfaces_without_a_key_warns() {
         assert!(t0.elapsed() < HEALTH_TIMEOUT, "{}", log_tail(&log));
         std::thread::sleep(Duration::from_millis(50));
     }
+    (child, log)
+}
+
+/// Issue 14, defect 11: binding a non-loopback address without `--api-key` warns.
+#[test]
+fn binding_all_interfaces_without_a_key_warns() {
+    let (mut child, log) = spawn_bare(
+        "open-bind",
+        &["--host", "0.0.0.0", "--kv-cache-memory", "32MiB"],
+    );
     let _ = child.kill();
     let _ = child.wait();
     let text = std::fs::read_to_string(&log).unwrap();
@@ -363,29 +372,7 @@ fn requests_cut_off_by_shutdown_say_abort() {
 /// f16 zeros written value by value made the whole cache resident at start.)
 #[test]
 fn the_default_cpu_kv_cache_is_not_resident_at_start() {
-    let port = free_port();
-    let log = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "lantern-kv-resident-{}-{port}.log",
-        std::process::id()
-    ));
-    let out = std::fs::File::create(&log).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lantern"))
-        .args(["serve", "--model"])
-        .arg(model_dir())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .env_remove("LANTERN_API_KEY")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    let url = format!("http://127.0.0.1:{port}/health");
-    while get(&url).map(|r| r.status).ok() != Some(200) {
-        assert!(t0.elapsed() < HEALTH_TIMEOUT, "{}", log_tail(&log));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut child, log) = spawn_bare("kv-resident", &["--host", "127.0.0.1"]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let _ = child.kill();
     let _ = child.wait();
